@@ -1,0 +1,123 @@
+"""Writes a bundle: model.tflite (with the manifest embedded), manifest.json and assets, atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Mapping, Union
+
+import liteship
+from liteship.convert.quant import Quant
+from liteship.errors import ConvertError
+from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME, SCHEMA
+from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, embed_metadata, read_model, sha256_file
+
+AssetSource = Union[str, os.PathLike, bytes]
+
+
+def hash_source(path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint file, or of a folder's files (relative names and contents, in sorted order)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        h.update(bytes.fromhex(sha256_file(f)))
+    return h.hexdigest()
+
+
+def library_versions() -> dict:
+    versions = {"liteship": liteship.__version__, "python": platform.python_version()}
+    import importlib.metadata as md
+
+    for dist in ("tensorflow", "tf_keras", "tensorflow-model-optimization", "transformers", "torch", "ai-edge-litert"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, *, family: str, task: str,
+                 quantization: "Quant | str", io_type: str = "float32", preprocessing: dict | None = None,
+                 config: dict | None = None, assets: Mapping[str, tuple[str, AssetSource]] | None = None,
+                 source: dict | None = None, conversion: dict | None = None, overwrite: bool = True) -> Path:
+    """Writes the bundle folder ``out_dir`` and returns it.
+
+    ``assets`` maps a role to (relative path inside the bundle, source file or bytes), e.g.
+    ``{"labels": ("assets/labels.txt", b"cat\\ndog\\n")}``. Everything is written into a temporary sibling folder
+    and renamed into place when complete, so a failure leaves no partial bundle and an old bundle intact."""
+    out_dir = Path(out_dir)
+    quant = Quant.parse(quantization)
+    if out_dir.exists() and not overwrite:
+        raise ConvertError(f"{out_dir} already exists")
+    if out_dir.exists() and not (out_dir / MANIFEST_NAME).is_file() and any(out_dir.iterdir()):
+        raise ConvertError(f"{out_dir} exists and is not a liteship bundle; refusing to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        raw_model = tmp / "raw.tflite"
+        if isinstance(tflite, (bytes, bytearray)):
+            raw_model.write_bytes(tflite)
+        else:
+            shutil.copyfile(tflite, raw_model)
+        info = read_model(raw_model)
+
+        asset_roles = {}
+        for role, (rel, src) in (assets or {}).items():
+            rel_path = Path(rel)
+            if rel_path.is_absolute() or ".." in rel_path.parts or rel in (MODEL_NAME, MANIFEST_NAME):
+                raise ConvertError(f"asset {role!r} has an unsafe bundle path {rel!r}")
+            dest = tmp / rel_path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, (bytes, bytearray)):
+                dest.write_bytes(src)
+            else:
+                if not Path(src).is_file():
+                    raise ConvertError(f"asset {role!r}: {src} does not exist")
+                shutil.copyfile(src, dest)
+            asset_roles[role] = rel_path.as_posix()
+
+        manifest = {
+            "schema": SCHEMA,
+            "family": family,
+            "task": task,
+            "quantization": quant.value,
+            "io_type": io_type,
+            "signatures": info.signature_specs(),
+            "preprocessing": preprocessing or {},
+            "config": config or {},
+            "assets": asset_roles,
+            "source": source or {},
+            "conversion": dict(conversion or {}, op_counts=info.op_counts()),
+            "versions": library_versions(),
+            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        }
+        embedded = json.dumps(manifest, sort_keys=True).encode("utf-8")
+        embed_metadata(raw_model, tmp / MODEL_NAME, {MANIFEST_METADATA_NAME: embedded})
+        raw_model.unlink()
+
+        manifest["files"] = {
+            p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+            for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+        return out_dir
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,111 @@
+"""Quantization modes: one enum, one table from mode to converter recipe, one from mode to file suffix."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable
+
+from liteship.errors import ConvertError
+
+
+class Quant(str, Enum):
+    FP32 = "fp32"                  # no quantization
+    FP16 = "fp16"                  # weights stored as float16, computed in float32 (XNNPACK may run fp16)
+    DYNAMIC_INT8 = "dynamic-int8"  # int8 weights, activations quantized on the fly: no data needed
+    INT8 = "int8"                  # full-integer int8, calibrated on a representative dataset
+    INT8X16 = "int8x16"            # int8 weights, int16 activations: calibrated, more accurate, fewer delegates
+
+    @classmethod
+    def parse(cls, text: "str | Quant") -> "Quant":
+        try:
+            return cls(text)
+        except ValueError:
+            choices = ", ".join(q.value for q in cls)
+            raise ConvertError(f"unknown quantization mode {text!r}; choose one of: {choices}") from None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self in (Quant.INT8, Quant.INT8X16)
+
+
+IO_TYPES = ("float32", "int8", "uint8", "int16")
+
+
+def _fp32(converter, rep) -> None:
+    pass
+
+
+def _fp16(converter, rep) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def _dynamic_int8(converter, rep) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def _int8(converter, rep) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = rep
+    # Only integer kernels: an op without one is a conversion error rather than a silent float fallback,
+    # which is what an Edge TPU or a DSP needs.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+
+def _int8x16(converter, rep) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = rep
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+    ]
+
+
+RECIPES: dict[Quant, Callable] = {
+    Quant.FP32: _fp32,
+    Quant.FP16: _fp16,
+    Quant.DYNAMIC_INT8: _dynamic_int8,
+    Quant.INT8: _int8,
+    Quant.INT8X16: _int8x16,
+}
+
+SUFFIXES: dict[Quant, str] = {
+    Quant.FP32: "fp32",
+    Quant.FP16: "fp16",
+    Quant.DYNAMIC_INT8: "dyn-int8",
+    Quant.INT8: "int8",
+    Quant.INT8X16: "int8x16",
+}
+
+
+def apply_recipe(converter, quant: "Quant | str", *, representative_dataset=None, io_type: str = "float32") -> None:
+    """Configures a tf.lite.TFLiteConverter for ``quant``. ``io_type`` other than float32 makes the model's inputs
+    and outputs integer (Edge TPU needs that) and is only meaningful for the calibrated modes."""
+    import tensorflow as tf
+
+    quant = Quant.parse(quant)
+    if io_type not in IO_TYPES:
+        raise ConvertError(f"unknown input/output type {io_type!r}; choose one of: {', '.join(IO_TYPES)}")
+    if quant.needs_calibration and representative_dataset is None:
+        raise ConvertError(
+            f"--quant {quant.value} needs calibration data (--calibration DIR_or_NPY): liteship never calibrates "
+            "on random data"
+        )
+    if io_type != "float32":
+        if not quant.needs_calibration:
+            raise ConvertError(f"--io-type {io_type} needs a calibrated mode (int8 or int8x16), not {quant.value}")
+        allowed = ("int16",) if quant is Quant.INT8X16 else ("int8", "uint8")
+        if io_type not in allowed:
+            raise ConvertError(f"--io-type {io_type} does not go with --quant {quant.value}; use {' or '.join(allowed)}")
+    RECIPES[quant](converter, representative_dataset)
+    if io_type != "float32":
+        dtype = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16}[io_type]
+        converter.inference_input_type = dtype
+        converter.inference_output_type = dtype

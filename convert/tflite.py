@@ -1,0 +1,162 @@
+"""SavedModel / Keras -> .tflite bytes, with the quantization recipe applied and op coverage reported."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from liteship.convert.quant import Quant, apply_recipe
+from liteship.errors import ConvertError
+from liteship.runtime.tflite_file import read_model
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def quiet_tensorflow() -> Iterator[None]:
+    """TensorFlow's C++ logging says nothing a user of liteship can act on; keep warnings and errors."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    yield
+
+
+def unsupported_ops(message: str) -> list[str]:
+    """Op names from the converter's 'ops are not supported' error, e.g. ['tf.Erfinv']."""
+    ops = re.findall(r"'(tf\.[A-Za-z0-9_]+)'", message) or re.findall(r"\b(tf\.[A-Z][A-Za-z0-9_]+)\b", message)
+    return sorted(set(ops))
+
+
+def check_saved_model(path: Path) -> None:
+    if not path.exists():
+        raise ConvertError(f"{path} does not exist")
+    if not path.is_dir() or not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
+        raise ConvertError(f"{path} is not a SavedModel folder (no saved_model.pb)")
+
+
+def saved_model_signature(path: Path, signature_key: str | None = None) -> tuple[str, dict]:
+    """(signature key, input TensorSpec dict of its single input) of a SavedModel."""
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # TF raises many types for a damaged SavedModel
+        raise ConvertError(f"{path}: cannot load the SavedModel: {_first_line(exc)}") from None
+    keys = list(loaded.signatures.keys())
+    if not keys:
+        raise ConvertError(f"{path}: the SavedModel has no signatures to convert")
+    key = signature_key or ("serving_default" if "serving_default" in keys else keys[0])
+    if key not in keys:
+        raise ConvertError(f"{path}: no signature {key!r}; it has: {', '.join(keys)}")
+    fn = loaded.signatures[key]
+    specs = fn.structured_input_signature[1]
+    if len(specs) != 1:
+        inputs = {}
+    else:
+        (name, spec), = specs.items()
+        inputs = {"name": name, "shape": [-1 if d is None else int(d) for d in spec.shape],
+                  "dtype": spec.dtype.name}
+    return key, inputs
+
+
+def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str", *,
+                        signature_keys: list[str] | None = None,
+                        representative_dataset: Callable | None = None, io_type: str = "float32",
+                        allow_tf_ops: bool = False, configure: Callable | None = None) -> tuple[bytes, dict]:
+    """Converts a SavedModel. Returns the .tflite bytes and a report (seconds, size, op counts, flex ops).
+
+    Without ``allow_tf_ops`` an op with no TFLite builtin is a ConvertError naming it; with it, the op is kept as a
+    Flex (SELECT_TF_OPS) op and the report lists it: the runtime then needs the Flex delegate."""
+    import tensorflow as tf
+
+    path = Path(saved_model_dir)
+    check_saved_model(path)
+    quant = Quant.parse(quant)
+    t0 = time.perf_counter()
+    try:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=signature_keys)
+    except Exception as exc:
+        raise ConvertError(f"{path}: cannot load the SavedModel: {_first_line(exc)}") from None
+    apply_recipe(converter, quant, representative_dataset=representative_dataset, io_type=io_type)
+    if allow_tf_ops:
+        ops = set(converter.target_spec.supported_ops or [tf.lite.OpsSet.TFLITE_BUILTINS])
+        converter.target_spec.supported_ops = ops | {tf.lite.OpsSet.SELECT_TF_OPS}
+    if configure is not None:
+        configure(converter)
+    try:
+        data = converter.convert()
+    except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
+        message = str(exc)
+        ops = unsupported_ops(message)
+        if ops:
+            raise ConvertError(
+                f"{path}: ops with no TFLite builtin: {', '.join(ops)} (pass --allow-tf-ops to keep them as Flex ops; "
+                "the device then needs the Flex delegate)"
+            ) from None
+        if "representative" in message.lower() or "calibrat" in message.lower():
+            raise ConvertError(f"{path}: calibration failed: {_first_line(exc)}") from None
+        raise ConvertError(f"{path}: conversion failed: {_first_line(exc)}") from None
+    info = read_model(data)
+    counts = info.op_counts()
+    flex = sorted(name.split(":", 1)[1] for name in counts if name.startswith("CUSTOM:Flex"))
+    if flex:
+        print(f"warning: the model keeps TensorFlow ops {', '.join(flex)}: the device needs the Flex delegate "
+              "(tensorflow-lite-select-tf-ops); XNNPACK and the Edge TPU will not run them", file=sys.stderr)
+    report = {"seconds": round(time.perf_counter() - t0, 3), "size_bytes": len(data), "op_counts": counts,
+              "flex_ops": flex, "quantization": quant.value, "io_type": io_type}
+    return data, report
+
+
+def load_keras_model(path: Path):
+    """Loads a Keras 3 (.keras/.h5) or Keras 2 (tf_keras .h5 or SavedModel) model file."""
+    if not path.exists():
+        raise ConvertError(f"{path} does not exist")
+    if path.suffix not in KERAS_SUFFIXES:
+        raise ConvertError(f"{path}: expected a Keras model file ({', '.join(KERAS_SUFFIXES)})")
+    errors = []
+    loaders = []
+    import keras  # Keras 3 is what TensorFlow 2.21 ships as tf.keras
+
+    loaders.append(("keras", lambda: keras.saving.load_model(str(path), compile=False)))
+    if path.suffix != ".keras":
+        import tf_keras
+
+        loaders.append(("tf_keras", lambda: tf_keras.models.load_model(str(path), compile=False)))
+    for name, load in loaders:
+        try:
+            return load()
+        except Exception as exc:
+            errors.append(f"{name}: {_first_line(exc)}")
+    raise ConvertError(f"{path}: not a loadable Keras model ({'; '.join(errors)})")
+
+
+def export_keras_to_saved_model(model, out_dir: Path) -> None:
+    """Writes a SavedModel with a serving_default signature for a Keras 3 or tf_keras model."""
+    import tensorflow as tf
+
+    if hasattr(model, "export") and type(model).__module__.startswith("keras"):
+        model.export(str(out_dir), verbose=False)
+    else:
+        tf.saved_model.save(model, str(out_dir))
+
+
+@contextlib.contextmanager
+def keras_as_saved_model(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary SavedModel made from a Keras model file; removed afterwards."""
+    model = load_keras_model(Path(path))
+    tmp = Path(tempfile.mkdtemp(prefix="liteship-keras-"))
+    try:
+        export_keras_to_saved_model(model, tmp / "saved_model")
+        yield tmp / "saved_model"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

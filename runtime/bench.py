@@ -1,0 +1,210 @@
+"""Benchmarks a bundle where it runs: init, first inference, warm-up, timed runs, peak memory.
+
+This is what a board runs (``python3 -m liteship.runtime.bench BUNDLE --json``, or the same through the runtime
+zipapp that ``liteship device`` pushes), so it needs only numpy and an interpreter. Results follow the
+``liteship.bench/1`` schema in docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from liteship.errors import LiteshipError, RuntimeLiteshipError
+from liteship.runtime.bundle import Bundle
+from liteship.runtime.interpreter import create_interpreter
+
+SCHEMA = "liteship.bench/1"
+# For GPT-2 the latency loop times one decode step: the call a chat app makes once per token.
+PREFERRED_SIGNATURES = ("decode", "serving_default")
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident set size of this process so far (VmHWM), or None where the OS does not say."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss if sys.platform == "darwin" else rss * 1024
+    except (ImportError, OSError):
+        return None
+
+
+def host_facts() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key = line.split(":")[0].strip().lower()
+                if key in ("model name", "hardware", "cpu model"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
+            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
+
+
+def percentiles(samples_ms: list[float]) -> dict:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {
+        "mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()),
+        "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+        "samples": [round(float(x), 4) for x in a],
+    }
+
+
+def synthetic_inputs(details: dict, seed: int = 0) -> dict:
+    """Inputs of the right shape and type: values in each type's usual range; integer inputs (token ids,
+    positions) are zeros, which every model accepts."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for name, d in details.items():
+        shape = [1 if s < 0 else int(s) for s in (d.get("shape_signature") if d.get("shape_signature") is not None
+                                                  and len(d.get("shape_signature")) else d["shape"])]
+        dtype = np.dtype(d["dtype"])
+        if dtype.kind == "f":
+            inputs[name] = rng.uniform(-1, 1, size=shape).astype(dtype)
+        elif dtype in (np.int8, np.uint8) and d.get("quantization", (0.0, 0))[0]:
+            info = np.iinfo(dtype)
+            inputs[name] = rng.integers(info.min, info.max + 1, size=shape, dtype=dtype)
+        else:
+            inputs[name] = np.zeros(shape, dtype=dtype)
+    return inputs
+
+
+def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, threads: int | None = None,
+              backend: str = "auto", delegate: str | None = None, use_xnnpack: bool = True,
+              signature: str | None = None, generation: bool = True) -> dict:
+    """Times one signature of a bundle or .tflite with synthetic inputs. GPT-2 bundles also get a
+    ``generation`` block (prefill and decode tok/s) from liteship.runtime.generate."""
+    if runs < 1 or warmup < 0:
+        raise RuntimeLiteshipError("--runs must be >= 1 and --warmup >= 0")
+    bundle = Bundle.open(model)
+    t0 = time.perf_counter()
+    interp = create_interpreter(bundle.model_path, backend=backend, num_threads=threads, delegate=delegate,
+                                use_xnnpack=use_xnnpack)
+    keys = list(interp.get_signature_list())
+    if signature is None:
+        signature = next((k for k in PREFERRED_SIGNATURES if k in keys), keys[0] if keys else None)
+    if signature is None:
+        raise RuntimeLiteshipError(f"{bundle.model_path}: the model has no signatures to run")
+    if signature not in keys:
+        raise RuntimeLiteshipError(f"signature {signature!r} not in the model; it has: {', '.join(keys)}")
+    runner = interp.get_signature_runner(signature)
+    init_ms = (time.perf_counter() - t0) * 1e3
+    inputs = synthetic_inputs(runner.get_input_details())
+
+    t0 = time.perf_counter()
+    runner(**inputs)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(warmup):
+        runner(**inputs)
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        runner(**inputs)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+
+    result = {
+        "schema": SCHEMA,
+        "model": {"path": str(bundle.model_path), "size_bytes": bundle.model_path.stat().st_size,
+                  "sha256": bundle.sha256(), "family": bundle.family, "quantization": bundle.quantization},
+        "runtime": {"backend": interp.liteship_backend, "threads": threads, "delegate": delegate,
+                    "xnnpack": use_xnnpack},
+        "signature": signature,
+        "init_ms": init_ms,
+        "first_inference_ms": first_ms,
+        "warmup_runs": warmup,
+        "runs": runs,
+        "latency_ms": percentiles(samples),
+    }
+    del runner, interp
+    if generation and bundle.family == "gpt2":
+        from liteship.runtime.generate import benchmark_generation
+
+        result["generation"] = benchmark_generation(bundle.root, threads=threads, backend=backend)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["host"] = host_facts()
+    result["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return result
+
+
+def format_table(result: dict) -> str:
+    lat = result["latency_ms"]
+    rss = result.get("peak_rss_bytes")
+    rows = [
+        ("model", f"{result['model']['path']} ({result['model']['size_bytes'] / 1e6:.2f} MB, "
+                  f"{result['model']['quantization']})"),
+        ("runtime", f"{result['runtime']['backend']}, threads={result['runtime']['threads'] or 'default'}"
+                    f"{', delegate=' + result['runtime']['delegate'] if result['runtime']['delegate'] else ''}"),
+        ("signature", result["signature"]),
+        ("init", f"{result['init_ms']:.2f} ms"),
+        ("first inference", f"{result['first_inference_ms']:.3f} ms"),
+        (f"latency ({result['runs']} runs)", f"mean {lat['mean']:.3f} ± {lat['std']:.3f} ms, p50 {lat['p50']:.3f}, "
+                                            f"p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}"),
+        ("peak RSS", f"{rss / 2**20:.1f} MiB" if rss else "unknown"),
+    ]
+    gen = result.get("generation")
+    if gen:
+        rows.append(("prefill", f"{gen.get('prefill_tok_s', float('nan')):.1f} tok/s"))
+        rows.append(("decode", f"{gen.get('decode_tok_s', float('nan')):.1f} tok/s"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="liteship-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="bundle folder, .zip/.tar, or .tflite")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--delegate", default=None)
+    parser.add_argument("--no-xnnpack", action="store_true")
+    parser.add_argument("--signature", default=None)
+    parser.add_argument("--no-generation", action="store_true", help="skip the GPT-2 tok/s measurement")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                        help="write JSON to PATH (or stdout with no PATH)")
+    args = parser.parse_args(argv)
+    try:
+        result = benchmark(args.model, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                           backend=args.backend, delegate=args.delegate, use_xnnpack=not args.no_xnnpack,
+                           signature=args.signature, generation=not args.no_generation)
+    except LiteshipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json == "-":
+        print(json.dumps(result))
+    elif args.json:
+        write_json_atomic(args.json, result)
+        print(format_table(result))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

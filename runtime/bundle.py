@@ -1,0 +1,178 @@
+"""Opens a bundle (folder, .zip, .tar[.gz] or a lone .tflite) and checks it before anything runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from liteship.errors import BundleError
+from liteship.runtime.tflite_file import read_model, sha256_file
+
+SCHEMA = "liteship.bundle/1"
+MODEL_NAME = "model.tflite"
+MANIFEST_NAME = "manifest.json"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship"))
+
+
+def _safe_members(names: list[str], archive: Path) -> None:
+    for name in names:
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts:
+            raise BundleError(f"{archive}: unsafe path {name!r} in archive")
+
+
+def _extract(archive: Path) -> Path:
+    """Extracts once into the cache, keyed by the archive's hash, atomically."""
+    digest = sha256_file(archive)[:16]
+    dest = _cache_root() / "bundles" / f"{archive.name}-{digest}"
+    if (dest / MANIFEST_NAME).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                _safe_members(zf.namelist(), archive)
+                zf.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                members = [m for m in tf.getmembers() if m.isfile() or m.isdir()]
+                _safe_members([m.name for m in members], archive)
+                tf.extractall(tmp, members=members)
+        else:
+            raise BundleError(f"{archive}: not a zip or tar archive")
+        # An archive of the folder itself holds one top-level directory.
+        root = tmp
+        entries = list(tmp.iterdir())
+        if len(entries) == 1 and entries[0].is_dir() and not (tmp / MANIFEST_NAME).exists():
+            root = entries[0]
+        if not (root / MANIFEST_NAME).is_file():
+            raise BundleError(f"{archive}: no {MANIFEST_NAME} inside; not a liteship bundle archive")
+        os.replace(root, dest)
+        return dest
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleError(f"{archive}: damaged archive ({exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Bundle:
+    """A checked bundle. ``manifest`` is the dict from manifest.json (or the one embedded in a lone .tflite)."""
+
+    def __init__(self, root: Path, model_path: Path, manifest: dict):
+        self.root, self.model_path, self.manifest = root, model_path, manifest
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, verify: bool = True) -> "Bundle":
+        path = Path(path)
+        if not path.exists():
+            raise BundleError(f"{path}: no such bundle or model")
+        if path.is_file() and path.suffix == ".tflite":
+            manifest = read_model(path).manifest()
+            if manifest is None:
+                # A plain .tflite from elsewhere: describe it from the flatbuffer itself.
+                info = read_model(path)
+                manifest = {"schema": SCHEMA, "family": "unknown", "task": "unknown", "quantization": "unknown",
+                            "signatures": info.signature_specs(), "preprocessing": {}, "config": {}, "assets": {}}
+            return cls(path.parent, path, manifest)
+        if path.is_file():
+            path = _extract(path)
+        manifest_path = path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise BundleError(f"{path}: no {MANIFEST_NAME}; not a liteship bundle")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+        if manifest.get("schema") != SCHEMA:
+            raise BundleError(f"{path}: bundle schema {manifest.get('schema')!r} is not {SCHEMA!r}")
+        bundle = cls(path, path / MODEL_NAME, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Checks every file's size and sha256 against the manifest; raises BundleError naming the first bad one."""
+        files = self.manifest.get("files") or {}
+        if MODEL_NAME not in files:
+            raise BundleError(f"{self.root}: manifest lists no {MODEL_NAME}")
+        for rel, expect in sorted(files.items()):
+            p = self.root / rel
+            if not p.is_file():
+                raise BundleError(f"{self.root}: {rel} is missing")
+            if p.stat().st_size != expect.get("size", p.stat().st_size):
+                raise BundleError(
+                    f"{self.root}: {rel} is {p.stat().st_size} bytes, the manifest says {expect['size']} (truncated?)")
+            if sha256_file(p) != expect["sha256"]:
+                raise BundleError(f"{self.root}: {rel} fails its sha256 check (modified or corrupt)")
+
+    @property
+    def family(self) -> str:
+        return self.manifest.get("family", "unknown")
+
+    @property
+    def task(self) -> str:
+        return self.manifest.get("task", "unknown")
+
+    @property
+    def quantization(self) -> str:
+        return self.manifest.get("quantization", "unknown")
+
+    @property
+    def config(self) -> dict:
+        return self.manifest.get("config") or {}
+
+    @property
+    def preprocessing(self) -> dict:
+        return self.manifest.get("preprocessing") or {}
+
+    @property
+    def signatures(self) -> dict:
+        return self.manifest.get("signatures") or {}
+
+    def asset(self, role: str) -> Path:
+        rel = (self.manifest.get("assets") or {}).get(role)
+        if rel is None:
+            raise BundleError(f"{self.root}: bundle has no {role!r} asset")
+        return self.root / rel
+
+    def has_asset(self, role: str) -> bool:
+        return role in (self.manifest.get("assets") or {})
+
+    def sha256(self) -> str:
+        entry = (self.manifest.get("files") or {}).get(MODEL_NAME)
+        return entry["sha256"] if entry else sha256_file(self.model_path)
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.root)!r}, family={self.family!r}, quantization={self.quantization!r})"
+
+
+def pack_bundle(bundle_dir: str | os.PathLike, archive: str | os.PathLike) -> Path:
+    """Writes a .zip or .tar(.gz) of a bundle folder, atomically."""
+    bundle = Bundle.open(bundle_dir)
+    archive = Path(archive)
+    tmp = archive.with_name(f".{archive.name}.partial")
+    try:
+        if archive.suffix == ".zip":
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+                for rel in sorted(bundle.manifest["files"]) + [MANIFEST_NAME]:
+                    zf.write(bundle.root / rel, f"{bundle.root.name}/{rel}")
+        elif archive.name.endswith((".tar", ".tar.gz", ".tgz")):
+            mode = "w:gz" if archive.name.endswith(("gz",)) else "w"
+            with tarfile.open(tmp, mode) as tf:
+                for rel in sorted(bundle.manifest["files"]) + [MANIFEST_NAME]:
+                    tf.add(bundle.root / rel, f"{bundle.root.name}/{rel}")
+        else:
+            raise BundleError(f"{archive}: choose a .zip, .tar or .tar.gz name")
+        os.replace(tmp, archive)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return archive
