@@ -1,0 +1,83 @@
+"""The host itself as a target, so push/probe/bench work with no device attached (the default device)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+from liteship.errors import DeviceError
+
+from .base import CommandResult, Target
+
+
+def _default_workdir() -> str:
+    # Same place the user's other caches live; LITESHIP_LOCAL_WORKDIR moves it (tests, read-only homes).
+    override = os.environ.get("LITESHIP_LOCAL_WORKDIR")
+    if override:
+        return str(Path(override).expanduser().resolve())
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache) / "liteship" / "device")
+
+
+class LocalTarget(Target):
+    """Runs argv lists directly with subprocess (no shell), copies files with shutil."""
+
+    kind = "local"
+
+    def __init__(self, name: str = "local", *, workdir: str | None = None):
+        super().__init__(name)
+        self._workdir = workdir
+
+    @classmethod
+    def from_spec(cls, spec: str, *, workdir: str | None = None, **options: Any) -> "LocalTarget":
+        if spec != "local":
+            raise DeviceError(f"bad local device {spec!r}: it takes no arguments, write just 'local'")
+        return cls(spec, workdir=workdir)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        argv = [str(a) for a in argv]
+        try:
+            proc = subprocess.run(
+                argv,
+                input=stdin if stdin is not None else b"",
+                capture_output=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"{self.name}: `{argv[0]}` timed out after {timeout:g} s") from None
+        except OSError as exc:
+            raise DeviceError(f"{self.name}: cannot run {argv[0]!r}: {exc.strerror}") from None
+        result = CommandResult(
+            proc.returncode,
+            proc.stdout.decode("utf-8", "replace"),
+            proc.stderr.decode("utf-8", "replace"),
+        )
+        return self.check_result(argv, result) if check else result
+
+    def put(self, local: Path, remote: str, *, timeout: float | None = None) -> None:
+        self._copy(Path(local), Path(remote))
+
+    def get(self, remote: str, local: Path, *, timeout: float | None = None) -> None:
+        self._copy(Path(remote), Path(local))
+
+    def _copy(self, src: Path, dst: Path) -> None:
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DeviceError(f"{self.name}: cannot copy {src} to {dst}: {exc.strerror}") from None
+
+    def default_workdir(self) -> str:
+        return self._workdir or _default_workdir()
