@@ -1,0 +1,127 @@
+"""`liteship run bit` and `liteship eval bit`: image classification from the command line (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from liteship.errors import LiteshipError
+
+
+def _fail(exc: LiteshipError):
+    raise click.ClickException(str(exc)) from None
+
+
+@click.command("bit")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.argument("image_or_dir", type=click.Path(exists=True))
+@click.option("--top-k", "top_k", default=5, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: backend's).")
+@click.option("--backend", default="auto", show_default=True, help="Interpreter: auto, litert, tflite-runtime or tf.")
+def run_command(bundle, image_or_dir, top_k, as_json, threads, backend):
+    """Classify an image, or every image under a folder, with a BiT/image-classifier BUNDLE.
+
+    Images are decoded, resized and normalized exactly as the bundle's manifest says. Files that are not
+    images are reported on stderr and skipped. Progress for folders goes to stderr.
+    """
+    from pathlib import Path
+
+    from liteship.runtime.classify import ImageClassifier, Skipped
+    from liteship.runtime.images import iter_files
+
+    try:
+        classifier = ImageClassifier(bundle, threads=threads, backend=backend)
+        files = iter_files(image_or_dir)
+        predictions, skipped = [], []
+        show_progress = Path(image_or_dir).is_dir()
+        with click.progressbar(length=len(files), label="classifying", file=sys.stderr,
+                               hidden=not show_progress) as bar:
+            for result in classifier.iter_classify(files, top_k=top_k):
+                bar.update(1)
+                if isinstance(result, Skipped):
+                    skipped.append(result)
+                    if not as_json:
+                        click.echo(f"skipped {result.reason}", err=True)
+                else:
+                    predictions.append(result)
+    except LiteshipError as exc:
+        _fail(exc)
+    if as_json:
+        document = {
+            "bundle": str(classifier.bundle.root),
+            "quantization": classifier.bundle.quantization,
+            "predictions": [p.to_dict() for p in predictions],
+            "skipped": [s.to_dict() for s in skipped],
+        }
+        click.echo(json.dumps(document, indent=2))
+    else:
+        _print_table(predictions)
+    if not predictions:
+        raise click.ClickException(f"{image_or_dir}: no image could be classified ({len(skipped)} skipped)")
+
+
+def _print_table(predictions) -> None:
+    if not predictions:
+        return
+    width = max(len(t.label) for p in predictions for t in p.top)
+    width = max(width, len("label"))
+    for prediction in predictions:
+        click.echo(prediction.source)
+        for rank, top in enumerate(prediction.top, 1):
+            click.echo(f"  {rank:>2}  {top.label:<{width}}  {top.score:8.4f}")
+
+
+@click.command("bit")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.argument("labeled_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--reference", type=click.Path(exists=True), default=None,
+              help="A second bundle (e.g. the fp32 one) to compare top-1 agreement and accuracy with.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads.")
+@click.option("--backend", default="auto", show_default=True, help="Interpreter backend.")
+def eval_command(bundle, labeled_dir, reference, as_json, threads, backend):
+    """Accuracy of BUNDLE on LABELED_DIR, a folder of class folders (LABELED_DIR/<label>/<image>).
+
+    With --reference, also the top-1 agreement with the reference bundle and the accuracy change.
+    """
+    from liteship.runtime.classify import evaluate
+    from liteship.runtime.images import iter_files
+
+    total = sum(len(iter_files(p)) for p in _class_dirs(labeled_dir)) * (2 if reference else 1)
+    try:
+        with click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
+            result = evaluate(bundle, labeled_dir, reference_bundle=reference, threads=threads, backend=backend,
+                              progress=lambda _: bar.update(1))
+    except LiteshipError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for skip in result["skipped"]:
+        click.echo(f"skipped {skip['reason']}", err=True)
+    click.echo(f"bundle      {result['bundle']} ({result['quantization']})")
+    click.echo(f"images      {result['images']} ({len(result['skipped'])} skipped)")
+    click.echo(f"accuracy    {_percent(result['accuracy'])}  (top-5 {_percent(result['top5_accuracy'])})")
+    if "reference" in result:
+        ref = result["reference"]
+        change = ref["accuracy_change"]
+        click.echo(f"reference   {ref['bundle']} ({ref['quantization']}): accuracy {_percent(ref['accuracy'])}")
+        click.echo(f"agreement   {_percent(ref['top1_agreement'])} top-1 on {ref['compared']} images")
+        click.echo(f"change      {'n/a' if change is None else f'{100 * change:+.2f} points'}")
+    click.echo("per class:")
+    width = max(len(name) for name in result["per_class"])
+    for name, counts in result["per_class"].items():
+        click.echo(f"  {name:<{width}}  {counts['correct']:>5}/{counts['images']:<5}  {_percent(counts['accuracy'])}")
+
+
+def _class_dirs(labeled_dir):
+    from pathlib import Path
+
+    return [p for p in sorted(Path(labeled_dir).iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
