@@ -1,0 +1,232 @@
+"""BiT checkpoint -> tf_keras model -> .tflite -> bundle.
+
+    source (.npz or SavedModel folder) --weights.py--> {layer: weights} --model.py--> tf_keras model
+        --liteship.convert.tflite (+ quant recipe, calibration on the user's images)--> .tflite --write_bundle--> folder
+
+TensorFlow is imported inside functions so that `liteship --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from liteship.convert.bit import weights as W
+from liteship.convert.bit.config import BiTConfig, get_config
+from liteship.convert.quant import Quant
+from liteship.errors import ConvertError
+
+FAMILY = "bit"
+TASK = "image-classification"
+
+# Input conventions, as the "preprocessing" block states them: normalized = (pixel / 255 - mean) / std.
+INPUT_RANGES = {
+    "-1,1": {"input_range": [-1, 1], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},  # original BiT checkpoints
+    "0,1": {"input_range": [0, 1], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},  # TF Hub image modules
+}
+
+# A SavedModel's outputs must be reproduced by our rebuild within this (max |diff| / max |logit|) to be trusted.
+# float32 differences from GroupNorm re-expression and pre-standardized kernels are ~1e-6 relative; 1e-3 leaves
+# room for a deeper net while still telling [0, 1] from [-1, 1] input apart (those differ by O(1)).
+SAVED_MODEL_MATCH_RTOL = 1e-3
+
+
+@dataclass
+class Checkpoint:
+    """A BiT checkpoint mapped onto our layers."""
+
+    config: BiTConfig  # with num_classes from the head
+    layers: dict  # {layer scope: {weight name: array}}, kernels standardized
+    input_range: str  # a key of INPUT_RANGES
+    format: str  # "bit-npz" | "saved-model"
+    path: Path
+
+
+def preprocessing_block(image_size: int, input_range: str) -> dict:
+    """The manifest "preprocessing" block the runtime (runtime/images.py) reads: resize straight to the input size,
+    no crop (BiT's eval pipeline resizes to the crop size, input_pipeline_tf2_or_jax.py)."""
+    return {"image_size": [image_size, image_size], "resize": "bilinear", "crop": "none",
+            **INPUT_RANGES[input_range], "channels": "RGB", "layout": "NHWC"}
+
+
+def load_checkpoint(source: str | Path, variant: str | BiTConfig, *, input_range: str | None = None,
+                    image_size: int | None = None) -> Checkpoint:
+    """Read a BiT .npz or a TF Hub-style SavedModel folder strictly into `variant`'s layers."""
+    path = Path(source)
+    base = variant if isinstance(variant, BiTConfig) else get_config(variant)
+    if input_range is not None and input_range not in INPUT_RANGES:
+        raise ConvertError(f"unknown input range {input_range!r}; choose one of {', '.join(INPUT_RANGES)}")
+    if not path.exists():
+        raise ConvertError(f"BiT checkpoint not found: {path}")
+    if path.is_dir():
+        return _load_saved_model(path, base, input_range, image_size)
+    tensors = W.normalize_names(W.read_npz(path), str(path))
+    config = dataclasses.replace(base, num_classes=W.num_classes_of(tensors, str(path)))
+    layers = W.map_tensors(tensors, config, str(path))
+    return Checkpoint(config, layers, input_range or "-1,1", "bit-npz", path)
+
+
+def _load_saved_model(path: Path, base: BiTConfig, input_range: str | None, image_size: int | None) -> Checkpoint:
+    """Read the SavedModel's variables by name (tf.saved_model.load), rebuild BiT from them, and check the rebuild
+    against the SavedModel's own outputs, which also tells whether it takes [0, 1] or [-1, 1] input."""
+    import tensorflow as tf
+
+    if not (path / "saved_model.pb").is_file():
+        raise ConvertError(f"{path} is a folder but not a SavedModel (no saved_model.pb)")
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as err:  # TF raises many types for a damaged SavedModel
+        raise ConvertError(f"{path}: cannot load the SavedModel ({str(err).splitlines()[0]})") from None
+    variables = getattr(loaded, "variables", None)
+    if not variables:
+        raise ConvertError(f"{path}: the SavedModel exposes no .variables to read BiT weights from")
+    raw = {}
+    for variable in variables:
+        if variable.name in raw:
+            raise ConvertError(f"{path}: two variables are named {variable.name!r}")
+        raw[variable.name] = variable.numpy()
+    tensors = W.normalize_names(raw, str(path))
+    config = dataclasses.replace(base, num_classes=W.num_classes_of(tensors, str(path)))
+    layers = W.map_tensors(tensors, config, str(path))
+    checkpoint = Checkpoint(config, layers, input_range or "0,1", "saved-model", path)
+    if input_range is None:
+        checkpoint.input_range = _probe_input_range(loaded, checkpoint, image_size or config.image_size)
+    return checkpoint
+
+
+def _probe_image(size: int) -> np.ndarray:
+    """A deterministic smooth colour image in [0, 1], (1, size, size, 3): gradients and a disc, not noise."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+    disc = (((yy - 0.4) ** 2 + (xx - 0.6) ** 2) < 0.08).astype(np.float32)
+    return np.stack([xx, yy, 0.5 * disc + 0.25 * (1 - xx)], axis=-1)[None]
+
+
+def _probe_input_range(loaded, checkpoint: Checkpoint, size: int) -> str:
+    image01 = _probe_image(size)
+    fn = loaded if callable(loaded) else loaded.signatures.get("serving_default")
+    try:
+        expected = fn(image01)
+        if isinstance(expected, dict):
+            (expected,) = expected.values()
+        expected = np.asarray(expected)
+    except Exception as err:
+        raise ConvertError(f"{checkpoint.path}: cannot run the SavedModel on a {size}x{size} image to check the "
+                           f"rebuild ({str(err).splitlines()[0]}); pass --input-range to skip the check") from None
+    model = build_keras(checkpoint, image_size=size)
+    scale = float(np.abs(expected).max()) or 1.0
+    errors = {}
+    for name, spec in INPUT_RANGES.items():
+        normalized = (image01 - np.float32(spec["mean"][0])) / np.float32(spec["std"][0])
+        errors[name] = float(np.abs(model(normalized).numpy() - expected).max()) / scale
+    best = min(errors, key=errors.get)
+    if errors[best] > SAVED_MODEL_MATCH_RTOL:
+        raise ConvertError(f"{checkpoint.path}: rebuilding BiT {W._describe(checkpoint.config)} from the "
+                           f"SavedModel's variables does not reproduce its outputs (relative error "
+                           f"{errors[best]:.2g}); is it a BiT classifier?")
+    return best
+
+
+def build_keras(checkpoint: Checkpoint, *, image_size: int | None = None, groupnorm: str = "matmul",
+                batch_size: int | None = 1):
+    """The tf_keras BiT with the checkpoint's weights."""
+    from liteship.convert.bit.model import build_model
+
+    model = build_model(checkpoint.config, image_size=image_size, groupnorm=groupnorm, batch_size=batch_size)
+    W.load_into(model, checkpoint.layers)
+    return model
+
+
+def read_labels(path: str | Path, num_classes: int) -> bytes:
+    """The labels file's bytes, checked to hold one label per class."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConvertError(f"labels file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConvertError(f"labels file {path} is not UTF-8 text") from None
+    labels = text.splitlines()
+    while labels and not labels[-1].strip():
+        labels.pop()
+    if len(labels) != num_classes:
+        raise ConvertError(f"labels file {path} has {len(labels)} labels but the checkpoint head has "
+                           f"{num_classes} classes")
+    return ("\n".join(labels) + "\n").encode("utf-8")
+
+
+def keras_to_tflite(model, quant: Quant, *, representative_dataset=None, io_type: str = "float32"
+                    ) -> tuple[bytes, dict]:
+    """tf_keras model -> (.tflite bytes, conversion report) through a temporary SavedModel."""
+    from liteship.convert.tflite import convert_saved_model, export_keras_to_saved_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="liteship-bit-"))
+    try:
+        export_keras_to_saved_model(model, tmp / "saved_model")
+        return convert_saved_model(tmp / "saved_model", quant, representative_dataset=representative_dataset,
+                                   io_type=io_type)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def calibration_dataset(folder: str | Path, preprocessing: dict, *, limit: int | None = 200):
+    """Representative dataset from the user's images, preprocessed exactly as the runtime will do it."""
+    from liteship.convert.calibration import representative_dataset
+    from liteship.runtime.images import preprocess
+
+    height, width = preprocessing["image_size"]
+    spec = {"name": "image", "shape": [1, height, width, 3], "dtype": "float32"}
+    return representative_dataset(folder, spec, preprocess=lambda path: preprocess(path, preprocessing),
+                                  limit=limit)
+
+
+def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1", quant: str | Quant = "fp32",
+               calibration: str | Path | None = None, labels: str | Path | None = None,
+               image_size: int | None = None, io_type: str = "float32", input_range: str | None = None,
+               groupnorm: str = "matmul", calibration_limit: int | None = 200, progress=None) -> Path:
+    """Convert a BiT checkpoint to a bundle in `out_dir` and return its path.
+
+    `quant` int8 needs `calibration` (a folder of the user's images); liteship never calibrates on random data.
+    `io_type` int8/uint8 makes the model's input and output integer (Edge TPU); the manifest's signature records
+    their scale and zero point. The output is logits (N, num_classes).
+    """
+    say = progress or (lambda message: None)
+    quant = Quant.parse(quant)
+    if quant.needs_calibration and calibration is None:
+        raise ConvertError(f"--quant {quant.value} needs --calibration IMAGE_DIR (your own images; liteship never "
+                           "calibrates on random data)")
+    started = time.perf_counter()
+    say(f"reading {source}")
+    checkpoint = load_checkpoint(source, variant, input_range=input_range, image_size=image_size)
+    config = checkpoint.config
+    size = image_size or config.image_size
+    label_bytes = read_labels(labels, config.num_classes) if labels else None
+    preprocessing = preprocessing_block(size, checkpoint.input_range)
+    rep = calibration_dataset(calibration, preprocessing, limit=calibration_limit) if calibration else None
+    say(f"building BiT {W._describe(config)} ({config.num_classes} classes) at {size}x{size}")
+    model = build_keras(checkpoint, image_size=size, groupnorm=groupnorm)
+    say(f"converting to TFLite ({quant.value}, io {io_type})")
+    tflite, report = keras_to_tflite(model, quant, representative_dataset=rep if quant.needs_calibration else None,
+                                     io_type=io_type)
+    from liteship.convert.bundle import hash_source, write_bundle
+
+    model_config = {
+        "variant": W._describe(config), "num_classes": config.num_classes, "image_size": size,
+        "block_units": list(config.block_units), "width_factor": config.width_factor,
+        "base_width": config.base_width, "num_groups": config.num_groups, "groupnorm_lowering": groupnorm,
+        "output": "logits",
+    }
+    conversion = {"seconds": round(time.perf_counter() - started, 3), "flex_ops": report.get("flex_ops", []),
+                  "pruning": None, "calibration_samples": getattr(rep, "num_samples", None)}
+    assets = {"labels": ("assets/labels.txt", label_bytes)} if label_bytes is not None else None
+    say(f"writing bundle {out_dir}")
+    return write_bundle(out_dir, tflite, family=FAMILY, task=TASK, quantization=quant, io_type=io_type,
+                        preprocessing=preprocessing, config=model_config, assets=assets,
+                        source={"path": str(checkpoint.path), "sha256": hash_source(checkpoint.path),
+                                "format": checkpoint.format},
+                        conversion=conversion)
