@@ -1,0 +1,164 @@
+"""Hugging Face GPT-2 checkpoint folder -> liteship bundle with `prefill` and `decode` signatures.
+
+checkpoint -> strict weight load (weights.py) -> TF module with variables (model.py) -> SavedModel in a temporary
+folder -> TFLiteConverter.from_saved_model(signature_keys=[prefill, decode]) -> quantization recipe -> bundle with
+the tokenizer files, special tokens, context length and generation defaults.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from liteship.convert.gpt2.config import GPT2Config
+from liteship.errors import ConvertError
+
+SIGNATURES = ("prefill", "decode")
+DEFAULT_PREFILL_LEN = 128
+CACHE_LAYOUT = {"k": "H,hd,C", "v": "H,C,hd", "mask_empty": -1e9}
+
+# tokenizer file in the checkpoint -> bundle asset role read by liteship.runtime.tokenizer
+TOKENIZER_ASSETS = {
+    "tokenizer.json": "tokenizer_json",
+    "vocab.json": "vocab",
+    "merges.txt": "merges",
+    "added_tokens.json": "added_tokens",
+}
+# Used when the checkpoint has no generation_config.json: transformers' own defaults (greedy).
+GENERATION_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": 64}
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    bundle: Path
+    seconds: float
+    peak_rss_bytes: int
+    tflite_bytes: int
+    quantization: str
+
+
+def peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+
+
+def resolve_lengths(cfg: GPT2Config, max_context: int | None, prefill_len: int | None) -> tuple[int, int]:
+    C = cfg.n_positions if max_context is None else int(max_context)
+    if not 2 <= C <= cfg.n_positions:
+        raise ConvertError(f"--max-context {C} must be between 2 and the model's n_positions ({cfg.n_positions})")
+    P = min(DEFAULT_PREFILL_LEN, C) if prefill_len is None else int(prefill_len)
+    if not 1 <= P <= C:
+        raise ConvertError(f"--prefill-len {P} must be between 1 and --max-context ({C})")
+    return C, P
+
+
+def tokenizer_assets(ckpt: Path) -> dict:
+    assets = {role: (f"assets/{name}", ckpt / name) for name, role in TOKENIZER_ASSETS.items()
+              if (ckpt / name).is_file()}
+    if "tokenizer_json" not in assets and not {"vocab", "merges"} <= set(assets):
+        raise ConvertError(f"{ckpt}: no tokenizer (needs tokenizer.json, or vocab.json and merges.txt)")
+    return assets
+
+
+def special_tokens(ckpt: Path, cfg: GPT2Config) -> dict:
+    out = {"eos_token_id": cfg.eos_token_id, "bos_token_id": cfg.bos_token_id}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = ckpt / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as e:
+                raise ConvertError(f"{path}: not valid JSON ({e})") from None
+            for key in ("eos_token", "bos_token", "pad_token"):
+                tok = data.get(key)
+                tok = tok.get("content") if isinstance(tok, dict) else tok
+                if isinstance(tok, str):
+                    out.setdefault(key, tok)
+    return out
+
+
+def generation_defaults(ckpt: Path) -> dict:
+    out = dict(GENERATION_DEFAULTS)
+    path = ckpt / "generation_config.json"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise ConvertError(f"{path}: not valid JSON ({e})") from None
+        out.update({k: data[k] for k in GENERATION_DEFAULTS if data.get(k) is not None})
+    return out
+
+
+def build_saved_model(cfg: GPT2Config, params: dict, out_dir: Path, *, max_context: int, prefill_len: int) -> None:
+    import tensorflow as tf
+
+    from liteship.convert.gpt2.model import GPT2TF
+
+    module = GPT2TF(cfg, params, max_context=max_context, prefill_len=prefill_len)
+    tf.saved_model.save(module, str(out_dir), signatures=module.signatures())
+
+
+def convert_to_tflite(saved_model_dir: Path, quant) -> bytes:
+    import tensorflow as tf
+
+    from liteship.convert.quant import apply_recipe
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=list(SIGNATURES))
+    apply_recipe(converter, quant)
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter raises ConverterError / RuntimeError with multi-line MLIR dumps
+        raise ConvertError(f"TFLite conversion of GPT-2 failed: {str(e).strip().splitlines()[0]}") from None
+
+
+def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefill_len: int | None = None,
+           progress=None) -> ExportReport:
+    """Convert the checkpoint folder ``ckpt`` to a bundle at ``out_dir``; returns what it took."""
+    from liteship.convert.bundle import hash_source, write_bundle
+    from liteship.convert.gpt2.weights import load_checkpoint
+    from liteship.convert.quant import Quant
+
+    say = progress or (lambda msg: None)
+    quant = Quant.parse(quant)
+    if quant not in (Quant.FP32, Quant.FP16, Quant.DYNAMIC_INT8):
+        raise ConvertError(f"GPT-2 supports --quant fp32, fp16 or dynamic-int8, not {quant.value} "
+                           "(full-integer attention needs calibration liteship does not do for text)")
+    ckpt = Path(ckpt)
+    start = time.perf_counter()
+    say(f"reading {ckpt}")
+    cfg, params, source = load_checkpoint(ckpt)
+    C, P = resolve_lengths(cfg, max_context, prefill_len)
+    assets = tokenizer_assets(ckpt)
+    config = {
+        "model": cfg.to_dict(),
+        "max_context": C,
+        "prefill_len": P,
+        "cache": CACHE_LAYOUT,
+        **special_tokens(ckpt, cfg),
+        "generation": generation_defaults(ckpt),
+    }
+    work = Path(tempfile.mkdtemp(prefix="liteship-gpt2-"))
+    try:
+        say(f"building the TensorFlow graph (max_context={C}, prefill_len={P})")
+        build_saved_model(cfg, params, work / "saved_model", max_context=C, prefill_len=P)
+        del params
+        gc.collect()
+        say(f"converting to TFLite ({quant.value})")
+        tflite = convert_to_tflite(work / "saved_model", quant)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    rss = peak_rss_bytes()
+    source = dict(source, sha256=hash_source(ckpt / source["weights"]))
+    bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
+                          config=config, assets=assets, source=source,
+                          conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss, "flex_ops": [],
+                                      "pruning": None})
+    return ExportReport(Path(bundle), seconds, rss, len(tflite), quant.value)

@@ -1,0 +1,144 @@
+"""GPT-2 re-authored in TensorFlow for export to TFLite with an external, runtime-owned KV cache.
+
+Two functions share one set of variables (exported as a SavedModel with variables, so the converter never holds the
+weights as embedded graph constants):
+
+  prefill(tokens[P], positions[P], mask[P, C+P], k_0..k_{L-1}[H, hd, C], v_0..v_{L-1}[H, C, hd])
+      -> logits[P, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
+  decode(token[1], position[1], mask[1, C+1], k_i, v_i as above)
+      -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
+
+C is the static max_context, P the static prefill chunk, L layers, H heads, hd head size, V vocab.
+Why this layout (measured, see docs/gpt2_kv_cache.md):
+- The cache is an *input* per layer that the runtime owns and never sends back: the model emits only the K/V of
+  the new token(s); the runtime writes that slice into the interpreter's input buffer in place. Nothing in the
+  graph copies or blends the whole cache, so a step costs the weights plus one read of the cache.
+- K is stored pre-transposed as [H, hd, C] and V as [H, C, hd]: both attention products are plain BATCH_MATMULs
+  with no TRANSPOSE of the cache (XNNPACK runs them directly).
+- Attention runs over all C slots with an additive mask the runtime maintains (0 = valid, -1e9 = empty), plus the
+  new token(s) attending to themselves through a separate [.., T] block, so the new K/V never has to be in the cache
+  before the step that produces it.
+- Weights for matrix products are stored [out, in] (FULLY_CONNECTED's own layout) so the converter folds no
+  transposes; the LM head is the token embedding itself (tied), used by FULLY_CONNECTED and GATHER alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from liteship.convert.gpt2.config import ACTIVATIONS, GPT2Config
+
+MASK_EMPTY = -1e9  # additive mask for an empty cache slot; exp(-1e9 - max) == 0 in float32
+
+
+def param_shapes(cfg: GPT2Config) -> dict[str, tuple]:
+    """Every variable the TF model needs, by canonical name, with the shape it wants ([out, in] for products)."""
+    E, V = cfg.n_embd, cfg.vocab_size
+    shapes = {"wte.weight": (V, E), "wpe.weight": (cfg.n_positions, E), "ln_f.weight": (E,), "ln_f.bias": (E,)}
+    for i in range(cfg.n_layer):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (E,), p + "ln_1.bias": (E,),
+            p + "attn.c_attn.weight": (3 * E, E), p + "attn.c_attn.bias": (3 * E,),
+            p + "attn.c_proj.weight": (E, E), p + "attn.c_proj.bias": (E,),
+            p + "ln_2.weight": (E,), p + "ln_2.bias": (E,),
+            p + "mlp.c_fc.weight": (4 * E, E), p + "mlp.c_fc.bias": (4 * E,),
+            p + "mlp.c_proj.weight": (E, 4 * E), p + "mlp.c_proj.bias": (E,),
+        })
+    return shapes
+
+
+def cache_shapes(cfg: GPT2Config, max_context: int) -> tuple[tuple, tuple]:
+    """(K cache shape, V cache shape) of one layer."""
+    return (cfg.n_head, cfg.head_dim, max_context), (cfg.n_head, max_context, cfg.head_dim)
+
+
+class GPT2TF(tf.Module):
+    def __init__(self, cfg: GPT2Config, params: dict[str, np.ndarray], *, max_context: int, prefill_len: int):
+        super().__init__(name="gpt2")
+        if max_context > cfg.n_positions:
+            raise ValueError(f"max_context {max_context} exceeds the model's n_positions {cfg.n_positions}")
+        self.cfg, self.C, self.P = cfg, max_context, prefill_len
+        # Only the first C position rows can ever be used; storing the rest would waste file size.
+        params = dict(params, **{"wpe.weight": params["wpe.weight"][:max_context]})
+        self._names = sorted(params)
+        self.vars = [tf.Variable(params[n], trainable=False, name=n.replace(".", "_")) for n in self._names]
+        self._index = {n: i for i, n in enumerate(self._names)}
+
+    def _w(self, name):
+        return self.vars[self._index[name]]
+
+    def _layer_norm(self, x, prefix):
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        xc = x - mean
+        var = tf.reduce_mean(tf.square(xc), axis=-1, keepdims=True)
+        return xc * tf.math.rsqrt(var + self.cfg.layer_norm_epsilon) * self._w(prefix + ".weight") + self._w(prefix + ".bias")
+
+    def _linear(self, x, prefix):
+        return tf.matmul(x, self._w(prefix + ".weight"), transpose_b=True) + self._w(prefix + ".bias")
+
+    def _act(self, x):
+        kind = ACTIVATIONS[self.cfg.activation]
+        if kind == "gelu_tanh":
+            return tf.nn.gelu(x, approximate=True)
+        if kind == "gelu_erf":
+            return tf.nn.gelu(x, approximate=False)
+        return tf.nn.relu(x)
+
+    def _block(self, i, x, k_cache, v_cache, mask):
+        cfg, C = self.cfg, self.C
+        H, hd, E = cfg.n_head, cfg.head_dim, cfg.n_embd
+        T = x.shape[0]
+        h = self._layer_norm(x, f"h.{i}.ln_1")
+        qkv = self._linear(h, f"h.{i}.attn.c_attn")  # (T, 3E)
+        q, k, v = tf.split(qkv, 3, axis=-1)  # (T, E) each
+        q = tf.transpose(tf.reshape(q * (1.0 / math.sqrt(hd)), (T, H, hd)), (1, 0, 2))  # (H, T, hd)
+        k = tf.transpose(tf.reshape(k, (T, H, hd)), (1, 0, 2))  # (H, T, hd)
+        v = tf.transpose(tf.reshape(v, (T, H, hd)), (1, 0, 2))  # (H, T, hd)
+        scores = tf.concat([
+            tf.matmul(q, k_cache),  # (H, T, C): cached positions
+            tf.matmul(q, k, transpose_b=True),  # (H, T, T): the new tokens themselves
+        ], axis=-1) + mask  # (H, T, C+T)
+        probs = tf.nn.softmax(scores, axis=-1)
+        out = tf.matmul(probs[:, :, :C], v_cache) + tf.matmul(probs[:, :, C:], v)  # (H, T, hd)
+        out = tf.reshape(tf.transpose(out, (1, 0, 2)), (T, E))
+        x = x + self._linear(out, f"h.{i}.attn.c_proj")
+        h = self._layer_norm(x, f"h.{i}.ln_2")
+        x = x + self._linear(self._act(self._linear(h, f"h.{i}.mlp.c_fc")), f"h.{i}.mlp.c_proj")
+        return x, k, v
+
+    def forward(self, tokens, positions, mask, k_caches, v_caches):
+        wte = self._w("wte.weight")
+        x = tf.gather(wte, tokens) + tf.gather(self._w("wpe.weight"), positions)  # (T, E)
+        ks, vs = [], []
+        for i in range(self.cfg.n_layer):
+            x, k, v = self._block(i, x, k_caches[i], v_caches[i], mask)
+            ks.append(k)
+            vs.append(v)
+        x = self._layer_norm(x, "ln_f")
+        logits = tf.matmul(x, wte, transpose_b=True)  # (T, V): the LM head is the tied token embedding
+        return {"logits": logits, "k_new": tf.stack(ks), "v_new": tf.stack(vs)}  # k/v: (L, H, T, hd)
+
+    def input_signature(self, T: int) -> list:
+        cfg = self.cfg
+        (kshape, vshape) = cache_shapes(cfg, self.C)
+        names = ("token", "position") if T == 1 else ("tokens", "positions")
+        specs = [tf.TensorSpec((T,), tf.int32, name=names[0]), tf.TensorSpec((T,), tf.int32, name=names[1]),
+                 tf.TensorSpec((T, self.C + T), tf.float32, name="mask")]
+        specs += [tf.TensorSpec(kshape, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)]
+        specs += [tf.TensorSpec(vshape, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]
+        return specs
+
+    def concrete_function(self, T: int):
+        L = self.cfg.n_layer
+
+        def fn(*args):
+            return self.forward(args[0], args[1], args[2], list(args[3:3 + L]), list(args[3 + L:]))
+
+        return tf.function(fn, input_signature=self.input_signature(T)).get_concrete_function()
+
+    def signatures(self) -> dict:
+        return {"prefill": self.concrete_function(self.P), "decode": self.concrete_function(1)}

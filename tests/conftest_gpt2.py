@@ -1,0 +1,151 @@
+"""Tiny GPT-2 checkpoints made here with transformers + torch (random weights, no downloads), in every weight format
+liteship reads, with a tiny byte-level BPE tokenizer trained on a fixed sentence. Imported by the GPT-2 tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from liteship.convert.gpt2.config import GPT2Config, tiny  # noqa: E402
+from liteship.runtime.tokenizer import bytes_to_unicode  # noqa: E402
+
+EOS = "<|endoftext|>"
+TRAINING_TEXT = ("the quick brown fox jumps over the lazy dog; then the dog sleeps in the sun, "
+                 "and the fox thinks about other things. " * 3)
+# Larger than transformers' default 0.02 so that random logits have clear winners: greedy comparisons then test
+# the model, not float rounding between near-equal logits.
+INIT_RANGE = 0.3
+
+
+def train_bpe(n_merges: int) -> tuple[dict, list]:
+    """Byte-level BPE with n_merges merges learned on TRAINING_TEXT; vocab = 256 byte symbols + merges."""
+    b2u = bytes_to_unicode()
+    vocab = {b2u[b]: i for i, b in enumerate(sorted(b2u))}
+    words = [tuple(b2u[b] for b in ((" " + w) if i else w).encode()) for i, w in enumerate(TRAINING_TEXT.split())]
+    merges = []
+    while len(merges) < n_merges:
+        pairs = Counter(p for w in words for p in zip(w, w[1:]))
+        if not pairs:
+            break
+        (a, b), _ = pairs.most_common(1)[0]
+        merges.append((a, b))
+        vocab[a + b] = len(vocab)
+        new = []
+        for w in words:
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == (a, b):
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new.append(tuple(out))
+        words = new
+    return vocab, merges
+
+
+def hf_config(cfg: GPT2Config):
+    import transformers
+
+    return transformers.GPT2Config(
+        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
+        n_positions=cfg.n_positions, layer_norm_epsilon=cfg.layer_norm_epsilon,
+        activation_function=cfg.activation, bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+        initializer_range=INIT_RANGE)
+
+
+def torch_model(cfg: GPT2Config, seed: int = 0):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(hf_config(cfg)).eval()
+
+
+def write_tokenizer(folder: Path, cfg: GPT2Config, added: list[str] = ()) -> None:
+    """vocab.json + merges.txt filling ids [0, vocab_size - 1 - len(added)), EOS after them, added tokens last."""
+    vocab, merges = train_bpe(cfg.vocab_size - 257 - len(added))
+    vocab[EOS] = len(vocab)
+    assert vocab[EOS] == cfg.eos_token_id, (vocab[EOS], cfg.eos_token_id)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    if added:
+        (folder / "added_tokens.json").write_text(json.dumps({t: len(vocab) + i for i, t in enumerate(added)}))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS, "bos_token": EOS}))
+
+
+# TFGPT2 (transformers 4, Keras 2) HDF5 names, as save_pretrained wrote them: one Keras layer "transformer" whose
+# weights live under the model scope "tfgp_t2lm_head_model/transformer/...", Conv1D weights in [in, out].
+TF_H5_NAMES = {
+    "wte.weight": "wte/weight", "wpe.weight": "wpe/embeddings",
+    "ln_f.weight": "ln_f/gamma", "ln_f.bias": "ln_f/beta",
+}
+TF_H5_LAYER = {"ln_1.weight": "ln_1/gamma", "ln_1.bias": "ln_1/beta", "ln_2.weight": "ln_2/gamma",
+               "ln_2.bias": "ln_2/beta"}
+
+
+def hf_to_tf_h5_name(name: str) -> str:
+    if name in TF_H5_NAMES:
+        rel = TF_H5_NAMES[name]
+    else:
+        _, i, rest = name.split(".", 2)
+        rel = f"h_._{i}/" + TF_H5_LAYER.get(rest, rest.replace(".", "/"))
+    return f"tfgp_t2lm_head_model/transformer/{rel}:0"
+
+
+def write_tf_h5(path: Path, state: dict) -> None:
+    import h5py
+
+    with h5py.File(str(path), "w") as f:
+        f.attrs["layer_names"] = [b"transformer"]
+        g = f.create_group("transformer")
+        names = [hf_to_tf_h5_name(k) for k in state]
+        g.attrs["weight_names"] = [n.encode() for n in names]
+        for n, v in zip(names, state.values()):
+            g.create_dataset(n, data=v)
+
+
+def state_dict_numpy(model) -> dict:
+    """The model's own tensors without the tied head and the "transformer." prefix."""
+    sd = model.state_dict()
+    return {k[len("transformer."):]: v.detach().numpy().copy() for k, v in sd.items() if k != "lm_head.weight"}
+
+
+def make_checkpoint(folder: Path, cfg: GPT2Config | None = None, *, fmt: str = "safetensors", added: list[str] = (),
+                    seed: int = 0):
+    """Write a GPT-2 checkpoint folder; returns the torch model it holds. fmt: safetensors | sharded | bin | h5."""
+    import torch
+
+    cfg = cfg or tiny()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = torch_model(cfg, seed)
+    if fmt == "safetensors":
+        model.save_pretrained(folder)
+    elif fmt == "sharded":
+        model.save_pretrained(folder, max_shard_size="50KB")
+    else:
+        model.config.save_pretrained(folder)
+        if fmt == "bin":
+            torch.save(model.state_dict(), folder / "pytorch_model.bin")
+        elif fmt == "h5":
+            write_tf_h5(folder / "tf_model.h5", state_dict_numpy(model))
+        else:
+            raise ValueError(fmt)
+    write_tokenizer(folder, cfg, added)
+    return model
+
+
+def torch_logits(model, ids) -> np.ndarray:
+    """Logits (T, V) of the whole sequence from PyTorch, without a cache."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].numpy()
