@@ -155,5 +155,6 @@ def build_model(config: BiTConfig, *, image_size: int | None = None, groupnorm: 
             x = _unit(x, config, width, stride, f"block{block + 1}/unit{unit:02d}", groupnorm)
     x = _gn_relu(x, config, "group_norm", groupnorm)  # (N, S/32, S/32, feature_width)
     x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(x)  # (N, feature_width)
-    logits = tf_keras.layers.Dense(config.num_classes, name=layer_name("head/conv2d"))(x)
+    x = tf_keras.layers.Dense(config.num_classes, name=layer_name("head/conv2d"))(x)  # (N, num_classes)
+    logits = tf_keras.layers.Activation("linear", name="logits")(x)  # names the signature output; adds no op
     return tf_keras.Model(inputs, logits, name="bit")
