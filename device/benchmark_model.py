@@ -1,0 +1,177 @@
+"""Read the log of TensorFlow Lite's / LiteRT's official ``benchmark_model`` binary into liteship.bench/1 fields.
+
+The format comes from TensorFlow's sources (tensorflow/lite/tools/benchmark/benchmark_model.cc,
+benchmark_tflite_model.cc and tensorflow/core/util/stats_calculator.h ``Stat::OutputToStream``); LiteRT's
+benchmark_litert_model shares the same BenchmarkModel base and log lines. Lines look like (after an optional
+``INFO: `` or ``INFO: [file.cc:12] `` prefix)::
+
+    Graph: [/data/local/tmp/model.tflite]
+    Signature to run: [serving_default]
+    The input model file size (MB): 4.27
+    Initialized session in 3.63ms.
+    Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+    count=28 first=27432 curr=17163 min=16888 max=27432 avg=18080.4 std=1936        <- warm-up runs, in us
+    Running benchmark for at least 50 iterations and at least 1 seconds but ...
+    count=58 first=17178 curr=17147 min=16880 max=18118 avg=17223.6 std=172         <- timed runs, in us
+    Inference timings in us: Init: 3630, First inference: 27432, Warmup (avg): 18080.4, Inference (avg): 17223.6
+    Memory footprint delta from the start of the tool (MB): init=6.23828 overall=9.67578
+    Overall peak memory footprint (MB) via periodic monitoring: 12.3                   <- --report_peak_memory_footprint
+    - VmRSS              : 30 MB
+
+Variants handled: numbers in scientific notation (``avg=1.2e+06``, C++ ostream's default for large doubles);
+``count=N curr=X(all same)`` and ``count=0`` from Stat; older releases' ``Average inference timings in us: Warmup:
+..., Init: ..., Inference: ...`` and ``Peak memory footprint (MB): init=... overall=...`` (max RSS); memory lines
+missing altogether (platforms without memory info) -> None. Multi-signature models run one signature per
+invocation (``--signature_to_run_for``), which the log names; a model with several signatures and no flag logs an
+ERROR listing them, returned in ``errors`` with ``signatures_available``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
+MIB = 1024 * 1024  # the tool divides kB by 1024.0 and calls it MB
+
+_STAT = re.compile(rf"\bcount=(?P<count>\d+)(?P<rest>.*)$")
+_FIELD = re.compile(rf"\b(first|curr|min|max|avg|std)=({_NUM})")
+_PATTERNS = {
+    "init_ms": re.compile(rf"Initialized session in ({_NUM})\s*ms"),
+    "model_mb": re.compile(rf"The input model file size \(MB\):\s*({_NUM})"),
+    "graph": re.compile(r"\bGraph:\s*\[(.*)\]"),
+    "signature": re.compile(r"Signature to run:\s*\[(.*)\]"),
+    "threads": re.compile(r"Num threads:\s*\[(-?\d+)\]"),
+    "running": re.compile(r"Running benchmark for at least (\d+) iterations"),
+    "timings": re.compile(r"Inference timings in us:(.*)$"),
+    "old_timings": re.compile(r"Average inference timings in us:(.*)$"),
+    "delta": re.compile(rf"Memory footprint delta from the start of the tool \(MB\):\s*init=({_NUM})\s+overall=({_NUM})"),
+    "old_peak": re.compile(rf"Peak memory footprint \(MB\):\s*init=({_NUM})\s+overall=({_NUM})"),
+    "peak": re.compile(rf"[Pp]eak memory footprint \(MB\) via periodic monitoring:\s*({_NUM})"),
+    "vmrss": re.compile(rf"VmRSS\s*:\s*({_NUM})\s*MB"),
+    "signature_key": re.compile(r"#> Signature key:\s*(\S+)"),
+    "error": re.compile(r"^(?:ERROR|E\d{4}|F\d{4})\b[: ]"),
+}
+_TIMING_FIELD = re.compile(rf"(Init|First inference|Warmup \(avg\)|Inference \(avg\)|Warmup|Inference):\s*({_NUM})")
+
+
+def _num(text: str) -> float | None:
+    value = float(text)
+    return None if math.isnan(value) else value
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else us / 1000.0
+
+
+def _parse_stat(line: str) -> dict[str, Any] | None:
+    """One ``Stat::OutputToStream`` line -> {count, first, curr, min, max, avg, std} in us (None where absent)."""
+    match = _STAT.search(line)
+    if not match:
+        return None
+    stat: dict[str, Any] = {"count": int(match["count"])}
+    stat.update({name: _num(value) for name, value in _FIELD.findall(match["rest"])})
+    if stat["count"] > 0 and "min" not in stat and "curr" in stat:
+        # "count=N curr=X(all same)": every run took X.
+        same = stat["curr"]
+        stat.update(first=stat.get("first", same), min=same, max=same, avg=same, std=0.0)
+    return stat
+
+
+def parse_benchmark_model_output(text: str) -> dict[str, Any]:
+    """benchmark_model's log -> liteship.bench/1 fields; None wherever the log does not say.
+
+    Returns ``init_ms``, ``first_inference_ms``, ``warmup_runs``, ``warmup_avg_ms``, ``runs``, ``latency_ms``
+    (mean/std/min/max; p50/p90/p99 are None and ``samples`` is empty because the tool prints no per-run times),
+    ``peak_rss_bytes``, ``memory_mb`` (the tool's own memory lines), ``model_size_bytes``, ``signature``,
+    ``threads``, ``graph``, ``errors`` (ERROR lines) and ``signatures_available`` (listed on a signature error).
+    """
+    found: dict[str, Any] = {}
+    stats: list[dict[str, Any]] = []
+    errors: list[str] = []
+    signature_keys: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        body = re.sub(r"^(?:INFO|WARNING|WARN|VERBOSE)\s*:\s*(?:\[[^\]]*\]\s*)?", "", line)
+        key_match = _PATTERNS["signature_key"].search(line)
+        if key_match:
+            signature_keys.append(key_match.group(1))
+            continue
+        if _PATTERNS["error"].search(line):
+            errors.append(re.sub(r"^ERROR\s*:\s*", "", line))
+        stat = _parse_stat(body) if body.startswith("count=") else None
+        if stat is not None:
+            stats.append(stat)
+            continue
+        for name in ("init_ms", "model_mb", "graph", "signature", "threads", "timings", "old_timings", "peak", "vmrss"):
+            match = _PATTERNS[name].search(body)
+            if match and name not in found:
+                found[name] = match.group(1)
+        for name in ("delta", "old_peak"):
+            match = _PATTERNS[name].search(body)
+            if match:
+                found[name] = (_num(match.group(1)), _num(match.group(2)))
+
+    timings: dict[str, float | None] = {}
+    for key in ("timings", "old_timings"):
+        if key in found:
+            timings = {name: _num(value) for name, value in _TIMING_FIELD.findall(found[key])}
+            break
+
+    warmup = stats[0] if len(stats) >= 2 else None
+    timed = stats[-1] if stats else None
+
+    init_ms = _num(found["init_ms"]) if "init_ms" in found else _ms(timings.get("Init"))
+    first_us = timings.get("First inference")
+    if first_us is None and warmup is not None:
+        first_us = warmup.get("first")
+    mean_us = timings.get("Inference (avg)", timings.get("Inference"))
+    if timed is not None and timed.get("avg") is not None:
+        mean_us = timed["avg"] if mean_us is None else mean_us
+    warmup_avg_us = timings.get("Warmup (avg)", timings.get("Warmup"))
+    if warmup_avg_us is None and warmup is not None:
+        warmup_avg_us = warmup.get("avg")
+
+    latency = {
+        "mean": _ms(mean_us),
+        "std": _ms(timed.get("std")) if timed else None,
+        "min": _ms(timed.get("min")) if timed else None,
+        "max": _ms(timed.get("max")) if timed else None,
+        "p50": None,
+        "p90": None,
+        "p99": None,
+        "samples": [],
+    }
+
+    delta = found.get("delta")
+    old_peak = found.get("old_peak")
+    peak_mb = _num(found["peak"]) if "peak" in found else None
+    if peak_mb is not None and peak_mb <= 0:
+        peak_mb = None  # the monitor reports -1 (kInvalidMemUsageMB) when it could not sample
+    if peak_mb is None and old_peak is not None:
+        peak_mb = old_peak[1]  # older releases: max RSS over the whole run
+    memory = {
+        "init_delta": delta[0] if delta else (old_peak[0] if old_peak else None),
+        "overall_delta": delta[1] if delta else (old_peak[1] if old_peak else None),
+        "peak": peak_mb,
+        "rss_at_end": _num(found["vmrss"]) if "vmrss" in found else None,
+    }
+    model_mb = _num(found["model_mb"]) if "model_mb" in found else None
+
+    return {
+        "init_ms": init_ms,
+        "first_inference_ms": _ms(first_us),
+        "warmup_runs": warmup["count"] if warmup else None,
+        "warmup_avg_ms": _ms(warmup_avg_us),
+        "runs": timed["count"] if timed else None,
+        "latency_ms": latency,
+        "peak_rss_bytes": round(peak_mb * MIB) if peak_mb is not None else None,
+        "memory_mb": memory,
+        "model_size_bytes": round(model_mb * 1e6) if model_mb else None,  # the tool prints bytes / 1e6
+        "signature": found.get("signature") or None,
+        "threads": int(found["threads"]) if "threads" in found else None,
+        "graph": found.get("graph") or None,
+        "errors": errors,
+        "signatures_available": signature_keys,
+    }
