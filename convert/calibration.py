@@ -17,10 +17,8 @@ def _expected_shape(input_spec: dict) -> tuple:
     return tuple(int(d) for d in input_spec["shape"])
 
 
-def _matches(shape: tuple, expected: tuple) -> bool:
-    """A sample matches with or without its batch axis; -1 or None in the spec accepts any size."""
-    if len(shape) == len(expected) - 1:
-        shape = (1, *shape)
+def _fits(shape: tuple, expected: tuple) -> bool:
+    """-1 or None in the spec accepts any size."""
     return len(shape) == len(expected) and all(e in (-1, None) or e == s for s, e in zip(shape, expected))
 
 
@@ -37,12 +35,16 @@ def _arrays_from(path: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def _samples(arr: np.ndarray, expected: tuple) -> Iterator[np.ndarray]:
-    """An array of one sample, or a stack of samples along axis 0."""
-    if _matches(arr.shape, expected):
-        yield arr.reshape((1, *arr.shape)) if arr.ndim == len(expected) - 1 else arr
-    elif _matches(arr.shape[1:], expected):
-        for row in arr:
-            yield row.reshape((1, *row.shape)) if row.ndim == len(expected) - 1 else row
+    """Splits an array into model-input batches: one sample without a batch axis, a stack of samples along
+    axis 0, or a stack of already-batched inputs. Raises ValueError when it is none of those."""
+    batch = expected[0] if expected[0] not in (-1, None) else 1
+    if arr.ndim == len(expected) - 1 and _fits(arr.shape, expected[1:]):
+        yield np.repeat(arr[None], batch, axis=0)
+    elif arr.ndim == len(expected) and _fits(arr.shape[1:], expected[1:]) and len(arr) >= batch:
+        for i in range(0, len(arr) - batch + 1, batch):
+            yield arr[i : i + batch]
+    elif arr.ndim == len(expected) + 1 and _fits(arr.shape[1:], expected):
+        yield from arr
     else:
         raise ValueError(arr.shape)
 
@@ -76,9 +78,11 @@ def collect_samples(source: str | Path, input_spec: dict, *, preprocess: Callabl
             raise ConvertError(f"{source} holds images, but this model has no image preprocessing; give .npy arrays")
         for path in images:
             arr = np.asarray(preprocess(path), dtype=np.float32)
-            if not _matches(arr.shape, expected):
-                raise ConvertError(f"calibration image {path} preprocessed to shape {arr.shape}, expected {expected}")
-            samples.append(arr.reshape((1, *arr.shape)) if arr.ndim == len(expected) - 1 else arr)
+            try:
+                samples.extend(_samples(arr, expected))
+            except ValueError:
+                raise ConvertError(
+                    f"calibration image {path} preprocessed to shape {arr.shape}, expected {expected}") from None
     if not samples:
         raise ConvertError(f"no calibration samples in {source} (looked for .npy/.npz arrays and images)")
     return samples[:limit] if limit else samples

@@ -255,6 +255,11 @@ def _parse(buf, size: int, label: str) -> TFLiteModel:
             outputs={m.string(TENSORMAP_NAME): m.scalar(TENSORMAP_INDEX, "I", 0) for m in sd.tables(SIGNATURE_OUTPUTS)},
         ))
     buffers = model.tables(MODEL_BUFFERS)
+    for b in buffers:  # a cut-off file usually loses weights at the end: check every buffer's extent
+        offset = b.scalar(BUFFER_OFFSET, "Q", 0)
+        start, n = (offset, b.scalar(BUFFER_SIZE, "Q", 0)) if offset > 1 else b.vector(BUFFER_DATA)
+        if start + n > size:
+            raise BundleError(f"{label}: truncated TFLite model (a weight buffer ends past the end of the file)")
     metadata = {}
     for md in model.tables(MODEL_METADATA):
         index = md.scalar(METADATA_BUFFER, "I", 0)
@@ -440,7 +445,7 @@ def embed_metadata(src: str | os.PathLike, dst: str | os.PathLike, entries: Mapp
                 data = bytes(entries[name])
                 w.put("I", len(data))
                 w.out += data
-            w.align(PREFIX_ALIGN)
+            w.align(PREFIX_ALIGN, extra=-w.base)  # the shift is the prefix's length: make that the multiple
             if len(w.out) == prefix_len:
                 break
             prefix_len = len(w.out)  # sizes do not depend on the shift, so the second pass ends the loop

@@ -1,0 +1,142 @@
+"""`liteship convert savedmodel|keras`: any SavedModel or Keras classifier -> bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from liteship.convert.quant import SUFFIXES, Quant
+from liteship.errors import ConvertError
+
+QUANT_CHOICES = [q.value for q in Quant]
+
+
+def progress(message: str) -> None:
+    click.echo(f"[liteship] {message}", err=True)
+
+
+def default_out(source: Path, quant: Quant) -> Path:
+    return Path(f"{source.stem or source.name}-{SUFFIXES[quant]}")
+
+
+def image_preprocessing(input_spec: dict, mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
+    """The preprocessing block for an NHWC image input, or {} for any other input."""
+    shape = input_spec.get("shape") or []
+    if len(shape) != 4 or shape[-1] not in (1, 3) or min(shape[1:3]) <= 0:
+        return {}
+    channels = shape[-1]
+    mean = tuple(mean) * (3 // len(mean)) if len(mean) in (1, 3) else None
+    std = tuple(std) * (3 // len(std)) if len(std) in (1, 3) else None
+    if mean is None or std is None:
+        raise ConvertError("--mean and --std take 1 or 3 values")
+    lo, hi = (0 - mean[0]) / std[0], (1 - mean[0]) / std[0]
+    return {"image_size": [int(shape[1]), int(shape[2])], "resize": "bilinear", "crop": "none",
+            "mean": list(mean), "std": list(std), "input_range": [lo, hi],
+            "channels": "RGB" if channels == 3 else "L", "layout": "NHWC"}
+
+
+def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quant, calibration: Path | None,
+                      io_type: str, allow_tf_ops: bool, labels: Path | None, signature: str | None,
+                      mean: tuple[float, ...], std: tuple[float, ...], family: str = "classifier") -> Path:
+    """SavedModel -> bundle, with progress on stderr. Shared by the savedmodel and keras commands."""
+    from liteship.convert.bundle import hash_source, write_bundle
+    from liteship.convert.calibration import representative_dataset
+    from liteship.convert.tflite import convert_saved_model, saved_model_signature
+
+    key, input_spec = saved_model_signature(saved_model, signature)
+    preprocessing = image_preprocessing(input_spec, mean, std) if input_spec else {}
+    rep = None
+    if quant.needs_calibration:
+        if calibration is None:
+            raise ConvertError(f"--quant {quant.value} needs --calibration DIR_or_NPY (liteship never calibrates "
+                               "on random data)")
+        if not input_spec:
+            raise ConvertError("full-integer calibration supports models with exactly one input")
+        preprocess = None
+        if preprocessing:
+            from liteship.runtime.images import preprocess as preprocess_image
+
+            def preprocess(path):
+                return preprocess_image(path, preprocessing)
+        rep = representative_dataset(calibration, input_spec, preprocess=preprocess)
+        progress(f"calibrating on {rep.num_samples} samples from {calibration}")
+    elif calibration is not None:
+        progress(f"note: --calibration is ignored for --quant {quant.value}")
+    assets = {}
+    label_list = None
+    if labels is not None:
+        if not labels.is_file():
+            raise ConvertError(f"labels file {labels} does not exist")
+        label_list = [line.strip() for line in labels.read_text().splitlines() if line.strip()]
+        assets["labels"] = ("assets/labels.txt", ("\n".join(label_list) + "\n").encode())
+    progress(f"converting {source} ({quant.value}, signature {key})")
+    data, report = convert_saved_model(saved_model, quant, signature_keys=[key], representative_dataset=rep,
+                                       io_type=io_type, allow_tf_ops=allow_tf_ops)
+    progress(f"converted in {report['seconds']:.1f} s: {report['size_bytes'] / 1e6:.3f} MB, ops "
+             + ", ".join(f"{k} x{v}" for k, v in report["op_counts"].items()))
+    config = {"num_labels": len(label_list) if label_list else None}
+    return write_bundle(
+        out, data, family=family, task="classification" if not preprocessing else "image-classification",
+        quantization=quant, io_type=io_type, preprocessing=preprocessing, config=config, assets=assets,
+        source={"path": str(source), "sha256": hash_source(source), "format": "savedmodel" if source.is_dir()
+                else source.suffix.lstrip(".")},
+        conversion=dict(report, calibration_samples=getattr(rep, "num_samples", None)),
+    )
+
+
+def common_options(fn):
+    options = [
+        click.option("--quant", "quant", type=click.Choice(QUANT_CHOICES), default="fp32", show_default=True,
+                     help="Quantization mode."),
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Bundle folder to write (default: SOURCE-MODE in the current folder)."),
+        click.option("--calibration", type=click.Path(path_type=Path), default=None,
+                     help="Folder of images or .npy/.npz arrays for int8/int8x16 calibration."),
+        click.option("--io-type", type=click.Choice(["float32", "int8", "uint8", "int16"]), default="float32",
+                     show_default=True, help="Model input/output type (int8/uint8 for Edge TPU)."),
+        click.option("--allow-tf-ops", is_flag=True,
+                     help="Keep ops with no TFLite builtin as Flex ops (the device then needs the Flex delegate)."),
+        click.option("--labels", type=click.Path(path_type=Path), default=None, help="Labels, one per line."),
+        click.option("--signature", default=None, help="SavedModel signature to convert (default serving_default)."),
+        click.option("--mean", type=float, multiple=True, default=(0.0,), show_default=True,
+                     help="Image inputs: normalized = (pixel/255 - mean) / std; 1 or 3 values."),
+        click.option("--std", type=float, multiple=True, default=(1.0,), show_default=True),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@common_options
+def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
+    """Convert a SavedModel folder to a bundle."""
+    from liteship.convert.tflite import check_saved_model, quiet_tensorflow
+
+    check_saved_model(path)
+    q = Quant.parse(quant)
+    with quiet_tensorflow():
+        result = convert_to_bundle(path, source=path, out=out or default_out(path, q), quant=q,
+                                   calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
+                                   labels=labels, signature=signature, mean=mean, std=std)
+    click.echo(str(result))
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@common_options
+def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
+    """Convert a Keras model file (.keras, .h5) to a bundle."""
+    from liteship.convert.tflite import keras_as_saved_model, quiet_tensorflow
+
+    q = Quant.parse(quant)
+    if not path.exists():
+        raise ConvertError(f"{path} does not exist")
+    progress(f"loading {path}")
+    with quiet_tensorflow(), keras_as_saved_model(path) as saved_model:
+        result = convert_to_bundle(saved_model, source=path, out=out or default_out(path, q), quant=q,
+                                   calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
+                                   labels=labels, signature=signature, mean=mean, std=std)
+    click.echo(str(result))

@@ -1,0 +1,32 @@
+"""Fixtures every test folder shares. Tests never reach a model hub: HF_HUB_OFFLINE is forced on."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+needs_tensorflow = pytest.mark.skipif(not HAS_TENSORFLOW, reason="needs the [convert] extra (TensorFlow)")
+
+
+@pytest.fixture(scope="session")
+def fixture_bundles(tmp_path_factory) -> Path:
+    """The shared runtime bundles: from $LITESHIP_TEST_BUNDLES (built by an earlier CI step for the TF-free
+    device-like run), or built here when TensorFlow is installed."""
+    given = os.environ.get("LITESHIP_TEST_BUNDLES")
+    if given:
+        path = Path(given)
+        assert (path / "COMPLETE").is_file(), f"LITESHIP_TEST_BUNDLES={given} was not built completely"
+        return path
+    if not HAS_TENSORFLOW:
+        pytest.fail("no TensorFlow to build test bundles and LITESHIP_TEST_BUNDLES is not set")
+    from tests.fixture_bundles import build_all
+
+    return build_all(tmp_path_factory.mktemp("bundles"))

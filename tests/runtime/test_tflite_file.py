@@ -1,0 +1,126 @@
+"""The TF-free .tflite reader and metadata embedding, checked against the interpreter and the official schema."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from liteship.errors import BundleError
+from liteship.runtime.interpreter import create_interpreter
+from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, embed_metadata, read_model
+
+
+@pytest.fixture(scope="module")
+def model_path(fixture_bundles):
+    return fixture_bundles / "classifier-fp32" / "model.tflite"
+
+
+def test_reads_signatures_ops_and_tensors(model_path):
+    info = read_model(model_path)
+    specs = info.signature_specs()
+    assert list(specs) == ["serving_default"]
+    (inp,) = specs["serving_default"]["inputs"]
+    assert inp["shape"][1:] == [12, 12, 3] and inp["dtype"] == "float32"
+    (out,) = specs["serving_default"]["outputs"]
+    assert out["shape"][-1] == 5
+    assert info.op_counts()["CONV_2D"] == 2
+    assert "min_runtime_version" in info.metadata
+
+
+def test_reader_agrees_with_the_interpreter(model_path):
+    """Tensor names, shapes and types the reader reports are the ones the interpreter sees."""
+    info = read_model(model_path)
+    interp = create_interpreter(model_path)
+    runner = interp.get_signature_runner("serving_default")
+    for name, detail in runner.get_input_details().items():
+        (spec,) = [s for s in info.signature_specs()["serving_default"]["inputs"] if s["name"] == name]
+        assert spec["dtype"] == np.dtype(detail["dtype"]).name
+        assert list(detail["shape_signature"]) == spec["shape"]
+
+
+def test_quantization_parameters_are_read(fixture_bundles):
+    interp = create_interpreter(fixture_bundles / "classifier-int8" / "model.tflite")
+    interp.allocate_tensors()
+    info = read_model(fixture_bundles / "classifier-int8" / "model.tflite")
+    by_name = {t.name: t for t in info.subgraphs[0].tensors}
+    checked = 0
+    for d in interp.get_tensor_details():
+        scales = d["quantization_parameters"]["scales"]
+        if len(scales) and d["name"] in by_name:
+            assert np.allclose(by_name[d["name"]].scale, scales)
+            checked += 1
+    assert checked > 3
+
+
+def test_embedded_metadata_round_trips_and_model_still_runs(model_path, tmp_path):
+    out = tmp_path / "with-md.tflite"
+    embed_metadata(model_path, out, {"a": b"first", "blob": bytes(range(256)) * 3})
+    embed_metadata(out, out, {"a": b"second"})  # replace in place
+    info = read_model(out)
+    assert info.metadata["a"] == b"second"
+    assert info.metadata["blob"] == bytes(range(256)) * 3
+    assert info.op_counts() == read_model(model_path).op_counts()
+    x = np.random.default_rng(1).uniform(size=(1, 12, 12, 3)).astype(np.float32)
+    outputs = []
+    for path in (model_path, out):
+        runner = create_interpreter(path).get_signature_runner()
+        outputs.append(next(iter(runner(image=x).values())))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_official_schema_reads_what_we_embed(model_path, tmp_path):
+    """LiteRT's generated flatbuffer code (an independent reader) finds our metadata."""
+    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    out = tmp_path / "m.tflite"
+    embed_metadata(model_path, out, {"liteship.test": b'{"k": 1}'})
+    model = schema.Model.GetRootAsModel(out.read_bytes(), 0)
+    names = {model.Metadata(i).Name().decode(): model.Metadata(i).Buffer() for i in range(model.MetadataLength())}
+    buf = model.Buffers(names["liteship.test"])
+    assert bytes(buf.DataAsNumpy()) == b'{"k": 1}'
+    # Every weight buffer moves by the same multiple of 64 bytes, so whatever alignment the converter gave it
+    # (XNNPACK and mmap'd weights care) is kept.
+    before = schema.Model.GetRootAsModel(model_path.read_bytes(), 0)
+    raw = out.read_bytes()
+
+    def data_start(m, i):
+        b = m.Buffers(i)
+        return b._tab.Vector(b._tab.Offset(4)) if b.DataLength() else None
+
+    shifts = {data_start(model, i) - data_start(before, i)
+              for i in range(before.BuffersLength()) if data_start(before, i) is not None}
+    assert len(shifts) == 1 and shifts.pop() % 64 == 0
+    assert raw[4:8] == b"TFL3"
+
+
+def test_bundle_model_carries_its_manifest(fixture_bundles):
+    info = read_model(fixture_bundles / "classifier-int8" / "model.tflite")
+    manifest = json.loads(info.metadata[MANIFEST_METADATA_NAME])
+    assert manifest["quantization"] == "int8" and manifest["family"] == "classifier"
+    assert "files" not in manifest  # a file cannot hold its own hash
+
+
+@pytest.mark.parametrize("keep", [0, 10, 100, 0.5, 0.9])
+def test_truncated_model_is_a_clear_error(model_path, tmp_path, keep):
+    raw = model_path.read_bytes()
+    n = int(len(raw) * keep) if isinstance(keep, float) else keep
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(raw[:n])
+    with pytest.raises(BundleError, match="bad.tflite: (truncated|not a TFLite model)"):
+        read_model(bad)
+
+
+def test_foreign_file_is_not_a_model(tmp_path):
+    bad = tmp_path / "notes.tflite"
+    bad.write_text("this is a text file, not a flatbuffer" * 10)
+    with pytest.raises(BundleError, match="no 'TFL3' file identifier"):
+        read_model(bad)
+
+
+def test_failed_embed_leaves_no_partial_file(tmp_path, model_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(model_path.read_bytes()[:200])
+    with pytest.raises(BundleError):
+        embed_metadata(bad, tmp_path / "out.tflite", {"a": b"x"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tflite"]
