@@ -42,12 +42,13 @@ class BiTConfig:
 
 
 PRESETS: dict[str, BiTConfig] = {
-    "R50x1": BiTConfig(block_units=(3, 4, 6, 3), width_factor=1),  # 25.5M body params (+ 44.7M with the 21k head)
-    "R101x1": BiTConfig(block_units=(3, 4, 23, 3), width_factor=1),  # 44.5M body params
-    "R50x3": BiTConfig(block_units=(3, 4, 6, 3), width_factor=3),  # 211M body params
-    "R101x3": BiTConfig(block_units=(3, 4, 23, 3), width_factor=3),  # 382M body params
-    "R152x2": BiTConfig(block_units=(3, 8, 36, 3), width_factor=2),  # 232M body params
-    "R152x4": BiTConfig(block_units=(3, 8, 36, 3), width_factor=4),  # 928M body params
+    # params: body (without head) / with BiT-M's 21843-class head
+    "R50x1": BiTConfig(block_units=(3, 4, 6, 3), width_factor=1),  # 23.5M / 68.2M
+    "R101x1": BiTConfig(block_units=(3, 4, 23, 3), width_factor=1),  # 42.5M / 87.2M
+    "R50x3": BiTConfig(block_units=(3, 4, 6, 3), width_factor=3),  # 211M / 345M
+    "R101x3": BiTConfig(block_units=(3, 4, 23, 3), width_factor=3),  # 382M / 516M
+    "R152x2": BiTConfig(block_units=(3, 8, 36, 3), width_factor=2),  # 232M / 322M
+    "R152x4": BiTConfig(block_units=(3, 8, 36, 3), width_factor=4),  # 928M / 1107M
 }
 
 

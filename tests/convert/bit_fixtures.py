@@ -108,3 +108,67 @@ def write_image_folder(folder: str | Path, size: int | None = None, names=None) 
 def to_bit_range(images_uint8: np.ndarray) -> np.ndarray:
     """uint8 images -> float32 in [-1, 1], the original BiT checkpoints' input convention."""
     return (images_uint8.astype(np.float32) / 255.0 - 0.5) / 0.5
+
+
+def write_hub_style_saved_model(path: str | Path, tensors: dict[str, np.ndarray], *, block_units,
+                                input_range=(0.0, 1.0), head_as_dense: bool = True) -> Path:
+    """A TF Hub-style BiT classifier SavedModel: raw variables named like bit_tf2's ("resnet/...:0"), a __call__
+    taking images in `input_range` and mapping them to [-1, 1] itself, weight standardization and GroupNorm
+    computed in-graph as the released TF2 code does. A third, plain-TF implementation of BiT, for testing the
+    SavedModel source path of the converter.
+    """
+    import tensorflow as tf
+
+    class HubBiT(tf.__internal__.tracking.AutoTrackable):  # like Hub modules: a restorable `.variables` list
+        def __init__(self):
+            self.vars = {}
+            for name, value in tensors.items():
+                if head_as_dense and name == "resnet/head/conv2d/kernel":
+                    name, value = "resnet/head/dense/kernel", value[0, 0]
+                elif head_as_dense and name == "resnet/head/conv2d/bias":
+                    name = "resnet/head/dense/bias"
+                self.vars[name] = tf.Variable(value, name=name)
+            self.variables = list(self.vars.values())
+
+        def conv(self, x, scope, stride=1, pad=0):
+            w = self.vars[f"resnet/{scope}/standardized_conv2d/kernel"]
+            mean, var = tf.nn.moments(w, axes=[0, 1, 2], keepdims=True)
+            w = (w - mean) / tf.sqrt(var + 1e-10)
+            if pad:
+                x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+            return tf.nn.conv2d(x, w, stride, "VALID")
+
+        def gn_relu(self, x, scope):
+            shape = tf.shape(x)  # height and width are dynamic: Hub modules take any image size
+            c = x.shape[-1]
+            g = tf.reshape(x, tf.concat([shape[:3], [32, c // 32]], 0))  # (N, H, W, 32, C/32)
+            mean, var = tf.nn.moments(g, axes=[1, 2, 4], keepdims=True)
+            x = tf.reshape((g - mean) / tf.sqrt(var + 1e-5), shape)
+            return tf.nn.relu(x * self.vars[f"resnet/{scope}group_norm/gamma"]
+                              + self.vars[f"resnet/{scope}group_norm/beta"])
+
+        @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+        def __call__(self, images):
+            low, high = input_range
+            x = (images - low) / (high - low) * 2.0 - 1.0  # the module's own input convention -> BiT's [-1, 1]
+            x = self.conv(x, "root_block", 2, 3)
+            x = tf.nn.max_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, "VALID")
+            for b, units in enumerate(block_units, start=1):
+                for u in range(1, units + 1):
+                    unit = f"block{b}/unit{u:02d}"
+                    stride = 2 if b > 1 and u == 1 else 1
+                    pre = self.gn_relu(x, f"{unit}/a/")
+                    shortcut = self.conv(pre, f"{unit}/a/proj", stride) if u == 1 else x
+                    y = self.conv(pre, f"{unit}/a")
+                    y = self.conv(self.gn_relu(y, f"{unit}/b/"), f"{unit}/b", stride, 1)
+                    y = self.conv(self.gn_relu(y, f"{unit}/c/"), f"{unit}/c")
+                    x = y + shortcut
+            x = tf.reduce_mean(self.gn_relu(x, ""), axis=[1, 2])
+            if head_as_dense:
+                return x @ self.vars["resnet/head/dense/kernel"] + self.vars["resnet/head/dense/bias"]
+            return x @ self.vars["resnet/head/conv2d/kernel"][0, 0] + self.vars["resnet/head/conv2d/bias"]
+
+    module = HubBiT()
+    path = Path(path)
+    tf.saved_model.save(module, str(path))
+    return path
