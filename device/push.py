@@ -218,8 +218,8 @@ def push_bundle(
         result.seconds = time.monotonic() - started
         return result
 
-    # 2. space: the files to send, plus 1 MiB for directory blocks (linked files cost nothing).
-    need = sum(local.files[n][1] for n in send) + (1 << 20)
+    # 2. space: the files to send, plus 64 KiB for directory blocks (linked files cost nothing).
+    need = sum(local.files[n][1] for n in send) + (64 << 10)
     if free is not None and free < need:
         raise DeviceError(f"{target.name}: not enough free space in {bdir}: the push needs {need / 1e6:.1f} MB, "
                           f"{free / 1e6:.1f} MB free (delete old bundles or pick another --workdir)")

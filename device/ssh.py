@@ -155,10 +155,13 @@ class SSHTarget(Target):
             raise DeviceError(f"{self.name}: target already closed")
         argv = self.ssh_argv(remote_command)
         try:
+            stdin_args: dict[str, Any] = (
+                {"input": stdin} if isinstance(stdin, bytes)
+                else {"stdin": stdin if stdin is not None else subprocess.DEVNULL}
+            )
             proc = subprocess.run(
                 argv,
-                input=stdin if isinstance(stdin, bytes) else None,
-                stdin=stdin if stdin is not None and not isinstance(stdin, bytes) else subprocess.DEVNULL,
+                **stdin_args,
                 stdout=stdout if stdout is not None else subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 timeout=timeout,

@@ -1,0 +1,88 @@
+"""Fixtures for the device tests: a real OpenSSH server on loopback, targets pointed at it, a tiny bundle.
+
+Without sshd installed the SSH tests skip with a reason - except in CI (CI=true), where they fail, because CI
+installs openssh-server and a skip there would hide a broken setup.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sshd import SSHServer, find_sshd  # noqa: E402
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory):
+    if find_sshd() is None:
+        if _in_ci():
+            pytest.fail("sshd is not installed but CI=true: .ci/run must apt-get install openssh-server")
+        pytest.skip("sshd is not installed (apt-get install openssh-server) - the SSH device tests need a real one")
+    server = SSHServer(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ssh_env(sshd_server, monkeypatch):
+    """Point liteship's ssh at the test client config (the documented LITESHIP_SSH_CONFIG switch)."""
+    monkeypatch.setenv("LITESHIP_SSH_CONFIG", str(sshd_server.config))
+    return sshd_server
+
+
+@pytest.fixture
+def board(ssh_env, tmp_path):
+    """An open ssh target (by ~/.ssh/config-style alias) whose working folder is private to this test."""
+    from liteship.device.base import open_target
+
+    workdir = tmp_path / "board-workdir"
+    target = open_target("ssh:board", workdir=str(workdir))
+    yield target
+    target.close()
+
+
+@pytest.fixture
+def remote_python() -> str:
+    """The interpreter the 'board' runs the runtime with: this venv's (it has numpy and ai-edge-litert), as a
+    board would after `pip install ai-edge-litert numpy`."""
+    return sys.executable
+
+
+def make_tiny_bundle(out_dir: Path) -> Path:
+    """A real classifier bundle: y = softmax(x @ W + b) with x (1, 8) and 3 classes, converted by TFLite and
+    written by liteship's own bundle writer, plus a labels asset so a push has more than one file."""
+    import numpy as np
+    import tensorflow as tf
+
+    from liteship.convert.bundle import write_bundle
+
+    w = tf.constant(np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32, name="x")])
+    def serve(x):
+        return {"probs": tf.nn.softmax(tf.matmul(x, w) + 0.1)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
+    return write_bundle(out_dir, converter.convert(), family="classifier", task="classification",
+                        quantization="fp32", assets={"labels": ("assets/labels.txt", b"cat\ndog\nbird\n")})
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """Built once per session (TensorFlow conversion takes a few seconds); tests copy it before changing it."""
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny-classifier")
+
+
+@pytest.fixture(autouse=True)
+def _no_device_marker_without_device(request):
+    if request.node.get_closest_marker("device") and not os.environ.get("LITESHIP_TEST_DEVICE"):
+        pytest.skip("set LITESHIP_TEST_DEVICE=ssh:... or adb:... to run against a real device")

@@ -1,0 +1,251 @@
+"""push_bundle over the real loopback sshd: verification on the device, atomic placement, faults.
+
+The "board" is this machine, so a test can look at (and damage) the remote files directly on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from liteship.device.base import open_target
+from liteship.device.push import SHA256_FUNCTION, push_bundle
+from liteship.errors import DeviceError
+
+
+def variant(bundle: Path, dst: Path, files: dict[str, bytes]) -> Path:
+    """A copy of ``bundle`` with ``files`` added or replaced and its manifest's hashes updated to match."""
+    shutil.copytree(bundle, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    for rel, data in files.items():
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).write_bytes(data)
+        manifest["files"][rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dst
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def leftovers(workdir: Path) -> list[str]:
+    bundles = workdir / "bundles"
+    return sorted(p.name for p in bundles.iterdir() if p.name.startswith(".")) if bundles.exists() else []
+
+
+class PutSpy:
+    """Wraps a target's put to record calls and run faults before/after the n-th one. ``cut_during=n`` streams
+    the n-th file through a pipe and calls ``cut()`` once half of it has reached the device: a connection lost
+    in the middle of a file, not between files (a new command would simply reconnect)."""
+
+    def __init__(self, target, before=None, after=None, cut_during=None, cut=None):
+        self.target, self.calls, self.before, self.after = target, [], before, after
+        self.cut_during, self.cut = cut_during, cut
+        self._put = target.put
+        target.put = self
+
+    def __call__(self, local, remote, **kw):
+        self.calls.append(remote)
+        if self.before:
+            self.before(len(self.calls), remote)
+        if len(self.calls) == self.cut_during:
+            self._put_and_cut(Path(local), remote, **kw)
+        else:
+            self._put(local, remote, **kw)
+        if self.after:
+            self.after(len(self.calls), remote)
+
+    def _put_and_cut(self, local, remote, **kw):
+        data = local.read_bytes()
+        half = max(1, len(data) // 2)
+        fifo = local.parent.parent / f"fifo-{os.getpid()}-{len(self.calls)}"
+        os.mkfifo(fifo)
+
+        def feed():
+            pipe = open(fifo, "wb")
+            try:
+                pipe.write(data[:half])
+                pipe.flush()
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and (not os.path.exists(remote)
+                                                       or os.path.getsize(remote) < half):
+                    time.sleep(0.02)
+                self.cut()
+                pipe.write(data[half:])
+                pipe.close()
+            except BrokenPipeError:  # the reader died with the connection, as intended
+                pass
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        try:
+            self._put(fifo, remote, **kw)
+        finally:
+            feeder.join()
+            fifo.unlink()
+
+
+def test_push_installs_a_verified_copy(board, tiny_bundle):
+    result = push_bundle(board, tiny_bundle)
+    remote = Path(board.default_workdir()) / "bundles" / "tiny-classifier"
+    assert result.remote_path == str(remote)
+    assert tree(remote) == tree(tiny_bundle)
+    assert sorted(result.sent) == sorted(tree(tiny_bundle))
+    assert result.bytes_sent == sum(len(b) for b in tree(tiny_bundle).values())
+    assert leftovers(Path(board.default_workdir())) == []
+
+
+def test_unchanged_files_are_not_sent_again(board, tiny_bundle, tmp_path):
+    push_bundle(board, tiny_bundle)
+    spy = PutSpy(board)
+    again = push_bundle(board, tiny_bundle)
+    assert again.unchanged and spy.calls == []
+
+    relabeled = variant(tiny_bundle, tmp_path / "tiny-classifier", {"assets/labels.txt": b"ant\nbee\ncow\n"})
+    result = push_bundle(board, relabeled)
+    assert sorted(result.sent) == ["assets/labels.txt", "manifest.json"]
+    assert result.reused == ["model.tflite"]
+    assert [Path(c).name for c in spy.calls] == ["labels.txt", "manifest.json"]
+    remote = Path(result.remote_path)
+    assert tree(remote) == tree(relabeled)
+
+
+def test_checksum_mismatch_on_the_device_rolls_back(board, tiny_bundle, tmp_path):
+    good = push_bundle(board, tiny_bundle)
+    before = tree(Path(good.remote_path))
+    changed = variant(tiny_bundle, tmp_path / "tiny-classifier", {"assets/labels.txt": b"x\ny\nz\n"})
+
+    def corrupt(n, remote):  # flip a byte of the file once it has landed on the "device"
+        if remote.endswith("labels.txt"):
+            data = bytearray(Path(remote).read_bytes())
+            data[0] ^= 0xFF
+            Path(remote).write_bytes(bytes(data))
+
+    PutSpy(board, after=corrupt)
+    with pytest.raises(DeviceError) as info:
+        push_bundle(board, changed)
+    assert str(info.value).startswith("ssh:board: assets/labels.txt failed its sha256 check on the device")
+    assert tree(Path(good.remote_path)) == before  # the old bundle is untouched
+    assert leftovers(Path(board.default_workdir())) == []
+
+
+def test_connection_dropped_mid_file_leaves_no_partial_folder(board, ssh_env, tiny_bundle):
+    # files go in sorted order: assets/labels.txt, manifest.json, model.tflite -> cut inside the model
+    spy = PutSpy(board, cut_during=3, cut=lambda: ssh_env.kill_sessions())
+    with pytest.raises(DeviceError, match="^ssh:board: ssh connection failed or dropped"):
+        push_bundle(board, tiny_bundle)
+    assert spy.calls[-1].endswith("/model.tflite")
+    workdir = Path(board.default_workdir())
+    assert not (workdir / "bundles" / "tiny-classifier").exists()
+    # The board is reachable again, so the failed push removed its partial folder itself.
+    assert leftovers(workdir) == []
+
+
+def test_server_gone_mid_push_then_next_push_sweeps_the_partial(ssh_env, tiny_bundle, tmp_path, monkeypatch):
+    from sshd import SSHServer
+
+    server = SSHServer(tmp_path / "own-sshd").start()
+    monkeypatch.setenv("LITESHIP_SSH_CONFIG", str(server.config))
+    workdir = tmp_path / "wd"
+    try:
+        with open_target("ssh:board", workdir=str(workdir)) as target:
+            PutSpy(target, cut_during=3, cut=server.stop)
+            with pytest.raises(DeviceError, match="^ssh:board: "):
+                push_bundle(target, tiny_bundle)
+        assert not (workdir / "bundles" / "tiny-classifier").exists()
+        assert len(leftovers(workdir)) == 1  # nobody could remove it: the server was down
+        server.start()
+        with open_target("ssh:board", workdir=str(workdir)) as target:
+            push_bundle(target, tiny_bundle)
+        assert leftovers(workdir) == []
+        assert tree(workdir / "bundles" / "tiny-classifier") == tree(tiny_bundle)
+    finally:
+        server.stop()
+
+
+def test_hostile_names_are_quoted(board, tiny_bundle, tmp_path):
+    odd = tmp_path / "my bundles" / "$(touch pwned) `touch pwned2`; x"
+    odd.parent.mkdir()
+    shutil.copytree(tiny_bundle, odd)
+    result = push_bundle(board, odd)
+    assert Path(result.remote_path).name == odd.name
+    assert tree(Path(result.remote_path)) == tree(odd)
+    for where in (Path.home(), Path.cwd(), Path(board.default_workdir()), Path(board.default_workdir()) / "bundles"):
+        assert not (where / "pwned").exists() and not (where / "pwned2").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs as the board's working folder (needs root / CAP_SYS_ADMIN)."""
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs here ({done.stderr.decode().strip()}); the full-disk tests "
+                    f"need root with CAP_SYS_ADMIN")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_is_refused_before_sending(ssh_env, tiny_bundle, tiny_disk, tmp_path):
+    big = variant(tiny_bundle, tmp_path / "big", {"assets/blob.bin": os.urandom(2 << 20)})
+    with open_target("ssh:board", workdir=str(tiny_disk)) as target:
+        spy = PutSpy(target)
+        with pytest.raises(DeviceError, match=r"^ssh:board: not enough free space in .*: the push needs 2\.\d MB"):
+            push_bundle(target, big)
+    assert spy.calls == []
+    assert leftovers(tiny_disk) == []
+
+
+def test_disk_filling_up_during_the_push_is_a_clear_error(ssh_env, tiny_bundle, tiny_disk, tmp_path):
+    blob = variant(tiny_bundle, tmp_path / "blob", {"assets/blob.bin": os.urandom(400 << 10)})
+
+    def fill(n, remote):  # someone else takes the space after the free-space check
+        if n == 1:
+            (tiny_disk / "filler").write_bytes(b"\0" * (700 << 10))
+
+    with open_target("ssh:board", workdir=str(tiny_disk)) as target:
+        PutSpy(target, before=fill)
+        with pytest.raises(DeviceError, match="No space left on device"):
+            push_bundle(target, blob)
+    assert not (tiny_disk / "bundles" / "blob").exists()
+    assert leftovers(tiny_disk) == []
+
+
+def test_sha256_falls_back_to_python3(tmp_path):
+    """On a device whose only hashing tool is python3 the verification still works."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))  # the real binary, not a shim
+    (tmp_path / "a file").write_bytes(b"liteship")
+    script = SHA256_FUNCTION + f'echo "tool=$_lsh_tool"; hash_files {tmp_path} "a file" missing\n'
+    out = subprocess.run(["/bin/sh", "-c", script], env={"PATH": str(bin_dir)}, capture_output=True, text=True)
+    assert out.stdout.splitlines() == ["tool=python3", f"H 0 {hashlib.sha256(b'liteship').hexdigest()}", "H 1 -"]
+
+
+def test_push_to_local_target(tiny_bundle, tmp_path):
+    with open_target("local", workdir=str(tmp_path / "wd")) as target:
+        result = push_bundle(target, tiny_bundle)
+    assert tree(Path(result.remote_path)) == tree(tiny_bundle)
+
+
+def test_damaged_local_bundle_is_refused_before_connecting(board, tiny_bundle, tmp_path):
+    from liteship.errors import BundleError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "assets" / "labels.txt").write_bytes(b"tampered\n")
+    spy = PutSpy(board)
+    with pytest.raises(BundleError, match="labels.txt"):
+        push_bundle(board, broken)
+    assert spy.calls == []
