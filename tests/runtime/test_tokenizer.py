@@ -41,6 +41,7 @@ FLAGGED_ADDED = [
     {"content": "ing", "single_word": True, "normalized": True},
     {"content": "<longer-token>", "normalized": True},
     {"content": "<longer", "normalized": False},  # non-normalized pass runs first and wins over the longer one
+    {"content": "<|us"},  # a prefix of "<|user|>" in the same pass: the longest match must win
 ]
 
 EDGE_CASES = [
@@ -122,9 +123,12 @@ def first_difference(a, b):
 # ----------------------------------------------------------------- pre-tokenizer
 
 
-def _assigned_code_points():
+def _assigned_code_points(sample_private_use: int = 1):
+    """Code points this Python's Unicode database assigns; planes 15-16 (131k private-use characters, all one
+    class) are thinned to every `sample_private_use`-th."""
     return [cp for cp in range(0x110000)
-            if not 0xD800 <= cp < 0xE000 and unicodedata.category(chr(cp)) != "Cn"]
+            if not 0xD800 <= cp < 0xE000 and unicodedata.category(chr(cp)) != "Cn"
+            and (cp < 0xF0000 or cp % sample_private_use == 0)]
 
 
 def test_pretokenizer_equals_regex_and_tokenizers_on_every_assigned_code_point():
@@ -135,15 +139,20 @@ def test_pretokenizer_equals_regex_and_tokenizers_on_every_assigned_code_point()
 
     from liteship.runtime.tokenizer import _BYTE_TRANSLATION
 
+    slow_pattern = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+    fast_pretokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    code_points = _assigned_code_points(sample_private_use=101)
     # Each probe puts c after punctuation, before a letter, before a digit, after a space and before a space,
-    # so its class decides how the probe splits. Probes are joined: one findall instead of 280k.
-    text = "".join(f"!{c}a{c}1 {c}! {c}{c} x" for c in map(chr, _assigned_code_points()))
-    mine = gpt2_pretokenizer_pattern().findall(text)
-    slow = regex.findall(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""", text)
-    assert mine == slow, first_difference(mine, slow)
-    fast = [piece for piece, _ in pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(text)]
-    mine_mapped = [p.encode("utf-8").decode("latin-1").translate(_BYTE_TRANSLATION) for p in mine]
-    assert mine_mapped == fast, first_difference(mine_mapped, fast)
+    # so its class decides how the probe splits. Probes are joined in chunks (tokenizers is slow on huge strings);
+    # a chunk ends in a letter and the next starts with "!", so chunking does not change the pieces.
+    for start in range(0, len(code_points), 4000):
+        text = "".join(f"!{c}a{c}1 {c}! {c}{c} x" for c in map(chr, code_points[start:start + 4000]))
+        mine = gpt2_pretokenizer_pattern().findall(text)
+        slow = slow_pattern.findall(text)
+        assert mine == slow, first_difference(mine, slow)
+        fast = [piece for piece, _ in fast_pretokenizer.pre_tokenize_str(text)]
+        mine_mapped = [p.encode("utf-8").decode("latin-1").translate(_BYTE_TRANSLATION) for p in mine]
+        assert mine_mapped == fast, first_difference(mine_mapped, fast)
 
 
 def test_pretokenizer_treats_information_separators_as_punctuation_not_space():
@@ -183,6 +192,7 @@ def test_encode_equals_hf_on_edge_cases(tok, hf_from_vocab_merges, tok_json, hf_
     "singing ing ing! é\u0301ing",
     "x<longer-token>y <longer",
     "[SEP]x[SEP] [SEP]",
+    "<|user|> <|us <|user <|user|>|>",
 ])
 def test_added_token_flags_equal_hf(tok_json, hf_from_json, text):
     assert tok_json.encode(text) == hf_ids(hf_from_json, text)
