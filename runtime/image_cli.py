@@ -7,11 +7,9 @@ import sys
 
 import click
 
-from liteship.errors import LiteshipError
+from liteship.errors import RuntimeLiteshipError
 
-
-def _fail(exc: LiteshipError):
-    raise click.ClickException(str(exc)) from None
+# User errors are LiteshipError subclasses raised as they are: liteship.cli.main prints them on one line, exit 1.
 
 
 @click.command("bit")
@@ -22,9 +20,9 @@ def _fail(exc: LiteshipError):
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: backend's).")
 @click.option("--backend", default="auto", show_default=True, help="Interpreter: auto, litert, tflite-runtime or tf.")
 def run_command(bundle, image_or_dir, top_k, as_json, threads, backend):
-    """Classify an image, or every image under a folder, with a BiT/image-classifier BUNDLE.
+    """Top-k labels for an image, or for every image under a folder.
 
-    Images are decoded, resized and normalized exactly as the bundle's manifest says. Files that are not
+    BUNDLE is a BiT or other image-classifier bundle. Images are decoded, resized and normalized exactly as the bundle's manifest says. Files that are not
     images are reported on stderr and skipped. Progress for folders goes to stderr.
     """
     from pathlib import Path
@@ -32,23 +30,19 @@ def run_command(bundle, image_or_dir, top_k, as_json, threads, backend):
     from liteship.runtime.classify import ImageClassifier, Skipped
     from liteship.runtime.images import iter_files
 
-    try:
-        classifier = ImageClassifier(bundle, threads=threads, backend=backend)
-        files = iter_files(image_or_dir)
-        predictions, skipped = [], []
-        show_progress = Path(image_or_dir).is_dir()
-        with click.progressbar(length=len(files), label="classifying", file=sys.stderr,
-                               hidden=not show_progress) as bar:
-            for result in classifier.iter_classify(files, top_k=top_k):
-                bar.update(1)
-                if isinstance(result, Skipped):
-                    skipped.append(result)
-                    if not as_json:
-                        click.echo(f"skipped {result.reason}", err=True)
-                else:
-                    predictions.append(result)
-    except LiteshipError as exc:
-        _fail(exc)
+    classifier = ImageClassifier(bundle, threads=threads, backend=backend)
+    files = iter_files(image_or_dir)
+    predictions, skipped = [], []
+    show_progress = Path(image_or_dir).is_dir()
+    with click.progressbar(length=len(files), label="classifying", file=sys.stderr, hidden=not show_progress) as bar:
+        for result in classifier.iter_classify(files, top_k=top_k):
+            bar.update(1)
+            if isinstance(result, Skipped):
+                skipped.append(result)
+                if not as_json:
+                    click.echo(f"skipped {result.reason}", err=True)
+            else:
+                predictions.append(result)
     if as_json:
         document = {
             "bundle": str(classifier.bundle.root),
@@ -60,7 +54,8 @@ def run_command(bundle, image_or_dir, top_k, as_json, threads, backend):
     else:
         _print_table(predictions)
     if not predictions:
-        raise click.ClickException(f"{image_or_dir}: no image could be classified ({len(skipped)} skipped)")
+        reason = f": {skipped[0].reason}" if len(skipped) == 1 else f" ({len(skipped)} files skipped)"
+        raise RuntimeLiteshipError(f"{image_or_dir}: no image could be classified{reason}")
 
 
 def _print_table(predictions) -> None:
@@ -83,7 +78,9 @@ def _print_table(predictions) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads.")
 @click.option("--backend", default="auto", show_default=True, help="Interpreter backend.")
 def eval_command(bundle, labeled_dir, reference, as_json, threads, backend):
-    """Accuracy of BUNDLE on LABELED_DIR, a folder of class folders (LABELED_DIR/<label>/<image>).
+    """Accuracy of BUNDLE on LABELED_DIR, a folder of class folders.
+
+    Images sit in LABELED_DIR/<label>/, each folder named by one of the bundle's labels.
 
     With --reference, also the top-1 agreement with the reference bundle and the accuracy change.
     """
@@ -91,12 +88,9 @@ def eval_command(bundle, labeled_dir, reference, as_json, threads, backend):
     from liteship.runtime.images import iter_files
 
     total = sum(len(iter_files(p)) for p in _class_dirs(labeled_dir)) * (2 if reference else 1)
-    try:
-        with click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
-            result = evaluate(bundle, labeled_dir, reference_bundle=reference, threads=threads, backend=backend,
-                              progress=lambda _: bar.update(1))
-    except LiteshipError as exc:
-        _fail(exc)
+    with click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
+        result = evaluate(bundle, labeled_dir, reference_bundle=reference, threads=threads, backend=backend,
+                          progress=lambda _: bar.update(1))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

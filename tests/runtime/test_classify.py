@@ -267,14 +267,29 @@ def test_cli_run_folder_json_reports_skips(bundles, labeled):
     assert [s["path"].rsplit("/", 1)[-1] for s in document["skipped"]] == ["readme.txt"]
 
 
-def test_cli_run_table_and_errors(bundles, labeled, tmp_path):
+def test_cli_run_table_and_errors(bundles, labeled, tmp_path, capsys):
+    from liteship.cli import main
+
     result = CliRunner().invoke(run_command, [str(bundles["fp32"]), str(labeled / "red" / "0.png"), "--top-k", "1"])
     assert result.exit_code == 0, result.output
     assert "red" in result.stdout and "0.9993" in result.stdout
     (tmp_path / "note.txt").write_text("hi")
-    result = CliRunner().invoke(run_command, [str(bundles["fp32"]), str(tmp_path / "note.txt")])
-    assert result.exit_code == 1
-    assert "note.txt" in result.stderr and "Traceback" not in result.output
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # through the real CLI tree: one line, exit 1, no traceback
+        main(["run", "bit", str(bundles["fp32"]), str(tmp_path / "note.txt")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("skipped") and "error:" in err and "note.txt" in err and "Traceback" not in err
+
+
+def test_cli_eval_unknown_class_is_a_one_line_error(bundles, tmp_path, capsys):
+    from liteship.cli import main
+
+    png(tmp_path / "labeled" / "purple" / "0.png", (128, 0, 128))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "bit", str(bundles["fp32"]), str(tmp_path / "labeled")])
+    assert exit_info.value.code == 1
+    assert "error: class folder(s) 'purple' match no label" in capsys.readouterr().err
 
 
 def test_cli_eval_text_and_json(bundles, labeled):
