@@ -304,16 +304,22 @@ class ByteLevelBPETokenizer:
             bundle = Bundle.open(bundle)
         roles = (bundle.manifest.get("assets") or {})
         config = getattr(bundle, "config", None) or bundle.manifest.get("config") or {}
-        eos = config.get("eos_token_id", config.get("eos_token", DEFAULT_EOS_TOKEN))
+        eos = config.get("eos_token") if isinstance(config.get("eos_token"), str) else DEFAULT_EOS_TOKEN
         if "tokenizer_json" in roles:
-            return cls.from_tokenizer_json(bundle.asset("tokenizer_json"), eos_token=eos)
-        if "vocab" in roles and "merges" in roles:
+            tok = cls.from_tokenizer_json(bundle.asset("tokenizer_json"), eos_token=eos)
+        elif "vocab" in roles and "merges" in roles:
             added = bundle.asset("added_tokens") if "added_tokens" in roles else None
-            special = [eos] if isinstance(eos, str) else [DEFAULT_EOS_TOKEN]
-            return cls.from_files(bundle.asset("vocab"), bundle.asset("merges"), added, special_tokens=special,
-                                  eos_token=eos)
-        raise BundleError(f"bundle {getattr(bundle, 'root', '')} has no tokenizer: needs asset 'tokenizer_json' or "
-                          f"'vocab' + 'merges' (has {sorted(roles)})")
+            tok = cls.from_files(bundle.asset("vocab"), bundle.asset("merges"), added, special_tokens=[eos],
+                                 eos_token=eos)
+        else:
+            raise BundleError(f"bundle {getattr(bundle, 'root', '')} has no tokenizer: needs asset 'tokenizer_json' "
+                              f"or 'vocab' + 'merges' (has {sorted(roles)})")
+        # The model config's eos_token_id is what the model learned to emit; it wins when the vocabulary has it
+        # (a config copied from gpt2 onto a small retrained vocabulary may name 50256, which does not exist).
+        eos_id = config.get("eos_token_id")
+        if isinstance(eos_id, int) and tok.id_to_token(eos_id) is not None:
+            tok.eos_token_id = eos_id
+        return tok
 
     # ----------------------------------------------------------------- vocabulary
 

@@ -341,6 +341,10 @@ def test_from_bundle_reads_tokenizer_json_or_vocab_merges_added_tokens(files, to
 def test_from_bundle_takes_eos_from_the_manifest_config(files):
     bundle = _FolderBundle(files["dir"], {"tokenizer_json": "tokenizer.json"}, config={"eos_token_id": 1001})
     assert ByteLevelBPETokenizer.from_bundle(bundle).eos_token_id == 1001
+    # an id the vocabulary lacks (gpt2's 50256 in a config over a 1000-token vocab) falls back to <|endoftext|>
+    bundle = _FolderBundle(files["dir"], {"vocab": "vocab.json", "merges": "merges.txt"},
+                           config={"eos_token_id": 50256, "eos_token": EOS_TOKEN})
+    assert ByteLevelBPETokenizer.from_bundle(bundle).eos_token_id == 1000
 
 
 def test_from_bundle_without_tokenizer_assets_names_the_roles(files):
