@@ -23,7 +23,7 @@ the host's tools standing in for toybox.
 
 Faults (attributes of :class:`Faults`, changeable while the server runs): drop the connection after N bytes of a
 SEND, corrupt one byte of pushed files, delay every reply, deny new keys, a storage quota (SEND beyond it fails with
-"No space left on device"), a small TCP receive window (the client's large writes then go out in pieces).
+"No space left on device").
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shlex
 import signal
 import socket
 import struct
@@ -107,7 +108,6 @@ class Faults:
     reply_delay_s: float = 0.0  # sleep before every message sent after authentication (a slow device)
     quota_bytes: int | None = None  # storage size: a SEND that would make the sandbox larger fails (disk full)
     deny_new_keys: bool = False  # the user taps Deny on "Allow USB debugging?" (the prompt never answers)
-    receive_buffer_bytes: int | None = None  # SO_RCVBUF of new connections: a small TCP window, as over Wi-Fi
 
 
 @dataclass
@@ -144,6 +144,7 @@ class FakeAdbd:
         product: str = "liteship_loopback",
         model: str = "Loopback ADB",
         device: str = "loopback",
+        props: dict[str, str] | None = None,
     ):
         self.sandbox = Path(sandbox).resolve()
         if not re.fullmatch(r"[A-Za-z0-9_./+-]+", str(self.sandbox)):
@@ -160,6 +161,15 @@ class FakeAdbd:
         self.authorized_keys = {k.split()[0] for k in authorized_keys}
         self.require_auth = require_auth
         self.env = dict(env or {})
+        # A phone has getprop; this one answers from ``props`` (a stand-in tool in <sandbox>/system/bin, on PATH).
+        self.props = {"ro.product.name": product, "ro.product.model": model, "ro.product.device": device}
+        self.props.update(props or {})
+        self.bin_dir = self.sandbox / "system" / "bin"
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        cases = "".join(f"  {shlex.quote(k)}) printf '%s\\n' {shlex.quote(v)} ;;\n" for k, v in self.props.items())
+        getprop = self.bin_dir / "getprop"
+        getprop.write_text(f'#!/bin/sh\ncase "$1" in\n{cases}  *) echo ;;\nesac\n')
+        getprop.chmod(0o755)
         self.banner = (
             f"device::ro.product.name={product};ro.product.model={model};ro.product.device={device};features=cmd\0"
         ).encode()
@@ -178,6 +188,7 @@ class FakeAdbd:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(("127.0.0.1", 0))  # a free port
         server.listen(8)
+        server.settimeout(0.1)  # close() does not wake a blocked accept(); the loop polls the stop flag instead
         self._server = server
         self.port = server.getsockname()[1]
         thread = threading.Thread(target=self._accept_loop, name="fake-adbd-accept", daemon=True)
@@ -240,10 +251,11 @@ class FakeAdbd:
         while not self._stopping.is_set():
             try:
                 sock, _ = self._server.accept()
+            except socket.timeout:
+                continue
             except OSError:
                 return
-            if self.faults.receive_buffer_bytes:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.faults.receive_buffer_bytes)
+            sock.settimeout(None)
             conn = _Connection(self, sock)
             with self._lock:
                 self._connections.append(conn)
@@ -481,10 +493,27 @@ class _Stream:
 class _ShellStream(_Stream):
     """``shell:CMD`` as adbd runs it without a pty (protocol v1): one merged output stream, no exit status."""
 
+    proc: subprocess.Popen | None = None
+
+    def abort(self) -> None:
+        # The client closed the stream or the connection dropped: adbd hangs up on the command's process group.
+        super().abort()
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def inbox_put(self, command: bytes, data: bytes) -> None:
+        super().inbox_put(command, data)
+        if command == b"CLSE":
+            self.abort()
+
     def serve(self) -> None:
         command = self.destination[len("shell:") :]
         self.adbd.stats.shell_commands.append(command)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/data/local/tmp", "TMPDIR": "/data/local/tmp"}
+        path = f"{self.adbd.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        env = {"PATH": path, "HOME": "/data/local/tmp", "TMPDIR": "/data/local/tmp"}
         env.update(self.adbd.env)
         env = {k: self.adbd.rewrite_command(v) for k, v in env.items()}
         proc = subprocess.Popen(
@@ -496,6 +525,9 @@ class _ShellStream(_Stream):
             stderr=subprocess.STDOUT,
             start_new_session=True,  # adbd kills the whole group when the stream or transport goes away
         )
+        self.proc = proc
+        if self.client_closed or self.conn.closed.is_set():
+            self.abort()
         pending = b""
         try:
             assert proc.stdout is not None
@@ -657,3 +689,19 @@ class _SyncStream(_Stream):
             pass
         self.write(SYNC_REQUEST.pack(b"OKAY", 0))
 
+
+
+def make_sysfs(root: Path, cpu_max_khz: dict[int, int], zone_temps: dict[str, int]) -> Path:
+    """A sysfs tree with just what run_bench.sh and a probe read: cpufreq per CPU (cur = max / 2) and thermal
+    zones (``{"cpu-big": 52000}``, millidegrees). Point LITESHIP_SYSFS at the returned folder."""
+    for cpu, khz in cpu_max_khz.items():
+        freq = root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "cpufreq"
+        freq.mkdir(parents=True, exist_ok=True)
+        (freq / "cpuinfo_max_freq").write_text(f"{khz}\n")
+        (freq / "scaling_cur_freq").write_text(f"{khz // 2}\n")
+    for i, (kind, temp) in enumerate(zone_temps.items()):
+        zone = root / "class" / "thermal" / f"thermal_zone{i}"
+        zone.mkdir(parents=True, exist_ok=True)
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(f"{temp}\n")
+    return root

@@ -1,0 +1,98 @@
+"""android_bench/run_bench.sh run directly on this Linux host, under every POSIX shell installed here.
+
+mksh is Android's /system/bin/sh and busybox ash is what small boards have; dash is Debian's sh. The cpufreq and
+thermal files come from a sysfs tree made per test (LITESHIP_SYSFS), with CPU ids this process may really run on,
+so taskset pins for real. The through-adb run is in test_android.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adbd import make_sysfs
+from liteship.device.android import parse_run_bench_result, run_bench_argv, run_bench_script
+
+SCRIPT = run_bench_script()
+SHELLS = [s for s in (["dash"], ["mksh"], ["busybox", "sh"], ["bash", "--posix"]) if shutil.which(s[0])]
+ALLOWED = sorted(os.sched_getaffinity(0))
+# The fastest CPU is the last one this process may use; on a 1-CPU machine there is no slower cluster.
+BIG = ALLOWED[-1]
+
+
+@pytest.fixture(params=SHELLS, ids=lambda s: s[0])
+def shell(request):
+    return request.param
+
+
+def run(shell, tmp_path, command, *, sysfs=None, **options):
+    result = tmp_path / "result.txt"
+    argv = run_bench_argv(str(SCRIPT), str(result), command, **options)
+    env = dict(os.environ, LITESHIP_SYSFS=str(sysfs or tmp_path / "no-sysfs"))
+    proc = subprocess.run(shell + argv[1:], env=env, capture_output=True, text=True, timeout=60)
+    return proc, result
+
+
+def test_pins_to_the_big_cores_and_records_the_device_state(shell, tmp_path):
+    sysfs = make_sysfs(tmp_path / "sys", {c: 1_800_000 for c in ALLOWED[:-1]} | {BIG: 2_400_000},
+                       {"cpu-big": 41000, "battery": 30})
+    proc, result = run(shell, tmp_path, ["sh", "-c", "grep Cpus_allowed_list /proc/self/status; echo oops >&2; exit 7"],
+                       sysfs=sysfs, cores="big", cool_below_c=45)
+    assert proc.returncode == 0, proc.stderr
+    r = parse_run_bench_result(result.read_text())
+    assert r["status"] == 7
+    output = Path(r["output"]).read_text()
+    assert "oops" in output  # stdout and stderr both land in the output file
+    if len(ALLOWED) > 1:
+        assert r["cpus"] == [BIG] and r["cpu_mask"] == hex(1 << BIG) and r["pinned"]
+        assert f"Cpus_allowed_list:\t{BIG}\n" in output
+    assert r["thermal_before"] == [{"zone": "thermal_zone0", "type": "cpu-big", "temp_c": 41.0},
+                                   {"zone": "thermal_zone1", "type": "battery", "temp_c": 30.0}]  # whole degrees scaled
+    assert {f["cpu"]: f["max_khz"] for f in r["freq_after"]}[f"cpu{BIG}"] == 2_400_000
+    assert r["cooldown_waited_s"] == 0 and not r["cooldown_timed_out"]
+    assert [p.name for p in tmp_path.iterdir() if ".tmp." in p.name] == []  # written via tmp + mv
+
+
+def test_peak_memory_is_sampled_while_the_command_runs(shell, tmp_path):
+    hold = "b = bytearray(80 * 1024 * 1024); import time; time.sleep(0.5)"
+    proc, result = run(shell, tmp_path, [sys.executable, "-c", hold], sample_interval_s=0.05)
+    assert proc.returncode == 0, proc.stderr
+    r = parse_run_bench_result(result.read_text())
+    assert r["status"] == 0
+    # 80 MiB were touched (bytearray zero-fills) and held for 0.5 s, sampled every 0.05 s.
+    assert r["peak_rss_bytes"] >= 80 * 1024 * 1024
+    assert r["memory_samples"] >= 2
+
+
+def test_cool_down_gives_up_after_the_max_wait(shell, tmp_path):
+    sysfs = make_sysfs(tmp_path / "sys", {}, {"cpu": 71500, "unused": -273000})
+    proc, result = run(shell, tmp_path, ["true"], sysfs=sysfs, cool_below_c=50, cool_max_wait_s=1)
+    assert proc.returncode == 0, proc.stderr
+    r = parse_run_bench_result(result.read_text())
+    assert r["cooldown_timed_out"] and r["cooldown_waited_s"] == 1
+    assert r["thermal_before"][0]["temp_c"] == 71.5
+
+
+def test_without_cpufreq_it_runs_unpinned_and_says_why(shell, tmp_path):
+    proc, result = run(shell, tmp_path, ["echo", "a b", "$HOME"], cores="big")
+    r = parse_run_bench_result(result.read_text())
+    assert r["status"] == 0 and not r["pinned"] and r["cpus"] is None
+    assert r["pin_note"] == "no cpufreq information; not pinned"
+    assert Path(r["output"]).read_text() == "a b $HOME\n"  # arguments pass through unexpanded
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cores", "little", "--", "true"], "--cores must be all, big or fastest"),
+    (["--cool-below", "4x", "--", "true"], "whole degrees"),
+    ([], "no command given"),
+])
+def test_bad_arguments_exit_2_without_a_result(tmp_path, args, message):
+    result = tmp_path / "r.txt"
+    proc = subprocess.run(["sh", str(SCRIPT), "--result", str(result), *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not result.exists()
