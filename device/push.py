@@ -67,7 +67,21 @@ hash_files() {
     _i=$((_i + 1))
   done
 }
+# verify_files DIR NAME SHA256 [NAME SHA256]...: prints hash_files lines; fails unless every file matches.
+verify_files() {
+  _d=$1; shift; _i=0; _bad=0
+  while [ $# -ge 2 ]; do
+    _h=-
+    if [ -f "$_d/$1" ]; then _h=$(lsh_sha256 < "$_d/$1" 2>/dev/null) || _h=-; fi
+    _h=${_h%% *}
+    echo "H $_i $_h"
+    [ "$_h" = "$2" ] || _bad=1
+    _i=$((_i + 1)); shift 2
+  done
+  return $_bad
+}
 """
+VERIFY_FAILED = 97  # exit status of a script whose verify_files found a difference
 
 
 @dataclass
@@ -144,7 +158,7 @@ def load_local_bundle(path: str | Path, *, name: str | None = None) -> LocalBund
     return LocalBundle(bundle_name, files, sources)
 
 
-def _parse_hashes(stdout: str, names: list[str]) -> dict[str, str | None]:
+def parse_hashes(stdout: str, names: list[str]) -> dict[str, str | None]:
     found: dict[str, str | None] = {n: None for n in names}
     for line in stdout.splitlines():
         parts = line.split()
@@ -152,6 +166,15 @@ def _parse_hashes(stdout: str, names: list[str]) -> dict[str, str | None]:
             value = parts[2].lower()
             found[names[int(parts[1])]] = value if _HEX64.match(value) else None
     return found
+
+
+def remote_hashes(target: Target, folder: str, names: list[str], *, mkdir: bool = False,
+                  timeout: float = 600) -> dict[str, str | None]:
+    """sha256 of each ``folder/name`` computed ON the device (None where absent or unreadable); ``mkdir``
+    creates ``folder`` first in the same round trip."""
+    script = SHA256_FUNCTION + (f"mkdir -p {quote(folder)} || exit 1\n" if mkdir else "")
+    script += f"hash_files {quote(folder)} {' '.join(quote(n) for n in names)}\n"
+    return parse_hashes(target.shell(script, timeout=timeout).stdout, names)
 
 
 def _parse_df_free(line: str) -> int | None:
@@ -208,7 +231,7 @@ def push_bundle(
                           f"python3); cannot verify a push")
     df_line = next((l[3:] for l in lines if l.startswith("DF ")), "")
     free = _parse_df_free(df_line)
-    existing = _parse_hashes(out.stdout, names)
+    existing = parse_hashes(out.stdout, names)
 
     reuse = [n for n in names if existing[n] == local.files[n][0]]
     send = [n for n in names if n not in reuse]
@@ -241,23 +264,25 @@ def push_bundle(
             result.bytes_sent += size
         result.sent, result.reused = send, reuse
 
-        # 4. verify every file on the device.
-        verify = SHA256_FUNCTION + f"hash_files {quote(partial)} {' '.join(quote(n) for n in names)}\n"
-        got = _parse_hashes(target.shell(verify, timeout=600).stdout, names)
-        for n in names:
-            if got[n] != local.files[n][0]:
-                seen = (got[n] or "missing")[:12]
-                raise DeviceError(f"{target.name}: {n} failed its sha256 check on the device (got {seen}, "
-                                  f"expected {local.files[n][0][:12]}); the push was rolled back")
-
-        # 5. swap in with renames; the old bundle is restored if the second rename fails.
+        # 4 + 5. verify every file on the device, and only then swap it in with renames (one round trip);
+        # the old bundle is restored if the second rename fails.
         old = f"{bdir}/.{local.name}.old-{secrets.token_hex(4)}"
         qf, qp, qo = quote(final), quote(partial), quote(old)
-        target.shell(
-            f"if [ -e {qf} ]; then mv {qf} {qo} || exit 1; fi\n"
-            f"if mv {qp} {qf}; then rm -rf {qo}; else [ -e {qo} ] && mv {qo} {qf}; exit 1; fi\n",
-            timeout=120,
+        pairs = " ".join(f"{quote(n)} {local.files[n][0]}" for n in names)
+        done = target.shell(
+            SHA256_FUNCTION
+            + f"verify_files {qp} {pairs} || exit {VERIFY_FAILED}\n"
+            + f"if [ -e {qf} ]; then mv {qf} {qo} || exit 1; fi\n"
+            + f"if mv {qp} {qf}; then rm -rf {qo}; else [ -e {qo} ] && mv {qo} {qf}; exit 1; fi\n",
+            timeout=600, check=False,
         )
+        if done.returncode == VERIFY_FAILED:
+            got = parse_hashes(done.stdout, names)
+            n = next(n for n in names if got[n] != local.files[n][0])
+            raise DeviceError(f"{target.name}: {n} failed its sha256 check on the device (got "
+                              f"{(got[n] or 'missing')[:12]}, expected {local.files[n][0][:12]}); "
+                              f"the push was rolled back")
+        target.check_result("install the verified bundle", done)
     except BaseException:
         _cleanup(target, partial)
         raise

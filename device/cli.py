@@ -1,0 +1,134 @@
+"""Device commands: `liteship device probe|push|kinds` and `liteship bench` (on this host or on devices).
+
+TARGET is ``local``, ``ssh:[user@]host[:port]``, ``ssh:ALIAS`` (from ~/.ssh/config), ``adb`` ($ANDROID_SERIAL),
+``adb:SERIAL`` or ``adb:HOST:PORT``. ``LITESHIP_SSH_CONFIG=FILE`` makes ssh use FILE instead of ~/.ssh/config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from liteship.errors import DeviceError
+
+TARGET_HELP = "local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL or adb:HOST:PORT"
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command("probe")
+@click.argument("target", metavar="TARGET")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+@click.option("--workdir", default=None, help="Working folder on the device (default: the target's own).")
+@click.option("--python", "python", default=None, help="The device's Python interpreter to check (default python3).")
+def probe(target: str, as_json: bool, workdir: str | None, python: str | None) -> None:
+    """Say what a device is: model, SoC, ABI, cores, OS, free storage, Python/TFLite, thermal zones.
+
+    TARGET is local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL or adb:HOST:PORT.
+    """
+    from .base import open_target
+    from .probe import format_probe
+    from .probe import probe as run_probe
+
+    with open_target(target) as device:
+        default_python = sys.executable if device.kind == "local" else "python3"
+        facts = run_probe(device, workdir=workdir, python=python or default_python)
+    click.echo(json.dumps(facts, indent=2) if as_json else format_probe(facts))
+
+
+@click.command("push")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.argument("target", metavar="TARGET")
+@click.option("--workdir", default=None, help="Working folder on the device (default: the target's own).")
+@click.option("--name", default=None, help="Name of the bundle on the device (default: its folder name).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was sent as JSON.")
+def push(bundle: Path, target: str, workdir: str | None, name: str | None, as_json: bool) -> None:
+    """Copy BUNDLE to TARGET, verify every file's sha256 there, and place it atomically.
+
+    Files already on the device with the same hash are not sent again. A dropped connection, a full disk or a
+    checksum mismatch is an error and leaves no partial bundle.
+    """
+    from .base import open_target
+    from .push import push_bundle
+
+    with open_target(target) as device:
+        result = push_bundle(device, bundle, workdir=workdir, name=name, progress=_progress)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo(result.remote_path)
+
+
+@click.command("kinds")
+def kinds() -> None:
+    """List the registered device kinds and the specs they answer to."""
+    from .base import registered_kinds
+
+    for kind, entry in registered_kinds().items():
+        factory = entry.factory if isinstance(entry.factory, str) else getattr(entry.factory, "__qualname__", "?")
+        click.echo(f"{kind:<10} {', '.join(p + '[:...]' for p in entry.prefixes):<20} {factory}")
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option("--device", "-d", "devices", multiple=True, metavar="TARGET",
+              help=f"Where to run ({TARGET_HELP}); repeat for several devices, run in parallel. Default: local.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: the runtime's).")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up runs.")
+@click.option("--cores", type=click.Choice(["all", "big", "fastest"]), default="all", show_default=True,
+              help="Pin to the big cores (faster than the slowest cluster) or the fastest cores only.")
+@click.option("--cool-below", type=click.IntRange(min=1), default=None, metavar="DEG_C",
+              help="Wait until every thermal zone reads below DEG_C before running.")
+@click.option("--benchmark-binary", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The official benchmark_model binary for the device's ABI (pushed once, cached by hash).")
+@click.option("--python", "python", default=None, help="The device's Python (default python3; this one locally).")
+@click.option("--signature", default=None, help="Signature to time (default: decode, else serving_default).")
+@click.option("--workdir", default=None, help="Working folder on the devices (default: each target's own).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write all results (liteship.device-bench/1) to this file.")
+@click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown report to this file.")
+def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
+          python, signature, workdir, json_out, report_out) -> None:
+    """Benchmark BUNDLE on this host or on phones and boards: init, first inference, latency percentiles,
+    peak memory, GPT-2 tok/s, with the device's facts.
+
+    With several --device options the devices run in parallel; one failing device does not lose the others'
+    results (the command then exits 1 after writing them).
+    """
+    from .bench import BenchSettings, bench_targets, write_json_atomic
+    from .report import markdown_report
+
+    settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
+                             benchmark_binary=benchmark_binary, python=python, signature=signature,
+                             workdir=workdir)
+    document = bench_targets(bundle, list(devices) or ["local"], settings, progress=_progress)
+    report = markdown_report(document)
+    if json_out:
+        write_json_atomic(json_out, document)
+    if report_out:
+        _write_text_atomic(report_out, report)
+    click.echo(report)
+    failed = [e for e in document["results"] if not e["ok"]]
+    if failed:
+        raise DeviceError(f"{len(failed)} of {len(document['results'])} devices failed: "
+                          + "; ".join(e["target"] for e in failed)
+                          + (f" (details in {json_out})" if json_out else " (details above)"))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
