@@ -149,3 +149,54 @@ def torch_logits(model, ids) -> np.ndarray:
 
     with torch.no_grad():
         return model(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+# ---- bundles shared by the export and runtime tests -----------------------------------------------------------
+
+BUNDLE_OPTIONS = {"max_context": 64, "prefill_len": 8}  # 8-token chunks so that prompts span several chunks
+REFERENCE_PROMPT = [5, 77, 200, 13, 42, 256, 7, 99, 150, 3, 61, 290, 18, 33, 8, 120, 240, 271, 64, 1]  # 20 ids
+
+
+def build_gpt2(outdir: Path, quants=("fp32",)) -> None:
+    """Tiny GPT-2 bundles ``gpt2-<quant>`` plus ``gpt2.reference.npz`` (PyTorch logits of REFERENCE_PROMPT followed by
+    PyTorch's own greedy continuation, and that continuation). Needs TensorFlow and torch; the runtime tests can
+    then run from ``outdir`` with neither."""
+    import torch
+
+    from liteship.convert.gpt2.export import export
+
+    outdir = Path(outdir)
+    ckpt = outdir / "gpt2-checkpoint"
+    model = make_checkpoint(ckpt)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([REFERENCE_PROMPT]), max_new_tokens=40, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0].tolist()
+    continuation = out[len(REFERENCE_PROMPT):]
+    np.savez(outdir / "gpt2.reference.npz", prompt=np.array(REFERENCE_PROMPT), continuation=np.array(continuation),
+             logits=torch_logits(model, out))
+    for q in quants:
+        export(ckpt, outdir / f"gpt2-{q}", quant=q, **BUNDLE_OPTIONS)
+
+
+_BUILT: dict = {}
+
+
+def gpt2_bundles(tmp_path_factory, quants=("fp32",)) -> Path:
+    """A folder with the bundles of build_gpt2: $LITESHIP_TEST_BUNDLES if it has them, else built once per session."""
+    given = os.environ.get("LITESHIP_TEST_BUNDLES")
+    if given and all((Path(given) / f"gpt2-{q}").is_dir() for q in quants):
+        return Path(given)
+    root = _BUILT.get("root")
+    if root is None:
+        import pytest
+
+        pytest.importorskip("tensorflow")
+        pytest.importorskip("torch")
+        root = _BUILT["root"] = tmp_path_factory.mktemp("gpt2-bundles")
+        build_gpt2(root, quants=())
+    for q in quants:
+        if not (root / f"gpt2-{q}").is_dir():
+            from liteship.convert.gpt2.export import export
+
+            export(root / "gpt2-checkpoint", root / f"gpt2-{q}", quant=q, **BUNDLE_OPTIONS)
+    return root

@@ -1,0 +1,168 @@
+"""GPT-2 speed, side by side in one run: transformers PyTorch fp32 (generate with its KV cache) vs liteship fp32,
+fp16 and dynamic-int8 bundles. Builds GPT-2 124M with random weights locally (no download).
+
+    /work/venv/bin/python benchmarks/bench_gpt2.py            # 124M, writes benchmarks/results/gpt2_speed.md
+    /work/venv/bin/python benchmarks/bench_gpt2.py --quick    # tiny model, smoke test (seconds)
+
+Every conversion and every measurement runs in its own subprocess so that its peak RSS (ru_maxrss) is its own.
+Decode at context c: the cache holds c - n tokens, then n greedy steps are timed. Timings are wall clock on a
+shared machine; compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+QUANTS = ("fp32", "fp16", "dynamic-int8")
+
+
+def run_child(code: str) -> dict:
+    """Run python code in a fresh process; it prints one JSON line last, which also gets the child's peak RSS."""
+    wrapped = code + textwrap.dedent("""
+        import resource, json as _j
+        RESULT["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print("RESULT " + _j.dumps(RESULT))
+    """)
+    proc = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"child failed ({proc.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def make_checkpoint(folder: Path, quick: bool) -> None:
+    run_child(f"""
+import json, torch, transformers
+from liteship.runtime.tokenizer import bytes_to_unicode
+torch.manual_seed(0)
+cfg = transformers.GPT2Config(**({{"n_layer": 2, "n_head": 2, "n_embd": 64, "vocab_size": 1000, "n_positions": 1024,
+                                   "bos_token_id": 999, "eos_token_id": 999}} if {quick} else {{}}))
+model = transformers.GPT2LMHeadModel(cfg).eval()
+model.save_pretrained({str(folder)!r})
+# A byte-level vocabulary (no merges) is enough for speed: the benchmark feeds token ids.
+b2u = bytes_to_unicode()
+vocab = {{b2u[b]: i for i, b in enumerate(sorted(b2u))}}
+vocab["<|endoftext|>"] = cfg.eos_token_id
+open({str(folder / "vocab.json")!r}, "w").write(json.dumps(vocab))
+open({str(folder / "merges.txt")!r}, "w").write("#version: 0.2\\n")
+RESULT = {{"params": sum(p.numel() for p in model.parameters())}}
+""")
+
+
+def convert(ckpt: Path, out: Path, quant: str) -> dict:
+    return run_child(f"""
+from liteship.convert.gpt2.export import export
+r = export({str(ckpt)!r}, {str(out)!r}, quant={quant!r}, max_context=1024, prefill_len=128)
+RESULT = {{"seconds": r.seconds, "size_bytes": r.tflite_bytes}}
+""")
+
+
+def bench_liteship(bundle: Path, threads: int, prompt: int, new: int) -> dict:
+    return run_child(f"""
+from liteship.runtime.generate import benchmark_generation
+RESULT = benchmark_generation({str(bundle)!r}, threads={threads}, prompt_tokens={prompt}, new_tokens={new},
+                              context=256, contexts=(1024,))
+""")
+
+
+def bench_torch(ckpt: Path, threads: int, prompt: int, new: int) -> dict:
+    return run_child(f"""
+import time, torch, transformers
+torch.set_num_threads({threads})
+model = transformers.GPT2LMHeadModel.from_pretrained({str(ckpt)!r}).eval()
+V = model.config.vocab_size
+g = torch.Generator().manual_seed(0)
+def ids(n): return torch.randint(0, V, (1, n), generator=g)
+def gen(x, n):
+    t = time.perf_counter()
+    with torch.no_grad():
+        model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    return time.perf_counter() - t
+with torch.no_grad():
+    model(ids(16))  # warm-up
+    x = ids({prompt}); t = time.perf_counter(); model(x); prefill = time.perf_counter() - t
+RESULT = {{"prefill_tok_s": {prompt} / prefill, "decode_tok_s_by_context": {{}}}}
+for ctx in (256, 1024):
+    x = ids(ctx - {new})
+    gen(x, 2)
+    full, one = gen(x, {new}), gen(x, 1)  # generate(n) - generate(1) = n - 1 decode steps with the KV cache
+    RESULT["decode_tok_s_by_context"][str(ctx)] = ({new} - 1) / (full - one)
+""")
+
+
+def host() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a tiny model instead of 124M (smoke test)")
+    ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "gpt2_speed.md")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
+    ckpt = work / "checkpoint"
+    make_checkpoint(ckpt, args.quick)
+    rows = []
+    t = bench_torch(ckpt, args.threads, args.prompt_tokens, args.new_tokens)
+    rows.append(("PyTorch fp32 (transformers generate)", t, None,
+                 sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))))
+    for q in QUANTS:
+        print(f"converting {q} ...", file=sys.stderr)
+        c = convert(ckpt, work / q, q)
+        r = bench_liteship(work / q, args.threads, args.prompt_tokens, args.new_tokens)
+        rows.append((f"liteship {q}", r, c, c["size_bytes"]))
+
+    base = rows[0][1]["decode_tok_s_by_context"]["256"]
+    fp32_size = rows[1][3]
+    mb = lambda b: f"{b / 1e6:.0f}" if b >= 1e7 else f"{b / 1e6:.2f}"
+    lines = [
+        f"# GPT-2 {'tiny (--quick)' if args.quick else '124M'} speed",
+        "",
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {host()}; threads={args.threads}; "
+        f"prefill {args.prompt_tokens} tokens; decode {args.new_tokens} tokens ending at the context; "
+        "liteship bundles built with max_context=1024, prefill_len=128.",
+        "",
+        "| model | prefill tok/s | decode tok/s @256 | decode tok/s @1024 | @1024 / @256 | decode vs PyTorch @256 "
+        "| file MB | file vs fp32 | convert s | convert peak RSS MB | runtime peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r, c, size in rows:
+        d = r["decode_tok_s_by_context"]
+        conv_s, conv_rss = ("-", "-") if c is None else (f"{c['seconds']:.1f}", mb(c["peak_rss_bytes"]))
+        lines.append(
+            f"| {name} | {r['prefill_tok_s']:.1f} | {d['256']:.1f} | {d['1024']:.1f} | {d['1024'] / d['256']:.2f} "
+            f"| {d['256'] / base:.2f}x | {mb(size)} | {size / fp32_size:.3f} | "
+            f"{conv_s} | {conv_rss} | {mb(r['peak_rss_bytes'])} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

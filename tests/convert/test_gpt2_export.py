@@ -1,0 +1,132 @@
+"""GPT-2 checkpoint -> bundle: the TFLite prefill/decode signatures against transformers' PyTorch GPT2LMHeadModel."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from liteship.convert.gpt2.config import tiny
+from liteship.errors import ConvertError
+from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles, make_checkpoint, torch_logits
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # each conversion takes several seconds
+
+
+def run_sequence(bundle, seq, n_prompt):
+    """Logits (len(seq), V): prefill of seq[:n_prompt] (several chunks), then one decode per further token."""
+    from liteship.runtime.generate import KVCacheSession
+
+    s = KVCacheSession(bundle)
+    out = [s.prefill(seq[:n_prompt])]
+    out += [s.decode(t)[None] for t in seq[n_prompt:]]
+    return np.concatenate(out)
+
+
+def reference(root):
+    ref = np.load(root / "gpt2.reference.npz")
+    return list(ref["prompt"]) + list(ref["continuation"]), len(ref["prompt"]), ref["logits"], list(ref["continuation"])
+
+
+def test_fp32_logits_match_pytorch_for_prefill_and_every_decode_step(tmp_path_factory):
+    root = gpt2_bundles(tmp_path_factory)
+    seq, n_prompt, want, _ = reference(root)
+    got = run_sequence(root / "gpt2-fp32", seq, n_prompt)
+    # Observed max |diff| ~5e-6 with logits up to ~7: float32 summation order differs between XNNPACK and
+    # PyTorch. 1e-4 leaves 20x headroom and is still 1e4 times smaller than any real bug (a wrong cache slot or
+    # mask moves logits by O(1)).
+    np.testing.assert_allclose(got[:n_prompt], want[:n_prompt], atol=1e-4, rtol=0, err_msg="prefill")
+    for i in range(n_prompt, len(seq)):
+        np.testing.assert_allclose(got[i], want[i], atol=1e-4, rtol=0, err_msg=f"decode step at position {i}")
+
+
+def test_fp32_greedy_continuation_is_token_for_token_pytorchs(tmp_path_factory):
+    from liteship.runtime.generate import TextGenerator
+
+    root = gpt2_bundles(tmp_path_factory)
+    _, _, _, continuation = reference(root)
+    prompt = list(np.load(root / "gpt2.reference.npz")["prompt"])
+    got = list(TextGenerator(root / "gpt2-fp32").generate_ids(prompt, 40, temperature=0, stop_on_eos=False))
+    assert len(continuation) == 40
+    assert got == continuation
+
+
+@pytest.mark.parametrize("quant,max_rel,rms_rel,top1", [
+    # fp16 stores weights rounded to 11 significant bits (relative error <= 2^-11 = 4.9e-4 each); through two
+    # layers we observed max |diff| = 1.0e-3 x max|logit| and rms 8e-4 x std(logits). Bounds: 10x that.
+    ("fp16", 1e-2, 1e-2, 1.0),
+    # dynamic-int8: per-channel int8 weights plus int8 activations quantized at run time, each rounding by up to
+    # half a step (~0.4% of the range), compounded over 9 matrix products; observed max 4.7% and rms 3%, top-1
+    # agreement 93% (random weights make near-ties). Bounds: 2x the observed error, far below a broken model's ~100%.
+    ("dynamic-int8", 0.10, 0.06, 0.8),
+])
+def test_quantized_logits_within_stated_tolerance(tmp_path_factory, quant, max_rel, rms_rel, top1):
+    root = gpt2_bundles(tmp_path_factory, quants=(quant,))
+    seq, n_prompt, want, _ = reference(root)
+    got = run_sequence(root / f"gpt2-{quant}", seq, n_prompt)
+    diff = np.abs(got - want)
+    assert diff.max() <= max_rel * np.abs(want).max()
+    assert np.sqrt((diff ** 2).mean()) <= rms_rel * want.std()
+    assert (got.argmax(1) == want.argmax(1)).mean() >= top1
+
+
+def test_bundle_carries_signatures_tokenizer_and_generation_config(tmp_path_factory):
+    from liteship.runtime.bundle import Bundle
+
+    root = gpt2_bundles(tmp_path_factory)
+    b = Bundle.open(root / "gpt2-fp32")
+    assert (b.family, b.task, b.quantization) == ("gpt2", "text-generation", "fp32")
+    C, P = BUNDLE_OPTIONS["max_context"], BUNDLE_OPTIONS["prefill_len"]
+    assert b.config["max_context"] == C and b.config["prefill_len"] == P
+    assert b.config["eos_token_id"] == 299 and b.config["eos_token"] == "<|endoftext|>"
+    assert b.config["model"]["vocab_size"] == 300
+    assert b.config["generation"]["do_sample"] is False
+    assert b.asset("vocab").is_file() and b.asset("merges").is_file()
+    specs = {s: {t["name"]: t for t in b.signatures[s]["inputs"] + b.signatures[s]["outputs"]}
+             for s in ("prefill", "decode")}
+    assert specs["decode"]["mask"]["shape"] == [1, C + 1] and specs["prefill"]["mask"]["shape"] == [P, C + P]
+    assert specs["decode"]["k_1"]["shape"] == [2, 16, C] and specs["decode"]["v_1"]["shape"] == [2, C, 16]
+    assert specs["decode"]["logits"]["shape"] == [1, 300]
+    assert specs["prefill"]["k_new"]["shape"] == [2, 2, P, 16]
+
+
+def test_int8_embedding_is_gathered_not_dequantized_whole(tmp_path_factory):
+    """Regression (issue 3 prototype): an int8 token table must not be DEQUANTIZEd as a whole on every step."""
+    from liteship.runtime.tflite_file import read_model
+
+    root = gpt2_bundles(tmp_path_factory, quants=("dynamic-int8",))
+    model = read_model(root / "gpt2-dynamic-int8" / "model.tflite")
+    big = [t for sg in model.subgraphs for t in sg.tensors if t.shape == [300, 32]]
+    assert big and all(t.dtype == "int8" for t in big), "the tied table should be stored once, in int8"
+    for sg in model.subgraphs:
+        float_tables = [t for t in sg.tensors if t.shape == [300, 32] and t.dtype == "float32"]
+        assert not float_tables, f"{sg.name}: a float32 copy of the token table exists (a whole-table DEQUANTIZE)"
+
+
+def test_added_tokens_checkpoint_converts_and_matches(tmp_path):
+    from liteship.convert.gpt2.export import export
+
+    cfg = tiny(vocab_size=302)
+    model = make_checkpoint(tmp_path / "ckpt", cfg, added=["<|user|>", "<|bot|>"])
+    export(tmp_path / "ckpt", tmp_path / "b", quant="fp32", max_context=16, prefill_len=4)
+    seq = [300, 5, 301, 17, 299, 2, 300, 9]  # the added ids are real rows of the grown table
+    got = run_sequence(tmp_path / "b", seq, 5)
+    assert got.shape == (8, 302)
+    np.testing.assert_allclose(got, torch_logits(model, seq), atol=1e-4, rtol=0)  # tolerance: see the fp32 test
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["assets"]["added_tokens"]
+
+
+def test_bad_options_are_refused(tmp_path_factory, tmp_path):
+    from liteship.convert.gpt2.export import export
+
+    ckpt = gpt2_bundles(tmp_path_factory) / "gpt2-checkpoint"
+    with pytest.raises(ConvertError, match=r"--max-context 65 must be between 2 and the model's n_positions \(64\)"):
+        export(ckpt, tmp_path / "x", max_context=65)
+    with pytest.raises(ConvertError, match=r"--prefill-len 20 must be between 1 and --max-context \(16\)"):
+        export(ckpt, tmp_path / "x", max_context=16, prefill_len=20)
+    with pytest.raises(ConvertError, match="GPT-2 supports --quant fp32, fp16 or dynamic-int8, not int8"):
+        export(ckpt, tmp_path / "x", quant="int8")
+    assert not (tmp_path / "x").exists()
