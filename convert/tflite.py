@@ -31,6 +31,25 @@ def quiet_tensorflow() -> Iterator[None]:
     yield
 
 
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[Path]:
+    """Sends what TensorFlow's C++ code writes to stderr (MLIR diagnostics, quantizer chatter) to a temporary
+    file for the duration, so a failed conversion prints liteship's one-line error and not pages of MLIR.
+    Set LITESHIP_VERBOSE=1 to see it. Yields the file's path."""
+    if os.environ.get("LITESHIP_VERBOSE"):
+        yield Path(os.devnull)
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield Path(os.devnull)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def unsupported_ops(message: str) -> list[str]:
     """Op names from the converter's 'ops are not supported' error, e.g. ['tf.Erfinv']."""
     ops = re.findall(r"'(tf\.[A-Za-z0-9_]+)'", message) or re.findall(r"\b(tf\.[A-Z][A-Za-z0-9_]+)\b", message)
@@ -94,10 +113,13 @@ def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str"
     if configure is not None:
         configure(converter)
     try:
-        data = converter.convert()
+        with native_stderr_captured():
+            data = converter.convert()
     except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
         message = str(exc)
         ops = unsupported_ops(message)
+        if ops and allow_tf_ops:
+            raise ConvertError(f"{path}: ops TFLite cannot run, even as Flex ops: {', '.join(ops)}") from None
         if ops:
             raise ConvertError(
                 f"{path}: ops with no TFLite builtin: {', '.join(ops)} (pass --allow-tf-ops to keep them as Flex ops; "

@@ -110,7 +110,8 @@ class Bundle:
                 raise BundleError(f"{self.root}: {rel} is missing")
             if p.stat().st_size != expect.get("size", p.stat().st_size):
                 raise BundleError(
-                    f"{self.root}: {rel} is {p.stat().st_size} bytes, the manifest says {expect['size']} (truncated?)")
+                    f"{self.root}: {rel} is {p.stat().st_size} bytes, the manifest says {expect['size']} "
+                    f"({'truncated' if p.stat().st_size < expect['size'] else 'modified'})")
             if sha256_file(p) != expect["sha256"]:
                 raise BundleError(f"{self.root}: {rel} fails its sha256 check (modified or corrupt)")
 
