@@ -310,7 +310,9 @@ class AndroidTarget(Target):
         from adb_shell import exceptions
 
         try:
-            return adb_device.AdbDeviceUsb(serial=self.address.serial, default_transport_timeout_s=self.timeouts.transport_s)
+            return adb_device.AdbDeviceUsb(
+                serial=self.address.serial, default_transport_timeout_s=self.timeouts.transport_s
+            )
         except exceptions.InvalidTransportError:
             raise DeviceError(
                 f"{self.name}: USB needs libusb1: pip install 'adb-shell[usb]' (or use TCP: adb:HOST:PORT)"
@@ -379,7 +381,8 @@ class AndroidTarget(Target):
         # shell v1 has no exit status and merges stderr: stdout, then "\n<marker><rc><marker>\n", then stderr.
         wrapped = (
             f"( {command}\n) <{infile if stdin is not None else '/dev/null'} 2>{errfile}; __rc=$?; "
-            f"printf '\\n{marker}%d{marker}\\n' \"$__rc\"; cat {errfile} 2>/dev/null; rm -f {errfile} {infile} {scriptfile}"
+            f"printf '\\n{marker}%d{marker}\\n' \"$__rc\"; cat {errfile} 2>/dev/null; "
+            f"rm -f {errfile} {infile} {scriptfile}"
         )
         what = f"`{_short(command)}`"
         out = self._call(

@@ -46,7 +46,9 @@ _PATTERNS = {
     "running": re.compile(r"Running benchmark for at least (\d+) iterations"),
     "timings": re.compile(r"Inference timings in us:(.*)$"),
     "old_timings": re.compile(r"Average inference timings in us:(.*)$"),
-    "delta": re.compile(rf"Memory footprint delta from the start of the tool \(MB\):\s*init=({_NUM})\s+overall=({_NUM})"),
+    "delta": re.compile(
+        rf"Memory footprint delta from the start of the tool \(MB\):\s*init=({_NUM})\s+overall=({_NUM})"
+    ),
     "old_peak": re.compile(rf"Peak memory footprint \(MB\):\s*init=({_NUM})\s+overall=({_NUM})"),
     "peak": re.compile(rf"[Pp]eak memory footprint \(MB\) via periodic monitoring:\s*({_NUM})"),
     "vmrss": re.compile(rf"VmRSS\s*:\s*({_NUM})\s*MB"),

@@ -153,9 +153,8 @@ class FakeAdbd:
         self.sandbox.mkdir(parents=True, exist_ok=True)
         phone_paths = path_map or {"/data/local/tmp": "data/local/tmp"}
         # Longest prefix first so "/data/local/tmp/x" is not caught by a shorter mapping.
-        self.path_map = {
-            phone: (self.sandbox / rel).resolve() for phone, rel in sorted(phone_paths.items(), key=lambda kv: -len(kv[0]))
-        }
+        by_length = sorted(phone_paths.items(), key=lambda kv: -len(kv[0]))
+        self.path_map = {phone: (self.sandbox / rel).resolve() for phone, rel in by_length}
         for host in self.path_map.values():
             host.mkdir(parents=True, exist_ok=True)
         self.authorized_keys = {k.split()[0] for k in authorized_keys}

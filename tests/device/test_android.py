@@ -297,7 +297,8 @@ def test_connection_dropped_mid_push_leaves_no_partial_bundle(android, phone, ti
     from liteship.device.push import push_bundle
 
     phone.faults.drop_after_send_bytes = 1000
-    with pytest.raises(DeviceError, match=r"connection lost during push to .*/\.tiny-classifier\.partial-.*closed the connection"):
+    lost = r"connection lost during push to .*/\.tiny-classifier\.partial-.*closed the connection"
+    with pytest.raises(DeviceError, match=lost):
         push_bundle(android, tiny_bundle)
     assert phone.stats.drops == 1
     assert not bundle_on_phone(phone, tiny_bundle.name).exists()
@@ -353,3 +354,26 @@ def test_bench_end_to_end_with_run_bench_sh(android, phone, tiny_bundle):
     bench = json.loads(android.run(["cat", output_path]).stdout)
     assert bench["schema"] == "liteship.bench/1" and bench["runs"] == 5
     assert bench["model"]["sha256"] == hashlib.sha256((tiny_bundle / "model.tflite").read_bytes()).hexdigest()
+
+
+@pytest.mark.device
+def test_real_phone(tmp_path):
+    """LITESHIP_TEST_DEVICE=adb:SERIAL (or adb:HOST:PORT) runs this against a real phone with the user's key."""
+    spec = os.environ["LITESHIP_TEST_DEVICE"]
+    if not spec.startswith("adb"):
+        pytest.skip(f"{spec} is not an Android device")
+    from liteship.device.probe import probe
+
+    with open_target(spec) as phone:
+        result = phone.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+        assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+        assert probe(phone)["kind"] == "android"
+        workdir = f"{phone.default_workdir()}/test"
+        phone.run(["mkdir", "-p", workdir])
+        phone.put(run_bench_script(), f"{workdir}/run_bench.sh")
+        phone.run(run_bench_argv(f"{workdir}/run_bench.sh", f"{workdir}/r.txt", ["sleep", "1"], cores="big",
+                                 cool_below_c=80, cool_max_wait_s=10), timeout=60)
+        phone.get(f"{workdir}/r.txt", tmp_path / "r.txt")
+        r = parse_run_bench_result((tmp_path / "r.txt").read_text())
+        assert r["status"] == 0 and r["peak_rss_bytes"]
+        phone.run(["rm", "-rf", workdir])
