@@ -95,9 +95,16 @@ def parse_spec(spec: str, environ: dict[str, str] | None = None) -> AdbAddress:
 # --- the user's adb key -------------------------------------------------------------------------------------
 
 
+_KEY_LOCK = threading.Lock()  # several phones opened at once must not each make a different first key
+
+
 def ensure_adb_key(path: str | Path | None = None) -> Path:
     """The private key file, made (with its ``.pub``) if absent and tightened to 0600 if looser. Never printed."""
-    path = Path(path or DEFAULT_KEY).expanduser()
+    with _KEY_LOCK:
+        return _ensure_adb_key(Path(path or DEFAULT_KEY).expanduser())
+
+
+def _ensure_adb_key(path: Path) -> Path:
     public = Path(str(path) + ".pub")
     if not path.exists():
         from adb_shell.auth.keygen import keygen

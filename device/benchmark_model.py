@@ -58,6 +58,34 @@ _PATTERNS = {
 _TIMING_FIELD = re.compile(rf"(Init|First inference|Warmup \(avg\)|Inference \(avg\)|Warmup|Inference):\s*({_NUM})")
 
 
+def benchmark_model_argv(
+    binary: str,
+    graph: str,
+    *,
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int | None = None,
+    signature: str | None = None,
+    xnnpack: bool = True,
+    peak_memory: bool = True,
+) -> list[str]:
+    """The command line for benchmark_model that does exactly ``warmup`` + ``runs`` runs.
+
+    The tool's defaults keep running for ``warmup_min_secs`` (0.5 s) and ``min_secs`` (1 s) beyond the counts; both
+    are set to 0 so the counts mean what they say. ``--report_peak_memory_footprint`` samples memory from a thread
+    every 50 ms, which costs a little speed on small cores: pass ``peak_memory=False`` for pure latency runs.
+    """
+    argv = [binary, f"--graph={graph}", f"--num_runs={runs}", f"--warmup_runs={warmup}", "--min_secs=0",
+            "--warmup_min_secs=0", f"--use_xnnpack={'true' if xnnpack else 'false'}"]
+    if threads is not None:
+        argv.append(f"--num_threads={threads}")
+    if signature:
+        argv.append(f"--signature_to_run_for={signature}")
+    if peak_memory:
+        argv.append("--report_peak_memory_footprint=true")
+    return argv
+
+
 def _num(text: str) -> float | None:
     value = float(text)
     return None if math.isnan(value) else value

@@ -24,6 +24,7 @@ from adbd import FakeAdbd, make_sysfs
 from liteship.device.android import (
     AdbAddress,
     AndroidTarget,
+    _usb_owned_hint,
     ensure_adb_key,
     host_adb_server_devices,
     parse_run_bench_result,
@@ -156,22 +157,25 @@ def test_host_adb_server_is_detected(monkeypatch):
     seen = []
 
     def answer():
-        conn, _ = server.accept()
-        with conn:
-            length = int(conn.recv(4), 16)
-            seen.append(conn.recv(length))
-            body = b"R5CT1234ABC\tdevice\nemulator-5554\toffline\n"
-            conn.sendall(b"OKAY" + b"%04x" % len(body) + body)
+        for _ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                length = int(conn.recv(4), 16)
+                seen.append(conn.recv(length))
+                body = b"R5CT1234ABC\tdevice\nemulator-5554\toffline\n"
+                conn.sendall(b"OKAY" + b"%04x" % len(body) + body)
 
     thread = threading.Thread(target=answer)
     thread.start()
     try:
         monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(port))
         assert host_adb_server_devices() == ["R5CT1234ABC", "emulator-5554"]
+        hint = _usb_owned_hint("R5CT1234ABC")  # what a failed USB claim adds to its error
+        assert "a host adb server lists R5CT1234ABC" in hint and "`adb kill-server`" in hint and "adb tcpip" in hint
     finally:
         thread.join(5)
         server.close()
-    assert seen == [b"host:devices"]
+    assert seen == [b"host:devices"] * 2
     monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(port))  # closed now: no server
     assert host_adb_server_devices() is None
 

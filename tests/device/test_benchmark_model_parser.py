@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from liteship.device.benchmark_model import MIB, parse_benchmark_model_output
+from liteship.device.benchmark_model import MIB, benchmark_model_argv, parse_benchmark_model_output
 
 MODERN = """\
 INFO: STARTING!
@@ -163,3 +163,13 @@ def test_litert_prefixes_and_windows_line_endings():
     assert r["latency_ms"]["mean"] == pytest.approx(17.2236)
     assert r["peak_rss_bytes"] == round(12.3047 * MIB)
 
+
+
+def test_command_line_asks_for_exact_counts_and_the_signature():
+    argv = benchmark_model_argv("/data/local/tmp/liteship/bin/benchmark_model", "/x/model.tflite", runs=20, warmup=2,
+                                threads=4, signature="decode")
+    assert argv[0].endswith("benchmark_model")
+    for flag in ("--graph=/x/model.tflite", "--num_runs=20", "--warmup_runs=2", "--min_secs=0", "--warmup_min_secs=0",
+                 "--num_threads=4", "--signature_to_run_for=decode", "--report_peak_memory_footprint=true",
+                 "--use_xnnpack=true"):
+        assert flag in argv
