@@ -1,0 +1,39 @@
+"""`liteship run gpt2`: generate text from a GPT-2 bundle, streamed token by token to stdout."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("gpt2")
+@click.argument("bundle", type=click.Path(exists=True, path_type=str))
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--max-new-tokens", type=int, default=None, help="[default: the bundle's generation config]")
+@click.option("--temperature", type=float, default=None, help="0 = greedy [default: the bundle's].")
+@click.option("--top-k", type=int, default=None, help="Sample among the k likeliest tokens (0 = all).")
+@click.option("--top-p", type=float, default=None, help="Sample among the likeliest tokens reaching mass p.")
+@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
+@click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
+@click.option("--threads", type=int, default=None, help="Interpreter threads [default: up to 4 cores].")
+@click.option("--truncate", is_flag=True, help="Keep the end of a prompt longer than the context instead of failing.")
+@click.option("--stats", is_flag=True, help="Print prefill/decode speed to stderr at the end.")
+def command(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, threads, truncate, stats):
+    """Continue PROMPT with the GPT-2 BUNDLE, printing tokens as they are generated."""
+    from liteship.runtime.generate import TextGenerator
+
+    gen = TextGenerator(bundle, threads=threads)
+
+    def emit(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = gen.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                          stop=stop, stream=emit, truncate=truncate)
+    sys.stdout.write("\n")
+    if stats:
+        n = len(result.token_ids)
+        click.echo(f"{result.prompt_tokens} prompt tokens in {result.prefill_seconds:.3f} s, {n} new tokens in "
+                   f"{result.decode_seconds:.3f} s ({max(n - 1, 0) / max(result.decode_seconds, 1e-9):.1f} tok/s), "
+                   f"stopped: {result.finish_reason}", err=True)

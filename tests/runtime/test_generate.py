@@ -1,0 +1,129 @@
+"""The generation loop over a tiny GPT-2 bundle: streaming, stop strings, eos, sampling, context limits, the CLI.
+Correctness against PyTorch is in tests/convert/test_gpt2_export.py; here the references are the bundle's own
+reference file (PyTorch logits) and the loop's own greedy output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from liteship.errors import RuntimeLiteshipError
+from liteship.runtime.generate import KVCacheSession, TextGenerator, benchmark_generation, choose_token
+from tests.conftest_gpt2 import gpt2_bundles
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return gpt2_bundles(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def gen(root):
+    return TextGenerator(root / "gpt2-fp32", threads=1)
+
+
+def test_runtime_never_imports_tensorflow_torch_or_transformers():
+    code = ("import sys, liteship.runtime.generate, liteship.runtime.text_cli; "
+            "bad = [m for m in ('tensorflow', 'torch', 'transformers') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_stream_pieces_join_to_the_text_of_the_ids(gen):
+    pieces = []
+    result = gen.generate("the quick brown fox", 24, temperature=0, stream=pieces.append)
+    assert result.finish_reason in ("length", "eos")
+    assert "".join(pieces) == result.text == gen.tokenizer.decode(result.token_ids)
+    ids = list(gen.generate_ids(gen.tokenizer.encode("the quick brown fox"), 24, temperature=0))
+    assert ids == result.token_ids
+
+
+def test_prefill_after_decode_continues_the_sequence(root):
+    """Chunked prefill, decode, then prefill again: the prefill cache must be re-synced from the decode cache."""
+    ref = np.load(root / "gpt2.reference.npz")
+    seq = list(ref["prompt"]) + list(ref["continuation"])
+    s = KVCacheSession(root / "gpt2-fp32")
+    got = [s.prefill(seq[:10])] + [s.decode(t)[None] for t in seq[10:13]] + [s.prefill(seq[13:30])]
+    np.testing.assert_allclose(np.concatenate(got), ref["logits"][:30], atol=1e-4, rtol=0)  # as the fp32 export test
+
+
+def test_stop_string_ends_before_it_and_is_not_streamed(gen):
+    full = gen.generate("the lazy dog", 30, temperature=0).text
+    assert len(full) >= 12
+    stop = full[6:9]
+    pieces = []
+    result = gen.generate("the lazy dog", 30, temperature=0, stop=[stop, "never-appears"], stream=pieces.append)
+    assert result.text == full[: full.find(stop)]
+    assert "".join(pieces) == result.text and result.finish_reason == "stop"
+
+
+def test_eos_stops_generation(gen, root, monkeypatch):
+    ref = np.load(root / "gpt2.reference.npz")
+    cont = list(ref["continuation"])
+    k = next(i for i in range(3, len(cont)) if cont[i] not in cont[:i])  # first new token after a few
+    monkeypatch.setitem(gen.config, "eos_token_id", int(cont[k]))
+    out = list(gen.generate_ids(list(ref["prompt"]), 40, temperature=0))
+    assert out == cont[:k]
+
+
+def test_prompt_longer_than_context_is_an_error_or_truncated(gen):
+    ids = list(range(1, 65))  # the bundle's context is 64
+    with pytest.raises(RuntimeLiteshipError, match="the prompt is 64 tokens; this bundle's context is 64"):
+        list(gen.generate_ids(ids, 4))
+    out = list(gen.generate_ids(ids, 4, temperature=0, truncate=True, stop_on_eos=False))
+    assert len(out) == 4
+
+
+def test_generation_stops_when_the_context_is_full(gen):
+    from liteship.runtime.generate import Generation
+
+    result = Generation("")
+    out = list(gen.generate_ids(list(range(1, 61)), 10, temperature=0, stop_on_eos=False, result=result))
+    assert len(out) == 5 and result.finish_reason == "context"  # 60 + 4 decoded = 64 slots, plus the last choice
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(gen):
+    prompt = "over the"
+    a = gen.generate(prompt, 16, temperature=1.0, top_k=0, top_p=1.0, seed=3).token_ids
+    b = gen.generate(prompt, 16, temperature=1.0, top_k=0, top_p=1.0, seed=3).token_ids
+    c = gen.generate(prompt, 16, temperature=1.0, top_k=0, top_p=1.0, seed=4).token_ids
+    assert a == b and a != c
+    greedy = gen.generate(prompt, 16, temperature=0).token_ids
+    assert gen.generate(prompt, 16, temperature=1.0, top_k=1, seed=5).token_ids == greedy
+
+
+def test_choose_token_respects_top_k_and_top_p():
+    rng = np.random.default_rng(0)
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    picks = [choose_token(logits, temperature=1.0, top_k=2, top_p=1.0, rng=rng) for _ in range(400)]
+    assert set(picks) == {0, 1}
+    picks = [choose_token(logits, temperature=1.0, top_k=0, top_p=0.7, rng=rng) for _ in range(400)]
+    assert set(picks) == {0, 1}  # 0.5 < 0.7 <= 0.8: the two likeliest
+    picks = [choose_token(logits, temperature=1.0, top_k=0, top_p=1.0, rng=rng) for _ in range(2000)]
+    assert abs(picks.count(3) / 2000 - 0.05) < 0.02  # 4.5 sigma for a binomial(2000, 0.05)
+    assert choose_token(logits, temperature=0, top_k=0, top_p=1.0, rng=rng) == 0
+
+
+def test_benchmark_generation_reports_the_generation_block(root):
+    g = benchmark_generation(root / "gpt2-fp32", threads=1, prompt_tokens=16, new_tokens=4, context=32,
+                             contexts=(64,))
+    assert g["prefill_tokens"] == 16 and g["decode_tokens"] == 4 and g["context"] == 32
+    assert g["prefill_tok_s"] > 0 and g["decode_tok_s"] > 0
+    assert set(g["decode_tok_s_by_context"]) == {"32", "64"}
+
+
+def test_cli_streams_the_same_text_as_the_api(gen, root):
+    from click.testing import CliRunner
+
+    from liteship.runtime.text_cli import command
+
+    want = gen.generate("the sun", 12, temperature=0).text
+    res = CliRunner().invoke(command, [str(root / "gpt2-fp32"), "--prompt", "the sun", "--max-new-tokens", "12",
+                                       "--temperature", "0", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.output == want + "\n"
+    res = CliRunner().invoke(command, [str(root / "gpt2-fp32"), "--prompt", "x " * 80])
+    assert res.exit_code != 0 and "context is 64" in str(res.exception)
