@@ -381,3 +381,24 @@ def test_real_phone(tmp_path):
         r = parse_run_bench_result((tmp_path / "r.txt").read_text())
         assert r["status"] == 0 and r["peak_rss_bytes"]
         phone.run(["rm", "-rf", workdir])
+
+
+def test_bench_targets_on_two_phones_one_refusing(phone, adb_key, tiny_bundle, tmp_path, monkeypatch):
+    """D1's orchestration over two adb targets at once: the trusting phone gives a full result pinned to its big
+    core; the one whose user taps Deny gives an error entry, and neither loses the other's result."""
+    from liteship.device.bench import BenchSettings, bench_targets
+
+    monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
+    with FakeAdbd(tmp_path / "phone-2") as refusing:
+        refusing.faults.deny_new_keys = True
+        settings = BenchSettings(runs=5, warmup=1, python=sys.executable, cores="big", cool_below_c=90)
+        options = {"adb_key": str(adb_key), "auth_timeout_s": 1}
+        doc = bench_targets(tiny_bundle, [phone.spec, refusing.spec], settings, target_options=options)
+    good, bad = doc["results"]
+    assert good["ok"], good["error"]
+    assert good["kind"] == "android" and good["device"]["kind"] == "android"
+    assert good["bench"]["schema"] == "liteship.bench/1" and good["bench"]["runs"] == 5
+    assert good["run"]["status"] == 0 and good["run"]["peak_rss_bytes"] > 0
+    if len(ALLOWED) > 1:
+        assert good["run"]["pinned"] and good["run"]["cpus"] == [ALLOWED[-1]]
+    assert not bad["ok"] and "Allow USB debugging" in bad["error"]

@@ -59,12 +59,12 @@ def test_pins_to_the_big_cores_and_records_the_device_state(shell, tmp_path):
 
 
 def test_peak_memory_is_sampled_while_the_command_runs(shell, tmp_path):
-    hold = "b = bytearray(80 * 1024 * 1024); import time; time.sleep(0.5)"
+    hold = "b = bytearray(80 * 1024 * 1024); import time; time.sleep(1.0)"
     proc, result = run(shell, tmp_path, [sys.executable, "-c", hold], sample_interval_s=0.05)
     assert proc.returncode == 0, proc.stderr
     r = parse_run_bench_result(result.read_text())
     assert r["status"] == 0
-    # 80 MiB were touched (bytearray zero-fills) and held for 0.5 s, sampled every 0.05 s.
+    # 80 MiB were touched (bytearray zero-fills) and held for 1 s, sampled every 0.05 s (slack for a busy machine).
     assert r["peak_rss_bytes"] >= 80 * 1024 * 1024
     assert r["memory_samples"] >= 2
 
