@@ -95,6 +95,14 @@ def test_bad_spec_names_the_forms():
         parse_spec("adb:phone:70000", {})
 
 
+def test_importing_the_android_kind_does_not_import_adb_shell():
+    """bench.py imports this module for run_bench.sh on every target kind; adb-shell loads only to connect."""
+    import subprocess
+
+    code = "import sys, liteship.device.android, liteship.device.bench; print('adb_shell' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_key_is_created_private_and_tightened(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     key = ensure_adb_key()  # the default place, as the Android SDK's adb keeps it
