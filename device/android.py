@@ -400,7 +400,8 @@ class AndroidTarget(Target):
             ),
         )
         text = out.decode("utf-8", "replace")
-        found = list(re.finditer(rf"\n{marker}(-?\d+){marker}\n", text))
+        # "\r?" in case an adbd runs the command on a pty (which turns "\n" into "\r\n").
+        found = list(re.finditer(rf"\r?\n{marker}(-?\d+){marker}\r?\n", text))
         if not found:
             raise DeviceError(f"{self.name}: {what} ended without an exit status (the shell died): {text[-200:]!r}")
         last = found[-1]
