@@ -34,7 +34,7 @@ from liteship.errors import DeviceError, LiteshipError
 from .base import Target, join, last_line, open_target, quote
 from .probe import probe
 from .push import load_local_bundle, push_bundle
-from .runtime_pack import ensure_file_on_device, ensure_runtime
+from .runtime_pack import CachedFile, ensure_files_on_device, runtime_file
 
 SCHEMA = "liteship.device-bench/1"
 RUNNERS = ("python", "benchmark_model")
@@ -144,33 +144,36 @@ class _Run:
 
         script_path, run_bench_argv, parse_result = _run_bench_tools()
         script = script_path()
-        if local:
-            remote_script = str(script)
-        else:
-            remote_script = ensure_file_on_device(target, script, _sha256(script), f"{workdir}/bin",
-                                                  f"run_bench-{_sha256(script)[:12]}.sh")
         results_dir = f"{workdir}/results"
         run_id = f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
         result_file, output_file = f"{results_dir}/{run_id}.result", f"{results_dir}/{run_id}.out"
         json_file = f"{results_dir}/{run_id}.json"
-        if s.runner == "python":
-            if local:
-                command = [python, "-m", "liteship.runtime.bench"]
+
+        # What the device runs, cached there by hash (the host itself uses them where they are).
+        if local:
+            remote_script, remote_tool = str(script), s.benchmark_binary
+        else:
+            self.say(f"{self.spec}: checking the runner files")
+            tools = [CachedFile(script, _sha256(script), f"{workdir}/bin", f"run_bench-{_sha256(script)[:12]}.sh")]
+            if s.runner == "python":
+                tools.append(runtime_file(workdir, _host_cache()))
             else:
-                pyz = ensure_runtime(target, workdir, _host_cache())
-                command = [python, pyz, "bench"]
+                binary = Path(s.benchmark_binary)
+                digest = _sha256(binary)
+                tools.append(CachedFile(binary, digest, f"{workdir}/bin", f"benchmark_model-{digest[:12]}",
+                                        mode="755"))
+            remote_script, remote_tool = ensure_files_on_device(target, tools)
+
+        if s.runner == "python":
+            command = [python, "-m", "liteship.runtime.bench"] if local else [python, remote_tool, "bench"]
             command += [remote_bundle, "--json", json_file, "--runs", str(s.runs), "--warmup", str(s.warmup)]
             if s.threads:
                 command += ["--threads", str(s.threads)]
             if s.signature:
                 command += ["--signature", s.signature]
         else:
-            binary = Path(s.benchmark_binary)
-            digest = _sha256(binary)
-            remote_binary = str(binary) if local else ensure_file_on_device(
-                target, binary, digest, f"{workdir}/bin", f"benchmark_model-{digest[:12]}", mode="755")
             graph = remote_bundle if remote_bundle.endswith(".tflite") else f"{remote_bundle}/model.tflite"
-            command = [remote_binary, f"--graph={graph}", f"--num_runs={s.runs}",
+            command = [remote_tool, f"--graph={graph}", f"--num_runs={s.runs}",
                        f"--warmup_runs={s.warmup}", "--min_secs=0", "--warmup_min_secs=0"]
             if s.threads:
                 command.append(f"--num_threads={s.threads}")
@@ -183,8 +186,12 @@ class _Run:
         try:
             target.shell(f"mkdir -p {quote(results_dir)} || exit 1\n{join(argv)}\n", timeout=s.timeout_s + 300)
             run_text, json_text, output = self._collect(target, result_file, json_file, output_file)
-        finally:
-            target.run(["rm", "-f", result_file, output_file, json_file], timeout=60, check=False)
+        except BaseException:
+            try:
+                target.run(["rm", "-f", result_file, output_file, json_file], timeout=60, check=False)
+            except Exception:
+                pass
+            raise
         run = parse_result(run_text)
         self.entry["run"] = {k: v for k, v in run.items() if k not in ("output", "schema")}
         if run["status"] != 0:
@@ -209,9 +216,10 @@ class _Run:
 
     @staticmethod
     def _collect(target: Target, *paths: str) -> list[str]:
-        """Read the result, JSON and (the tail of the) output files in one round trip."""
+        """Read the result, JSON and (the tail of the) output files, and delete them, in one round trip."""
         marker = f"--liteship-{secrets.token_hex(8)}--"
-        script = "\n".join(f"tail -c 262144 {quote(p)} 2>/dev/null; echo; echo {marker}" for p in paths) + "\n"
+        script = "\n".join(f"tail -c 262144 {quote(p)} 2>/dev/null; echo; echo {marker}" for p in paths)
+        script += f"\nrm -f {' '.join(quote(p) for p in paths)}\n"  # read once, then gone
         parts = target.shell(script, timeout=120, check=False).stdout.split(f"\n{marker}\n")
         return [(parts[i] if i < len(parts) else "").strip("\n") for i in range(len(paths))]
 

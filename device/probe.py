@@ -17,19 +17,19 @@ _PY_PROBE = r"""
 import sys, platform
 print("py.version=" + platform.python_version())
 print("py.executable=" + sys.executable)
-for mod, key in (("numpy", "numpy"), ("ai_edge_litert", "ai_edge_litert"), ("tflite_runtime", "tflite_runtime")):
-    try:
-        m = __import__(mod)
-        v = getattr(m, "__version__", "")
-        if not v:
-            try:
-                from importlib.metadata import version
-                v = version(mod.replace("_", "-"))
-            except Exception:
-                v = "unknown"
-        print("py." + key + "=" + v)
-    except Exception:
-        pass
+try:
+    from importlib.util import find_spec
+    from importlib.metadata import version
+except ImportError:  # Python < 3.8: nothing liteship's runtime supports anyway
+    find_spec = version = None
+# Found without importing them (importing LiteRT takes seconds on a small board).
+for mod, dist in (("numpy", "numpy"), ("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime")):
+    if find_spec is not None and find_spec(mod) is not None:
+        try:
+            v = version(dist)
+        except Exception:
+            v = "unknown"
+        print("py." + mod + "=" + v)
 """
 
 _SCRIPT = r"""

@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from liteship.errors import DeviceError
@@ -85,38 +86,61 @@ def write_runtime_zip(folder: Path) -> tuple[Path, str]:
     return path, digest
 
 
-def ensure_file_on_device(target: Target, local: Path, sha256: str, remote_dir: str, remote_name: str,
-                          *, mode: str | None = None) -> str:
-    """Put ``local`` at ``remote_dir/remote_name`` unless a file with that sha256 is already there; returns the
-    remote path. The copy goes to a temporary name, is hashed on the device, then renamed (never half a file)."""
-    from .push import SHA256_FUNCTION, VERIFY_FAILED, remote_hashes
+@dataclass(frozen=True)
+class CachedFile:
+    """A host file kept on the device at ``remote_dir/name`` and re-sent only when its sha256 differs there."""
 
-    remote = f"{remote_dir}/{remote_name}"
-    if remote_hashes(target, remote_dir, [remote_name], mkdir=True)[remote_name] == sha256:
-        return remote
-    tmp_name = f".{remote_name}.partial"
-    tmp = f"{remote_dir}/{tmp_name}"
+    local: Path
+    sha256: str
+    remote_dir: str
+    name: str
+    mode: str | None = None  # e.g. "755" for a binary
+
+    @property
+    def remote(self) -> str:
+        return f"{self.remote_dir}/{self.name}"
+
+
+def ensure_files_on_device(target: Target, files: list[CachedFile]) -> list[str]:
+    """Make each file present on the device with the right hash; returns their remote paths.
+
+    One round trip checks them all; a missing or stale one goes to a temporary name, then one round trip hashes
+    the new copies on the device and renames them into place (never half a file under the real name).
+    """
+    from .push import SHA256_FUNCTION, VERIFY_FAILED, parse_hashes
+
+    check = SHA256_FUNCTION + "".join(
+        f"mkdir -p {quote(f.remote_dir)} || exit 1\nprintf 'F {i} '; hash_files {quote(f.remote_dir)} "
+        f"{quote(f.name)}\n" for i, f in enumerate(files))
+    out = target.shell(check, timeout=120).stdout
+    present = {int(line.split()[1]): line.split()[-1] for line in out.splitlines() if line.startswith("F ")}
+    stale = [f for i, f in enumerate(files) if present.get(i) != f.sha256]
+    if not stale:
+        return [f.remote for f in files]
+    tmps = [f"{f.remote_dir}/.{f.name}.partial" for f in stale]
     try:
-        target.put(local, tmp, timeout=60 + local.stat().st_size / 200_000)
-        done = target.shell(
-            SHA256_FUNCTION
-            + f"verify_files {quote(remote_dir)} {quote(tmp_name)} {sha256} || exit {VERIFY_FAILED}\n"
-            + (f"chmod {mode} {quote(tmp)} && " if mode else "") + f"mv -f {quote(tmp)} {quote(remote)}\n",
-            timeout=120, check=False,
-        )
+        for f, tmp in zip(stale, tmps):
+            target.put(f.local, tmp, timeout=60 + f.local.stat().st_size / 200_000)
+        install = SHA256_FUNCTION + "".join(
+            f"verify_files {quote(f.remote_dir)} {quote('.' + f.name + '.partial')} {f.sha256} "
+            f"|| exit {VERIFY_FAILED}\n"
+            + (f"chmod {f.mode} {quote(tmp)} || exit 1\n" if f.mode else "")
+            + f"mv -f {quote(tmp)} {quote(f.remote)} || exit 1\n" for f, tmp in zip(stale, tmps))
+        done = target.shell(install, timeout=600, check=False)
         if done.returncode == VERIFY_FAILED:
-            raise DeviceError(f"{target.name}: {remote_name} failed its sha256 check on the device")
-        target.check_result(f"install {remote_name}", done)
+            bad = stale[len([l for l in done.stdout.splitlines() if l.startswith("H ")]) - 1]
+            raise DeviceError(f"{target.name}: {bad.name} failed its sha256 check on the device")
+        target.check_result("install " + ", ".join(f.name for f in stale), done)
     except BaseException:
         try:
-            target.run(["rm", "-f", tmp], timeout=30, check=False)
+            target.run(["rm", "-f", *tmps], timeout=30, check=False)
         except Exception:
             pass
         raise
-    return remote
+    return [f.remote for f in files]
 
 
-def ensure_runtime(target: Target, workdir: str, cache: Path) -> str:
-    """The remote path of the runtime zipapp on ``target``, pushed once per runtime version."""
+def runtime_file(workdir: str, cache: Path) -> CachedFile:
+    """The runtime zipapp as a CachedFile under ``<workdir>/runtime`` (built into ``cache`` on the host)."""
     local, digest = write_runtime_zip(cache)
-    return ensure_file_on_device(target, local, digest, f"{workdir.rstrip('/')}/runtime", local.name)
+    return CachedFile(local, digest, f"{workdir.rstrip('/')}/runtime", local.name)

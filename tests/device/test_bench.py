@@ -1,0 +1,202 @@
+"""Benchmarks on devices end to end: the loopback sshd "board", the local target, several at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from liteship.device.bench import SCHEMA, BenchSettings, bench_targets, write_json_atomic
+from liteship.device.report import markdown_report
+from liteship.errors import DeviceError
+
+# A stand-in for TFLite's benchmark_model (there is no binary for this host in the repo): it really runs the
+# model --num_runs times with LiteRT, timing each run, and prints its log in benchmark_model's own format
+# (benchmark_model.cc / stats_calculator.h), so the runner's flags, caching and parsing are exercised for real.
+FAKE_BENCHMARK_MODEL = r'''#!{python}
+import sys, time
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+flags = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+known = {{"graph", "num_runs", "warmup_runs", "num_threads", "min_secs", "warmup_min_secs", "signature_to_run_for"}}
+unknown = set(flags) - known
+if unknown:
+    print("ERROR: Unconsumed cmdline flags: " + " ".join(sorted(unknown)))
+    sys.exit(1)
+print("INFO: STARTING!")
+print("INFO: Graph: [%s]" % flags["graph"])
+print("INFO: Num threads: [%s]" % flags.get("num_threads", "-1"))
+t0 = time.perf_counter()
+interp = Interpreter(model_path=flags["graph"], num_threads=int(flags.get("num_threads", 1)))
+runner = interp.get_signature_runner()
+init_us = (time.perf_counter() - t0) * 1e6
+print("INFO: Initialized session in %.3fms." % (init_us / 1e3))
+x = np.zeros(runner.get_input_details()["x"]["shape"], np.float32)
+def times(n):
+    out = []
+    for _ in range(n):
+        t = time.perf_counter(); runner(x=x); out.append((time.perf_counter() - t) * 1e6)
+    return out
+def stat(v):
+    a = np.array(v)
+    return "count=%d first=%d curr=%d min=%d max=%d avg=%g std=%d" % (len(a), a[0], a[-1], a.min(), a.max(), a.mean(), a.std())
+w = times(max(1, int(flags.get("warmup_runs", 1))))
+print("INFO: Running benchmark for at least %s iterations and at least 0 seconds" % flags.get("warmup_runs"))
+print("INFO: " + stat(w))
+r = times(int(flags["num_runs"]))
+print("INFO: Running benchmark for at least %s iterations and at least 0 seconds" % flags["num_runs"])
+print("INFO: " + stat(r))
+print("INFO: Inference timings in us: Init: %d, First inference: %d, Warmup (avg): %g, Inference (avg): %g"
+      % (init_us, w[0], np.mean(w), np.mean(r)))
+'''
+
+
+def _settings(**kw) -> BenchSettings:
+    return BenchSettings(**{"runs": 5, "warmup": 1, **kw})
+
+
+def test_python_runner_over_ssh_end_to_end(ssh_env, tiny_bundle, remote_python, tmp_path):
+    workdir = tmp_path / "wd"
+    settings = _settings(python=remote_python, workdir=str(workdir), cores="big")
+    doc = bench_targets(tiny_bundle, ["ssh:board"], settings)
+    assert doc["schema"] == SCHEMA
+    [entry] = doc["results"]
+    assert entry["ok"], entry["error"]
+    bench = entry["bench"]
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert bench["schema"] == "liteship.bench/1"
+    assert bench["runs"] == 5 and len(bench["latency_ms"]["samples"]) == 5
+    assert bench["model"]["sha256"] == manifest["files"]["model.tflite"]["sha256"]
+    assert bench["model"]["path"] == f"{workdir}/bundles/tiny-classifier/model.tflite"
+    assert bench["runtime"]["backend"].startswith("litert") or "litert" in bench["runtime"]["backend"]
+    assert bench["peak_rss_bytes"] > 0
+    # it ran from the pushed runtime zipapp under run_bench.sh, which recorded the pinning policy
+    assert ".pyz bench " in entry["run"]["command"] and entry["run"]["cores_policy"] == "big"
+    assert entry["device"]["python"]["path"] == remote_python
+    assert sorted(entry["push"]["sent"]) == sorted(manifest["files"]) + ["manifest.json"] or entry["push"]["sent"]
+    assert list((workdir / "results").iterdir()) == []  # result files are removed once read
+    [pyz] = (workdir / "runtime").glob("liteship-runtime-*.pyz")
+
+    # Again: nothing is sent twice (bundle unchanged, runtime and script cached by hash).
+    stamp = pyz.stat().st_mtime_ns
+    again = bench_targets(tiny_bundle, ["ssh:board"], settings)["results"][0]
+    assert again["ok"] and again["push"]["unchanged"]
+    assert pyz.stat().st_mtime_ns == stamp
+
+
+def test_parallel_targets_one_failing_keeps_the_others(ssh_env, tiny_bundle, remote_python, tmp_path):
+    settings = _settings(python=remote_python, workdir=str(tmp_path / "wd"))
+    doc = bench_targets(tiny_bundle, ["local", "ssh:board", "ssh:board-changed"], settings)
+    by_target = {e["target"]: e for e in doc["results"]}
+    assert [e["target"] for e in doc["results"]] == ["local", "ssh:board", "ssh:board-changed"]
+    assert by_target["local"]["ok"] and by_target["local"]["bench"]["runs"] == 5
+    assert by_target["ssh:board"]["ok"] and by_target["ssh:board"]["bench"]["runs"] == 5
+    failed = by_target["ssh:board-changed"]
+    assert not failed["ok"] and "host key CHANGED" in failed["error"] and failed["bench"] is None
+
+    out = write_json_atomic(tmp_path / "results.json", doc)
+    assert json.loads(out.read_text())["results"][2]["error"] == failed["error"]
+    report = markdown_report(doc)
+    assert "| local |" in report and "| ssh:board |" in report
+    assert "## Failed" in report and "**ssh:board-changed**: the host key CHANGED" in report
+
+
+def test_missing_python_on_the_device_is_the_entry_error(ssh_env, tiny_bundle, tmp_path):
+    doc = bench_targets(tiny_bundle, ["ssh:board"], _settings(python="no-such-python3", workdir=str(tmp_path)))
+    [entry] = doc["results"]
+    assert not entry["ok"]
+    assert entry["error"].startswith("ssh:board: no no-such-python3 on the device")
+    assert "--benchmark-binary" in entry["error"]
+    assert entry["device"]["abi"]  # the probe still came back
+
+
+def test_benchmark_model_runner_pushes_once_and_parses(ssh_env, tiny_bundle, tmp_path):
+    binary = tmp_path / "benchmark_model"
+    binary.write_text(FAKE_BENCHMARK_MODEL.format(python=sys.executable))
+    binary.chmod(0o755)
+    workdir = tmp_path / "wd"
+    settings = _settings(benchmark_binary=str(binary), threads=1, workdir=str(workdir), runs=7)
+    [entry] = bench_targets(tiny_bundle, ["ssh:board"], settings)["results"]
+    assert entry["ok"], entry["error"]
+    assert entry["runner"] == "benchmark_model"
+    bench = entry["bench"]
+    assert bench["runs"] == 7 and bench["warmup_runs"] == 1
+    assert bench["graph"] == f"{workdir}/bundles/tiny-classifier/model.tflite"
+    assert bench["latency_ms"]["mean"] > 0 and bench["init_ms"] > 0
+    assert bench["peak_rss_bytes"] > 0  # from run_bench.sh's VmHWM: this tool prints no memory lines
+    [cached] = (workdir / "bin").glob("benchmark_model-*")
+    assert os.access(cached, os.X_OK)
+    stamp = cached.stat().st_mtime_ns
+    [again] = bench_targets(tiny_bundle, ["ssh:board"], settings)["results"]
+    assert again["ok"] and cached.stat().st_mtime_ns == stamp
+
+
+def test_benchmark_model_failure_is_reported(ssh_env, tiny_bundle, tmp_path):
+    binary = tmp_path / "benchmark_model"
+    binary.write_text("#!/bin/sh\necho 'ERROR: Failed to allocate tensors!' >&2\nexit 1\n")
+    binary.chmod(0o755)
+    settings = _settings(benchmark_binary=str(binary), workdir=str(tmp_path / "wd"))
+    [entry] = bench_targets(tiny_bundle, ["ssh:board"], settings)["results"]
+    assert not entry["ok"]
+    assert entry["error"] == "ssh:board: the benchmark_model benchmark failed: ERROR: Failed to allocate tensors!"
+    assert entry["run"]["status"] == 1
+
+
+def test_hostile_bundle_path_over_ssh(ssh_env, tiny_bundle, remote_python, tmp_path):
+    odd = tmp_path / "my models" / "$(touch pwned); `touch pwned2`"
+    odd.parent.mkdir()
+    shutil.copytree(tiny_bundle, odd)
+    workdir = tmp_path / "w d"
+    [entry] = bench_targets(odd, ["ssh:board"], _settings(python=remote_python, workdir=str(workdir)))["results"]
+    assert entry["ok"], entry["error"]
+    assert entry["bench"]["model"]["path"] == f"{workdir}/bundles/{odd.name}/model.tflite"
+    for where in (Path.home(), Path.cwd(), workdir, workdir / "bundles", workdir / "results"):
+        assert not (where / "pwned").exists() and not (where / "pwned2").exists()
+
+
+def test_bench_cli_writes_json_and_report(tiny_bundle, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from liteship.device.cli import bench
+
+    monkeypatch.setenv("LITESHIP_LOCAL_WORKDIR", str(tmp_path / "wd"))
+    out, report = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.md"
+    result = CliRunner().invoke(bench, [str(tiny_bundle), "--runs", "3", "--warmup", "0",
+                                        "--json", str(out), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == SCHEMA and doc["results"][0]["target"] == "local"
+    assert doc["results"][0]["bench"]["runs"] == 3
+    assert report.read_text().startswith("# liteship device benchmark: tiny-classifier")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.md"]
+
+
+def test_bench_cli_exits_1_when_a_device_fails_but_writes_results(tiny_bundle, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from liteship.device.cli import bench
+
+    monkeypatch.setenv("LITESHIP_LOCAL_WORKDIR", str(tmp_path / "wd"))
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(bench, [str(tiny_bundle), "-d", "local", "-d", "usb:nothing", "--runs", "2",
+                                        "--json", str(out)])
+    assert isinstance(result.exception, DeviceError)
+    assert str(result.exception) == f"1 of 2 devices failed: usb:nothing (details in {out})"
+    doc = json.loads(out.read_text())
+    assert [e["ok"] for e in doc["results"]] == [True, False]
+    assert "unknown device 'usb:nothing'" in doc["results"][1]["error"]
+
+
+@pytest.mark.device
+def test_real_device(tiny_bundle, tmp_path):
+    """Probe, push and bench against the device in LITESHIP_TEST_DEVICE (e.g. ssh:pi@raspberrypi.local, adb)."""
+    spec = os.environ["LITESHIP_TEST_DEVICE"]
+    settings = _settings(benchmark_binary=os.environ.get("LITESHIP_TEST_BENCHMARK_BINARY") or None)
+    [entry] = bench_targets(tiny_bundle, [spec], settings)["results"]
+    assert entry["device"]["abi"], entry
+    assert entry["ok"], entry["error"]
+    assert entry["bench"]["latency_ms"]["mean"] > 0
