@@ -374,6 +374,7 @@ class AndroidTarget(Target):
 
     def _execute(self, command: str, *, timeout: float | None, stdin: bytes | None) -> CommandResult:
         limit = float(timeout if timeout is not None else self.timeouts.command_s)
+        what = f"`{_short(command)}`"
         marker = f"LITESHIP{uuid.uuid4().hex[:16]}"
         errfile = f"{PHONE_TMP}/.liteship-stderr-{marker}"
         infile = f"{PHONE_TMP}/.liteship-stdin-{marker}"
@@ -391,7 +392,6 @@ class AndroidTarget(Target):
             f"printf '\\n{marker}%d{marker}\\n' \"$__rc\"; cat {errfile} 2>/dev/null; "
             f"rm -f {errfile} {infile} {scriptfile}"
         )
-        what = f"`{_short(command)}`"
         out = self._call(
             what,
             limit,
