@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator, Sequence, Union
 import numpy as np
 
 from liteship.errors import BundleError, RuntimeLiteshipError
-from liteship.runtime.images import ImageSource, Preprocessing, iter_files, load_image
+from liteship.runtime.images import ImageSource, Preprocessing, decode_pixels, iter_files
 
 DEFAULT_BATCH = 8  # images per invoke when the model's batch dimension is dynamic
 
@@ -112,7 +112,7 @@ class ImageClassifier:
         for number, source in enumerate(sources):
             name = _source_name(source, number)
             try:
-                pending.append((name, self.preprocessing(load_image(source, name=name))))
+                pending.append((name, self.preprocessing(decode_pixels(source, name=name))))
             except RuntimeLiteshipError as exc:
                 yield from self._flush(pending, top_k)
                 pending = []

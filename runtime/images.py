@@ -68,6 +68,15 @@ def _pil():
 def load_image(source: ImageSource, *, name: str | None = None) -> np.ndarray:
     """Decode a file, bytes, PIL image or array to an (H, W, 3) float32 RGB array of pixel values in [0, 255].
 
+    See `decode_pixels` for what is accepted.
+    """
+    return decode_pixels(source, name=name).astype(np.float32, copy=False)
+
+
+def decode_pixels(source: ImageSource, *, name: str | None = None) -> np.ndarray:
+    """Like `load_image`, but an 8-bit opaque image stays uint8 (H, W, 3): a 12-megapixel photo is 36 MB rather
+    than 144 MB until the resize, which converts only the rows it samples. Same values either way.
+
     numpy arrays are taken as pixels: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); uint8 as is, uint16 scaled by
     255 / 65535, bool as 0 / 255, floats as already in [0, 255]. Anything that is not an image raises
     RuntimeLiteshipError naming it.
@@ -111,7 +120,7 @@ def _pil_to_rgb(image, ImageOps) -> np.ndarray:
     if has_alpha:
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)  # (H, W, 4)
         return _composite_over_white(rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+    return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
 
 
 def _composite_over_white(rgba: np.ndarray) -> np.ndarray:
@@ -124,7 +133,9 @@ def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
         pixels = array.astype(np.float32) * 255.0
     elif array.dtype == np.uint16:
         pixels = array.astype(np.float32) * (255.0 / 65535.0)
-    elif array.dtype == np.uint8 or np.issubdtype(array.dtype, np.floating):
+    elif array.dtype == np.uint8:
+        pixels = array  # kept 8-bit, like decoded files; the resize converts what it samples
+    elif np.issubdtype(array.dtype, np.floating):
         pixels = array.astype(np.float32)
     else:
         raise RuntimeLiteshipError(f"{name}: pixel dtype {array.dtype} is not uint8, uint16, bool or float")
@@ -135,7 +146,7 @@ def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
     if pixels.shape[-1] == 1:
         return np.repeat(pixels, 3, axis=-1)
     if pixels.shape[-1] == 4:
-        return _composite_over_white(pixels)
+        return _composite_over_white(pixels.astype(np.float32))
     return pixels
 
 
@@ -222,7 +233,7 @@ class Preprocessing:
 def preprocess(source: ImageSource, preprocessing: Preprocessing | dict, *, name: str | None = None) -> np.ndarray:
     """Decode and preprocess one image: the model input for it, without the batch dimension."""
     spec = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_manifest(preprocessing)
-    return spec(load_image(source, name=name))
+    return spec(decode_pixels(source, name=name))
 
 
 def resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -231,10 +242,11 @@ def resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     Half-pixel centres: output pixel i samples the source at (i + 0.5) * H / h - 0.5, clamped to the edges, and
     blends its two neighbours linearly. No antialiasing, so a large shrink skips source pixels (as TF does).
     """
-    pixels = np.asarray(pixels, dtype=np.float32)
+    pixels = np.asarray(pixels)  # uint8 or float32; only the sampled rows are converted to float32
     rows, row_weight = _bilinear_taps(pixels.shape[0], size[0])
     cols, col_weight = _bilinear_taps(pixels.shape[1], size[1])
-    top, bottom = pixels[rows[0]], pixels[rows[1]]  # (h, W, C) each: only the rows we need
+    top = pixels[rows[0]].astype(np.float32)  # (h, W, C): only the rows we need
+    bottom = pixels[rows[1]].astype(np.float32)
     ry = row_weight[:, None, None]
     vertical = top + (bottom - top) * ry  # (h, W, C)
     left, right = vertical[:, cols[0]], vertical[:, cols[1]]  # (h, w, C)

@@ -298,3 +298,13 @@ def test_runtime_image_modules_do_not_import_tensorflow():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_eight_bit_pixels_stay_uint8_until_the_resize_with_identical_results():
+    from liteship.runtime.images import decode_pixels
+
+    photo = skimage_data.astronaut()
+    kept = decode_pixels(png_bytes(photo))
+    assert kept.dtype == np.uint8  # 1 byte per sample until the resize picks its rows
+    spec = Preprocessing.from_manifest(dict(BIT, image_size=[50, 70]))
+    np.testing.assert_array_equal(spec(kept), spec(kept.astype(np.float32)))
