@@ -19,6 +19,8 @@ from liteship.errors import BundleError, RuntimeLiteshipError
 from liteship.runtime.images import ImageSource, Preprocessing, decode_pixels, iter_files
 
 DEFAULT_BATCH = 8  # images per invoke when the model's batch dimension is dynamic
+# Manifest tasks this runs ("unknown": a lone .tflite without a manifest; its preprocessing decides).
+IMAGE_TASKS = ("image-classification", "classification", "unknown")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class ImageClassifier:
         from liteship.runtime.interpreter import create_interpreter
 
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        if self.bundle.task not in IMAGE_TASKS:
+            raise BundleError(f"{self.bundle.root} is a {self.bundle.family} bundle for {self.bundle.task}, "
+                              "not an image classifier")
         self.preprocessing = Preprocessing.from_manifest(self.bundle.preprocessing)
         self.interpreter = create_interpreter(
             self.bundle.model_path, backend=backend, num_threads=threads, delegate=delegate

@@ -201,6 +201,9 @@ def test_bundles_that_do_not_fit_the_model_are_rejected(bundles, tmp_path):
                             quantization="fp32")
     with pytest.raises(BundleError, match="preprocessing"):
         ImageClassifier(no_block)
+    text = write_bundle(tmp_path / "text", model, family="gpt2", task="text-generation", quantization="fp32")
+    with pytest.raises(BundleError, match="gpt2 bundle for text-generation, not an image classifier"):
+        ImageClassifier(text)
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
