@@ -7,6 +7,7 @@ installs openssh-server and a skip there would hide a broken setup.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,21 +66,33 @@ def make_tiny_bundle(out_dir: Path) -> Path:
 
     from liteship.convert.bundle import write_bundle
 
-    w = tf.constant(np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32))
+    class Tiny(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32))
 
-    @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32, name="x")])
-    def serve(x):
-        return {"probs": tf.nn.softmax(tf.matmul(x, w) + 0.1)}
+        @tf.function(input_signature=[tf.TensorSpec([1, 8], tf.float32, name="x")])
+        def serve(self, x):
+            return {"probs": tf.nn.softmax(tf.matmul(x, self.w) + 0.1)}  # (1, 3)
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
+    tiny = Tiny()
+    # Passing the module keeps the "serving_default" signature in the .tflite (the runtime runs signatures).
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([tiny.serve.get_concrete_function()], tiny)
     return write_bundle(out_dir, converter.convert(), family="classifier", task="classification",
                         quantization="fp32", assets={"labels": ("assets/labels.txt", b"cat\ndog\nbird\n")})
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
-    """Built once per session (TensorFlow conversion takes a few seconds); tests copy it before changing it."""
-    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny-classifier")
+    """Built once per session (TensorFlow conversion takes a few seconds); tests copy it before changing it.
+
+    In the TensorFlow-free CI step (LITESHIP_TEST_BUNDLES set, see tests/fixture_bundles.py) the shared fp32
+    classifier stands in, copied under the same name."""
+    out = tmp_path_factory.mktemp("bundle") / "tiny-classifier"
+    given = os.environ.get("LITESHIP_TEST_BUNDLES")
+    if given:
+        shutil.copytree(Path(given) / "classifier-fp32", out)
+        return out
+    return make_tiny_bundle(out)
 
 
 @pytest.fixture(autouse=True)

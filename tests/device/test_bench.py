@@ -35,11 +35,11 @@ interp = Interpreter(model_path=flags["graph"], num_threads=int(flags.get("num_t
 runner = interp.get_signature_runner()
 init_us = (time.perf_counter() - t0) * 1e6
 print("INFO: Initialized session in %.3fms." % (init_us / 1e3))
-x = np.zeros(runner.get_input_details()["x"]["shape"], np.float32)
+inputs = {{k: np.zeros(d["shape"], d["dtype"]) for k, d in runner.get_input_details().items()}}
 def times(n):
     out = []
     for _ in range(n):
-        t = time.perf_counter(); runner(x=x); out.append((time.perf_counter() - t) * 1e6)
+        t = time.perf_counter(); runner(**inputs); out.append((time.perf_counter() - t) * 1e6)
     return out
 def stat(v):
     a = np.array(v)

@@ -44,9 +44,9 @@ def leftovers(workdir: Path) -> list[str]:
 
 
 class PutSpy:
-    """Wraps a target's put to record calls and run faults before/after the n-th one. ``cut_during=n`` streams
-    the n-th file through a pipe and calls ``cut()`` once half of it has reached the device: a connection lost
-    in the middle of a file, not between files (a new command would simply reconnect)."""
+    """Wraps a target's put to record calls and run faults before/after the n-th one. ``cut_during=NAME``
+    streams that file through a pipe and calls ``cut()`` once half of it has reached the device: a connection
+    lost in the middle of a file, not between files (a new command would simply reconnect)."""
 
     def __init__(self, target, before=None, after=None, cut_during=None, cut=None):
         self.target, self.calls, self.before, self.after = target, [], before, after
@@ -58,7 +58,7 @@ class PutSpy:
         self.calls.append(remote)
         if self.before:
             self.before(len(self.calls), remote)
-        if len(self.calls) == self.cut_during:
+        if self.cut_during and remote.endswith("/" + self.cut_during):
             self._put_and_cut(Path(local), remote, **kw)
         else:
             self._put(local, remote, **kw)
@@ -140,8 +140,7 @@ def test_checksum_mismatch_on_the_device_rolls_back(board, tiny_bundle, tmp_path
 
 
 def test_connection_dropped_mid_file_leaves_no_partial_folder(board, ssh_env, tiny_bundle):
-    # files go in sorted order: assets/labels.txt, manifest.json, model.tflite -> cut inside the model
-    spy = PutSpy(board, cut_during=3, cut=lambda: ssh_env.kill_sessions())
+    spy = PutSpy(board, cut_during="model.tflite", cut=lambda: ssh_env.kill_sessions())
     with pytest.raises(DeviceError, match="^ssh:board: ssh connection failed or dropped"):
         push_bundle(board, tiny_bundle)
     assert spy.calls[-1].endswith("/model.tflite")
@@ -159,7 +158,7 @@ def test_server_gone_mid_push_then_next_push_sweeps_the_partial(ssh_env, tiny_bu
     workdir = tmp_path / "wd"
     try:
         with open_target("ssh:board", workdir=str(workdir)) as target:
-            PutSpy(target, cut_during=3, cut=server.stop)
+            PutSpy(target, cut_during="model.tflite", cut=server.stop)
             with pytest.raises(DeviceError, match="^ssh:board: "):
                 push_bundle(target, tiny_bundle)
         assert not (workdir / "bundles" / "tiny-classifier").exists()
