@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liteship.errors import RuntimeLiteshipError
+from liteship.runtime.tflite_file import read_model
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend(name: str = "auto"):
-    """(Backend, module) for ``name``; auto picks the first importable one."""
+    """(Backend, module) for ``name``; auto honours $LITESHIP_BACKEND, else picks the first importable one."""
+    if name == "auto":
+        name = os.environ.get("LITESHIP_BACKEND") or "auto"
     if name != "auto" and name not in BACKENDS:
         raise RuntimeLiteshipError(f"unknown interpreter backend {name!r}; choose auto, {', '.join(BACKENDS)}")
     for candidate in (AUTO_ORDER if name == "auto" else (name,)):
@@ -102,6 +105,9 @@ def create_interpreter(model_path: str | os.PathLike, *, backend: str = "auto", 
     path = Path(model_path)
     if not path.is_file():
         raise RuntimeLiteshipError(f"{path}: no such model file")
+    # tflite-runtime 2.14 crashes the process on a cut-off file instead of raising: check the flatbuffer's
+    # structure ourselves first (a few milliseconds; weights are not read).
+    read_model(path)
     kwargs: dict = {"model_path": str(path)}
     if num_threads is not None:
         if num_threads < 1:

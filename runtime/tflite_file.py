@@ -296,7 +296,8 @@ def _parse_guarded(buf, size: int, label: str) -> TFLiteModel:
     except BundleError:
         raise
     except (struct.error, IndexError, ValueError, OverflowError) as exc:
-        raise BundleError(f"{label}: truncated or corrupt TFLite model ({exc})") from None
+        raise BundleError(f"{label}: truncated or corrupt TFLite model (its tables point outside the {size}-byte file)") \
+            from None
 
 
 def read_manifest_from_tflite(path: str | os.PathLike) -> dict | None:

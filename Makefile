@@ -1,0 +1,39 @@
+# The two commands the README starts with. Each sets up what it needs in .venv first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU-only PyTorch: the tests compare GPT-2 against transformers' PyTorch model. A plain `pip install torch`
+# would pull several GB of CUDA wheels, so torch is pinned to the CPU build that this machine kind provides.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test setup test-fast test-device clean
+
+$(BIN)/liteship: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[convert,device,dev]"
+	touch $@
+
+setup: $(BIN)/liteship
+
+## make demo: build a classifier, GPT-2 and BiT here, convert each in every mode, run and bench them on this host
+demo: setup
+	$(BIN)/liteship demo --workdir liteship-demo
+
+## make test: the whole suite (slow tests included), then the runtime tests again with no TensorFlow installed
+test: setup
+	$(BIN)/python -m pytest -q
+	$(MAKE) test-device
+
+## make test-fast: skip the slow tests
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+## make test-device: the runtime tests in a device-like venv (base install only: numpy + LiteRT, no TensorFlow),
+## on bundles converted beforehand with the full install. Also on tflite-runtime 2.14 when it can be installed.
+test-device: setup
+	bash .ci/device-like-tests
+
+clean:
+	rm -rf $(VENV) .venv-device .venv-tflite-runtime liteship-demo
