@@ -60,7 +60,7 @@ class Setup:
 
 
 SETUPS = {
-    "full": Setup(n_layer=4, n_head=4, n_embd=256, context=128, vocab_size=2048, batch=16, lr=1e-3, minutes=5.0),
+    "full": Setup(n_layer=4, n_head=4, n_embd=256, context=128, vocab_size=2048, batch=16, lr=2e-3, minutes=5.0),
     # ~0.2M params: enough to learn something in seconds, small enough to convert three times in a minute
     "quick": Setup(n_layer=2, n_head=2, n_embd=64, context=64, vocab_size=512, batch=8, lr=3e-3, minutes=0.25),
 }
@@ -103,6 +103,14 @@ def nll_of_logits(logits: np.ndarray, window: np.ndarray) -> float:
     z -= z.max(axis=-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
     return float(-logp[np.arange(len(window) - 1), window[1:]].sum())
+
+
+def unigram_perplexity(train_stream: np.ndarray, held_stream: np.ndarray, vocab_size: int) -> float:
+    """Perplexity of add-one-smoothed training token frequencies on the held-out tokens (after the first of each
+    window, approximately): the floor a model must beat to have learned anything beyond frequencies."""
+    counts = np.bincount(train_stream, minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return math.exp(-logp[held_stream].mean())
 
 
 def train(model, stream: np.ndarray, setup: Setup, *, seconds: float, steps: int | None, seed: int, log) -> dict:
@@ -314,6 +322,12 @@ def main(argv=None) -> int:
         lines.append(f"| {r['name']} | {r['size'] / 1e6:.2f} MB | {r['convert_s']:.1f} | {r['ppl']:.4f} | "
                      f"{rel * 100:+.4f}% | within {target * 100:g}% of {against}: {verdict} ({value * 100:+.4f}%) | "
                      f"{r['max_logit_diff']:.2e} |")
+    unigram = unigram_perplexity(train_stream, held_stream, tok.vocab_size)
+    lines += ["", f"Reference: a unigram model of the training tokens scores {unigram:.1f} on the held-out tokens."]
+    if ppl_pt > 0.5 * unigram:
+        lines += ["", f"**Warning: the model is under-trained** ({stats['steps']} steps; perplexity {ppl_pt:.1f} is "
+                  "not far below the unigram baseline). Quantization errors of a barely trained model understate "
+                  "those of a real one: rerun with more --minutes on a quieter machine."]
     if not ok:
         lines += ["", f"**TFLite part pending**: {why_not}. Only the PyTorch perplexity is reported."]
     text = "\n".join(lines) + "\n"

@@ -18,19 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from liteship.errors import BundleError
+from liteship.runtime.tokenizer import ByteLevelBPETokenizer, StreamDecoder, gpt2_pretokenizer_pattern
+from tests.gpt2_tokenizer_fixture import EOS_TOKEN, make_tokenizer_files, pydoc_texts
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared fixture module
 
-from gpt2_tokenizer_fixture import EOS_TOKEN, make_tokenizer_files, pydoc_texts  # noqa: E402
 
-from liteship.errors import BundleError  # noqa: E402
-from liteship.runtime.tokenizer import (  # noqa: E402
-    ByteLevelBPETokenizer,
-    StreamDecoder,
-    gpt2_pretokenizer_pattern,
-)
-
-transformers = pytest.importorskip("transformers")
+def _transformers():
+    return pytest.importorskip("transformers")  # the reference; the runtime itself never imports it
 
 PLAIN_ADDED = ["<|user|>", " liteship", "Python3", "数据"]
 FLAGGED_ADDED = [
@@ -74,11 +70,13 @@ EDGE_CASES = [
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    pytest.importorskip("tokenizers")  # trains the test vocabulary
     return make_tokenizer_files(tmp_path_factory.mktemp("tok"), vocab_size=1000, added_tokens=PLAIN_ADDED)
 
 
 @pytest.fixture(scope="module")
 def flagged_files(tmp_path_factory):
+    pytest.importorskip("tokenizers")
     return make_tokenizer_files(tmp_path_factory.mktemp("tokf"), vocab_size=1000,
                                 added_tokens=PLAIN_ADDED + FLAGGED_ADDED)
 
@@ -89,14 +87,14 @@ def hf_from_vocab_merges(files, tmp_path_factory):
     d = tmp_path_factory.mktemp("hf_vm")
     shutil.copy(files["vocab"], d / "vocab.json")
     shutil.copy(files["merges"], d / "merges.txt")
-    hf = transformers.GPT2TokenizerFast.from_pretrained(str(d))
+    hf = _transformers().GPT2TokenizerFast.from_pretrained(str(d))
     hf.add_tokens(PLAIN_ADDED)
     return hf
 
 
 @pytest.fixture(scope="module")
 def hf_from_json(flagged_files):
-    return transformers.GPT2TokenizerFast(tokenizer_file=str(flagged_files["tokenizer_json"]))
+    return _transformers().GPT2TokenizerFast(tokenizer_file=str(flagged_files["tokenizer_json"]))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +133,7 @@ def test_pretokenizer_equals_regex_and_tokenizers_on_every_assigned_code_point()
     """Every code point this Python's Unicode database assigns is classed as \\p{L}, \\p{N}, \\s or other exactly as
     the `regex` package (the old slow tokenizer) and tokenizers' Oniguruma (the fast one) class it."""
     regex = pytest.importorskip("regex")
-    from tokenizers import pre_tokenizers
+    pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers")
 
     from liteship.runtime.tokenizer import _BYTE_TRANSLATION
 
@@ -243,7 +241,7 @@ def test_add_prefix_space_equals_hf(flagged_files, tmp_path):
     spec["pre_tokenizer"]["add_prefix_space"] = True
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(spec), encoding="utf-8")
-    hf = transformers.GPT2TokenizerFast(tokenizer_file=str(path))
+    hf = _transformers().GPT2TokenizerFast(tokenizer_file=str(path))
     tok = ByteLevelBPETokenizer.from_tokenizer_json(path)
     for text in ["Hello", " Hello", "a<|user|>b <|user|> c", "<|endoftext|>x", "\nx"]:
         assert tok.encode(text) == hf_ids(hf, text), repr(text)
