@@ -200,3 +200,38 @@ def test_real_device(tiny_bundle, tmp_path):
     assert entry["device"]["abi"], entry
     assert entry["ok"], entry["error"]
     assert entry["bench"]["latency_ms"]["mean"] > 0
+
+
+def test_runtime_zipapp_holds_only_the_runtime_and_is_reproducible(tmp_path):
+    import subprocess
+    import zipfile
+
+    from liteship import __version__
+    from liteship.device.runtime_pack import build_runtime_zip, write_runtime_zip
+
+    path, digest = write_runtime_zip(tmp_path)
+    assert path.name == f"liteship-runtime-{digest[:12]}.pyz"
+    assert build_runtime_zip() == path.read_bytes()  # same sources -> same bytes -> same cache name
+    names = zipfile.ZipFile(path).namelist()
+    assert {"__main__.py", "liteship/__init__.py", "liteship/errors.py", "liteship/runtime/bench.py"} <= set(names)
+    assert all(n in ("__main__.py", "liteship/__init__.py", "liteship/errors.py") or n.startswith("liteship/runtime/")
+               for n in names)
+    out = subprocess.run([sys.executable, str(path), "version"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == __version__
+    bad = subprocess.run([sys.executable, str(path), "convert"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpt2_bundle_reports_generation_speed_over_ssh(ssh_env, remote_python, tmp_path_factory, tmp_path):
+    from tests.conftest_gpt2 import gpt2_bundles
+
+    bundle = gpt2_bundles(tmp_path_factory) / "gpt2-fp32"
+    settings = _settings(python=remote_python, workdir=str(tmp_path / "wd"), runs=3, threads=1)
+    doc = bench_targets(bundle, ["ssh:board"], settings)
+    [entry] = doc["results"]
+    assert entry["ok"], entry["error"]
+    generation = entry["bench"]["generation"]
+    assert generation["decode_tokens"] > 0 and generation["decode_tok_s"] > 0
+    assert generation["prefill_tok_s"] > 0
+    assert f"decode {generation['decode_tok_s']:.1f} tok/s" in markdown_report(doc)
