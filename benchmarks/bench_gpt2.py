@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,9 +122,20 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gpt2_speed.md")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoint and bundles (printed path)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
+    print(f"working in {work}", file=sys.stderr)
+    try:
+        rows = measure(work, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    write_table(rows, args)
+
+
+def measure(work: Path, args) -> list:
     ckpt = work / "checkpoint"
     make_checkpoint(ckpt, args.quick)
     rows = []
@@ -135,7 +147,10 @@ def main() -> None:
         c = convert(ckpt, work / q, q)
         r = bench_liteship(work / q, args.threads, args.prompt_tokens, args.new_tokens)
         rows.append((f"liteship {q}", r, c, c["size_bytes"]))
+    return rows
 
+
+def write_table(rows: list, args) -> None:
     base = rows[0][1]["decode_tok_s_by_context"]["256"]
     fp32_size = rows[1][3]
     mb = lambda b: f"{b / 1e6:.0f}" if b >= 1e7 else f"{b / 1e6:.2f}"

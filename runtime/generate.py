@@ -4,12 +4,11 @@ The KV cache lives in the decode signature's own input buffers, owned by this mo
 zero-copy numpy views (no cache is ever passed in or copied back per step). Shapes, for L layers, H heads, head
 size hd, static context C (manifest config "max_context") and prefill chunk P ("prefill_len"):
 
-  prefill: tokens[P] int32, positions[P] int32, mask[P, C+P] float32, k_i[H, hd, C], v_i[H, C, hd]
+  prefill: tokens[P] int32, positions[P] int32, mask[P, C+P] float32, k_i[H, C, hd], v_i[H, C, hd]
            -> logits[P, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
   decode:  token[1], position[1], mask[1, C+1], k_i, v_i -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
 
-What is cached: for every token already seen at position p < C, its K (column p of k_i, K stored transposed) and its
-V (row p of v_i); mask[.., p] is 0 for filled slots and -1e9 for empty ones. The last P columns of a prefill mask (the
+What is cached: for every token already seen at position p < C, its K and V (row p of each head in k_i / v_i); mask[.., p] is 0 for filled slots and -1e9 for empty ones. The last P columns of a prefill mask (the
 last column of a decode mask) are the chunk attending to itself, causally. After each call the runtime copies only
 the new tokens' K/V slice into the cache, so a step's cost does not grow with the number of filled slots.
 """
@@ -104,7 +103,7 @@ class KVCacheSession:
         """Copy the K/V of n new tokens (k_new/v_new: (L, H, T, hd)) into cache slots start..start+n-1."""
         for ks, vs in targets:
             for l in range(self.n_layer):
-                ks[l][:, :, start:start + n] = k_new[l, :, :n, :].transpose(0, 2, 1)  # (H, hd, n)
+                ks[l][:, start:start + n, :] = k_new[l, :, :n, :]  # (H, n, hd)
                 vs[l][:, start:start + n, :] = v_new[l, :, :n, :]  # (H, n, hd)
 
     def prefill(self, ids: Iterable[int]) -> np.ndarray:
@@ -122,7 +121,7 @@ class KVCacheSession:
                 a = self._prefill_synced
                 (dk, dv), (pk, pv) = self._decode_cache, self._prefill_cache
                 for l in range(self.n_layer):
-                    pk[l][:, :, a:start] = dk[l][:, :, a:start]
+                    pk[l][:, a:start, :] = dk[l][:, a:start, :]
                     pv[l][:, a:start, :] = dv[l][:, a:start, :]
                 self._prefill_synced = start
             tokens = pre["tokens"]

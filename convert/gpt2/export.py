@@ -22,7 +22,7 @@ from liteship.errors import ConvertError
 
 SIGNATURES = ("prefill", "decode")
 DEFAULT_PREFILL_LEN = 128
-CACHE_LAYOUT = {"k": "H,hd,C", "v": "H,C,hd", "mask_empty": -1e9}
+CACHE_LAYOUT = {"k": "H,C,hd", "v": "H,C,hd", "mask_empty": -1e9}
 
 # tokenizer file in the checkpoint -> bundle asset role read by liteship.runtime.tokenizer
 TOKENIZER_ASSETS = {

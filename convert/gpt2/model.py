@@ -3,7 +3,7 @@
 Two functions share one set of variables (exported as a SavedModel with variables, so the converter never holds the
 weights as embedded graph constants):
 
-  prefill(tokens[P], positions[P], mask[P, C+P], k_0..k_{L-1}[H, hd, C], v_0..v_{L-1}[H, C, hd])
+  prefill(tokens[P], positions[P], mask[P, C+P], k_0..k_{L-1}[H, C, hd], v_0..v_{L-1}[H, C, hd])
       -> logits[P, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
   decode(token[1], position[1], mask[1, C+1], k_i, v_i as above)
       -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
@@ -13,8 +13,8 @@ Why this layout (measured, see docs/gpt2_kv_cache.md):
 - The cache is an *input* per layer that the runtime owns and never sends back: the model emits only the K/V of
   the new token(s); the runtime writes that slice into the interpreter's input buffer in place. Nothing in the
   graph copies or blends the whole cache, so a step costs the weights plus one read of the cache.
-- K is stored pre-transposed as [H, hd, C] and V as [H, C, hd]: both attention products are plain BATCH_MATMULs
-  with no TRANSPOSE of the cache (XNNPACK runs them directly).
+- K and V are both stored [H, C, hd], so a new token's K/V is one contiguous row per head; decode attends with
+  MUL + SUM over the cache (each byte read once), prefill with BATCH_MATMUL (see attend()).
 - Attention runs over all C slots with an additive mask the runtime maintains (0 = valid, -1e9 = empty), plus the
   new token(s) attending to themselves through a separate [.., T] block, so the new K/V never has to be in the cache
   before the step that produces it.
@@ -53,7 +53,30 @@ def param_shapes(cfg: GPT2Config) -> dict[str, tuple]:
 
 def cache_shapes(cfg: GPT2Config, max_context: int) -> tuple[tuple, tuple]:
     """(K cache shape, V cache shape) of one layer."""
-    return (cfg.n_head, cfg.head_dim, max_context), (cfg.n_head, max_context, cfg.head_dim)
+    return (cfg.n_head, max_context, cfg.head_dim), (cfg.n_head, max_context, cfg.head_dim)
+
+
+def attend(q, k, v, k_cache, v_cache, mask):
+    """Attention of T new tokens over C cached slots plus themselves.
+
+    q, k, v: (H, T, hd); k_cache, v_cache: (H, C, hd); mask: (T, C+T) additive. Returns (H, T, hd).
+    Decode (T=1) uses MUL + SUM instead of BATCH_MATMUL: with a non-constant right-hand side the BATCH_MATMUL
+    kernels repack/transpose the whole cache on every call, which made attention over C=1024 cost more than all
+    the int8 weights of a step (docs/gpt2_kv_cache.md); the elementwise form reads each cache byte once.
+    """
+    H, T, hd = q.shape
+    C = k_cache.shape[1]
+    if T == 1:
+        cached = tf.reshape(tf.reduce_sum(q * k_cache, axis=-1), (H, 1, C))  # (H, 1, C)
+        itself = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # (H, 1, 1)
+    else:
+        cached = tf.matmul(q, k_cache, transpose_b=True)  # (H, T, C): prefill is compute-bound, a product is right
+        itself = tf.matmul(q, k, transpose_b=True)  # (H, T, T)
+    probs = tf.nn.softmax(tf.concat([cached, itself], axis=-1) + mask, axis=-1)  # (H, T, C+T)
+    if T == 1:
+        out = tf.reduce_sum(tf.reshape(probs[:, :, :C], (H, C, 1)) * v_cache, axis=1, keepdims=True)  # (H, 1, hd)
+        return out + probs[:, :, C:] * v  # (H, 1, hd)
+    return tf.matmul(probs[:, :, :C], v_cache) + tf.matmul(probs[:, :, C:], v)  # (H, T, hd)
 
 
 class GPT2TF(tf.Module):
@@ -98,12 +121,7 @@ class GPT2TF(tf.Module):
         q = tf.transpose(tf.reshape(q * (1.0 / math.sqrt(hd)), (T, H, hd)), (1, 0, 2))  # (H, T, hd)
         k = tf.transpose(tf.reshape(k, (T, H, hd)), (1, 0, 2))  # (H, T, hd)
         v = tf.transpose(tf.reshape(v, (T, H, hd)), (1, 0, 2))  # (H, T, hd)
-        scores = tf.concat([
-            tf.matmul(q, k_cache),  # (H, T, C): cached positions
-            tf.matmul(q, k, transpose_b=True),  # (H, T, T): the new tokens themselves
-        ], axis=-1) + mask  # (H, T, C+T)
-        probs = tf.nn.softmax(scores, axis=-1)
-        out = tf.matmul(probs[:, :, :C], v_cache) + tf.matmul(probs[:, :, C:], v)  # (H, T, hd)
+        out = attend(q, k, v, k_cache, v_cache, mask)  # (H, T, hd)
         out = tf.reshape(tf.transpose(out, (1, 0, 2)), (T, E))
         x = x + self._linear(out, f"h.{i}.attn.c_proj")
         h = self._layer_norm(x, f"h.{i}.ln_2")

@@ -88,7 +88,7 @@ def test_bundle_carries_signatures_tokenizer_and_generation_config(tmp_path_fact
     specs = {s: {t["name"]: t for t in b.signatures[s]["inputs"] + b.signatures[s]["outputs"]}
              for s in ("prefill", "decode")}
     assert specs["decode"]["mask"]["shape"] == [1, C + 1] and specs["prefill"]["mask"]["shape"] == [P, C + P]
-    assert specs["decode"]["k_1"]["shape"] == [2, 16, C] and specs["decode"]["v_1"]["shape"] == [2, C, 16]
+    assert specs["decode"]["k_1"]["shape"] == [2, C, 16] and specs["decode"]["v_1"]["shape"] == [2, C, 16]
     assert specs["decode"]["logits"]["shape"] == [1, 300]
     assert specs["prefill"]["k_new"]["shape"] == [2, 2, P, 16]
 
