@@ -33,6 +33,7 @@ The end-of-text token comes from ``manifest["config"]["eos_token_id"]`` (or ``"e
 from __future__ import annotations
 
 import codecs
+import heapq
 import json
 import re
 import unicodedata
@@ -54,6 +55,7 @@ _WHITE_SPACE = (
 # so scanning up to here finds every L*/N* code point while costing a quarter of a full scan.
 _LAST_CODE_POINT_SCANNED = 0x3FFFF
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
+_LONG_WORD = 48  # symbols; longer words are merged with a heap (see _merge_with_heap)
 _CACHE_LIMIT = 100_000  # BPE results kept per tokenizer; cleared when full (words repeat, the hot set refills fast)
 
 
@@ -127,6 +129,48 @@ def _word_char_class() -> str:
                 if unicodedata.category(chr(cp)) in ("Nd", "Nl", "Pc")]
     ranges += [(cp, cp) for cp in nd_nl_pc] + [(0x200C, 0x200D)]
     return _ranges_to_class(sorted(ranges))
+
+
+def _merge_with_heap(parts: list, ranks: dict) -> list:
+    """BPE of a long word in O(n log n): a heap of (rank, position) over a linked list of symbols.
+
+    The same merges as the simple loop in _bpe (lowest rank first, leftmost first among equal ranks), which
+    rescans the word for every merge and is quadratic on a prompt holding a 20k-character "word".
+    """
+    n = len(parts)
+    sym = list(parts)
+    nxt = list(range(1, n)) + [-1]
+    prv = list(range(-1, n - 1))
+    heap = []
+    for i in range(n - 1):
+        r = ranks.get((sym[i], sym[i + 1]))
+        if r is not None:
+            heap.append((r, i, sym[i], sym[i + 1]))
+    heapq.heapify(heap)
+    while heap:
+        r, i, a, b = heapq.heappop(heap)
+        j = nxt[i]
+        if sym[i] != a or j == -1 or sym[j] != b:
+            continue  # stale: a neighbour was merged since this pair was pushed
+        sym[i] = a + b
+        sym[j] = None  # removed from the list
+        k = nxt[j]
+        nxt[i] = k
+        if k != -1:
+            prv[k] = i
+            rk = ranks.get((sym[i], sym[k]))
+            if rk is not None:
+                heapq.heappush(heap, (rk, i, sym[i], sym[k]))
+        p = prv[i]
+        if p != -1:
+            rp = ranks.get((sym[p], sym[i]))
+            if rp is not None:
+                heapq.heappush(heap, (rp, p, sym[p], sym[i]))
+    out, i = [], 0
+    while i != -1:
+        out.append(sym[i])
+        i = nxt[i]
+    return out
 
 
 class AddedToken:
@@ -235,6 +279,7 @@ class ByteLevelBPETokenizer:
         self.added_tokens = sorted(added_tokens, key=lambda t: t.id)
         self._added_by_id = {t.id: t for t in self.added_tokens}
         self._added_by_content = {t.content: t for t in self.added_tokens}
+        self._vocab_size = len(set(self.decoder) | set(self._added_by_id))
         self.special_ids = frozenset(t.id for t in self.added_tokens if t.special)
         self.add_prefix_space = add_prefix_space
         self.use_regex = use_regex
@@ -326,7 +371,7 @@ class ByteLevelBPETokenizer:
     @property
     def vocab_size(self) -> int:
         """Distinct ids: the model vocabulary plus added tokens outside it (what ``len(hf_tokenizer)`` returns)."""
-        return len(set(self.decoder) | set(self._added_by_id))
+        return self._vocab_size
 
     def token_to_id(self, token: str) -> int | None:
         added = self._added_by_content.get(token)
@@ -411,6 +456,8 @@ class ByteLevelBPETokenizer:
                     parts.append(None)  # unknown symbol; never merges
                 # else: tokenizers drops symbols missing from the vocabulary when there is no unk token
             ranks = self.bpe_ranks
+            if len(parts) > _LONG_WORD:
+                parts = _merge_with_heap(parts, ranks)
             while len(parts) > 1:
                 best_rank, best = None, None
                 for i in range(len(parts) - 1):

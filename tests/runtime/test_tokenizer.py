@@ -236,6 +236,30 @@ def test_random_unicode_strings_equal_hf_and_round_trip(tok, hf_from_vocab_merge
         assert tok.decode(ids) == text, repr(text)
 
 
+def test_long_words_equal_hf(tok, hf_from_vocab_merges):
+    """Words longer than the heap threshold (a pasted hash, a rule of dashes) take the O(n log n) merge path."""
+    rng = random.Random(7)
+    for text in ["".join(rng.choice("abcdefghij") for _ in range(5000)), "ab" * 3000, "-" * 4000 + "=" * 70,
+                 "9" * 3000, " " * 2000 + "x", "é" * 1000, "北京" * 500, pydoc_texts()[3].replace(" ", "")[:20000]]:
+        assert tok.encode(text) == hf_ids(hf_from_vocab_merges, text)
+
+
+def test_heap_merge_equals_the_simple_loop_on_every_word(files, monkeypatch):
+    """Both BPE paths on every pydoc word and on random character soups: forcing the heap path (threshold 1) must
+    not change an id."""
+    import liteship.runtime.tokenizer as module
+
+    rng = random.Random(3)
+    words = set(gpt2_pretokenizer_pattern().findall(" ".join(pydoc_texts()[:20])))
+    words |= {"".join(chr(rng.randrange(32, 0x3000)) for _ in range(rng.randint(2, 60))) for _ in range(2000)}
+    monkeypatch.setattr(module, "_LONG_WORD", 10**9)
+    simple = ByteLevelBPETokenizer.from_files(files["vocab"], files["merges"])
+    expected = {w: simple._bpe(w) for w in words}
+    monkeypatch.setattr(module, "_LONG_WORD", 1)
+    heap = ByteLevelBPETokenizer.from_files(files["vocab"], files["merges"])
+    assert {w: heap._bpe(w) for w in words} == expected
+
+
 def test_add_prefix_space_equals_hf(flagged_files, tmp_path):
     spec = json.loads(flagged_files["tokenizer_json"].read_text(encoding="utf-8"))
     spec["pre_tokenizer"]["add_prefix_space"] = True
