@@ -74,7 +74,7 @@ def _now() -> str:
 
 
 def _host_cache() -> Path:
-    return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship")) / "device"
+    return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship")) / "runtime-pack"
 
 
 def _sha256(path: Path) -> str:

@@ -14,12 +14,12 @@ from .base import CommandResult, Target
 
 
 def _default_workdir() -> str:
-    # Same place the user's other caches live; LITESHIP_LOCAL_WORKDIR moves it (tests, read-only homes).
+    # Beside liteship's other caches (LITESHIP_CACHE, as the runtime uses); LITESHIP_LOCAL_WORKDIR moves just this.
     override = os.environ.get("LITESHIP_LOCAL_WORKDIR")
     if override:
         return str(Path(override).expanduser().resolve())
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(cache) / "liteship" / "device")
+    cache = os.environ.get("LITESHIP_CACHE") or str(Path.home() / ".cache" / "liteship")
+    return str(Path(cache).expanduser().resolve() / "device")
 
 
 class LocalTarget(Target):

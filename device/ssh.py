@@ -243,7 +243,7 @@ class SSHTarget(Target):
             home = self.run(["sh", "-c", 'printf %s "$HOME"'], timeout=CONNECT_TIMEOUT_S + 20).stdout.strip()
             if not home.startswith("/"):
                 raise DeviceError(f"{self.name}: the remote $HOME is not set ({home!r}); pass a working folder")
-            self._workdir = f"{home}/.cache/liteship"
+            self._workdir = f"{home}/.cache/liteship/device"  # the same place as the local target's
         return self._workdir
 
     def close(self) -> None:

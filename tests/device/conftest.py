@@ -96,6 +96,14 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _private_caches(tmp_path_factory, monkeypatch):
+    """Host-side caches (runtime zipapp, extracted archives, the local target's folder) stay out of $HOME."""
+    cache = tmp_path_factory.getbasetemp() / "liteship-cache"
+    monkeypatch.setenv("LITESHIP_CACHE", str(cache))
+    monkeypatch.delenv("LITESHIP_LOCAL_WORKDIR", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _no_device_marker_without_device(request):
     if request.node.get_closest_marker("device") and not os.environ.get("LITESHIP_TEST_DEVICE"):
         pytest.skip("set LITESHIP_TEST_DEVICE=ssh:... or adb:... to run against a real device")

@@ -46,6 +46,8 @@ def test_local_put_get_replace_whole_files(tmp_path):
 
 
 def test_local_workdir(monkeypatch, tmp_path):
+    monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
+    assert open_target("local").default_workdir() == str(tmp_path / "cache" / "device")
     monkeypatch.setenv("LITESHIP_LOCAL_WORKDIR", str(tmp_path / "wd"))
     assert open_target("local").default_workdir() == str(tmp_path / "wd")
     assert LocalTarget(workdir="/x").default_workdir() == "/x"

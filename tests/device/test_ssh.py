@@ -64,7 +64,7 @@ def test_stdin_and_file_round_trip(board, tmp_path):
 
 def test_default_workdir_is_under_remote_home(ssh_env):
     with open_target("ssh:board") as target:
-        assert target.default_workdir() == str(Path.home() / ".cache" / "liteship")
+        assert target.default_workdir() == str(Path.home() / ".cache" / "liteship" / "device")
 
 
 def test_unknown_host_key_is_refused_with_the_fix(ssh_env):
