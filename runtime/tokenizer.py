@@ -246,6 +246,30 @@ def _parse_added_tokens(spec, vocab: dict[str, int], special_tokens: Iterable[st
     return tokens
 
 
+def _single_template(spec: dict, path) -> tuple[list[int], list[int]]:
+    """Ids the post-processor puts around a single text (transformers' add_special_tokens=True): a
+    TemplateProcessing's special tokens before and after sequence A; ByteLevel only fixes offsets, so none."""
+    post = spec.get("post_processor")
+    processors = (post or {}).get("processors", [post] if post else [])  # "Sequence" holds a list
+    before: list[int] = []
+    after: list[int] = []
+    for proc in processors:
+        kind = proc.get("type")
+        if kind == "ByteLevel":
+            continue
+        if kind != "TemplateProcessing":
+            raise BundleError(f"tokenizer file {path}: post_processor {kind!r} is not supported "
+                              "(GPT-2 uses ByteLevel or TemplateProcessing)")
+        target = before
+        for piece in proc.get("single", []):
+            if "Sequence" in piece:
+                target = after
+            else:
+                name = piece["SpecialToken"]["id"]
+                target.extend(proc["special_tokens"][name]["ids"])
+    return before, after
+
+
 def _read_merges_txt(path) -> list[tuple[str, str]]:
     try:
         lines = Path(path).read_text(encoding="utf-8").split("\n")
@@ -268,7 +292,7 @@ class ByteLevelBPETokenizer:
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], added_tokens: Iterable[AddedToken] = (),
                  *, eos_token: str | int | None = DEFAULT_EOS_TOKEN, add_prefix_space: bool = False,
                  use_regex: bool = True, ignore_merges: bool = False, unk_token: str | None = None,
-                 fuse_unk: bool = False):
+                 fuse_unk: bool = False, template: tuple[list[int], list[int]] = ([], [])):
         self.encoder = dict(vocab)
         self.decoder = {i: t for t, i in self.encoder.items()}
         self.bpe_ranks: dict[tuple[str, str], int] = {}
@@ -288,6 +312,7 @@ class ByteLevelBPETokenizer:
         if unk_token is not None and self.unk_id is None:
             raise BundleError(f"unk token {unk_token!r} is not in the vocabulary")
         self.fuse_unk = fuse_unk
+        self.template = (list(template[0]), list(template[1]))  # ids put before / after every encoded text
         self._tries = [self._build_matcher([t for t in self.added_tokens if not t.normalized]),
                        self._build_matcher([t for t in self.added_tokens if t.normalized])]
         self._pattern = gpt2_pretokenizer_pattern() if use_regex else None
@@ -336,7 +361,7 @@ class ByteLevelBPETokenizer:
         added = [AddedToken.from_dict(t) for t in spec.get("added_tokens") or []]
         options = dict(add_prefix_space=pre.get("add_prefix_space", False), use_regex=pre.get("use_regex", True),
                        ignore_merges=model.get("ignore_merges", False), unk_token=model.get("unk_token"),
-                       fuse_unk=model.get("fuse_unk", False))
+                       fuse_unk=model.get("fuse_unk", False), template=_single_template(spec, path))
         options.update(kwargs)
         return cls(model["vocab"], merges, added, **options)
 
@@ -491,9 +516,11 @@ class ByteLevelBPETokenizer:
         self._cache[piece] = ids
         return ids
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, equal to Hugging Face's ``tokenizer(text)["input_ids"]`` for GPT-2 tokenizers."""
-        ids: list[int] = []
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`, equal to Hugging Face's ``tokenizer(text)["input_ids"]`` for GPT-2 tokenizers.
+
+        ``add_special_tokens`` applies a tokenizer.json post-processor template (none for GPT-2 itself)."""
+        ids: list[int] = list(self.template[0]) if add_special_tokens else []
         for seg, tok in self._segments(text):
             if tok is not None:
                 ids.append(tok.id)
@@ -503,6 +530,8 @@ class ByteLevelBPETokenizer:
             pieces = self._pattern.findall(seg) if self._pattern is not None else [seg]
             for piece in pieces:
                 ids.extend(self._bpe(piece))
+        if add_special_tokens:
+            ids.extend(self.template[1])
         return ids
 
     # ----------------------------------------------------------------- decoding

@@ -271,6 +271,27 @@ def test_add_prefix_space_equals_hf(flagged_files, tmp_path):
         assert tok.encode(text) == hf_ids(hf, text), repr(text)
 
 
+def test_post_processor_template_equals_hf(flagged_files, tmp_path):
+    spec = json.loads(flagged_files["tokenizer_json"].read_text(encoding="utf-8"))
+    eos = spec["model"]["vocab"][EOS_TOKEN]
+    sep = next(t["id"] for t in spec["added_tokens"] if t["content"] == "[SEP]")
+    spec["post_processor"] = {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        {"type": "TemplateProcessing",
+         "single": [{"SpecialToken": {"id": EOS_TOKEN, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                    {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+         "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+         "special_tokens": {EOS_TOKEN: {"id": EOS_TOKEN, "ids": [eos], "tokens": [EOS_TOKEN]},
+                            "[SEP]": {"id": "[SEP]", "ids": [sep], "tokens": ["[SEP]"]}}}]}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    hf = _transformers().GPT2TokenizerFast(tokenizer_file=str(path))
+    tok = ByteLevelBPETokenizer.from_tokenizer_json(path)
+    for text in ["Hello world", ""]:
+        assert tok.encode(text) == hf_ids(hf, text) and tok.encode(text)[0] == eos and tok.encode(text)[-1] == sep
+        assert tok.encode(text, add_special_tokens=False) == hf(text, add_special_tokens=False)["input_ids"]
+
+
 def test_merges_in_string_form_load_the_same(flagged_files, tmp_path, tok_json):
     spec = json.loads(flagged_files["tokenizer_json"].read_text(encoding="utf-8"))
     spec["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
