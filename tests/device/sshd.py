@@ -43,8 +43,11 @@ def _keygen(path: Path) -> str:
 
 
 class SSHServer:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, file_size_limit: int | None = None):
+        """``file_size_limit`` (bytes) is an RLIMIT_FSIZE for sshd and every session: a write past it fails the
+        way a full disk does (the write fails, the file is cut short), without needing root to mount a tmpfs."""
         self.root = Path(root)
+        self.file_size_limit = file_size_limit
         self.root.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
         self.port = _free_port()
@@ -102,7 +105,8 @@ LogLevel VERBOSE
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation folder, made by the package
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(self.root / "sshd_config")],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         preexec_fn=self._limit_file_size if self.file_size_limit else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -114,6 +118,11 @@ LogLevel VERBOSE
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"sshd did not listen on {self.port}: {self.log.read_text()[-2000:]}")
+
+    def _limit_file_size(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_limit, self.file_size_limit))
 
     def session_pids(self) -> list[int]:
         """Every process below our sshd listener (the per-connection monitors, sessions and their commands)."""

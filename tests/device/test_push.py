@@ -221,6 +221,25 @@ def test_disk_filling_up_during_the_push_is_a_clear_error(ssh_env, tiny_bundle, 
     assert leftovers(tiny_disk) == []
 
 
+def test_write_failing_mid_file_rolls_back(tiny_bundle, tmp_path, monkeypatch):
+    """Runs without root: a session file-size limit (RLIMIT_FSIZE) makes the board's writes fail part way, as
+    a disk filling up does; the push must fail naming the file and leave nothing behind."""
+    from sshd import SSHServer
+
+    blob = variant(tiny_bundle, tmp_path / "blob", {"assets/blob.bin": os.urandom(400 << 10)})
+    server = SSHServer(tmp_path / "limited-sshd", file_size_limit=256 << 10).start()
+    monkeypatch.setenv("LITESHIP_SSH_CONFIG", str(server.config))
+    workdir = tmp_path / "wd"
+    try:
+        with open_target("ssh:board", workdir=str(workdir)) as target:
+            with pytest.raises(DeviceError, match=r"^ssh:board: cannot write .*/assets/blob\.bin: .*limit"):
+                push_bundle(target, blob)
+    finally:
+        server.stop()
+    assert not (workdir / "bundles" / "blob").exists()
+    assert leftovers(workdir) == []
+
+
 def test_sha256_falls_back_to_python3(tmp_path):
     """On a device whose only hashing tool is python3 the verification still works."""
     bin_dir = tmp_path / "bin"
