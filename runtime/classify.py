@@ -198,8 +198,9 @@ class ImageClassifier:
 def quantize(values: np.ndarray, details: dict) -> np.ndarray:
     """Float model input -> the tensor's dtype. int8/uint8: q = round(x / scale) + zero_point, saturated.
 
-    Rounds half away from zero, as TFLite's own QUANTIZE kernel does, so feeding int8 here equals a float model
-    whose first op quantizes.
+    Rounds half to even, as the QUANTIZE op of a float-I/O int8 model does when it runs (XNNPACK and the builtin
+    kernel alike, measured with ai-edge-litert 2.3): feeding int8 here then gives bit-identical outputs. This
+    matters for images: with [-1, 1] inputs and scale 1/127.5, about 40% of pixels land on a .5 tie.
     """
     dtype = np.dtype(details["dtype"])
     if dtype == np.float32:
@@ -207,8 +208,7 @@ def quantize(values: np.ndarray, details: dict) -> np.ndarray:
     if dtype not in (np.int8, np.uint8):
         raise BundleError(f"input {details['name']!r} has dtype {dtype}; images need float32, int8 or uint8")
     scale, zero_point = _scale_zero_point(details)
-    scaled = values.astype(np.float32) / scale
-    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    rounded = np.rint(values.astype(np.float32) / np.float32(scale))  # half to even
     info = np.iinfo(dtype)
     return np.clip(rounded + zero_point, info.min, info.max).astype(dtype)
 

@@ -89,6 +89,8 @@ def bundles(tmp_path_factory):
         "fp32": make_bundle(tmp, colour, "colour-fp32", labels=labels),
         "int8": make_bundle(tmp, colour, "colour-int8", "int8", labels=labels, calibration=calibration,
                             io_type="int8"),
+        "int8_float_io": make_bundle(tmp, colour, "colour-int8-float-io", "int8", labels=labels,
+                                     calibration=calibration),
         "raw": make_bundle(tmp, colour, "colour-raw", labels=labels, config={}),
         "random": make_bundle(tmp, rand, "random-fp32"),
         "random_model": rand,
@@ -157,10 +159,23 @@ def test_int8_io_bundle_is_fed_quantized_and_read_dequantized(bundles, tmp_path)
         assert quantized.score == pytest.approx(exact.score, abs=0.02)
 
 
-def test_quantize_rounds_half_away_from_zero_and_saturates():
+def test_int8_io_equals_the_same_model_quantizing_its_own_float_input(bundles):
+    """Regression: rounding half away from zero flipped a digit in benchmarks/accuracy_bit.py; the QUANTIZE op of
+    a float-I/O int8 model rounds half to even, and [-1, 1] pixels often sit on exact .5 ties."""
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(8)]
+    images += [np.full((SIZE, SIZE, 3), rgb, np.uint8) for rgb in COLOURS.values()]
+    inputs = np.stack([preprocess(image, PREPROCESSING) for image in images])
+    ours = ImageClassifier(bundles["int8"]).scores(inputs)
+    theirs = ImageClassifier(bundles["int8_float_io"]).scores(inputs)
+    # Same calibration, same integer kernels: identical logits, so identical softmax up to float32 rounding.
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_quantize_rounds_half_to_even_and_saturates():
     details = {"name": "x", "dtype": np.int8, "quantization": (0.5, -3)}
-    q = quantize(np.array([0.25, -0.25, 0.0, 1000.0, -1000.0], np.float32), details)
-    np.testing.assert_array_equal(q, [1 - 3, -1 - 3, -3, 127, -128])  # 0.5 -> 1 and -0.5 -> -1 like TFLite
+    q = quantize(np.array([0.25, -0.25, 0.75, 0.0, 1000.0, -1000.0], np.float32), details)
+    np.testing.assert_array_equal(q, [0 - 3, 0 - 3, 2 - 3, -3, 127, -128])  # 0.5 -> 0, -0.5 -> 0, 1.5 -> 2
     np.testing.assert_allclose(dequantize(np.array([-3, 1], np.int8), details), [0.0, 2.0])
     unsigned = {"name": "x", "dtype": np.uint8, "quantization": (1 / 255, 0)}
     assert quantize(np.array([1.0, -1.0], np.float32), unsigned).tolist() == [255, 0]
