@@ -134,6 +134,13 @@ class ImageClassifier:
 
     def scores(self, inputs: np.ndarray) -> np.ndarray:
         """Preprocessed float inputs (N, ...model input shape without batch) -> (N, num_classes) float32 scores."""
+        if self._dynamic_batch and len(inputs) > 1:
+            try:
+                self._resize(len(inputs))
+            except (RuntimeError, ValueError):
+                # A batch dimension that is -1 in the file but fixed inside (a reshape to 1): run one at a time.
+                self._dynamic_batch, self._batch = False, 1
+                self._resize(1)
         outputs = [self._invoke(part) for part in self._batches(inputs)]
         raw = np.concatenate(outputs, axis=0)[: len(inputs)]
         return _softmax(raw) if self.softmax else raw
@@ -160,11 +167,16 @@ class ImageClassifier:
                 part = np.concatenate([part, np.zeros((self._batch - len(part),) + part.shape[1:], part.dtype)])
             yield part
 
+    def _resize(self, batch: int) -> None:
+        shape = [batch] + [int(d) for d in self._input["shape"][1:]]
+        if [int(d) for d in self.interpreter.get_input_details()[0]["shape"]] != shape:
+            self.interpreter.resize_tensor_input(self._input["index"], shape)
+            self.interpreter.allocate_tensors()
+
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
         index = self._input["index"]
-        if self._dynamic_batch and tuple(self.interpreter.get_input_details()[0]["shape"]) != batch.shape:
-            self.interpreter.resize_tensor_input(index, list(batch.shape))
-            self.interpreter.allocate_tensors()
+        if self._dynamic_batch:
+            self._resize(len(batch))
         self.interpreter.set_tensor(index, quantize(batch, self._input))
         self.interpreter.invoke()
         output = self.interpreter.get_output_details()[0]

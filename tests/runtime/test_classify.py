@@ -373,3 +373,34 @@ def test_bit_bundle_from_the_bit_converter_matches_its_keras_model(tmp_path):
 
 def bundle_preprocessing(bundle):
     return json.loads((bundle / "manifest.json").read_text())["preprocessing"]
+
+
+def test_a_batch_that_is_dynamic_only_in_name_falls_back_to_one_image_at_a_time(tmp_path):
+    """Input shape [-1, 16, 16, 3] but a reshape to [1, 3] inside: batching fails, one-by-one must not."""
+    import tensorflow as tf
+
+    from liteship.convert.bundle import write_bundle
+    from liteship.convert.tflite import convert_saved_model
+
+    weights = tf.constant(np.random.default_rng(3).standard_normal((SIZE * SIZE * 3, 3)).astype(np.float32))
+
+    class FixedInside(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="image")])
+        def __call__(self, image):
+            flat = tf.reshape(image, [1, SIZE * SIZE * 3])  # (1, 768): silently assumes batch 1
+            return tf.reshape(tf.matmul(flat, weights), [1, 3])
+
+    module = FixedInside()
+    tf.saved_model.save(module, str(tmp_path / "saved"), signatures=module.__call__)
+    tflite, _ = convert_saved_model(tmp_path / "saved", "fp32")
+    bundle = write_bundle(tmp_path / "fixed-inside", tflite, family="classifier", task="image-classification",
+                          quantization="fp32", preprocessing=PREPROCESSING, config={"output": "logits"})
+    classifier = ImageClassifier(bundle)
+    assert classifier._dynamic_batch
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(3)]
+    together = classifier.classify(images, top_k=3)
+    assert classifier._batch == 1  # it fell back
+    for image, prediction in zip(images, together):
+        logits = preprocess(image, PREPROCESSING).reshape(1, -1) @ weights.numpy()
+        assert prediction.index == int(logits.argmax())
