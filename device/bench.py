@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from liteship.errors import DeviceError, LiteshipError
+from liteship.runtime.tflite_file import sha256_file
 
 from .base import Target, join, last_line, open_target, quote
 from .probe import probe
@@ -75,12 +76,6 @@ def _now() -> str:
 
 def _host_cache() -> Path:
     return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship")) / "runtime-pack"
-
-
-def _sha256(path: Path) -> str:
-    from .push import _sha256 as sha
-
-    return sha(path)
 
 
 def _run_bench_tools():
@@ -154,12 +149,13 @@ class _Run:
             remote_script, remote_tool = str(script), s.benchmark_binary
         else:
             self.say(f"{self.spec}: checking the runner files")
-            tools = [CachedFile(script, _sha256(script), f"{workdir}/bin", f"run_bench-{_sha256(script)[:12]}.sh")]
+            script_sha = sha256_file(script)
+            tools = [CachedFile(script, script_sha, f"{workdir}/bin", f"run_bench-{script_sha[:12]}.sh")]
             if s.runner == "python":
                 tools.append(runtime_file(workdir, _host_cache()))
             else:
                 binary = Path(s.benchmark_binary)
-                digest = _sha256(binary)
+                digest = sha256_file(binary)
                 tools.append(CachedFile(binary, digest, f"{workdir}/bin", f"benchmark_model-{digest[:12]}",
                                         mode="755"))
             remote_script, remote_tool = ensure_files_on_device(target, tools)

@@ -2,14 +2,16 @@
 
 Only ``Target.run/shell/put`` are used, so every target kind gets the same guarantees:
 
-1. one scan script: make ``<workdir>/bundles``, sweep partial folders a dropped connection left behind, find a
+1. one scan script: make ``<workdir>/bundles``, sweep the partial (and swapped-out) folders of this bundle name
+   that a dropped connection left behind (so two pushes of one name to one device must not overlap), find a
    sha256 tool, read the free space, and hash the files of the bundle already installed under that name;
 2. refuse early when the files to send do not fit (``df``);
 3. build ``<workdir>/bundles/.<name>.partial-<random>``: files whose hash is already on the device are linked (or
    copied) device-side, the rest are sent with ``put``;
 4. hash every file in the partial folder ON the device and compare with the manifest's ``files`` (and the local
    manifest.json); any difference is an error naming the file;
-5. swap it into ``<workdir>/bundles/<name>`` with renames; a reader sees the old bundle or the new one, never half.
+5. swap it into ``<workdir>/bundles/<name>`` with two renames: the name holds the old bundle or the new one,
+   never a mix (for the instant between the renames, neither).
 
 Any failure removes the partial folder (and if the connection itself is gone, the next push sweeps it), then raises
 one DeviceError. The installed bundle is only ever a complete, verified one.
@@ -17,8 +19,6 @@ one DeviceError. The installed bundle is only ever a complete, verified one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import secrets
 import time
@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from liteship.errors import BundleError, DeviceError
+from liteship.runtime.tflite_file import sha256_file
 
 from .base import Target, quote
 
@@ -112,14 +113,6 @@ class PushResult:
                 "bytes_sent": self.bytes_sent, "seconds": round(self.seconds, 3), "unchanged": self.unchanged}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _bundle_name(path: Path) -> str:
     name = path.name
     for suffix in (".tar.gz", ".tgz", ".tar", ".zip", ".tflite"):
@@ -146,14 +139,14 @@ def load_local_bundle(path: str | Path, *, name: str | None = None) -> LocalBund
         raise DeviceError(f"cannot use {bundle_name!r} as a bundle name on a device")
     if path.is_file() and path.suffix == ".tflite":
         # A lone model travels as <name>/model.tflite (its manifest, if any, is embedded in it).
-        return LocalBundle(bundle_name, {MODEL_NAME: (_sha256(path), path.stat().st_size)}, {MODEL_NAME: path})
+        return LocalBundle(bundle_name, {MODEL_NAME: (sha256_file(path), path.stat().st_size)}, {MODEL_NAME: path})
     files, sources = {}, {}
     for rel, entry in sorted((bundle.manifest.get("files") or {}).items()):
         rel = _safe_relpath(rel, bundle.root)
         files[rel] = (entry["sha256"], int(entry.get("size", (bundle.root / rel).stat().st_size)))
         sources[rel] = bundle.root / rel
     manifest = bundle.root / MANIFEST_NAME
-    files[MANIFEST_NAME] = (_sha256(manifest), manifest.stat().st_size)
+    files[MANIFEST_NAME] = (sha256_file(manifest), manifest.stat().st_size)
     sources[MANIFEST_NAME] = manifest
     return LocalBundle(bundle_name, files, sources)
 
@@ -218,7 +211,8 @@ def push_bundle(
     scan = (
         SHA256_FUNCTION
         + f"mkdir -p {quote(bdir)} || exit 3\n"
-        + f"rm -rf {quote(bdir + '/.' + local.name + '.partial-')}* 2>/dev/null\n"
+        + f"rm -rf {quote(bdir + '/.' + local.name + '.partial-')}* {quote(bdir + '/.' + local.name + '.old-')}* "
+        + "2>/dev/null\n"
         + 'echo "TOOL ${_lsh_tool:-none}"\n'
         + f'echo "DF $(df -Pk {quote(bdir)} 2>/dev/null | tail -n 1)"\n'
         + f"hash_files {quote(final)} {' '.join(quote(n) for n in names)}\n"
@@ -298,11 +292,3 @@ def _cleanup(target: Target, partial: str) -> None:
     except Exception:
         pass
 
-
-def remote_manifest(target: Target, remote_bundle: str) -> dict:
-    """The manifest of a bundle installed on the device (DeviceError if absent or unreadable)."""
-    out = target.run(["cat", f"{remote_bundle}/{MANIFEST_NAME}"], timeout=60)
-    try:
-        return json.loads(out.stdout)
-    except json.JSONDecodeError:
-        raise DeviceError(f"{target.name}: {remote_bundle}/{MANIFEST_NAME} is not valid JSON") from None

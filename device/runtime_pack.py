@@ -107,7 +107,7 @@ def ensure_files_on_device(target: Target, files: list[CachedFile]) -> list[str]
     One round trip checks them all; a missing or stale one goes to a temporary name, then one round trip hashes
     the new copies on the device and renames them into place (never half a file under the real name).
     """
-    from .push import SHA256_FUNCTION, VERIFY_FAILED, parse_hashes
+    from .push import SHA256_FUNCTION, VERIFY_FAILED
 
     check = SHA256_FUNCTION + "".join(
         f"mkdir -p {quote(f.remote_dir)} || exit 1\nprintf 'F {i} '; hash_files {quote(f.remote_dir)} "
