@@ -267,3 +267,21 @@ def test_damaged_local_bundle_is_refused_before_connecting(board, tiny_bundle, t
     with pytest.raises(BundleError, match="labels.txt"):
         push_bundle(board, broken)
     assert spy.calls == []
+
+
+def test_push_cli(ssh_env, tiny_bundle, tmp_path, capsys):
+    from liteship.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["device", "push", str(tiny_bundle), "ssh:board", "--workdir", str(tmp_path / "wd"), "--json"])
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["remote_path"] == str(tmp_path / "wd" / "bundles" / "tiny-classifier")
+    assert tree(Path(result["remote_path"])) == tree(tiny_bundle)
+    assert "installed at" in captured.err  # progress goes to stderr, the answer to stdout
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["device", "push", str(tiny_bundle), "ssh:board-unknown"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith("error: ssh:board-unknown: the host key is not in known_hosts")
