@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,6 +94,28 @@ def tiny_bundle(tmp_path_factory) -> Path:
         shutil.copytree(Path(given) / "classifier-fp32", out)
         return out
     return make_tiny_bundle(out)
+
+
+@pytest.fixture
+def userland(tmp_path):
+    """userland(kind) -> (shell argv ending in -c, env) for: "dash" or "mksh" (Android's shell) with coreutils, or
+    "busybox": busybox sh with ONLY busybox applets on PATH (a small board's userland). toybox is not packaged
+    for Debian, so it is not covered by these tests."""
+
+    def make(kind: str) -> tuple[list[str], dict]:
+        env = dict(os.environ)
+        if kind == "busybox":
+            bin_dir = tmp_path / "busybox-bin"
+            bin_dir.mkdir(exist_ok=True)
+            applets = subprocess.run(["busybox", "--list"], capture_output=True, text=True, check=True).stdout
+            for applet in applets.split():
+                if not (bin_dir / applet).exists():
+                    (bin_dir / applet).symlink_to(shutil.which("busybox"))
+            env["PATH"] = str(bin_dir)
+            return [str(bin_dir / "sh"), "-c"], env
+        return [shutil.which(kind), "-c"], env
+
+    return make
 
 
 @pytest.fixture(autouse=True)

@@ -133,3 +133,24 @@ def test_probe_cli_error_is_one_line(ssh_env, capsys):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ssh:board-changed: the host key CHANGED") and "\n" not in err
+
+
+
+@pytest.mark.parametrize("kind", [k for k in ("dash", "mksh", "busybox") if shutil.which(k)])
+def test_probe_script_under_each_userland(kind, userland, tmp_path):
+    import subprocess
+    import sys
+
+    from liteship.device.probe import probe_script
+
+    argv, env = userland(kind)
+    workdir = tmp_path / "wd"
+    out = subprocess.run(argv + [probe_script(str(workdir), sys.executable)], env=env, capture_output=True,
+                         text=True, timeout=60)
+    facts = summarize(parse_probe_output(out.stdout), target="t", kind="local", workdir=str(workdir))
+    assert facts["abi"] == platform.machine()
+    assert facts["cpu"]["cores"] == len(list(Path("/sys/devices/system/cpu").glob("cpu[0-9]*")))
+    assert facts["os"] == (_os_release_pretty() or f"Linux {platform.release()}")
+    assert facts["memory"]["total_bytes"] > 0
+    assert facts["storage"]["free_bytes"] > 0 and workdir.is_dir()
+    assert facts["python"]["version"] == platform.python_version()

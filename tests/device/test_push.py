@@ -285,3 +285,27 @@ def test_push_cli(ssh_env, tiny_bundle, tmp_path, capsys):
         main(["device", "push", str(tiny_bundle), "ssh:board-unknown"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.startswith("error: ssh:board-unknown: the host key is not in known_hosts")
+
+
+@pytest.mark.parametrize("kind", [k for k in ("dash", "mksh", "busybox") if shutil.which(k)])
+def test_device_side_hashing_under_each_userland(kind, userland, tmp_path):
+    from liteship.device.push import VERIFY_FAILED
+
+    argv, env = userland(kind)
+    data = {"a b": b"liteship", "$(x)": b"", "sub/c": os.urandom(3000)}
+    for name, content in data.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    names = sorted(data)
+    want = {n: hashlib.sha256(data[n]).hexdigest() for n in names}
+    quoted = " ".join(f"'{n}'" for n in names)
+    out = subprocess.run(argv + [SHA256_FUNCTION + f"hash_files {tmp_path} {quoted} missing"], env=env,
+                         capture_output=True, text=True)
+    assert out.stdout.splitlines() == [f"H {i} {want[n]}" for i, n in enumerate(names)] + [f"H {len(names)} -"]
+    pairs = " ".join(f"'{n}' {want[n]}" for n in names)
+    ok = subprocess.run(argv + [SHA256_FUNCTION + f"verify_files {tmp_path} {pairs} || exit {VERIFY_FAILED}"],
+                        env=env, capture_output=True, text=True)
+    assert ok.returncode == 0
+    wrong = f"verify_files {tmp_path} 'a b' {'0' * 64} || exit {VERIFY_FAILED}"
+    bad = subprocess.run(argv + [SHA256_FUNCTION + wrong], env=env, capture_output=True, text=True)
+    assert bad.returncode == VERIFY_FAILED
