@@ -40,6 +40,13 @@ from .runtime_pack import CachedFile, ensure_files_on_device, runtime_file
 SCHEMA = "liteship.device-bench/1"
 RUNNERS = ("python", "benchmark_model")
 CORES = ("all", "big", "fastest")
+# --delegate NAME -> the flag benchmark_model takes for it (tensorflow/lite/tools/delegates/*_delegate_provider.cc).
+BENCHMARK_MODEL_DELEGATE_FLAGS = {
+    "xnnpack": "--use_xnnpack=true",
+    "gpu": "--use_gpu=true",
+    "nnapi": "--use_nnapi=true",
+    "hexagon": "--use_hexagon=true",
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class BenchSettings:
     benchmark_binary: str | None = None      # host path of benchmark_model for the device's ABI -> that runner
     python: str | None = None                # the device's interpreter (default: python3; the host's for local)
     signature: str | None = None
+    backend: str = "auto"                    # python runner: which interpreter package (see runtime.interpreter)
+    delegate: str | None = None              # python runner: passed on; benchmark_model: one of its --use_* flags
     workdir: str | None = None               # default: the target's own default_workdir()
     timeout_s: float = 1800.0                # for the benchmark command itself
 
@@ -64,6 +73,11 @@ class BenchSettings:
             raise DeviceError("--threads must be >= 1")
         if self.benchmark_binary and not Path(self.benchmark_binary).is_file():
             raise DeviceError(f"--benchmark-binary {self.benchmark_binary}: no such file")
+        if self.benchmark_binary and self.delegate and self.delegate not in BENCHMARK_MODEL_DELEGATE_FLAGS:
+            raise DeviceError(f"benchmark_model knows the delegates {', '.join(BENCHMARK_MODEL_DELEGATE_FLAGS)}, "
+                              f"not {self.delegate!r}")
+        if self.benchmark_binary and self.backend != "auto":
+            raise DeviceError("--backend chooses liteship's Python interpreter; it does not apply to benchmark_model")
 
     @property
     def runner(self) -> str:
@@ -167,6 +181,10 @@ class _Run:
                 command += ["--threads", str(s.threads)]
             if s.signature:
                 command += ["--signature", s.signature]
+            if s.backend != "auto":
+                command += ["--backend", s.backend]
+            if s.delegate:
+                command += ["--delegate", s.delegate]
         else:
             graph = remote_bundle if remote_bundle.endswith(".tflite") else f"{remote_bundle}/model.tflite"
             command = [remote_tool, f"--graph={graph}", f"--num_runs={s.runs}",
@@ -175,6 +193,8 @@ class _Run:
                 command.append(f"--num_threads={s.threads}")
             if s.signature:
                 command.append(f"--signature_to_run_for={s.signature}")
+            if s.delegate:
+                command.append(BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate])
 
         self.say(f"{self.spec}: running the {s.runner} benchmark ({s.runs} runs, cores={s.cores})")
         argv = run_bench_argv(remote_script, result_file, command, output=output_file, cores=s.cores,

@@ -89,13 +89,18 @@ def kinds() -> None:
               help="The official benchmark_model binary for the device's ABI (pushed once, cached by hash).")
 @click.option("--python", "python", default=None, help="The device's Python (default python3; this one locally).")
 @click.option("--signature", default=None, help="Signature to time (default: decode, else serving_default).")
+@click.option("--backend", default="auto", show_default=True,
+              help="liteship runner: interpreter package: auto, litert, tflite-runtime or tf.")
+@click.option("--delegate", default=None,
+              help="liteship runner: a delegate (e.g. edgetpu or a .so path); "
+                   "benchmark_model: xnnpack, gpu, nnapi or hexagon.")
 @click.option("--workdir", default=None, help="Working folder on the devices (default: each target's own).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write all results (liteship.device-bench/1) to this file.")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the Markdown report to this file.")
 def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
-          python, signature, workdir, json_out, report_out) -> None:
+          python, signature, backend, delegate, workdir, json_out, report_out) -> None:
     """Benchmark BUNDLE on this host or on phones and boards: init, first inference, latency percentiles,
     peak memory, GPT-2 tok/s, with the device's facts.
 
@@ -107,7 +112,7 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
                              benchmark_binary=benchmark_binary, python=python, signature=signature,
-                             workdir=workdir)
+                             backend=backend, delegate=delegate, workdir=workdir)
     document = bench_targets(bundle, list(devices) or ["local"], settings, progress=_progress)
     report = markdown_report(document)
     if json_out:

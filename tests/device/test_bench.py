@@ -235,3 +235,16 @@ def test_gpt2_bundle_reports_generation_speed_over_ssh(ssh_env, remote_python, t
     assert generation["decode_tokens"] > 0 and generation["decode_tok_s"] > 0
     assert generation["prefill_tok_s"] > 0
     assert f"decode {generation['decode_tok_s']:.1f} tok/s" in markdown_report(doc)
+
+
+def test_backend_and_delegate_reach_the_runner(tiny_bundle, tmp_path):
+    # local target, python runner: --backend is passed to liteship.runtime.bench, which names it in its result
+    settings = _settings(backend="litert", workdir=str(tmp_path))
+    [entry] = bench_targets(tiny_bundle, ["local"], settings)["results"]
+    assert entry["ok"], entry["error"]
+    assert "--backend litert" in entry["run"]["command"]
+    assert entry["bench"]["runtime"]["backend"].startswith("litert")
+    with pytest.raises(DeviceError, match="not 'coral'"):
+        _settings(benchmark_binary=sys.executable, delegate="coral")
+    with pytest.raises(DeviceError, match="does not apply to benchmark_model"):
+        _settings(benchmark_binary=sys.executable, backend="litert")
