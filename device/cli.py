@@ -95,8 +95,8 @@ def kinds() -> None:
               help="liteship runner: a delegate (e.g. edgetpu or a .so path); "
                    "benchmark_model: xnnpack, gpu, nnapi or hexagon.")
 @click.option("--workdir", default=None, help="Working folder on the devices (default: each target's own).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write all results (liteship.device-bench/1) to this file.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
+              help="Write all results (liteship.device-bench/1) to this file ('-': stdout, the report to stderr).")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the Markdown report to this file.")
 def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
@@ -115,16 +115,19 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
                              backend=backend, delegate=delegate, workdir=workdir)
     document = bench_targets(bundle, list(devices) or ["local"], settings, progress=_progress)
     report = markdown_report(document)
-    if json_out:
+    to_stdout = json_out is not None and str(json_out) == "-"
+    if json_out and not to_stdout:
         write_json_atomic(json_out, document)
     if report_out:
         _write_text_atomic(report_out, report)
-    click.echo(report)
+    click.echo(report, err=to_stdout)
+    if to_stdout:
+        click.echo(json.dumps(document, indent=2))
     failed = [e for e in document["results"] if not e["ok"]]
     if failed:
         raise DeviceError(f"{len(failed)} of {len(document['results'])} devices failed: "
                           + "; ".join(e["target"] for e in failed)
-                          + (f" (details in {json_out})" if json_out else " (details above)"))
+                          + (f" (details in {json_out})" if json_out and not to_stdout else " (details above)"))
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

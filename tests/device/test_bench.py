@@ -248,3 +248,15 @@ def test_backend_and_delegate_reach_the_runner(tiny_bundle, tmp_path):
         _settings(benchmark_binary=sys.executable, delegate="coral")
     with pytest.raises(DeviceError, match="does not apply to benchmark_model"):
         _settings(benchmark_binary=sys.executable, backend="litert")
+
+
+def test_bench_cli_json_to_stdout(tiny_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from liteship.device.cli import bench
+
+    result = CliRunner().invoke(bench, [str(tiny_bundle), "--runs", "2", "--json", "-",  # click>=8.2 splits stderr
+                                        "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["results"][0]["bench"]["runs"] == 2
+    assert "| local |" in result.stderr
