@@ -260,3 +260,15 @@ def test_bench_cli_json_to_stdout(tiny_bundle, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["results"][0]["bench"]["runs"] == 2
     assert "| local |" in result.stderr
+
+
+def test_benchmark_model_runner_on_the_local_target(tiny_bundle, tmp_path):
+    binary = tmp_path / "benchmark_model"
+    binary.write_text(FAKE_BENCHMARK_MODEL.format(python=sys.executable))
+    binary.chmod(0o755)
+    settings = _settings(benchmark_binary=str(binary), workdir=str(tmp_path / "wd"), runs=4)
+    [entry] = bench_targets(tiny_bundle, ["local"], settings)["results"]
+    assert entry["ok"], entry["error"]
+    assert entry["bench"]["runs"] == 4
+    assert entry["bench"]["graph"] == str(tiny_bundle / "model.tflite")  # used where it is, not copied
+    assert entry["push"] is None
