@@ -55,6 +55,31 @@ def keras_worker(npz: str, size: int, runs: int, warmup: int, threads: int, grou
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def interleaved(bundles: list[str], runs: int, threads: int) -> list[dict]:
+    """Time several bundles in one process, alternating every invocation, so that load from other processes on a
+    shared machine hits all of them alike: the ratios are trustworthy even when absolute numbers are not."""
+    from liteship.runtime.bench import synthetic_inputs
+    from liteship.runtime.bundle import Bundle
+    from liteship.runtime.interpreter import create_interpreter
+
+    runners, inputs = [], []
+    for path in bundles:
+        interpreter = create_interpreter(Bundle.open(path).model_path, num_threads=threads)
+        runner = interpreter.get_signature_runner()
+        runners.append((interpreter, runner))
+        inputs.append(synthetic_inputs(runner.get_input_details()))
+        for _ in range(3):
+            runner(**inputs[-1])
+    samples = [[] for _ in bundles]
+    for _ in range(runs):
+        for i, (_, runner) in enumerate(runners):
+            t0 = time.perf_counter_ns()
+            runner(**inputs[i])
+            samples[i].append((time.perf_counter_ns() - t0) / 1e6)
+    return [{"bundle": path, "p50": float(np.percentile(s, 50)), "min": float(min(s))}
+            for path, s in zip(bundles, samples)]
+
+
 def run_json(cmd: list[str]) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -80,12 +105,19 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--groupnorm", default="matmul", help="comma list of GroupNorm lowerings to compare")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bit_speed.md"))
+    parser.add_argument("--interleave", nargs="+", metavar="BUNDLE",
+                        help="only time these bundles against each other, alternating runs in one process")
     parser.add_argument("--keras-worker", nargs=2, metavar=("NPZ", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = 160 if args.quick else 224
     runs = args.runs or (10 if args.quick else 30)
     warmup = 2 if args.quick else 5
     lowerings = args.groupnorm.split(",")
+    if args.interleave:
+        print("| bundle | p50 ms | min ms |\n|---|---:|---:|")
+        for row in interleaved(args.interleave, args.runs or 30, args.threads):
+            print(f"| {row['bundle']} | {row['p50']:.1f} | {row['min']:.1f} |")
+        return 0
     if args.keras_worker:
         npz, worker_size = args.keras_worker
         print(json.dumps(keras_worker(npz, int(worker_size), runs, warmup, args.threads, lowerings[0])))
