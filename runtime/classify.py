@@ -133,7 +133,13 @@ class ImageClassifier:
         return self.iter_classify(iter_files(path), top_k=top_k)
 
     def scores(self, inputs: np.ndarray) -> np.ndarray:
-        """Preprocessed float inputs (N, ...model input shape without batch) -> (N, num_classes) float32 scores."""
+        """Preprocessed float inputs (N, ...model input shape without batch) -> (N, num_classes) float32 scores:
+        probabilities (softmax of the logits when the manifest says "output": "logits", else the outputs as is)."""
+        raw = self.outputs(inputs)
+        return _softmax(raw) if self.softmax else raw
+
+    def outputs(self, inputs: np.ndarray) -> np.ndarray:
+        """Preprocessed float inputs (N, ...) -> (N, num_classes) model outputs, dequantized, no softmax."""
         if self._dynamic_batch and len(inputs) > 1:
             try:
                 self._resize(len(inputs))
@@ -142,8 +148,7 @@ class ImageClassifier:
                 self._dynamic_batch, self._batch = False, 1
                 self._resize(1)
         outputs = [self._invoke(part) for part in self._batches(inputs)]
-        raw = np.concatenate(outputs, axis=0)[: len(inputs)]
-        return _softmax(raw) if self.softmax else raw
+        return np.concatenate(outputs, axis=0)[: len(inputs)]
 
     # ------------------------------------------------------------------------------------------- internals
 

@@ -114,9 +114,13 @@ def test_pure_colours_get_their_labels_with_softmax_scores(bundles, tmp_path):
 
 
 def test_without_logits_flag_scores_are_the_raw_outputs(bundles):
-    prediction = ImageClassifier(bundles["raw"]).classify(np.full((5, 7, 3), COLOURS["green"], np.uint8), top_k=3)[0]
+    green = np.full((5, 7, 3), COLOURS["green"], np.uint8)
+    prediction = ImageClassifier(bundles["raw"]).classify(green, top_k=3)[0]
     assert prediction.label == "green" and prediction.source == "<image 0>"
     np.testing.assert_allclose([t.score for t in prediction.top], [4.0, -4.0, -4.0], atol=1e-5)
+    # outputs() is the no-softmax view of any bundle
+    logits = ImageClassifier(bundles["fp32"]).outputs(preprocess(green, PREPROCESSING)[None])
+    np.testing.assert_allclose(logits, [[-4.0, 4.0, -4.0]], atol=1e-5)
 
 
 def test_tflite_scores_match_the_keras_model_on_photos(bundles):
