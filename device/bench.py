@@ -99,6 +99,42 @@ def _run_bench_tools():
     return run_bench_script, run_bench_argv, parse_run_bench_result
 
 
+@dataclass(frozen=True)
+class _RunFiles:
+    """The files one run leaves on the device: run_bench.sh's result, the runner's JSON, the command's output."""
+
+    folder: str
+    run_id: str
+
+    @property
+    def result(self) -> str:
+        return f"{self.folder}/{self.run_id}.result"
+
+    @property
+    def json(self) -> str:
+        return f"{self.folder}/{self.run_id}.json"
+
+    @property
+    def output(self) -> str:
+        return f"{self.folder}/{self.run_id}.out"
+
+    def collect(self, target: Target) -> list[str]:
+        """[result, json, output] read and deleted in one round trip (only the output's last 256 KiB)."""
+        marker = f"--liteship-{secrets.token_hex(8)}--"
+        script = (f"cat {quote(self.result)} 2>/dev/null; echo; echo {marker}\n"
+                  f"cat {quote(self.json)} 2>/dev/null; echo; echo {marker}\n"
+                  f"tail -c 262144 {quote(self.output)} 2>/dev/null; echo; echo {marker}\n"
+                  f"rm -f {quote(self.result)} {quote(self.json)} {quote(self.output)}\n")
+        parts = target.shell(script, timeout=120, check=False).stdout.split(f"\n{marker}\n")
+        return [(parts[i] if i < len(parts) else "").strip("\n") for i in range(3)]
+
+    def remove(self, target: Target) -> None:
+        try:
+            target.run(["rm", "-f", self.result, self.json, self.output], timeout=60, check=False)
+        except Exception:  # best effort: the connection may be what failed
+            pass
+
+
 class _Run:
     """One benchmark on one target; every step notes progress, any LiteshipError ends it as the entry's error."""
 
@@ -123,121 +159,123 @@ class _Run:
         return self.entry
 
     def _bench(self, target: Target) -> None:
+        """probe -> place the bundle -> place the runner -> run it under run_bench.sh -> read the results."""
         s = self.settings
         local = target.kind == "local"
         workdir = (s.workdir or target.default_workdir()).rstrip("/")
         python = s.python or (sys.executable if local else "python3")
 
         self.say(f"{self.spec}: probing")
-        facts = probe(target, workdir=workdir, python=python)
-        self.entry["device"] = facts
-
+        self.entry["device"] = facts = probe(target, workdir=workdir, python=python)
         if s.runner == "python":
-            if not facts["python"]:
-                raise DeviceError(f"{self.spec}: no {python} on the device; install Python 3 with numpy and "
-                                  f"ai-edge-litert, or pass --benchmark-binary for the official benchmark_model")
-            if not facts["python"]["numpy"] or not facts["tflite_runtime"]:
-                missing = "numpy" if not facts["python"]["numpy"] else "TFLite interpreter"
-                raise DeviceError(f"{self.spec}: {facts['python']['path']} has no {missing}; run `{python} -m pip "
-                                  f"install numpy ai-edge-litert` there (tflite-runtime on 32-bit boards)")
+            self._check_python(facts, python)
 
-        if local:
-            remote_bundle = str(self._local_bundle_root())
-        else:
-            self.say(f"{self.spec}: pushing {self.bundle.name}")
-            pushed = push_bundle(target, self.bundle, workdir=workdir, progress=self.say)
-            self.entry["push"] = pushed.as_dict()
-            remote_bundle = pushed.remote_path
-            if self.bundle.suffix == ".tflite":  # a lone model travels as <name>/model.tflite, no manifest
-                remote_bundle += "/model.tflite"
-
-        script_path, run_bench_argv, parse_result = _run_bench_tools()
-        script = script_path()
-        results_dir = f"{workdir}/results"
-        run_id = f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-        result_file, output_file = f"{results_dir}/{run_id}.result", f"{results_dir}/{run_id}.out"
-        json_file = f"{results_dir}/{run_id}.json"
-
-        # What the device runs, cached there by hash (the host itself uses them where they are).
-        if local:
-            remote_script, remote_tool = str(script), s.benchmark_binary
-        else:
-            self.say(f"{self.spec}: checking the runner files")
-            script_sha = sha256_file(script)
-            tools = [CachedFile(script, script_sha, f"{workdir}/bin", f"run_bench-{script_sha[:12]}.sh")]
-            if s.runner == "python":
-                tools.append(runtime_file(workdir, _host_cache()))
-            else:
-                binary = Path(s.benchmark_binary)
-                digest = sha256_file(binary)
-                tools.append(CachedFile(binary, digest, f"{workdir}/bin", f"benchmark_model-{digest[:12]}",
-                                        mode="755"))
-            remote_script, remote_tool = ensure_files_on_device(target, tools)
-
-        if s.runner == "python":
-            command = [python, "-m", "liteship.runtime.bench"] if local else [python, remote_tool, "bench"]
-            command += [remote_bundle, "--json", json_file, "--runs", str(s.runs), "--warmup", str(s.warmup)]
-            if s.threads:
-                command += ["--threads", str(s.threads)]
-            if s.signature:
-                command += ["--signature", s.signature]
-            if s.backend != "auto":
-                command += ["--backend", s.backend]
-            if s.delegate:
-                command += ["--delegate", s.delegate]
-        else:
-            graph = remote_bundle if remote_bundle.endswith(".tflite") else f"{remote_bundle}/model.tflite"
-            command = [remote_tool, f"--graph={graph}", f"--num_runs={s.runs}",
-                       f"--warmup_runs={s.warmup}", "--min_secs=0", "--warmup_min_secs=0"]
-            if s.threads:
-                command.append(f"--num_threads={s.threads}")
-            if s.signature:
-                command.append(f"--signature_to_run_for={s.signature}")
-            if s.delegate:
-                command.append(BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate])
+        model = self._place_bundle(target, workdir, local)
+        script, tool = self._place_runner(target, workdir, local)
+        files = _RunFiles(f"{workdir}/results", f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}")
+        command = self._python_command(python, tool, model, files.json, local) if s.runner == "python" \
+            else self._benchmark_model_command(tool, model)
 
         self.say(f"{self.spec}: running the {s.runner} benchmark ({s.runs} runs, cores={s.cores})")
-        argv = run_bench_argv(remote_script, result_file, command, output=output_file, cores=s.cores,
+        _, run_bench_argv, parse_result = _run_bench_tools()
+        argv = run_bench_argv(script, files.result, command, output=files.output, cores=s.cores,
                               cool_below_c=s.cool_below_c)
         try:
-            target.shell(f"mkdir -p {quote(results_dir)} || exit 1\n{join(argv)}\n", timeout=s.timeout_s + 300)
-            run_text, json_text, output = self._collect(target, result_file, json_file, output_file)
+            target.shell(f"mkdir -p {quote(files.folder)} || exit 1\n{join(argv)}\n", timeout=s.timeout_s + 300)
+            run_text, json_text, output = files.collect(target)
         except BaseException:
-            try:
-                target.run(["rm", "-f", result_file, output_file, json_file], timeout=60, check=False)
-            except Exception:
-                pass
+            files.remove(target)
             raise
         run = parse_result(run_text)
         self.entry["run"] = {k: v for k, v in run.items() if k not in ("output", "schema")}
         if run["status"] != 0:
             detail = _error_line(output) or f"exit status {run['status']}"
             raise DeviceError(f"{self.spec}: the {s.runner} benchmark failed: {detail}")
-        if s.runner == "python":
-            try:
-                bench = json.loads(json_text)
-            except json.JSONDecodeError:
-                raise DeviceError(f"{self.spec}: the python benchmark wrote no result: "
-                                  f"{_error_line(output) or 'no output'}") from None
-        else:
-            from .benchmark_model import parse_benchmark_model_output
-
-            bench = parse_benchmark_model_output(output)
-            if (bench.get("latency_ms") or {}).get("mean") is None:
-                raise DeviceError(f"{self.spec}: benchmark_model printed no timings: "
-                                  f"{_error_line(output) or 'empty output'}")
-        if bench.get("peak_rss_bytes") is None:
+        bench = self._python_result(json_text, output) if s.runner == "python" \
+            else self._benchmark_model_result(output)
+        if bench.get("peak_rss_bytes") is None:  # benchmark_model may print none; run_bench.sh sampled VmHWM
             bench["peak_rss_bytes"] = run.get("peak_rss_bytes")
         self.entry["bench"] = bench
 
-    @staticmethod
-    def _collect(target: Target, *paths: str) -> list[str]:
-        """Read the result, JSON and (the tail of the) output files, and delete them, in one round trip."""
-        marker = f"--liteship-{secrets.token_hex(8)}--"
-        script = "\n".join(f"tail -c 262144 {quote(p)} 2>/dev/null; echo; echo {marker}" for p in paths)
-        script += f"\nrm -f {' '.join(quote(p) for p in paths)}\n"  # read once, then gone
-        parts = target.shell(script, timeout=120, check=False).stdout.split(f"\n{marker}\n")
-        return [(parts[i] if i < len(parts) else "").strip("\n") for i in range(len(paths))]
+    def _check_python(self, facts: dict, python: str) -> None:
+        if not facts["python"]:
+            raise DeviceError(f"{self.spec}: no {python} on the device; install Python 3 with numpy and "
+                              f"ai-edge-litert, or pass --benchmark-binary for the official benchmark_model")
+        if not facts["python"]["numpy"] or not facts["tflite_runtime"]:
+            missing = "numpy" if not facts["python"]["numpy"] else "TFLite interpreter"
+            raise DeviceError(f"{self.spec}: {facts['python']['path']} has no {missing}; run `{python} -m pip "
+                              f"install numpy ai-edge-litert` there (tflite-runtime on 32-bit boards)")
+
+    def _place_bundle(self, target: Target, workdir: str, local: bool) -> str:
+        """Where the model is on the target: the bundle folder, or the .tflite for a lone model."""
+        if local:
+            return str(self._local_bundle_root())
+        self.say(f"{self.spec}: pushing {self.bundle.name}")
+        pushed = push_bundle(target, self.bundle, workdir=workdir, progress=self.say)
+        self.entry["push"] = pushed.as_dict()
+        if self.bundle.suffix == ".tflite":  # a lone model travels as <name>/model.tflite, no manifest
+            return pushed.remote_path + "/model.tflite"
+        return pushed.remote_path
+
+    def _place_runner(self, target: Target, workdir: str, local: bool) -> tuple[str, str | None]:
+        """(run_bench.sh, the runtime zipapp or benchmark_model) on the target, cached there by hash; the host
+        itself uses them where they are (the local python runner needs no zipapp)."""
+        script = _run_bench_tools()[0]()
+        s = self.settings
+        if local:
+            return str(script), s.benchmark_binary
+        self.say(f"{self.spec}: checking the runner files")
+        script_sha = sha256_file(script)
+        files = [CachedFile(script, script_sha, f"{workdir}/bin", f"run_bench-{script_sha[:12]}.sh")]
+        if s.runner == "python":
+            files.append(runtime_file(workdir, _host_cache()))
+        else:
+            binary = Path(s.benchmark_binary)
+            digest = sha256_file(binary)
+            files.append(CachedFile(binary, digest, f"{workdir}/bin", f"benchmark_model-{digest[:12]}", mode="755"))
+        remote_script, remote_tool = ensure_files_on_device(target, files)
+        return remote_script, remote_tool
+
+    def _python_command(self, python: str, runtime_zip: str | None, model: str, json_file: str,
+                        local: bool) -> list[str]:
+        s = self.settings
+        command = [python, "-m", "liteship.runtime.bench"] if local else [python, runtime_zip, "bench"]
+        command += [model, "--json", json_file, "--runs", str(s.runs), "--warmup", str(s.warmup)]
+        for flag, value in (("--threads", s.threads), ("--signature", s.signature), ("--delegate", s.delegate),
+                            ("--backend", None if s.backend == "auto" else s.backend)):
+            if value:
+                command += [flag, str(value)]
+        return command
+
+    def _benchmark_model_command(self, binary: str, model: str) -> list[str]:
+        s = self.settings
+        graph = model if model.endswith(".tflite") else f"{model}/model.tflite"
+        # --min_secs=0: stop after exactly --num_runs runs (the tool otherwise also runs for >= 1 s).
+        command = [binary, f"--graph={graph}", f"--num_runs={s.runs}", f"--warmup_runs={s.warmup}",
+                   "--min_secs=0", "--warmup_min_secs=0"]
+        if s.threads:
+            command.append(f"--num_threads={s.threads}")
+        if s.signature:
+            command.append(f"--signature_to_run_for={s.signature}")
+        if s.delegate:
+            command.append(BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate])
+        return command
+
+    def _python_result(self, json_text: str, output: str) -> dict:
+        try:
+            return json.loads(json_text)
+        except json.JSONDecodeError:
+            raise DeviceError(f"{self.spec}: the python benchmark wrote no result: "
+                              f"{_error_line(output) or 'no output'}") from None
+
+    def _benchmark_model_result(self, output: str) -> dict:
+        from .benchmark_model import parse_benchmark_model_output
+
+        bench = parse_benchmark_model_output(output)
+        if (bench.get("latency_ms") or {}).get("mean") is None:
+            raise DeviceError(f"{self.spec}: benchmark_model printed no timings: "
+                              f"{_error_line(output) or 'empty output'}")
+        return bench
 
     def _local_bundle_root(self) -> Path:
         from liteship.runtime.bundle import Bundle
