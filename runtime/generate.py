@@ -4,9 +4,12 @@ The KV cache lives in the decode signature's own input buffers, owned by this mo
 zero-copy numpy views (no cache is ever passed in or copied back per step). Shapes, for L layers, H heads, head
 size hd, static context C (manifest config "max_context") and prefill chunk P ("prefill_len"):
 
-  prefill: tokens[P] int32, positions[P] int32, mask[P, C+P] float32, k_i[H, C, hd], v_i[H, C, hd]
+  prefill: embeds[P, E] float32, positions[P] int32, mask[P, C+P] float32, k_i[H, C, hd], v_i[H, C, hd]
            -> logits[P, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
-  decode:  token[1], position[1], mask[1, C+1], k_i, v_i -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
+  decode:  embeds[1, E], position[1], mask[1, C+1], k_i, v_i -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
+
+`embeds` are token embedding rows, read (and for int8 dequantized, one row at a time) from the tied LM head's weight
+tensor inside the .tflite itself, through a zero-copy view: the table is stored once and never dequantized whole.
 
 What is cached: for every token already seen at position p < C, its K and V (row p of each head in k_i / v_i); mask[.., p] is 0 for filled slots and -1e9 for empty ones. The last P columns of a prefill mask (the
 last column of a decode mask) are the chunk attending to itself, causally. After each call the runtime copies only
@@ -27,6 +30,38 @@ import numpy as np
 from liteship.errors import RuntimeLiteshipError
 
 MASK_EMPTY = np.float32(-1e9)
+
+
+class TokenTable:
+    """Token embedding rows from the LM head's [V, E] weight inside the model (int8 per-row scaled, fp16 or fp32)."""
+
+    PREFERENCE = (np.int8, np.float16, np.float32)  # constant weights first; a float32 [V, E] may be a DEQUANTIZE output
+
+    def __init__(self, interp, subgraph: int, vocab: int, width: int):
+        found = {}
+        for d in interp.get_tensor_details(subgraph):
+            if list(d["shape"]) == [vocab, width]:
+                found.setdefault(np.dtype(d["dtype"]).type, []).append(d)
+        kind = next((k for k in self.PREFERENCE if len(found.get(k, ())) == 1), None)
+        if kind is None:
+            raise RuntimeLiteshipError(f"the model has no single [{vocab}, {width}] token table (found "
+                                       f"{ {np.dtype(k).name: len(v) for k, v in found.items()} })")
+        d = found[kind][0]
+        self.table = interp._interpreter.tensor(interp, d["index"], subgraph)  # a view into the model's weights
+        q = d["quantization_parameters"]
+        self.scale = None
+        if kind is np.int8:
+            if q["quantized_dimension"] != 0 or np.any(q["zero_points"]):
+                raise RuntimeLiteshipError("the int8 token table is not symmetric per-row; cannot look rows up")
+            scales = np.asarray(q["scales"], np.float32)
+            self.scale = scales if scales.size == vocab else np.full(vocab, scales[0], np.float32)
+
+    def rows(self, ids: np.ndarray, out: np.ndarray) -> None:
+        """out[:len(ids)] = embedding rows of ids (float32)."""
+        rows = self.table[ids].astype(np.float32)  # (n, E)
+        if self.scale is not None:
+            rows *= self.scale[ids][:, None]
+        out[: len(ids)] = rows
 
 
 class _SignatureBuffers:
@@ -80,6 +115,7 @@ class KVCacheSession:
         self.interp.allocate_tensors()  # applies the default (XNNPACK) delegate to every subgraph
         self._decode = _SignatureBuffers(self.interp, "decode")
         self._prefill = _SignatureBuffers(self.interp, "prefill")
+        self.tokens = TokenTable(self.interp, self._decode._sub, self.vocab_size, int(cfg["model"]["n_embd"]))
         C, P = self.max_context, self.prefill_len
         causal = np.triu(np.full((P, P), MASK_EMPTY, np.float32), k=1)  # (P, P): token t sees tokens <= t
         self._prefill_self_mask = causal
@@ -124,9 +160,9 @@ class KVCacheSession:
                     pk[l][:, a:start, :] = dk[l][:, a:start, :]
                     pv[l][:, a:start, :] = dv[l][:, a:start, :]
                 self._prefill_synced = start
-            tokens = pre["tokens"]
-            tokens[:] = 0
-            tokens[:n] = chunk
+            embeds = pre["embeds"]  # (P, E); rows past n are padding whose outputs are ignored
+            embeds[n:] = 0.0
+            self.tokens.rows(chunk, embeds)
             pre["positions"][:] = np.minimum(np.arange(start, start + P), C - 1)
             mask = pre["mask"]  # (P, C+P)
             mask[:, :C] = MASK_EMPTY
@@ -147,7 +183,7 @@ class KVCacheSession:
         if pos >= self.max_context:
             raise RuntimeLiteshipError(f"the context of {self.max_context} tokens is full")
         dec = self._decode.inputs
-        dec["token"][0] = token
+        self.tokens.rows(np.array([token]), dec["embeds"])
         dec["position"][0] = pos
         self._decode.invoke()
         o = self._decode.outputs

@@ -3,9 +3,9 @@
 Two functions share one set of variables (exported as a SavedModel with variables, so the converter never holds the
 weights as embedded graph constants):
 
-  prefill(tokens[P], positions[P], mask[P, C+P], k_0..k_{L-1}[H, C, hd], v_0..v_{L-1}[H, C, hd])
+  prefill(embeds[P, E], positions[P], mask[P, C+P], k_0..k_{L-1}[H, C, hd], v_0..v_{L-1}[H, C, hd])
       -> logits[P, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
-  decode(token[1], position[1], mask[1, C+1], k_i, v_i as above)
+  decode(embeds[1, E], position[1], mask[1, C+1], k_i, v_i as above)
       -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
 
 C is the static max_context, P the static prefill chunk, L layers, H heads, hd head size, V vocab.
@@ -19,7 +19,11 @@ Why this layout (measured, see docs/gpt2_kv_cache.md):
   new token(s) attending to themselves through a separate [.., T] block, so the new K/V never has to be in the cache
   before the step that produces it.
 - Weights for matrix products are stored [out, in] (FULLY_CONNECTED's own layout) so the converter folds no
-  transposes; the LM head is the token embedding itself (tied), used by FULLY_CONNECTED and GATHER alike.
+  transposes.
+- The token embedding table exists once, as the tied LM head's FULLY_CONNECTED weight. The runtime looks token rows
+  up in that very tensor (dequantizing one row) and passes them in as `embeds`: a GATHER in the graph made the
+  dynamic-int8 converter store a second, per-tensor int8 copy of the 50257 x 768 table (and older recipes a
+  whole-table DEQUANTIZE per step).
 """
 
 from __future__ import annotations
@@ -128,9 +132,9 @@ class GPT2TF(tf.Module):
         x = x + self._linear(self._act(self._linear(h, f"h.{i}.mlp.c_fc")), f"h.{i}.mlp.c_proj")
         return x, k, v
 
-    def forward(self, tokens, positions, mask, k_caches, v_caches):
+    def forward(self, embeds, positions, mask, k_caches, v_caches):
         wte = self._w("wte.weight")
-        x = tf.gather(wte, tokens) + tf.gather(self._w("wpe.weight"), positions)  # (T, E)
+        x = embeds + tf.gather(self._w("wpe.weight"), positions)  # (T, E)
         ks, vs = [], []
         for i in range(self.cfg.n_layer):
             x, k, v = self._block(i, x, k_caches[i], v_caches[i], mask)
@@ -143,8 +147,8 @@ class GPT2TF(tf.Module):
     def input_signature(self, T: int) -> list:
         cfg = self.cfg
         (kshape, vshape) = cache_shapes(cfg, self.C)
-        names = ("token", "position") if T == 1 else ("tokens", "positions")
-        specs = [tf.TensorSpec((T,), tf.int32, name=names[0]), tf.TensorSpec((T,), tf.int32, name=names[1]),
+        specs = [tf.TensorSpec((T, cfg.n_embd), tf.float32, name="embeds"),
+                 tf.TensorSpec((T,), tf.int32, name="position" if T == 1 else "positions"),
                  tf.TensorSpec((T, self.C + T), tf.float32, name="mask")]
         specs += [tf.TensorSpec(kshape, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)]
         specs += [tf.TensorSpec(vshape, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]

@@ -89,21 +89,24 @@ def test_bundle_carries_signatures_tokenizer_and_generation_config(tmp_path_fact
              for s in ("prefill", "decode")}
     assert specs["decode"]["mask"]["shape"] == [1, C + 1] and specs["prefill"]["mask"]["shape"] == [P, C + P]
     assert specs["decode"]["k_1"]["shape"] == [2, C, 16] and specs["decode"]["v_1"]["shape"] == [2, C, 16]
-    assert specs["decode"]["logits"]["shape"] == [1, 300]
+    assert specs["decode"]["logits"]["shape"] == [1, 300] and specs["decode"]["embeds"]["shape"] == [1, 32]
     assert specs["prefill"]["k_new"]["shape"] == [2, 2, P, 16]
 
 
-def test_int8_embedding_is_gathered_not_dequantized_whole(tmp_path_factory):
-    """Regression (issue 3 prototype): an int8 token table must not be DEQUANTIZEd as a whole on every step."""
+@pytest.mark.parametrize("quant,dtype", [("fp32", "float32"), ("dynamic-int8", "int8")])
+def test_token_table_is_stored_once_and_never_dequantized_whole(tmp_path_factory, quant, dtype):
+    """Regressions: an in-graph GATHER made the int8 converter store a second (per-tensor) copy of the 50257 x 768
+    table, and an earlier prototype DEQUANTIZEd the whole table every step. The tied table must be one buffer,
+    used only by the LM head, with no float32 [V, E] tensor beside an int8 one."""
     from liteship.runtime.tflite_file import read_model
 
-    root = gpt2_bundles(tmp_path_factory, quants=("dynamic-int8",))
-    model = read_model(root / "gpt2-dynamic-int8" / "model.tflite")
-    big = [t for sg in model.subgraphs for t in sg.tensors if t.shape == [300, 32]]
-    assert big and all(t.dtype == "int8" for t in big), "the tied table should be stored once, in int8"
-    for sg in model.subgraphs:
-        float_tables = [t for t in sg.tensors if t.shape == [300, 32] and t.dtype == "float32"]
-        assert not float_tables, f"{sg.name}: a float32 copy of the token table exists (a whole-table DEQUANTIZE)"
+    root = gpt2_bundles(tmp_path_factory, quants=(quant,))
+    model = read_model(root / f"gpt2-{quant}" / "model.tflite")
+    tables = [t for sg in model.subgraphs for t in sg.tensors if t.shape == [300, 32]]
+    assert {t.buffer for t in tables} and len({t.buffer for t in tables}) == 1, "more than one copy of the table"
+    assert {t.dtype for t in tables} == {dtype}
+    if dtype == "int8":
+        assert len(tables[0].scale) == 300, "per-row scales, so one row can be dequantized on its own"
 
 
 def test_added_tokens_checkpoint_converts_and_matches(tmp_path):
