@@ -272,3 +272,10 @@ def test_benchmark_model_runner_on_the_local_target(tiny_bundle, tmp_path):
     assert entry["bench"]["runs"] == 4
     assert entry["bench"]["graph"] == str(tiny_bundle / "model.tflite")  # used where it is, not copied
     assert entry["push"] is None
+
+
+def test_long_runs_come_back_whole(tiny_bundle, tmp_path):
+    """Regression: results were read with `tail -c 256 KiB`, which cut the JSON of a run with many samples."""
+    [entry] = bench_targets(tiny_bundle, ["local"], _settings(runs=30000, warmup=0, workdir=str(tmp_path)))["results"]
+    assert entry["ok"], entry["error"]
+    assert len(entry["bench"]["latency_ms"]["samples"]) == 30000
