@@ -6,6 +6,7 @@ Everything it needs is made under ``root``: host key, user key, authorized_keys,
 - ``board``:         the normal case; its known_hosts holds the server's real host key.
 - ``board-unknown``: known_hosts is empty -> BatchMode must refuse the unknown host.
 - ``board-changed``: known_hosts holds a different key for the same host:port -> OpenSSH refuses the changed key.
+- ``board-via-jump``: the same server reached through ``ProxyJump board`` (a bastion in front of a board).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ LogLevel VERBOSE
         self.config.write_text(
             f"Host board\n{common}  UserKnownHostsFile {self.root}/known_hosts\n\n"
             f"Host board-unknown\n{common}  UserKnownHostsFile {self.root}/known_hosts_empty\n\n"
-            f"Host board-changed\n{common}  UserKnownHostsFile {self.root}/known_hosts_changed\n"
+            f"Host board-changed\n{common}  UserKnownHostsFile {self.root}/known_hosts_changed\n\n"
+            f"Host board-via-jump\n{common}  UserKnownHostsFile {self.root}/known_hosts\n  ProxyJump board\n"
         )
 
     # --- lifetime -------------------------------------------------------------------------------------------

@@ -145,3 +145,14 @@ def test_registry_opens_ssh_lazily_and_rejects_unknown_kinds():
     with pytest.raises(DeviceError, match="unknown device 'usb:1'"):
         open_target("usb:1")
     assert isinstance(open_target("ssh:somewhere", multiplex=False), SSHTarget)
+
+
+def test_proxyjump_from_the_users_config_is_honoured(ssh_env, tmp_path):
+    logins = ssh_env.log.read_text().count("Accepted publickey")
+    with open_target("ssh:board-via-jump", workdir=str(tmp_path)) as target:
+        assert target.run(["echo", "through the jump host"]).stdout == "through the jump host\n"
+        assert ssh_env.log.read_text().count("Accepted publickey") == logins + 2  # the jump host, then the board
+        src = tmp_path / "f.bin"
+        src.write_bytes(os.urandom(10_000))
+        target.put(src, str(tmp_path / "g.bin"))
+    assert (tmp_path / "g.bin").read_bytes() == src.read_bytes()
