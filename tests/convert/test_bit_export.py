@@ -244,3 +244,24 @@ def test_cli_converts_and_reports_errors_in_one_line(npz, tmp_path):
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["quantization"] == "fp16"
     result = runner.invoke(command, [str(npz), "--out", str(tmp_path / "c"), "--variant", "R51x1"])
     assert isinstance(result.exception, ConvertError) and "R51x1" in str(result.exception)
+
+
+def test_runtime_on_a_photo_equals_bits_own_eval_pipeline(bundles, npz, calibration):
+    """The contract with the runtime, end to end: `liteship run bit` on a PNG of any size must equal BiT's eval
+    input pipeline (input_pipeline_tf2_or_jax.py: tf.image.resize to the input size, (x - 127.5) / 127.5) fed to
+    the tf_keras model. The runtime never sees TensorFlow; it only follows the manifest's preprocessing block."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from liteship.runtime.classify import ImageClassifier
+
+    path = calibration / "chelsea.png"  # 451x300 cat photo from scikit-image
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    x = (tf.image.resize(pixels[None], [SIZE, SIZE]).numpy() - 127.5) / 127.5
+    logits = build_keras(load_checkpoint(npz, "tiny"), image_size=SIZE)(x).numpy()[0]
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    (prediction,) = ImageClassifier(bundles["fp32"]).classify([str(path)], top_k=3)
+    top = prediction.to_dict()["top_k"]
+    assert [t["index"] for t in top] == list(np.argsort(-probs)[:3])
+    # float32 resize arithmetic in numpy vs TF plus 1e-6-level model differences; probabilities agree to 1e-4.
+    np.testing.assert_allclose([t["score"] for t in top], np.sort(probs)[::-1][:3], atol=1e-4)
