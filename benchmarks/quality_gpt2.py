@@ -311,16 +311,16 @@ def main(argv=None) -> int:
     ]
     for r in rows:
         if r["quant"] is None:
-            rel = f"{(r['ppl'] / fp32 - 1) * 100:+.4f}%" if fp32 else "-"
-            lines.append(f"| {r['name']} | - | - | {r['ppl']:.4f} | {rel} | - | - |")
+            rel = f"{(r['ppl'] / fp32 - 1) * 100:+.5f}%" if fp32 else "-"
+            lines.append(f"| {r['name']} | - | - | {r['ppl']:.5f} | {rel} | - | - |")
             continue
         rel = r["ppl"] / fp32 - 1
         target = TARGETS[r["quant"]]
         against = "PyTorch" if r["quant"] == "fp32" else "fp32"
         value = r["ppl"] / ppl_pt - 1 if r["quant"] == "fp32" else rel
         verdict = "PASS" if abs(value) <= target else "FAIL"
-        lines.append(f"| {r['name']} | {r['size'] / 1e6:.2f} MB | {r['convert_s']:.1f} | {r['ppl']:.4f} | "
-                     f"{rel * 100:+.4f}% | within {target * 100:g}% of {against}: {verdict} ({value * 100:+.4f}%) | "
+        lines.append(f"| {r['name']} | {r['size'] / 1e6:.2f} MB | {r['convert_s']:.1f} | {r['ppl']:.5f} | "
+                     f"{rel * 100:+.5f}% | within {target * 100:g}% of {against}: {verdict} ({value * 100:+.5f}%) | "
                      f"{r['max_logit_diff']:.2e} |")
     unigram = unigram_perplexity(train_stream, held_stream, tok.vocab_size)
     lines += ["", f"Reference: a unigram model of the training tokens scores {unigram:.1f} on the held-out tokens."]
