@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def _transformers():
     return pytest.importorskip("transformers")  # the reference; the runtime itself never imports it
 
+
 PLAIN_ADDED = ["<|user|>", " liteship", "Python3", "数据"]
 FLAGGED_ADDED = [
     {"content": "<mask>", "lstrip": True, "rstrip": True},
