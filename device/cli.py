@@ -21,12 +21,34 @@ def _progress(message: str) -> None:
     click.echo(message, err=True)
 
 
+def adb_options(fn):
+    """Options for Android targets; other kinds ignore them. They reach the target as open_target() options."""
+    options = [
+        click.option("--adb-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="adb private key (default ~/.android/adbkey; created 0600 if absent)."),
+        click.option("--adb-auth-timeout", type=float, default=None, metavar="S",
+                     help="Seconds to wait for 'Allow USB debugging?' to be accepted on the phone (default 60)."),
+        click.option("--adb-timeout", type=float, default=None, metavar="S",
+                     help="Seconds one adb command may run when liteship sets no limit of its own (default 900)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def target_options(adb_key, adb_auth_timeout, adb_timeout) -> dict:
+    given = {"adb_key": adb_key, "auth_timeout_s": adb_auth_timeout, "command_timeout_s": adb_timeout}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 @click.command("probe")
 @click.argument("target", metavar="TARGET")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
 @click.option("--workdir", default=None, help="Working folder on the device (default: the target's own).")
 @click.option("--python", "python", default=None, help="The device's Python interpreter to check (default python3).")
-def probe(target: str, as_json: bool, workdir: str | None, python: str | None) -> None:
+@adb_options
+def probe(target: str, as_json: bool, workdir: str | None, python: str | None, adb_key, adb_auth_timeout,
+          adb_timeout) -> None:
     """Say what a device is: model, SoC, ABI, cores, OS, free storage, Python/TFLite, thermal zones.
 
     TARGET is local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL or adb:HOST:PORT.
@@ -35,7 +57,7 @@ def probe(target: str, as_json: bool, workdir: str | None, python: str | None) -
     from .probe import format_probe
     from .probe import probe as run_probe
 
-    with open_target(target) as device:
+    with open_target(target, **target_options(adb_key, adb_auth_timeout, adb_timeout)) as device:
         default_python = sys.executable if device.kind == "local" else "python3"
         facts = run_probe(device, workdir=workdir, python=python or default_python)
     click.echo(json.dumps(facts, indent=2) if as_json else format_probe(facts))
@@ -47,7 +69,9 @@ def probe(target: str, as_json: bool, workdir: str | None, python: str | None) -
 @click.option("--workdir", default=None, help="Working folder on the device (default: the target's own).")
 @click.option("--name", default=None, help="Name of the bundle on the device (default: its folder name).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was sent as JSON.")
-def push(bundle: Path, target: str, workdir: str | None, name: str | None, as_json: bool) -> None:
+@adb_options
+def push(bundle: Path, target: str, workdir: str | None, name: str | None, as_json: bool, adb_key,
+         adb_auth_timeout, adb_timeout) -> None:
     """Copy BUNDLE to TARGET, verify every file's sha256 there, and place it atomically.
 
     Files already on the device with the same hash are not sent again. A dropped connection, a full disk or a
@@ -56,7 +80,7 @@ def push(bundle: Path, target: str, workdir: str | None, name: str | None, as_js
     from .base import open_target
     from .push import push_bundle
 
-    with open_target(target) as device:
+    with open_target(target, **target_options(adb_key, adb_auth_timeout, adb_timeout)) as device:
         result = push_bundle(device, bundle, workdir=workdir, name=name, progress=_progress)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -99,8 +123,10 @@ def kinds() -> None:
               help="Write all results (liteship.device-bench/1) to this file ('-': stdout, the report to stderr).")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the Markdown report to this file.")
+@adb_options
 def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
-          python, signature, backend, delegate, workdir, json_out, report_out) -> None:
+          python, signature, backend, delegate, workdir, json_out, report_out, adb_key, adb_auth_timeout,
+          adb_timeout) -> None:
     """Benchmark BUNDLE on this host or on phones and boards: init, first inference, latency percentiles,
     peak memory, GPT-2 tok/s, with the device's facts.
 
@@ -113,7 +139,8 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
                              benchmark_binary=benchmark_binary, python=python, signature=signature,
                              backend=backend, delegate=delegate, workdir=workdir)
-    document = bench_targets(bundle, list(devices) or ["local"], settings, progress=_progress)
+    document = bench_targets(bundle, list(devices) or ["local"], settings, progress=_progress,
+                             target_options=target_options(adb_key, adb_auth_timeout, adb_timeout))
     report = markdown_report(document)
     to_stdout = json_out is not None and str(json_out) == "-"
     if json_out and not to_stdout:

@@ -40,11 +40,12 @@ COMMANDS: dict[str, dict[str, str]] = {
     "device": {
         "probe": "liteship.device.cli:probe",
         "push": "liteship.device.cli:push",
+        "kinds": "liteship.device.cli:kinds",
     },
 }
 TOP_LEVEL: dict[str, str] = {
     "inspect": "liteship.runtime.cli:inspect",
-    "bench": "liteship.runtime.cli:bench",
+    "bench": "liteship.device.cli:bench",
     "demo": "liteship.demo:command",
 }
 GROUP_HELP = {

@@ -1,4 +1,5 @@
-"""Runtime commands: `liteship inspect`, `liteship run model`, and the host-only `liteship bench`."""
+"""Runtime commands: `liteship inspect` and `liteship run model` (`liteship bench` lives in device/cli.py:
+the host is the `local` device)."""
 
 from __future__ import annotations
 
@@ -138,26 +139,3 @@ def run_model(bundle: Path, inputs, signature, threads, backend, delegate, outpu
         preview = np.array2string(flat[:10], precision=4, separator=", ")
         click.echo(f"{name}: {value.dtype}{list(value.shape)} {preview}{' ...' if flat.size > 10 else ''}"
                    + (f"  argmax {int(flat.argmax())}" if value.ndim == 2 and value.shape[0] == 1 else ""))
-
-
-@click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--runs", type=int, default=50, show_default=True)
-@click.option("--warmup", type=int, default=5, show_default=True)
-@click.option("--threads", type=int, default=None)
-@click.option("--backend", default="auto")
-@click.option("--delegate", default=None)
-@click.option("--signature", default=None)
-@click.option("--json", "json_out", default=None, metavar="PATH", help="Write the result JSON here ('-': stdout).")
-def bench(bundle, runs, warmup, threads, backend, delegate, signature, json_out) -> None:
-    """Benchmark a bundle on this host: init, first inference, latency percentiles, peak RSS."""
-    from liteship.runtime.bench import benchmark, format_table, write_json_atomic
-
-    result = benchmark(bundle, runs=runs, warmup=warmup, threads=threads, backend=backend, delegate=delegate,
-                       signature=signature)
-    if json_out == "-":
-        click.echo(json.dumps(result))
-        return
-    if json_out:
-        write_json_atomic(json_out, result)
-    click.echo(format_table(result))

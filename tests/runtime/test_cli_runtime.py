@@ -50,10 +50,14 @@ def test_run_model_with_a_wrong_input_shape(fixture_bundles, tmp_path):
     assert proc.returncode == 1 and "has shape (5, 5)" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_bench_json_file_is_written_atomically(fixture_bundles, tmp_path):
+def test_bench_on_the_host_writes_json_atomically(fixture_bundles, tmp_path, monkeypatch):
+    """`liteship bench` with no --device runs on the host (the `local` device)."""
+    monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "r.json"
     proc = liteship("bench", fixture_bundles / "classifier-fp32", "--runs", "4", "--json", out)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(out.read_text())["runs"] == 4
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["ok"] and entry["target"] == "local"
+    assert entry["bench"]["runs"] == 4 and len(entry["bench"]["latency_ms"]["samples"]) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "r.json"]
     assert "p50" in proc.stdout
