@@ -15,7 +15,8 @@ What runs, in one process, and why each step is the real user path:
    are exactly what a BiT checkpoint holds.
 3. Checkpoint: the trained weights are saved as a BiT .npz in the original release's naming ("resnet/block1/...").
 4. Conversion: `liteship.convert.bit.export.export_bit` (what `liteship convert bit` runs) turns that .npz into
-   fp32, fp16, dynamic-int8 and int8 bundles (int8 also with int8 input/output). int8 is calibrated on a shuffled sample of *training* images only.
+   fp32, fp16, dynamic-int8 and int8 bundles (int8 also with int8 input/output, and int8x16, and int8 with the
+   alternative GroupNorm lowering). The calibrated modes see a shuffled sample of *training* images only.
 5. Evaluation: `liteship.runtime.classify.evaluate` (what `liteship eval bit` runs) reads the test PNGs back from
    disk through the runtime's decoder and preprocessing and the LiteRT interpreter.
 
@@ -36,10 +37,19 @@ from pathlib import Path
 
 import numpy as np
 
-# (quantization, model input/output type): the four modes, and int8 with integer I/O as an Edge TPU would run it
-# (the runtime then quantizes the image and dequantizes the logits itself).
-VARIANTS = (("fp32", "float32"), ("fp16", "float32"), ("dynamic-int8", "float32"), ("int8", "float32"),
-            ("int8", "int8"))
+# (row name, quantization, model input/output type, GroupNorm lowering or None for export_bit's default).
+# The four modes; int8 with integer I/O as an Edge TPU runs it (the runtime quantizes the image and dequantizes
+# the logits); int8x16 (16-bit activations); and int8 with the other pure-int8 GroupNorm lowering, because the
+# default one loses more in int8 on this model (see the logit cosine column).
+VARIANTS = (
+    ("fp32", "fp32", "float32", None),
+    ("fp16", "fp16", "float32", None),
+    ("dynamic-int8", "dynamic-int8", "float32", None),
+    ("int8", "int8", "float32", None),
+    ("int8 (int8 I/O)", "int8", "int8", None),
+    ("int8x16", "int8x16", "float32", None),
+    ("int8, GroupNorm 'reshape' lowering", "int8", "float32", "reshape"),
+)
 RESULTS = Path(__file__).resolve().parent / "results" / "bit_accuracy.md"
 SEED = 0
 
@@ -138,9 +148,11 @@ def save_bit_npz(model, config, path: Path) -> None:
 
 
 def train(model, x, y, *, epochs: int, minutes: float, batch_size: int, learning_rate: float) -> dict:
+    import tensorflow as tf
     import tf_keras
 
     tf_keras.utils.set_random_seed(SEED)
+    tf.config.experimental.enable_op_determinism()  # same weights on every run of this script on one machine
     steps = epochs * int(np.ceil(len(x) / batch_size))
     schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     model.compile(optimizer=tf_keras.optimizers.Adam(schedule),
@@ -165,32 +177,35 @@ def train(model, x, y, *, epochs: int, minutes: float, batch_size: int, learning
 
 
 def evaluate_variants(npz: Path, config, data: dict, image_size: int, out: Path, threads: int | None,
-                      keras_top1: dict) -> list[dict]:
+                      x_test: np.ndarray, keras_logits: np.ndarray) -> list[dict]:
     from liteship.convert.bit.export import export_bit
-    from liteship.runtime.classify import ImageClassifier, Prediction, evaluate
+    from liteship.runtime.classify import ImageClassifier, evaluate
 
     rows, fp32_bundle = [], None
-    for quant, io_type in VARIANTS:
-        started = time.monotonic()
-        name = quant if io_type == "float32" else f"{quant} ({io_type} I/O)"
-        bundle = export_bit(npz, out / f"digits-bit-{quant}-{io_type}", variant=config, quant=quant,
-                            calibration=data["calibration"] if quant == "int8" else None, labels=data["labels"],
-                            image_size=image_size, input_range="-1,1", calibration_limit=None, io_type=io_type)
-        convert_seconds = time.monotonic() - started
+    for name, quant, io_type, groupnorm in VARIANTS:
+        options = {"groupnorm": groupnorm} if groupnorm else {}
+        calibrated = quant.startswith("int8") and quant != "dynamic-int8"
+        bundle = export_bit(npz, out / name.replace(" ", "-").replace("'", "").replace(",", "").replace("/", ""),
+                            variant=config, quant=quant, calibration=data["calibration"] if calibrated else None,
+                            labels=data["labels"], image_size=image_size, input_range="-1,1",
+                            calibration_limit=None, io_type=io_type, **options)
         fp32_bundle = fp32_bundle or bundle
         result = evaluate(bundle, data["test_dir"], reference_bundle=None if quant == "fp32" else fp32_bundle,
                           threads=threads)
-        predictions = [p for p in ImageClassifier(bundle, threads=threads).classify_folder(data["test_dir"], top_k=1)
-                       if isinstance(p, Prediction)]
-        agree_keras = np.mean([p.index == keras_top1[p.source] for p in predictions])
+        logits = ImageClassifier(bundle, threads=threads).outputs(x_test)  # (N, 10), dequantized
+        cosine = np.sum(logits * keras_logits, -1) / (
+            np.linalg.norm(logits, axis=-1) * np.linalg.norm(keras_logits, axis=-1))
         reference = result.get("reference") or {}
         rows.append({
-            "variant": name, "accuracy": result["accuracy"], "images": result["images"],
-            "skipped": len(result["skipped"]), "size": (bundle / "model.tflite").stat().st_size,
-            "agree_fp32": reference.get("top1_agreement", 1.0), "agree_keras": float(agree_keras),
-            "convert_seconds": convert_seconds,
+            "variant": name, "quant": quant, "default_lowering": groupnorm is None, "accuracy": result["accuracy"],
+            "images": result["images"], "skipped": len(result["skipped"]),
+            "size": (bundle / "model.tflite").stat().st_size,
+            "agree_fp32": reference.get("top1_agreement", 1.0),
+            "agree_keras": float(np.mean(logits.argmax(-1) == keras_logits.argmax(-1))),
+            "cosine": float(cosine.mean()),
         })
-        print(f"  {name}: accuracy {result['accuracy']:.4f}", file=sys.stderr)
+        print(f"  {name}: accuracy {result['accuracy']:.4f}, logit cosine vs Keras {cosine.mean():.5f}",
+              file=sys.stderr)
     return rows
 
 
@@ -203,27 +218,29 @@ def markdown(rows: list[dict], keras: dict, info: dict) -> str:
         f"- data: {info['train']} train / {info['test']} test images (stratified 75/25, seed {SEED}), 8x8 greyscale "
         f"PNGs upscaled by the bundle's bilinear resize to {info['size']}x{info['size']} RGB, input range [-1, 1]",
         f"- model: liteship.convert.bit tiny BiT ({info['params']:,} parameters), trained from random init with "
-        f"weight-standardized convolutions for {info['epochs']} epochs ({info['seconds']:.0f} s), "
-        f"final train accuracy {info['train_accuracy']:.4f}",
+        f"weight-standardized convolutions for {info['epochs']} epochs ({info['seconds']:.0f} s, deterministic "
+        f"ops, seed {SEED}), final train accuracy {info['train_accuracy']:.4f}",
         "- conversion: BiT .npz in the release naming -> `export_bit` (the `liteship convert bit` path); int8 "
-        f"calibrated on {info['calibration']} training images only; evaluation via `liteship.runtime.classify"
-        ".evaluate` on the test PNGs read back from disk",
+        f"calibrated on {info['calibration']} training images only; accuracy from `liteship.runtime.classify"
+        ".evaluate` (what `liteship eval bit` runs) on the test PNGs read back from disk",
+        "- logit cosine: mean over test images of cos(TFLite logits, tf_keras logits), the finer measure of how much "
+        "a variant changes the model",
         "",
-        "| model | file size | test accuracy | vs Keras (points) | vs fp32 TFLite (points) | top-1 agreement with fp32 "
-        "| top-1 agreement with Keras |",
+        "| model | file size | test accuracy | vs fp32 TFLite (points) | top-1 agreement with fp32 "
+        "| top-1 agreement with Keras | logit cosine vs Keras |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        f"| tf_keras (float32) | - | {100 * keras['accuracy']:.2f}% | - | - | - | - |",
+        f"| tf_keras (float32) | - | {100 * keras['accuracy']:.2f}% | - | - | - | 1 |",
     ]
     for row in rows:
         lines.append(
             f"| TFLite {row['variant']} | {row['size'] / 1024:.0f} KiB | {100 * row['accuracy']:.2f}% | "
-            f"{100 * (row['accuracy'] - keras['accuracy']):+.2f} | {100 * (row['accuracy'] - fp32):+.2f} | "
-            f"{100 * row['agree_fp32']:.2f}% | {100 * row['agree_keras']:.2f}% |"
+            f"{100 * (row['accuracy'] - fp32):+.2f} | {100 * row['agree_fp32']:.2f}% | "
+            f"{100 * row['agree_keras']:.2f}% | {row['cosine']:.5f} |"
         )
-    int8 = min(r["accuracy"] for r in rows if r["variant"].startswith("int8"))  # the worse of the int8 rows
+    int8 = min(r["accuracy"] for r in rows if r["quant"] == "int8" and r["default_lowering"])
     verdict = "met" if fp32 - int8 <= 0.01 else "NOT met"
-    lines += ["", f"Target int8 within 1 point of fp32: {verdict} (worst int8 row {100 * (int8 - fp32):+.2f} points; "
-              f"one test image is {100 / info['test']:.2f} points)."]
+    lines += ["", f"Target int8 (default export) within 1 point of fp32: {verdict} (worst such row "
+              f"{100 * (int8 - fp32):+.2f} points; one test image is {100 / info['test']:.2f} points)."]
     return "\n".join(lines) + "\n"
 
 
@@ -271,12 +288,11 @@ def main(argv=None) -> int:
         trained = train(model, x_train, y_train, epochs=epochs, minutes=minutes, batch_size=32, learning_rate=2e-3)
         logits = model.predict(x_test, batch_size=128, verbose=0)
         keras = {"accuracy": float(np.mean(logits.argmax(-1) == y_test))}
-        keras_top1 = {os.fspath(path): int(k) for (path, _), k in zip(data["test"], logits.argmax(-1))}
         print(f"  tf_keras: accuracy {keras['accuracy']:.4f}", file=sys.stderr)
 
         npz = work / "digits-bit.npz"
         save_bit_npz(model, config, npz)
-        rows = evaluate_variants(npz, config, data, args.image_size, work / "bundles", args.threads, keras_top1)
+        rows = evaluate_variants(npz, config, data, args.image_size, work / "bundles", args.threads, x_test, logits)
         info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
                 "train": len(data["train"]), "test": len(data["test"]), "size": args.image_size,
                 "params": model.count_params(), "calibration": len(list(data["calibration"].iterdir())),
