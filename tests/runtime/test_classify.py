@@ -344,7 +344,6 @@ def random_bit_npz(path, config, seed=0):
     return path
 
 
-@pytest.mark.slow  # ~15 s of CPU (a BiT export) on an idle 2-core machine
 def test_bit_bundle_from_the_bit_converter_matches_its_keras_model(tmp_path):
     """B1's `export_bit` writes the manifest; the runtime reads it back and reproduces the tf_keras BiT."""
     pytest.importorskip("tf_keras")
