@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -22,11 +23,10 @@ from liteship.errors import RuntimeLiteshipError
 def run_command(bundle, image_or_dir, top_k, as_json, threads, backend):
     """Top-k labels for an image, or for every image under a folder.
 
-    BUNDLE is a BiT or other image-classifier bundle. Images are decoded, resized and normalized exactly as the bundle's manifest says. Files that are not
-    images are reported on stderr and skipped. Progress for folders goes to stderr.
+    BUNDLE is a BiT or other image-classifier bundle. Images are decoded, resized and normalized exactly as
+    the bundle's manifest says. Files that are not images are reported on stderr and skipped. Progress for
+    folders goes to stderr.
     """
-    from pathlib import Path
-
     from liteship.runtime.classify import ImageClassifier, Skipped
     from liteship.runtime.images import iter_files
 
@@ -62,7 +62,6 @@ def _print_table(predictions) -> None:
     if not predictions:
         return
     width = max(len(t.label) for p in predictions for t in p.top)
-    width = max(width, len("label"))
     for prediction in predictions:
         click.echo(prediction.source)
         for rank, top in enumerate(prediction.top, 1):
@@ -112,8 +111,6 @@ def eval_command(bundle, labeled_dir, reference, as_json, threads, backend):
 
 
 def _class_dirs(labeled_dir):
-    from pathlib import Path
-
     return [p for p in sorted(Path(labeled_dir).iterdir()) if p.is_dir() and not p.name.startswith(".")]
 
 
