@@ -74,7 +74,13 @@ def load_checkpoint(source: str | Path, variant: str | BiTConfig, *, input_range
 
 def _load_saved_model(path: Path, base: BiTConfig, input_range: str | None, image_size: int | None) -> Checkpoint:
     """Read the SavedModel's variables by name (tf.saved_model.load), rebuild BiT from them, and check the rebuild
-    against the SavedModel's own outputs, which also tells whether it takes [0, 1] or [-1, 1] input."""
+    against the SavedModel's own outputs.
+
+    The module is fed a [0, 1] image (the TF Hub image convention). Our rebuild holds only the weights, not any
+    rescaling the module does inside, so the probe also finds what the weights need: "-1,1" if the module maps
+    [0, 1] to [-1, 1] itself (the BiT weights were trained on [-1, 1]), "0,1" if it passes input straight through.
+    The bundle's preprocessing then states that range, and the bundle reproduces the module on [0, 1] images.
+    """
     import tensorflow as tf
 
     if not (path / "saved_model.pb").is_file():
@@ -126,7 +132,7 @@ def _probe_input_range(loaded, checkpoint: Checkpoint, size: int) -> str:
         errors[name] = float(np.abs(model(normalized).numpy() - expected).max()) / scale
     best = min(errors, key=errors.get)
     if errors[best] > SAVED_MODEL_MATCH_RTOL:
-        raise ConvertError(f"{checkpoint.path}: rebuilding BiT {W._describe(checkpoint.config)} from the "
+        raise ConvertError(f"{checkpoint.path}: rebuilding BiT {W.describe(checkpoint.config)} from the "
                            f"SavedModel's variables does not reproduce its outputs (relative error "
                            f"{errors[best]:.2g}); is it a BiT classifier?")
     return best
@@ -207,16 +213,17 @@ def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1
     size = image_size or config.image_size
     label_bytes = read_labels(labels, config.num_classes) if labels else None
     preprocessing = preprocessing_block(size, checkpoint.input_range)
-    rep = calibration_dataset(calibration, preprocessing, limit=calibration_limit) if calibration else None
-    say(f"building BiT {W._describe(config)} ({config.num_classes} classes) at {size}x{size}")
+    rep = None
+    if quant.needs_calibration:  # read (and check) the images before the slow part
+        rep = calibration_dataset(calibration, preprocessing, limit=calibration_limit)
+    say(f"building BiT {W.describe(config)} ({config.num_classes} classes) at {size}x{size}")
     model = build_keras(checkpoint, image_size=size, groupnorm=groupnorm)
     say(f"converting to TFLite ({quant.value}, io {io_type})")
-    tflite, report = keras_to_tflite(model, quant, representative_dataset=rep if quant.needs_calibration else None,
-                                     io_type=io_type)
+    tflite, report = keras_to_tflite(model, quant, representative_dataset=rep, io_type=io_type)
     from liteship.convert.bundle import hash_source, write_bundle
 
     model_config = {
-        "variant": W._describe(config), "num_classes": config.num_classes, "image_size": size,
+        "variant": W.describe(config), "num_classes": config.num_classes, "image_size": size,
         "block_units": list(config.block_units), "width_factor": config.width_factor,
         "base_width": config.base_width, "num_groups": config.num_groups, "groupnorm_lowering": groupnorm,
         "output": "logits",

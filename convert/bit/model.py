@@ -98,6 +98,11 @@ class GroupNorm(tf_keras.layers.Layer):
         normed = tf.reshape((grouped - mean) * tf.math.rsqrt(var + self.epsilon), (-1, height, width, channels))
         return normed * self.gamma + self.beta
 
+    def get_prunable_weights(self):
+        """tfmot's pruning hook (duck-typed, so no tfmot import): gamma/beta are per-channel scales, never pruned.
+        With it, `prune_low_magnitude(model)` wraps the whole BiT and prunes only the convolutions and the head."""
+        return []
+
     def get_config(self):
         return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon, "lowering": self.lowering}
 

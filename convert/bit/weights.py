@@ -169,22 +169,22 @@ def map_tensors(tensors: dict[str, np.ndarray], config: BiTConfig, source: str
     if unmapped:
         more = f" and {len(unmapped) - 1} more" if len(unmapped) > 1 else ""
         raise ConvertError(f"{source}: unmapped tensor {PREFIX + unmapped[0]!r}{more} (not part of BiT "
-                           f"{_describe(config)}; wrong --variant?)")
+                           f"{describe(config)}; wrong --variant?)")
     missing = [name for name in table if name not in tensors]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise ConvertError(f"{source}: missing tensor {PREFIX + missing[0]!r}{more} for BiT {_describe(config)}")
+        raise ConvertError(f"{source}: missing tensor {PREFIX + missing[0]!r}{more} for BiT {describe(config)}")
     layers: dict[str, dict[str, np.ndarray]] = {}
     for name, target in table.items():
         value = tensors[name]
         if tuple(value.shape) != target.shape:
             raise ConvertError(f"{source}: tensor {PREFIX + name!r} has shape {tuple(value.shape)}, expected "
-                               f"{target.shape} for BiT {_describe(config)} (wrong --variant?)")
+                               f"{target.shape} for BiT {describe(config)} (wrong --variant?)")
         layers.setdefault(target.layer_scope, {})[target.weight] = target.transform(value.astype(np.float32))
     return layers
 
 
-def _describe(config: BiTConfig) -> str:
+def describe(config: BiTConfig) -> str:
     depth = 2 + 3 * sum(config.block_units)
     return f"R{depth}x{config.width_factor}"
 

@@ -43,13 +43,22 @@ def keras_logits(npz, images):
     return build_keras(load_checkpoint(npz, "tiny"), image_size=SIZE, batch_size=None)(images).numpy()
 
 
+class Bundles(dict):
+    """Bundles by quantization mode, each converted on first use and kept for the module."""
+
+    def __init__(self, npz, calibration, out):
+        super().__init__()
+        self.npz, self.calibration, self.out = npz, calibration, out
+
+    def __missing__(self, quant):
+        self[quant] = export_bit(self.npz, self.out / quant, variant="tiny", quant=quant, image_size=SIZE,
+                                 calibration=self.calibration if quant == "int8" else None)
+        return self[quant]
+
+
 @pytest.fixture(scope="module")
 def bundles(npz, calibration, tmp_path_factory):
-    """One bundle per quantization mode, converted once for the module."""
-    out = tmp_path_factory.mktemp("bundles")
-    return {quant: export_bit(npz, out / quant, variant="tiny", quant=quant, image_size=SIZE,
-                              calibration=calibration if quant == "int8" else None)
-            for quant in ("fp32", "fp16", "dynamic-int8", "int8")}
+    return Bundles(npz, calibration, tmp_path_factory.mktemp("bundles"))
 
 
 def run_tflite(bundle, images):
@@ -100,6 +109,7 @@ def test_fp32_tflite_matches_keras(bundles, images, keras_logits):
     np.testing.assert_allclose(got, keras_logits, atol=1e-5 * np.abs(keras_logits).max())
 
 
+@pytest.mark.slow  # one tiny conversion each, ~10-20 s on 2 busy cores
 def test_fp16_within_tolerance_on_real_images(bundles, images, keras_logits):
     got = run_tflite(bundles["fp16"], images)
     scale = np.abs(keras_logits).max()
@@ -108,6 +118,7 @@ def test_fp16_within_tolerance_on_real_images(bundles, images, keras_logits):
     assert np.array_equal(got.argmax(1), keras_logits.argmax(1))
 
 
+@pytest.mark.slow  # one tiny conversion each, ~10-20 s on 2 busy cores
 def test_dynamic_int8_within_tolerance_on_real_images(bundles, images, keras_logits):
     got = run_tflite(bundles["dynamic-int8"], images)
     # int8 weights, activations quantized per batch at run time: measured 7e-2 of the logit scale and cosine
@@ -116,6 +127,7 @@ def test_dynamic_int8_within_tolerance_on_real_images(bundles, images, keras_log
     assert cosines(got, keras_logits).min() >= 0.99
 
 
+@pytest.mark.slow  # one tiny conversion each, ~10-20 s on 2 busy cores
 def test_int8_within_tolerance_on_real_images(bundles, images, keras_logits):
     got = run_tflite(bundles["int8"], images)
     # Full int8 calibrated on 6 photos, evaluated on 5 of them at 64x64, where block4 maps are 2x2 so GroupNorm
@@ -126,6 +138,7 @@ def test_int8_within_tolerance_on_real_images(bundles, images, keras_logits):
     assert (got.argmax(1) == keras_logits.argmax(1)).mean() >= 0.8
 
 
+@pytest.mark.slow  # one tiny conversion each, ~10-20 s on 2 busy cores
 def test_int8_is_fully_integer_and_xnnpack_takes_all_but_rsqrt(bundles):
     manifest = json.loads((bundles["int8"] / "manifest.json").read_text())
     ops = manifest["conversion"]["op_counts"]
@@ -150,12 +163,14 @@ def test_manifest_preprocessing_block_is_exact(bundles):
     assert manifest["source"]["format"] == "bit-npz"
 
 
+@pytest.mark.slow  # one tiny conversion each, ~10-20 s on 2 busy cores
 def test_int8_size_ratio(bundles):
     sizes = {q: (b / "model.tflite").stat().st_size for q, b in bundles.items()}
     assert sizes["int8"] <= 0.3 * sizes["fp32"]  # int8 weights: ~1/4 of fp32 plus per-channel scales
     assert sizes["fp16"] <= 0.55 * sizes["fp32"]
 
 
+@pytest.mark.slow  # one tiny conversion each, ~10-20 s on 2 busy cores
 def test_uint8_io_for_edge_tpu(npz, calibration, images, keras_logits, tmp_path):
     bundle = export_bit(npz, tmp_path / "u8", variant="tiny", quant="int8", io_type="uint8", image_size=SIZE,
                         calibration=calibration)
@@ -168,12 +183,8 @@ def test_uint8_io_for_edge_tpu(npz, calibration, images, keras_logits, tmp_path)
     assert cosines(got, keras_logits).min() >= 0.95  # same bound as float-io int8
 
 
-def test_labels_asset(npz, tmp_path):
+def test_labels_must_match_the_head(npz, tmp_path):
     labels = tmp_path / "labels.txt"
-    labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
-    bundle = export_bit(npz, tmp_path / "b", variant="tiny", image_size=SIZE, labels=labels)
-    assert (bundle / "assets" / "labels.txt").read_text().splitlines()[3] == "class 3"
-    assert json.loads((bundle / "manifest.json").read_text())["assets"] == {"labels": "assets/labels.txt"}
     labels.write_text("a\nb\n")
     with pytest.raises(ConvertError, match="has 2 labels but the checkpoint head has 10 classes"):
         export_bit(npz, tmp_path / "c", variant="tiny", image_size=SIZE, labels=labels)
@@ -200,6 +211,7 @@ def test_bad_sources_name_the_problem(tmp_path):
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
 
 
+@pytest.mark.slow  # saves a SavedModel, runs it, converts: ~20 s per case
 @pytest.mark.parametrize("module_range,expected_range", [((0.0, 1.0), [-1, 1]), ((-1.0, 1.0), [0, 1])])
 def test_hub_style_saved_model_source(tmp_path, module_range, expected_range):
     """A SavedModel is read by variable names, rebuilt, and checked against its own outputs. A module that takes
@@ -237,11 +249,15 @@ def test_cli_converts_and_reports_errors_in_one_line(npz, tmp_path):
 
     from liteship.convert.bit.cli import command
 
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
     runner = CliRunner()
-    result = runner.invoke(command, [str(npz), "--out", str(tmp_path / "b"), "--variant", "tiny",
-                                     "--image-size", str(SIZE), "--quant", "fp16"])
+    result = runner.invoke(command, [str(npz), "--out", str(tmp_path / "b"), "--variant", "BiT-M-tiny",
+                                     "--image-size", str(SIZE), "--quant", "fp16", "--labels", str(labels)])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["quantization"] == "fp16"
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["quantization"] == "fp16" and manifest["assets"] == {"labels": "assets/labels.txt"}
+    assert (tmp_path / "b" / "assets" / "labels.txt").read_text().splitlines()[3] == "class 3"
     result = runner.invoke(command, [str(npz), "--out", str(tmp_path / "c"), "--variant", "R51x1"])
     assert isinstance(result.exception, ConvertError) and "R51x1" in str(result.exception)
 
@@ -265,3 +281,16 @@ def test_runtime_on_a_photo_equals_bits_own_eval_pipeline(bundles, npz, calibrat
     assert [t["index"] for t in top] == list(np.argsort(-probs)[:3])
     # float32 resize arithmetic in numpy vs TF plus 1e-6-level model differences; probabilities agree to 1e-4.
     np.testing.assert_allclose([t["score"] for t in top], np.sort(probs)[::-1][:3], atol=1e-4)
+
+
+def test_pruning_can_wrap_the_whole_model():
+    """The pruning issue wraps the re-authored BiT with tfmot; GroupNorm must not block it (nor be pruned)."""
+    tfmot = pytest.importorskip("tensorflow_model_optimization")
+    from liteship.convert.bit.model import build_model
+
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(build_model(tiny()))
+    wrapped = {layer.layer.__class__.__name__ for layer in pruned.layers
+               if isinstance(layer, tfmot.sparsity.keras.PruneLowMagnitude)}
+    assert {"Conv2D", "Dense", "GroupNorm"} <= wrapped
+    norm = next(layer for layer in pruned.layers if getattr(layer, "layer", None).__class__.__name__ == "GroupNorm")
+    assert norm.layer.get_prunable_weights() == []
