@@ -76,7 +76,7 @@ def collect_samples(source: str | Path, input_spec: dict, *, preprocess: Callabl
     if images:
         if preprocess is None:
             raise ConvertError(f"{source} holds images, but this model has no image preprocessing; give .npy arrays")
-        for path in images:
+        for path in spread(images, limit):  # decode only what will be used
             arr = np.asarray(preprocess(path), dtype=np.float32)
             try:
                 samples.extend(_samples(arr, expected))
@@ -85,7 +85,15 @@ def collect_samples(source: str | Path, input_spec: dict, *, preprocess: Callabl
                     f"calibration image {path} preprocessed to shape {arr.shape}, expected {expected}") from None
     if not samples:
         raise ConvertError(f"no calibration samples in {source} (looked for .npy/.npz arrays and images)")
-    return samples[:limit] if limit else samples
+    return spread(samples, limit)
+
+
+def spread(items: list, limit: int | None) -> list:
+    """At most ``limit`` items evenly spaced over the list (deterministic). Files come sorted, so a folder per
+    class would otherwise calibrate on the first classes only."""
+    if not limit or len(items) <= limit:
+        return items
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
 
 
 def representative_dataset(source: str | Path, input_spec: dict, *, preprocess: Callable | None = None,
