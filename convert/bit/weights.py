@@ -13,7 +13,6 @@ the SavedModel's own outputs before trusting it.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import zipfile
 from dataclasses import dataclass

@@ -171,14 +171,17 @@ def test_int8_size_ratio(bundles):
 
 
 @pytest.mark.slow  # one tiny conversion each, ~10-20 s on 2 busy cores
-def test_uint8_io_for_edge_tpu(npz, calibration, images, keras_logits, tmp_path):
-    bundle = export_bit(npz, tmp_path / "u8", variant="tiny", quant="int8", io_type="uint8", image_size=SIZE,
+@pytest.mark.parametrize("io_type,zero_point", [("uint8", 127), ("int8", -1)])
+def test_integer_io_for_edge_tpu(npz, calibration, images, keras_logits, tmp_path, io_type, zero_point):
+    bundle = export_bit(npz, tmp_path / io_type, variant="tiny", quant="int8", io_type=io_type, image_size=SIZE,
                         calibration=calibration)
     manifest = json.loads((bundle / "manifest.json").read_text())
     (inp,) = manifest["signatures"]["serving_default"]["inputs"]
     (out,) = manifest["signatures"]["serving_default"]["outputs"]
-    assert inp["dtype"] == "uint8" and out["dtype"] == "uint8" and manifest["io_type"] == "uint8"
-    assert inp["quantization"]["scale"] == pytest.approx(2 / 255, rel=1e-3)  # [-1, 1] over 256 steps
+    assert inp["dtype"] == io_type and out["dtype"] == io_type and manifest["io_type"] == io_type
+    # [-1, 1] over 256 steps; the zero point puts pixel p at about q = p (uint8) or p - 128 (int8)
+    assert inp["quantization"]["scale"] == pytest.approx(2 / 255, rel=1e-3)
+    assert inp["quantization"]["zero_point"] == zero_point
     got = run_tflite(bundle, images)
     assert cosines(got, keras_logits).min() >= 0.95  # same bound as float-io int8
 
@@ -289,8 +292,7 @@ def test_pruning_can_wrap_the_whole_model():
     from liteship.convert.bit.model import build_model
 
     pruned = tfmot.sparsity.keras.prune_low_magnitude(build_model(tiny()))
-    wrapped = {layer.layer.__class__.__name__ for layer in pruned.layers
-               if isinstance(layer, tfmot.sparsity.keras.PruneLowMagnitude)}
-    assert {"Conv2D", "Dense", "GroupNorm"} <= wrapped
-    norm = next(layer for layer in pruned.layers if getattr(layer, "layer", None).__class__.__name__ == "GroupNorm")
-    assert norm.layer.get_prunable_weights() == []
+    wrapped = {layer.layer.__class__.__name__: layer for layer in pruned.layers if hasattr(layer, "pruning_vars")}
+    assert {"Conv2D", "Dense", "GroupNorm"} <= set(wrapped)
+    assert wrapped["Conv2D"].pruning_vars  # convolutions get masks
+    assert not wrapped["GroupNorm"].pruning_vars  # gamma/beta do not
