@@ -44,12 +44,20 @@ def time_model(data: bytes, threads: int, runs: int = 60) -> float:
     it.allocate_tensors()
     for d in it.get_input_details():
         it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-    for _ in range(5):
-        it.invoke()
-    t = time.perf_counter()
-    for _ in range(runs):
-        it.invoke()
-    return (time.perf_counter() - t) / runs * 1e3
+    return best_ms(it.invoke, runs)
+
+
+def best_ms(step, runs: int) -> float:
+    """Fastest mean of 5-run batches: on a shared machine the minimum is the least disturbed estimate."""
+    for _ in range(3):
+        step()
+    best = float("inf")
+    for _ in range(max(1, runs // 5)):
+        t = time.perf_counter()
+        for _ in range(5):
+            step()
+        best = min(best, (time.perf_counter() - t) / 5)
+    return best * 1e3
 
 
 def pieces(quant: str):
@@ -68,19 +76,6 @@ def pieces(quant: str):
 
         return attend, [f32(H, 1, HD), f32(H, 1, HD), f32(H, 1, HD), f32(H, C, HD), f32(H, C, HD), f32(1, C + 1)]
 
-    table = w(V, E)
-
-    def embed_and_head():
-        def fn(tok, x):
-            return tf.gather(table, tok), tf.matmul(x, table, transpose_b=True)
-        return fn, [tf.TensorSpec((1,), tf.int32), f32(1, E)]
-
-    def embed_only():
-        T2 = w(V, E)
-        def fn(tok, x):  # the table is used by a product too, as in the model, so it is quantized the same way
-            return tf.gather(T2, tok), tf.matmul(x, T2[:8], transpose_b=True)
-        return fn, [tf.TensorSpec((1,), tf.int32), f32(1, E)]
-
     return {
         "c_attn 768->2304 (x12)": (fc(E, 3 * E), L),
         "attn c_proj 768->768 (x12)": (fc(E, E), L),
@@ -88,7 +83,7 @@ def pieces(quant: str):
         "mlp c_proj 3072->768 (x12)": (fc(4 * E, E), L),
         "attention over C=256 (x12)": (attention(256), L),
         "attention over C=1024 (x12)": (attention(1024), L),
-        "token embedding + tied LM head 768->50257": (embed_and_head(), 1),
+        "tied LM head 768->50257": (fc(E, V), 1),
     }
 
 
@@ -130,13 +125,13 @@ def main():
         from liteship.runtime.generate import KVCacheSession
 
         s = KVCacheSession(b, threads=args.threads)
-        s.advance_empty(200)
-        s.decode(1)
-        t = time.perf_counter()
-        for _ in range(20):
+
+        def step():
+            s.length = 200
             s.decode(1)
-        print(f"| whole decode step, {s.bundle.quantization} bundle (C={s.max_context}) | "
-              f"{(time.perf_counter() - t) / 20 * 1e3:.2f} |")
+
+        print(f"| whole decode step incl. runtime, {s.bundle.quantization} bundle (C={s.max_context}) | "
+              f"{best_ms(step, 40):.2f} |")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ size hd, static context C (manifest config "max_context") and prefill chunk P ("
 `embeds` are token embedding rows, read (and for int8 dequantized, one row at a time) from the tied LM head's weight
 tensor inside the .tflite itself, through a zero-copy view: the table is stored once and never dequantized whole.
 
-What is cached: for every token already seen at position p < C, its K and V (row p of each head in k_i / v_i); mask[.., p] is 0 for filled slots and -1e9 for empty ones. The last P columns of a prefill mask (the
-last column of a decode mask) are the chunk attending to itself, causally. After each call the runtime copies only
+What is cached: for every token already seen at position p < C, its K and V (row p of each head in k_i / v_i);
+mask[.., p] is 0 for filled slots and -1e9 for empty ones. The last P columns of a prefill mask (the last column of
+a decode mask) are the chunk attending to itself, causally. After each call the runtime copies only
 the new tokens' K/V slice into the cache, so a step's cost does not grow with the number of filled slots.
 """
 

@@ -154,9 +154,10 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
         tflite = convert_to_tflite(work / "saved_model", quant)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    say("writing the bundle")
     seconds = time.perf_counter() - start
     rss = peak_rss_bytes()
-    source = dict(source, sha256=hash_source(ckpt / source["weights"]))
+    source = dict(source, sha256=hash_source(ckpt))
     bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
                           config=config, assets=assets, source=source,
                           conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss, "flex_ops": [],
