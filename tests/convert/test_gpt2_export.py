@@ -133,3 +133,18 @@ def test_bad_options_are_refused(tmp_path_factory, tmp_path):
     with pytest.raises(ConvertError, match="GPT-2 supports --quant fp32, fp16 or dynamic-int8, not int8"):
         export(ckpt, tmp_path / "x", quant="int8")
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_convert_gpt2(tmp_path_factory, tmp_path):
+    from click.testing import CliRunner
+
+    from liteship.convert.gpt2.cli import command
+    from liteship.runtime.bundle import Bundle
+
+    ckpt = gpt2_bundles(tmp_path_factory) / "gpt2-checkpoint"
+    res = CliRunner().invoke(command, [str(ckpt), "--out", str(tmp_path / "b"), "--quant", "fp16",
+                                       "--max-context", "32", "--prefill-len", "4"])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "fp16" in res.output
+    b = Bundle.open(tmp_path / "b")
+    assert (b.quantization, b.config["max_context"], b.config["prefill_len"]) == ("fp16", 32, 4)
