@@ -211,8 +211,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-windows", type=int, help="evaluate only the first N held-out windows")
     ap.add_argument("--work-dir", type=Path, help="keep the checkpoint and bundles here (default: a temp dir)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="skip training: reuse the checkpoint an earlier run with the same settings left in --work-dir")
     ap.add_argument("--out", type=Path, help="Markdown output (default: benchmarks/results/gpt2_quality[_quick].md)")
     args = ap.parse_args(argv)
+    if args.reuse and not args.work_dir:
+        ap.error("--reuse needs --work-dir")
 
     setup = SETUPS["quick" if args.quick else "full"]
     minutes = setup.minutes if args.minutes is None else args.minutes
@@ -234,7 +238,15 @@ def main(argv=None) -> int:
     train_docs, held_docs = split_documents(args.seed, args.holdout)
     log(f"held out {len(held_docs)} of {len(train_docs) + len(held_docs)} documents: {', '.join(held_docs)}")
     ckpt = work / "checkpoint"
-    tok_files = make_tokenizer_files(work / "tokenizer", vocab_size=setup.vocab_size, texts=train_docs.values())
+    trained_path = work / "training.json"  # what --reuse needs to trust the checkpoint left in --work-dir
+    if args.reuse:
+        saved = json.loads(trained_path.read_text()) if trained_path.is_file() else None
+        wanted = {"setup": asdict(setup), "seed": args.seed, "holdout": args.holdout}
+        if saved is None or {k: saved[k] for k in wanted} != wanted:
+            raise SystemExit(f"--reuse: no checkpoint trained with these settings in {work}")
+        tok_files = {"tokenizer_json": ckpt / "tokenizer.json"}  # as saved by transformers, not retrained
+    else:
+        tok_files = make_tokenizer_files(work / "tokenizer", vocab_size=setup.vocab_size, texts=train_docs.values())
     tok = ByteLevelBPETokenizer.from_tokenizer_json(tok_files["tokenizer_json"])
     hf_tok = transformers.GPT2TokenizerFast(tokenizer_file=str(tok_files["tokenizer_json"]))
     eos_id = tok.eos_token_id
@@ -251,16 +263,22 @@ def main(argv=None) -> int:
         vocab_size=tok.vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # minutes of training underfit: dropout only slows it
     torch.manual_seed(args.seed)
-    model = transformers.GPT2LMHeadModel(config)
+    if args.reuse:
+        model = transformers.GPT2LMHeadModel.from_pretrained(ckpt).eval()
+        stats = saved["training"]
+        log(f"reusing the checkpoint in {ckpt} ({stats['steps']} steps)")
+    else:
+        model = transformers.GPT2LMHeadModel(config)
+        log(f"training for {f'{args.steps} steps' if args.steps else f'{minutes} min'}")
+        stats = train(model, train_stream, setup, seconds=minutes * 60, steps=args.steps, seed=args.seed, log=log)
+        log(f"trained {stats['steps']} steps in {stats['seconds']} s, final loss {stats['final_loss']}")
+        model.save_pretrained(ckpt)
+        hf_tok.save_pretrained(ckpt)  # tokenizer.json + tokenizer_config.json (transformers 5 writes no vocab.json)
+        for role in ("vocab", "merges"):  # and GPT-2's classic pair, as original checkpoints carry it
+            shutil.copy(tok_files[role], ckpt / tok_files[role].name)
+        trained_path.write_text(json.dumps({"setup": asdict(setup), "seed": args.seed, "holdout": args.holdout,
+                                            "training": stats}, indent=2) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"training {n_params / 1e6:.2f}M params for {f'{args.steps} steps' if args.steps else f'{minutes} min'}")
-    stats = train(model, train_stream, setup, seconds=minutes * 60, steps=args.steps,
-                  seed=args.seed, log=log)
-    log(f"trained {stats['steps']} steps in {stats['seconds']} s, final loss {stats['final_loss']}")
-    model.save_pretrained(ckpt)
-    hf_tok.save_pretrained(ckpt)  # tokenizer.json + tokenizer_config.json (transformers 5 writes no vocab.json)
-    for role in ("vocab", "merges"):  # and GPT-2's classic pair, as original checkpoints carry it
-        shutil.copy(tok_files[role], ckpt / tok_files[role].name)
 
     rows = []
     ppl_pt, count, pt_first = perplexity_torch(model, wins)
@@ -276,9 +294,15 @@ def main(argv=None) -> int:
 
         for quant in QUANTS:
             log(f"converting {quant}")
-            report = export(ckpt, work / f"bundle-{quant}", quant=quant, max_context=setup.context,
-                            prefill_len=prefill_len)
-            ppl, n, first = perplexity_tflite(report.bundle, wins, args.threads)
+            try:
+                report = export(ckpt, work / f"bundle-{quant}", quant=quant, max_context=setup.context,
+                                prefill_len=prefill_len)
+                ppl, n, first = perplexity_tflite(report.bundle, wins, args.threads)
+            except Exception as e:  # keep the other variants' (and the trained model's) figures
+                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                rows.append({"name": f"liteship {quant}", "quant": quant, "error": f"{type(e).__name__}: {message}"})
+                log(f"{quant} FAILED: {rows[-1]['error']}")
+                continue
             assert n == count, (n, count)
             max_diff = float(np.abs(first[0] - pt_first[0]).max())
             rows.append({"name": f"liteship {quant}", "quant": quant, "ppl": ppl, "size": report.tflite_bytes,
@@ -286,7 +310,7 @@ def main(argv=None) -> int:
             log(f"{quant}: perplexity {ppl:.4f}, max |logit - PyTorch| on window 0: {max_diff:.2e}")
 
     # ---- report
-    fp32 = next((r["ppl"] for r in rows if r["quant"] == "fp32"), None)
+    fp32 = next((r["ppl"] for r in rows if r["quant"] == "fp32" and "error" not in r), None)
     lines = [
         "# GPT-2 quality: held-out perplexity, PyTorch vs liteship TFLite",
         "",
@@ -313,6 +337,9 @@ def main(argv=None) -> int:
         if r["quant"] is None:
             rel = f"{(r['ppl'] / fp32 - 1) * 100:+.5f}%" if fp32 else "-"
             lines.append(f"| {r['name']} | - | - | {r['ppl']:.5f} | {rel} | - | - |")
+            continue
+        if "error" in r or fp32 is None:
+            lines.append(f"| {r['name']} | - | - | - | - | FAILED: {r.get('error', 'no fp32 reference')} | - |")
             continue
         rel = r["ppl"] / fp32 - 1
         target = TARGETS[r["quant"]]
@@ -342,8 +369,8 @@ def main(argv=None) -> int:
     log(f"wrote {out} and {json_path}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    failed = [r for r in rows if r["quant"] and abs((r["ppl"] / (ppl_pt if r["quant"] == "fp32" else fp32)) - 1)
-              > TARGETS[r["quant"]]]
+    failed = [r for r in rows if r["quant"] and ("error" in r or fp32 is None or abs(
+        (r["ppl"] / (ppl_pt if r["quant"] == "fp32" else fp32)) - 1) > TARGETS[r["quant"]])]
     return 1 if failed else 0
 
 
