@@ -72,13 +72,21 @@ class _SignatureBuffers:
     static, so the views stay valid for the interpreter's life (nothing reallocates)."""
 
     def __init__(self, interp, key: str):
-        runner = interp.get_signature_runner(key)
+        try:
+            runner = interp.get_signature_runner(key)
+        except ValueError:
+            raise RuntimeLiteshipError(f"the model has no {key!r} signature; is it a liteship GPT-2 bundle?") from None
         sig = interp._get_full_signature_list()[key]
         self._wrapper = interp._interpreter
         self._sub = runner._subgraph_index
-        self._wrapper.AllocateTensors(self._sub)
-        self.inputs = {n: self._wrapper.tensor(interp, i, self._sub) for n, i in sig["inputs"].items()}
-        self.outputs = {n: self._wrapper.tensor(interp, i, self._sub) for n, i in sig["outputs"].items()}
+        try:
+            self._wrapper.AllocateTensors(self._sub)
+            self.inputs = {n: self._wrapper.tensor(interp, i, self._sub) for n, i in sig["inputs"].items()}
+            self.outputs = {n: self._wrapper.tensor(interp, i, self._sub) for n, i in sig["outputs"].items()}
+        except TypeError:  # an old interpreter whose tensor() has no subgraph argument
+            backend = getattr(interp, "liteship_backend", "this interpreter")
+            raise RuntimeLiteshipError(f"{backend} cannot give per-signature tensor views; GPT-2 generation needs "
+                                       "ai-edge-litert (pip install ai-edge-litert)") from None
 
     def cache(self, n_layer: int):
         """([k_0..k_{L-1}], [v_0..v_{L-1}]) as views; kept for the interpreter's life since nothing reallocates."""
