@@ -125,9 +125,8 @@ class KVCacheSession:
         self._decode = _SignatureBuffers(self.interp, "decode")
         self._prefill = _SignatureBuffers(self.interp, "prefill")
         self.tokens = TokenTable(self.interp, self._decode._sub, self.vocab_size, int(cfg["model"]["n_embd"]))
-        C, P = self.max_context, self.prefill_len
-        causal = np.triu(np.full((P, P), MASK_EMPTY, np.float32), k=1)  # (P, P): token t sees tokens <= t
-        self._prefill_self_mask = causal
+        P = self.prefill_len
+        self._prefill_self_mask = np.triu(np.full((P, P), MASK_EMPTY, np.float32), k=1)  # (P, P): t sees <= t
         self._decode_cache = self._decode.cache(self.n_layer)
         self._prefill_cache = self._prefill.cache(self.n_layer)
         self.reset()

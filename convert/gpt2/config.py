@@ -66,6 +66,10 @@ def tiny(**overrides) -> GPT2Config:
     return GPT2Config(**base)
 
 
+def _first(value):
+    return value[0] if isinstance(value, (list, tuple)) and value else value
+
+
 def from_hf_config(hf: dict, *, source: str = "config.json") -> GPT2Config:
     """Read a Hugging Face GPT-2 config.json dict. Anything that is not GPT-2 is refused, naming what it is."""
     model_type = hf.get("model_type")
@@ -74,8 +78,8 @@ def from_hf_config(hf: dict, *, source: str = "config.json") -> GPT2Config:
         raise ConvertError(f"{source}: model_type is {model_type!r} ({archs}), not 'gpt2'")
     try:
         act = hf.get("activation_function", "gelu_new")
-        eos = hf.get("eos_token_id", 50256)
-        bos = hf.get("bos_token_id", eos)
+        eos = _first(hf.get("eos_token_id", 50256))  # newer configs may list several
+        bos = _first(hf.get("bos_token_id", eos))
         # A fine-tune that added tokens stores the resized vocab_size; n_ctx is the old name for n_positions.
         return GPT2Config(
             n_layer=int(hf["n_layer"]),

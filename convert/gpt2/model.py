@@ -116,8 +116,7 @@ class GPT2TF(tf.Module):
         return tf.nn.relu(x)
 
     def _block(self, i, x, k_cache, v_cache, mask):
-        cfg, C = self.cfg, self.C
-        H, hd, E = cfg.n_head, cfg.head_dim, cfg.n_embd
+        H, hd, E = self.cfg.n_head, self.cfg.head_dim, self.cfg.n_embd
         T = x.shape[0]
         h = self._layer_norm(x, f"h.{i}.ln_1")
         qkv = self._linear(h, f"h.{i}.attn.c_attn")  # (T, 3E)

@@ -99,7 +99,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_torch_like_safetensors(path: Path) -> dict[str, np.ndarray]:
-    torch = _import_torch(path, why="it stores bfloat16 tensors, which numpy cannot hold")
+    _import_torch(path, why="it stores bfloat16 tensors, which numpy cannot hold")
     from safetensors.torch import load_file
     return {k: v.float().numpy() for k, v in load_file(str(path)).items()}
 

@@ -138,3 +138,8 @@ def test_no_weights_and_no_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(hf_config(tiny()).to_dict()))
     with pytest.raises(ConvertError, match="no weights found"):
         W.load_checkpoint(tmp_path)
+
+
+def test_eos_given_as_a_list_takes_the_first():
+    cfg = from_hf_config(dict(hf_config(tiny()).to_dict(), eos_token_id=[299, 5], bos_token_id=None))
+    assert cfg.eos_token_id == 299 and cfg.bos_token_id == -1
