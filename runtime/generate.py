@@ -150,8 +150,10 @@ class KVCacheSession:
                 ks[l][:, start:start + n, :] = k_new[l, :, :n, :]  # (H, n, hd)
                 vs[l][:, start:start + n, :] = v_new[l, :, :n, :]  # (H, n, hd)
 
-    def prefill(self, ids: Iterable[int]) -> np.ndarray:
-        """Feed tokens in chunks of P; returns their logits (n, V). The sequence continues from self.length."""
+    def prefill(self, ids: Iterable[int], *, all_logits: bool = True) -> np.ndarray:
+        """Feed tokens in chunks of P; returns their logits (n, V), or only the last token's (1, V) when
+        ``all_logits`` is false (generation: saves copying up to P x V floats per chunk). The sequence continues
+        from self.length."""
         ids = np.asarray(list(ids), dtype=np.int32)
         C, P = self.max_context, self.prefill_len
         if self.length + len(ids) > C:
@@ -178,7 +180,8 @@ class KVCacheSession:
             mask[:, C:] = self._prefill_self_mask
             self._prefill.invoke()
             o = self._prefill.outputs
-            out.append(np.array(o["logits"][:n]))
+            if all_logits or s + P >= len(ids):
+                out.append(np.array(o["logits"][:n] if all_logits else o["logits"][n - 1:n]))
             k_new, v_new = o["k_new"], o["v_new"]
             self._write(k_new, v_new, start, n, [self._decode_cache])  # the decode buffers hold the sequence
             dec["mask"][0, start:start + n] = 0.0
@@ -287,7 +290,7 @@ class TextGenerator:
         sess = self.session
         sess.reset()
         t0 = time.perf_counter()
-        logits = sess.prefill(ids)[-1]
+        logits = sess.prefill(ids, all_logits=False)[-1]
         result.prefill_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
@@ -379,7 +382,7 @@ def benchmark_generation(bundle_path, *, threads: int | None = None, backend: st
     sess.prefill(ids[: min(prompt_tokens, sess.prefill_len)])  # warm-up: first invocations pay one-time costs
     sess.reset()
     t0 = time.perf_counter()
-    logits = sess.prefill(ids)[-1]
+    logits = sess.prefill(ids, all_logits=False)[-1]
     prefill_s = time.perf_counter() - t0
 
     def decode_rate(ctx: int) -> float:

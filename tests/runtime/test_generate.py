@@ -127,3 +127,11 @@ def test_cli_streams_the_same_text_as_the_api(gen, root):
     assert res.output == want + "\n"
     res = CliRunner().invoke(command, [str(root / "gpt2-fp32"), "--prompt", "x " * 80])
     assert res.exit_code != 0 and "context is 64" in str(res.exception)
+
+
+def test_prefill_last_logits_only_equals_the_last_row(root):
+    ref = np.load(root / "gpt2.reference.npz")
+    s = KVCacheSession(root / "gpt2-fp32")
+    last = s.prefill(list(ref["prompt"]), all_logits=False)
+    assert last.shape == (1, 300)
+    np.testing.assert_allclose(last[0], ref["logits"][len(ref["prompt"]) - 1], atol=1e-4, rtol=0)  # fp32 tolerance
