@@ -26,8 +26,11 @@ from liteship.convert.bit.config import PRESETS
               help="Input convention; default [-1, 1] for .npz, detected for a SavedModel.")
 @click.option("--calibration-limit", type=int, default=200, show_default=True,
               help="Use at most this many calibration images.")
+@click.option("--groupnorm", type=click.Choice(["matmul", "reshape"]), default="matmul", show_default=True,
+              help="GroupNorm lowering: matmul is faster under XNNPACK; reshape loses less in int8 "
+                   "(docs/bit_groupnorm.md).")
 def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_type, input_range,
-        calibration_limit):
+        calibration_limit, groupnorm):
     """Convert a BiT checkpoint (BiT-M/BiT-S .npz or a TF Hub-style SavedModel folder) to a bundle.
 
     The network is rebuilt in tf_keras with weight standardization baked into the kernels and GroupNorm lowered to
@@ -37,7 +40,7 @@ def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_typ
 
     out = export_bit(source, out_dir, variant=variant, quant=quant, calibration=calibration, labels=labels,
                      image_size=image_size, io_type=io_type, input_range=input_range,
-                     calibration_limit=calibration_limit, progress=lambda message: click.echo(message, err=True))
+                     calibration_limit=calibration_limit, groupnorm=groupnorm, progress=lambda message: click.echo(message, err=True))
     click.echo(str(out))
 
 

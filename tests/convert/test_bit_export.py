@@ -256,10 +256,14 @@ def test_cli_converts_and_reports_errors_in_one_line(npz, tmp_path):
     labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
     runner = CliRunner()
     result = runner.invoke(command, [str(npz), "--out", str(tmp_path / "b"), "--variant", "BiT-M-tiny",
-                                     "--image-size", str(SIZE), "--quant", "fp16", "--labels", str(labels)])
+                                     "--image-size", str(SIZE), "--quant", "fp16", "--labels", str(labels),
+                                     "--groupnorm", "reshape"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["quantization"] == "fp16" and manifest["assets"] == {"labels": "assets/labels.txt"}
+    assert manifest["config"]["groupnorm_lowering"] == "reshape"
+    assert "FULLY_CONNECTED" not in manifest["conversion"]["op_counts"] or \
+        manifest["conversion"]["op_counts"]["FULLY_CONNECTED"] == 1  # only the head: no grouping matrices
     assert (tmp_path / "b" / "assets" / "labels.txt").read_text().splitlines()[3] == "class 3"
     result = runner.invoke(command, [str(npz), "--out", str(tmp_path / "c"), "--variant", "R51x1"])
     assert isinstance(result.exception, ConvertError) and "R51x1" in str(result.exception)
