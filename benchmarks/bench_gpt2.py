@@ -178,7 +178,9 @@ def write_table(rows: list, args) -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
+    tmp = args.out.with_name(args.out.name + ".partial")
+    tmp.write_text(table)
+    os.replace(tmp, args.out)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
