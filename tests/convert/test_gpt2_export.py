@@ -13,7 +13,7 @@ from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles, make_checkpoint, t
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("torch")
-pytestmark = pytest.mark.slow  # each conversion takes several seconds
+
 
 
 def run_sequence(bundle, seq, n_prompt):
