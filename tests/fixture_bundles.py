@@ -55,7 +55,13 @@ def build_classifier(outdir: Path) -> None:
         np.savez(outdir / f"classifier-{mode}.reference.npz", x=x, y=y)
 
 
-BUILDERS = {"classifier": build_classifier}
+def build_gpt2(outdir: Path) -> None:
+    from tests.conftest_gpt2 import build_gpt2 as build
+
+    build(outdir)
+
+
+BUILDERS = {"classifier": build_classifier, "gpt2": build_gpt2}
 
 
 def build_all(outdir: Path) -> Path:
