@@ -1,8 +1,15 @@
 """`liteship demo`: the main job on the built-in default, end to end on this host, with no downloads.
 
-It trains a small image classifier on scikit-learn's digits (real handwritten digits that ship with the package),
-converts it in every quantization mode (int8 calibrated on training images only), then runs each bundle through
-the device-side runtime on held-out digits and benchmarks it, and prints one comparison table.
+Three models that liteship builds itself, each converted in every mode it supports, then run through the
+device-side runtime and benchmarked on this host (the `local` device), one comparison table each:
+
+- classifier: a small CNN trained on scikit-learn's digits (real handwritten digits that ship with the package);
+  accuracy on held-out digits, int8 calibrated on training images only.
+- gpt2: a small GPT-2 trained for a minute on Python's own documentation (pydoc_data.topics) with PyTorch and a
+  byte-level BPE tokenizer trained on the same text; greedy continuations compared token by token with PyTorch,
+  prefill and decode tok/s.
+- bit: a BiT (pre-activation ResNetV2, GroupNorm, weight standardization) with random weights in the original
+  .npz naming; int8 calibrated on scikit-image's sample photos; top-1 agreement with fp32 on those photos.
 """
 
 from __future__ import annotations
@@ -126,18 +133,222 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- GPT-2
+
+GPT2_PROMPT = "The return statement"
+
+
+def build_gpt2_checkpoint(folder: Path, *, train_seconds: float, seed: int = 0) -> dict:
+    """A Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt) trained here.
+
+    The tokenizer and the model learn from pydoc_data.topics, Python's own help text, which ships with Python."""
+    import torch
+    import transformers
+    from pydoc_data.topics import topics
+    from tokenizers import ByteLevelBPETokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = [topics[k] for k in sorted(topics)]
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(texts, vocab_size=2048, min_frequency=2, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    tok.save_model(str(folder))
+    eos = tok.token_to_id("<|endoftext|>")
+    stream = []
+    for text in texts:
+        stream += tok.encode(text).ids + [eos]
+    data = torch.tensor(stream, dtype=torch.long)
+
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=256, n_embd=256, n_layer=4,
+                                     n_head=4, bos_token_id=eos, eos_token_id=eos)
+    model = transformers.GPT2LMHeadModel(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    steps, t0, loss = 0, time.perf_counter(), float("nan")
+    model.train()
+    while time.perf_counter() - t0 < train_seconds:
+        starts = torch.randint(0, len(data) - 129, (16,))
+        batch = torch.stack([data[i : i + 129] for i in starts.tolist()])  # (16, 129)
+        out = model(input_ids=batch[:, :-1], labels=batch[:, :-1])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        loss, steps = float(out.loss), steps + 1
+    model.eval()
+    model.save_pretrained(folder)
+    return {"params": sum(p.numel() for p in model.parameters()), "steps": steps, "loss": loss, "model": model,
+            "tokenizer": tok}
+
+
+def run_gpt2(workdir: Path, *, train_seconds: float, threads: int | None, new_tokens: int = 48) -> list[dict]:
+    import torch
+
+    from liteship.convert.gpt2.export import export
+    from liteship.runtime.generate import TextGenerator, benchmark_generation
+
+    click.echo(f"[liteship] training a small GPT-2 on pydoc_data.topics for {train_seconds:.0f} s", err=True)
+    ckpt = workdir / "gpt2-checkpoint"
+    built = build_gpt2_checkpoint(ckpt, train_seconds=train_seconds)
+    click.echo(f"[liteship] {built['params'] / 1e6:.1f}M params, {built['steps']} steps, loss {built['loss']:.2f}",
+               err=True)
+    prompt_ids = built["tokenizer"].encode(GPT2_PROMPT).ids
+    with torch.no_grad():  # PyTorch's greedy continuation: the reference every bundle is compared with
+        ids = torch.tensor([prompt_ids])
+        for _ in range(new_tokens):
+            ids = torch.cat([ids, built["model"](ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    reference = ids[0, len(prompt_ids):].tolist()
+
+    rows = []
+    for quant in ("fp32", "fp16", "dynamic-int8"):
+        out = workdir / f"gpt2-{SUFFIXES[Quant.parse(quant)]}"
+        click.echo(f"[liteship] converting GPT-2 ({quant})", err=True)
+        report = export(ckpt, out, quant=quant, max_context=256, prefill_len=64)
+        gen = TextGenerator(out, threads=threads)
+        tokens = list(gen.generate_ids(prompt_ids, new_tokens, temperature=0.0, stop_on_eos=False))
+        same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), len(reference))
+        speed = benchmark_generation(out, threads=threads, prompt_tokens=128, new_tokens=32, context=256)
+        rows.append({"mode": quant, "size_bytes": (out / "model.tflite").stat().st_size,
+                     "same_as_pytorch": same, "of": len(reference), "prefill_tok_s": speed["prefill_tok_s"],
+                     "decode_tok_s": speed["decode_tok_s"], "convert_s": report.seconds,
+                     "text": gen.tokenizer.decode(tokens)})
+    return rows
+
+
+def format_gpt2(rows: list[dict]) -> str:
+    fp32 = rows[0]["size_bytes"]
+    lines = ["| GPT-2 bundle | size (MB) | size vs fp32 | greedy tokens equal to PyTorch | prefill tok/s | "
+             "decode tok/s @256 |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['size_bytes'] / 1e6:.2f} | {r['size_bytes'] / fp32:.2f}x | "
+                     f"{r['same_as_pytorch']}/{r['of']} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.0f} |")
+    lines.append("")
+    lines.append(f"{GPT2_PROMPT!r} -> (dynamic-int8) {rows[-1]['text'][:160]!r}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ BiT
+
+def write_random_bit_npz(path: Path, config, seed: int = 0) -> Path:
+    """Random weights in the original BiT .npz naming, from liteship's own name table (He-normal kernels)."""
+    from liteship.convert.bit.weights import PREFIX, expected_tensors
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, target in expected_tensors(config).items():
+        if target.weight == "kernel":
+            fan_in = int(np.prod(target.shape[:-1]))
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), target.shape)
+        elif target.weight == "gamma":
+            value = 1.0 + 0.1 * rng.standard_normal(target.shape)
+        else:
+            value = 0.05 * rng.standard_normal(target.shape)
+        tensors[PREFIX + name] = value.astype(np.float32)
+    np.savez(path, **tensors)
+    return path
+
+
+def sample_photos(folder: Path) -> list[Path]:
+    """scikit-image's bundled sample photos as PNG files (real images, no download)."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+                 "motorcycle_left", "retina"):
+        if hasattr(data, name):
+            try:
+                Image.fromarray(getattr(data, name)()).convert("RGB").save(folder / f"{name}.png")
+            except Exception:  # a sample the installed scikit-image cannot produce offline
+                continue
+            paths.append(folder / f"{name}.png")
+    return paths
+
+
+def run_bit(workdir: Path, *, threads: int | None, runs: int) -> list[dict]:
+    from liteship.convert.bit.config import tiny
+    from liteship.convert.bit.export import export_bit
+    from liteship.runtime.bench import benchmark
+    from liteship.runtime.classify import ImageClassifier
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = tiny(num_classes=10, image_size=96)
+    npz = write_random_bit_npz(workdir / "bit-tiny.npz", config)
+    photos = sample_photos(workdir / "photos")
+    rows, top1 = [], None
+    for quant in ("fp32", "fp16", "dynamic-int8", "int8"):
+        out = workdir / f"bit-{SUFFIXES[Quant.parse(quant)]}"
+        click.echo(f"[liteship] converting BiT ({quant})", err=True)
+        export_bit(npz, out, variant="tiny", quant=quant, image_size=96,
+                   calibration=workdir / "photos" if quant == "int8" else None)
+        clf = ImageClassifier(out, threads=threads)
+        outputs = clf.outputs(np.concatenate(list(_bit_inputs(clf, photos))))  # (photos, classes)
+        labels = outputs.argmax(-1)
+        if top1 is None:
+            top1, ref = labels, outputs
+        bench = benchmark(out, runs=runs, warmup=5, threads=threads)
+        rows.append({"mode": quant, "size_bytes": bench["model"]["size_bytes"],
+                     "agree": float((labels == top1).mean()), "max_logit_diff": float(np.abs(outputs - ref).max()),
+                     "p50_ms": bench["latency_ms"]["p50"], "p90_ms": bench["latency_ms"]["p90"]})
+    return rows
+
+
+def _bit_inputs(classifier, photos: list[Path]):
+    from liteship.runtime.images import preprocess
+
+    for path in photos:
+        yield preprocess(path, classifier.bundle.preprocessing)[None]
+
+
+def format_bit(rows: list[dict]) -> str:
+    fp32 = rows[0]["size_bytes"]
+    lines = ["| BiT bundle (tiny, 96 px) | size (MB) | size vs fp32 | top-1 = fp32 on photos | max logit diff | "
+             "p50 ms | p90 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['size_bytes'] / 1e6:.2f} | {r['size_bytes'] / fp32:.2f}x | "
+                     f"{r['agree']:.0%} | {r['max_logit_diff']:.3f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+PARTS = ("classifier", "gpt2", "bit")
+
+
 @click.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("liteship-demo"), show_default=True,
-              help="Where the model, bundles and results go.")
-@click.option("--epochs", type=int, default=8, show_default=True)
+              help="Where the models, bundles and results go.")
+@click.option("--only", default=",".join(PARTS), show_default=True, help="Which models, comma-separated.")
+@click.option("--epochs", type=int, default=8, show_default=True, help="Classifier training epochs.")
+@click.option("--gpt2-seconds", type=float, default=60, show_default=True, help="GPT-2 training time.")
 @click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per bundle.")
 @click.option("--threads", type=int, default=None)
-def command(workdir: Path, epochs: int, runs: int, threads: int | None) -> None:
-    """Build a digits classifier, convert it in every mode, and run and bench each bundle on this host."""
+def command(workdir: Path, only: str, epochs: int, gpt2_seconds: float, runs: int, threads: int | None) -> None:
+    """Build a classifier, a GPT-2 and a BiT here, convert each in every mode, run and bench them on this host."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    result = run_demo(workdir, epochs=epochs, runs=runs, threads=threads)
-    table = format_rows(result["rows"])
-    (workdir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (workdir / "results.md").write_text(table + "\n")
-    click.echo(table)
-    click.echo(f"\nbundles, results.json and results.md are in {workdir}/")
+    parts = [p.strip() for p in only.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise click.BadParameter(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    results, tables = {}, []
+    if "classifier" in parts:
+        results["classifier"] = run_demo(workdir / "classifier", epochs=epochs, runs=runs, threads=threads)
+        tables.append("## Digits classifier (scikit-learn digits, held-out accuracy)\n\n"
+                      + format_rows(results["classifier"]["rows"]))
+    if "gpt2" in parts:
+        rows = run_gpt2(workdir / "gpt2", train_seconds=gpt2_seconds, threads=threads)
+        results["gpt2"] = rows
+        tables.append("## GPT-2 (trained here on pydoc_data.topics)\n\n" + format_gpt2(rows))
+    if "bit" in parts:
+        results["bit"] = run_bit(workdir / "bit", threads=threads, runs=max(10, runs // 10))
+        tables.append("## BiT (random weights, scikit-image sample photos)\n\n" + format_bit(results["bit"]))
+    report = "\n\n".join(tables) + "\n"
+    _write_atomic(workdir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    _write_atomic(workdir / "results.md", report)
+    click.echo(report)
+    click.echo(f"bundles, results.json and results.md are in {workdir}/")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    tmp.replace(path)
