@@ -2,7 +2,7 @@
 
     /work/venv/bin/python benchmarks/bench_bit.py            # BiT-M R50x1 (21843 classes) at 224x224
     /work/venv/bin/python benchmarks/bench_bit.py --quick    # 1000-class head at 160x160, fewer runs
-    /work/venv/bin/python benchmarks/bench_bit.py --quick --groupnorm matmul,reshape,keras5d   # compare lowerings
+    /work/venv/bin/python benchmarks/bench_bit.py --quick --groupnorm channelmean,matmul,reshape,keras5d   # compare lowerings
     /work/venv/bin/python benchmarks/bench_bit.py --interleave BUNDLE BUNDLE ...              # A/B existing bundles
 
 Weights are random (no downloads), saved in the original BiT npz naming and converted with the real converter
@@ -110,7 +110,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1000-class head, 160x160, 10 rounds")
     parser.add_argument("--runs", type=int, default=None, help="timed rounds (default 30, --quick 10)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--groupnorm", default="matmul", help="comma list of GroupNorm lowerings to compare")
+    parser.add_argument("--groupnorm", default="channelmean", help="comma list of GroupNorm lowerings to compare")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (npz, bundles) for --interleave")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bit_speed.md"))
     parser.add_argument("--interleave", nargs="+", metavar="BUNDLE",

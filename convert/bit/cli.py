@@ -26,9 +26,8 @@ from liteship.convert.bit.config import PRESETS
               help="Input convention; default [-1, 1] for .npz, detected for a SavedModel.")
 @click.option("--calibration-limit", type=int, default=200, show_default=True,
               help="Use at most this many calibration images.")
-@click.option("--groupnorm", type=click.Choice(["matmul", "reshape"]), default="matmul", show_default=True,
-              help="GroupNorm lowering: matmul is faster under XNNPACK; reshape loses less in int8 "
-                   "(docs/bit_groupnorm.md).")
+@click.option("--groupnorm", type=click.Choice(["channelmean", "matmul", "reshape"]), default="channelmean",
+              show_default=True, help="GroupNorm lowering, for comparisons (docs/bit_groupnorm.md).")
 def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_type, input_range,
         calibration_limit, groupnorm):
     """Convert a BiT checkpoint (BiT-M/BiT-S .npz or a TF Hub-style SavedModel folder) to a bundle.

@@ -138,7 +138,7 @@ def _probe_input_range(loaded, checkpoint: Checkpoint, size: int) -> str:
     return best
 
 
-def build_keras(checkpoint: Checkpoint, *, image_size: int | None = None, groupnorm: str = "matmul",
+def build_keras(checkpoint: Checkpoint, *, image_size: int | None = None, groupnorm: str = "channelmean",
                 batch_size: int | None = 1):
     """The tf_keras BiT with the checkpoint's weights."""
     from liteship.convert.bit.model import build_model
@@ -194,7 +194,7 @@ def calibration_dataset(folder: str | Path, preprocessing: dict, *, limit: int |
 def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1", quant: str | Quant = "fp32",
                calibration: str | Path | None = None, labels: str | Path | None = None,
                image_size: int | None = None, io_type: str = "float32", input_range: str | None = None,
-               groupnorm: str = "matmul", calibration_limit: int | None = 200, progress=None) -> Path:
+               groupnorm: str = "channelmean", calibration_limit: int | None = 200, progress=None) -> Path:
     """Convert a BiT checkpoint to a bundle in `out_dir` and return its path.
 
     `quant` int8 needs `calibration` (a folder of the user's images); liteship never calibrates on random data.

@@ -26,7 +26,7 @@ import tf_keras
 from liteship.convert.bit.config import BiTConfig
 from liteship.errors import ConvertError
 
-GROUPNORM_LOWERINGS = ("matmul", "reshape", "keras5d")
+GROUPNORM_LOWERINGS = ("channelmean", "matmul", "reshape", "keras5d")
 
 
 def _group_matrices(channels: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,19 +37,22 @@ def _group_matrices(channels: int, groups: int) -> tuple[np.ndarray, np.ndarray]
 
 
 class GroupNorm(tf_keras.layers.Layer):
-    """GroupNorm over NHWC with per-channel gamma/beta, in one of three TFLite lowerings.
+    """GroupNorm over NHWC with per-channel gamma/beta, in one of four TFLite lowerings (docs/bit_groupnorm.md).
 
-    - "matmul" (default): per-channel spatial MEAN over H, W (a global average pool, which XNNPACK and every int8
-      kernel handle), then a grouped reduction as two small FULLY_CONNECTED ops with fixed matrices:
-      (N, C) @ (C, G) averages the channels of each group and (N, G) @ (G, C) copies the group value back to its
-      channels. Variance is two-pass (mean of squared deviations), which keeps int8 ranges small.
-    - "reshape": 4-D reshape (N, H*W, G, C/G) and MEAN over axes (1, 3). Fewer constants, but relies on the
-      delegate's MEAN supporting non-spatial axes.
-    - "keras5d": tf_keras.layers.GroupNormalization's 5-D reshape + moments; kept only as the baseline that
-      docs/bit_groupnorm.md measures against.
+    - "channelmean" (default): per-channel spatial MEAN over H, W (a global average pool, which XNNPACK and every
+      int8 kernel handle), then the grouping on that small (N, 1, 1, C) tensor: reshape to (N, 1, G, C/G), MEAN
+      over the last axis, and a MUL by a (1, 1, G, C/G) constant that copies each group's value back to its
+      channels. Variance is two-pass (mean of squared deviations), which keeps int8 ranges small. The big tensor
+      is never reshaped and only sees MEAN, SUB, MUL, ADD.
+    - "matmul": the same, but the grouping is two small FULLY_CONNECTED ops with fixed (C, G) / (G, C) matrices.
+      As fast in fp32, but on a trained BiT the int8 converter gave the per-channel scale gamma * rsqrt(var) the
+      int8 range of the normalized output (a ~100x too coarse step), costing ~7% logit cosine; kept to compare.
+    - "reshape": 4-D reshape of the big tensor to (N, H*W, G, C/G) and MEAN over axes (1, 3). Accurate in int8
+      but ~2x slower under XNNPACK (non-contiguous reductions over the big tensor).
+    - "keras5d": tf_keras.layers.GroupNormalization's 5-D reshape + moments; the baseline. Not pure int8 (SQUARE).
     """
 
-    def __init__(self, groups: int = 32, epsilon: float = 1e-5, lowering: str = "matmul", **kwargs):
+    def __init__(self, groups: int = 32, epsilon: float = 1e-5, lowering: str = "channelmean", **kwargs):
         super().__init__(**kwargs)
         if lowering not in GROUPNORM_LOWERINGS:
             raise ConvertError(f"unknown GroupNorm lowering {lowering!r}; choose one of {', '.join(GROUPNORM_LOWERINGS)}")
@@ -76,7 +79,28 @@ class GroupNorm(tf_keras.layers.Layer):
         back = tf.matmul(per_group, self._indicator)  # (N, C)
         return tf.reshape(back, (-1, 1, 1, channels))
 
+    def _group_mean(self, per_channel):
+        """(N, 1, 1, C) per-channel values -> (N, 1, G, 1) means over each group, a MEAN on the small tensor."""
+        channels = per_channel.shape[-1]
+        grouped = tf.reshape(per_channel, (-1, 1, self.groups, channels // self.groups))  # (N, 1, G, C/G)
+        return tf.reduce_mean(grouped, axis=3, keepdims=True)  # (N, 1, G, 1)
+
+    def _to_channels(self, per_group, weights):
+        """(N, 1, G, 1) * (1, 1, G, C/G) weights -> (N, 1, 1, C): copies each group's value to its channels."""
+        return tf.reshape(per_group * weights, (-1, 1, 1, weights.shape[2] * weights.shape[3]))
+
     def call(self, x):
+        if self.lowering == "channelmean":
+            channels = x.shape[-1]
+            ones = tf.ones((1, 1, self.groups, channels // self.groups))
+            gamma = tf.reshape(self.gamma, (1, 1, self.groups, channels // self.groups))
+            mean = self._to_channels(self._group_mean(tf.reduce_mean(x, axis=[1, 2], keepdims=True)), ones)
+            centered = x - mean  # (N, H, W, C)
+            var = self._group_mean(tf.reduce_mean(centered * centered, axis=[1, 2], keepdims=True))  # (N, 1, G, 1)
+            # gamma rides on the copy to channels, in the small grouped layout: the converter would otherwise
+            # reassociate gamma * rsqrt * centered and give the (N, 1, 1, C) scale the int8 range of the output
+            scale = self._to_channels(tf.math.rsqrt(var + self.epsilon), gamma)  # (N, 1, 1, C)
+            return centered * scale + self.beta
         if self.lowering == "matmul":
             mean = self._group_mean_per_channel(tf.reduce_mean(x, axis=[1, 2], keepdims=True))  # (N, 1, 1, C)
             centered = x - mean  # (N, H, W, C)
@@ -138,7 +162,7 @@ def _unit(x, config: BiTConfig, width: int, stride: int, scope: str, lowering: s
     return tf_keras.layers.Add(name=layer_name(scope) + "__add")([y, shortcut])
 
 
-def build_model(config: BiTConfig, *, image_size: int | None = None, groupnorm: str = "matmul",
+def build_model(config: BiTConfig, *, image_size: int | None = None, groupnorm: str = "channelmean",
                 batch_size: int | None = 1) -> "tf_keras.Model":
     """Functional tf_keras BiT taking normalized NHWC float images and returning logits (N, num_classes).
 
