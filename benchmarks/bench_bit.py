@@ -187,7 +187,8 @@ def main() -> int:
         f"{'--quick' if args.quick else 'full'} mode",
         "- latency: TF Keras (tf.function) and every .tflite (ai-edge-litert, XNNPACK) loaded in one process and run "
         "round-robin, so machine load hits all alike; peak RSS: each model alone in its own process",
-        "- int8 calibrated on 6 scikit-image photos; TF Keras file size is the source .npz",
+        "- int8 calibrated on 6 scikit-image photos; TF Keras file size is the source .npz; TF Keras peak RSS "
+        "includes reading the .npz and building the model in that process",
         "",
         "| model | p50 ms | p90 ms | min ms | peak RSS MiB | file MB | XNNPACK coverage |",
         "|---|---:|---:|---:|---:|---:|---|",
