@@ -5,6 +5,7 @@
   liteship convert savedmodel|keras|gpt2|bit SOURCE --quant MODE --out BUNDLE
   liteship run model|gpt2|bit BUNDLE ...
   liteship inspect BUNDLE_OR_TFLITE
+  liteship pack BUNDLE BUNDLE.zip
   liteship bench BUNDLE [--device TARGET ...]
   liteship device probe|push ...
 """
@@ -45,6 +46,7 @@ COMMANDS: dict[str, dict[str, str]] = {
 }
 TOP_LEVEL: dict[str, str] = {
     "inspect": "liteship.runtime.cli:inspect",
+    "pack": "liteship.runtime.cli:pack",
     "bench": "liteship.device.cli:bench",
     "demo": "liteship.demo:command",
 }

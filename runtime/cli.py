@@ -139,3 +139,15 @@ def run_model(bundle: Path, inputs, signature, threads, backend, delegate, outpu
         preview = np.array2string(flat[:10], precision=4, separator=", ")
         click.echo(f"{name}: {value.dtype}{list(value.shape)} {preview}{' ...' if flat.size > 10 else ''}"
                    + (f"  argmax {int(flat.argmax())}" if value.ndim == 2 and value.shape[0] == 1 else ""))
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("archive", type=click.Path(path_type=Path))
+def pack(bundle: Path, archive: Path) -> None:
+    """Pack a bundle folder into one .zip, .tar or .tar.gz file (checked first; written atomically).
+
+    Every liteship command takes the archive wherever it takes the folder."""
+    from liteship.runtime.bundle import pack_bundle
+
+    click.echo(str(pack_bundle(bundle, archive)))

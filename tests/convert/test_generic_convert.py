@@ -103,6 +103,27 @@ def test_cli_converts_keras_with_calibration(keras_file, tmp_path):
     assert Bundle.open(out).quantization == "int8"
 
 
+def test_integer_io_for_edge_tpu(keras_file, tmp_path):
+    """--io-type uint8 makes the model's input and output uint8, with their scales in the manifest."""
+    from liteship.runtime.bundle import Bundle
+    from liteship.runtime.interpreter import create_interpreter
+
+    out = tmp_path / "out-uint8"
+    proc = run_cli("convert", "keras", keras_file, "--quant", "int8", "--io-type", "uint8", "--calibration",
+                   keras_file.parent / "calib.npy", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    bundle = Bundle.open(out)
+    (spec,) = bundle.signatures["serving_default"]["inputs"]
+    assert bundle.manifest["io_type"] == "uint8" and spec["dtype"] == "uint8" and spec["quantization"]["scale"] > 0
+    runner = create_interpreter(bundle.model_path).get_signature_runner()
+    (name, detail), = runner.get_input_details().items()
+    assert detail["dtype"] == np.uint8
+    (result,) = runner(**{name: np.full((1, 6), spec["quantization"]["zero_point"], np.uint8)}).values()
+    assert result.dtype == np.uint8
+    bad = run_cli("convert", "keras", keras_file, "--quant", "fp16", "--io-type", "uint8", "--out", tmp_path / "x")
+    assert_one_line_error(bad, r"--io-type uint8 needs a calibrated mode")
+
+
 def test_missing_path(tmp_path):
     proc = run_cli("convert", "savedmodel", tmp_path / "nope", "--out", tmp_path / "out")
     assert_one_line_error(proc, r"nope does not exist")

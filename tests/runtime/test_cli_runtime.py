@@ -61,3 +61,15 @@ def test_bench_on_the_host_writes_json_atomically(fixture_bundles, tmp_path, mon
     assert entry["bench"]["runs"] == 4 and len(entry["bench"]["latency_ms"]["samples"]) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "r.json"]
     assert "p50" in proc.stdout
+
+
+def test_pack_then_use_the_archive(fixture_bundles, tmp_path, monkeypatch):
+    monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "model.zip"
+    proc = liteship("pack", fixture_bundles / "classifier-int8", archive)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(liteship("inspect", "--json", archive).stdout)
+    assert info["quantization"] == "int8"
+    bad = liteship("pack", fixture_bundles / "classifier-int8", tmp_path / "model.rar")
+    assert bad.returncode == 1 and "choose a .zip, .tar or .tar.gz name" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "model.zip"]
