@@ -105,17 +105,11 @@ def build_saved_model(cfg: GPT2Config, params: dict, out_dir: Path, *, max_conte
     tf.saved_model.save(module, str(out_dir), signatures=module.signatures())
 
 
-def convert_to_tflite(saved_model_dir: Path, quant) -> bytes:
-    import tensorflow as tf
+def convert_to_tflite(saved_model_dir: Path, quant) -> tuple[bytes, dict]:
+    """The prefill and decode signatures, converted together so they share one set of weights in the file."""
+    from liteship.convert.tflite import convert_saved_model
 
-    from liteship.convert.quant import apply_recipe
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=list(SIGNATURES))
-    apply_recipe(converter, quant)
-    try:
-        return converter.convert()
-    except Exception as e:  # the converter raises ConverterError / RuntimeError with multi-line MLIR dumps
-        raise ConvertError(f"TFLite conversion of GPT-2 failed: {str(e).strip().splitlines()[0]}") from None
+    return convert_saved_model(saved_model_dir, quant, signature_keys=list(SIGNATURES))
 
 
 def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefill_len: int | None = None,
@@ -151,7 +145,7 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
         del params
         gc.collect()
         say(f"converting to TFLite ({quant.value})")
-        tflite = convert_to_tflite(work / "saved_model", quant)
+        tflite, report = convert_to_tflite(work / "saved_model", quant)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say("writing the bundle")
@@ -160,6 +154,6 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     source = dict(source, sha256=hash_source(ckpt))
     bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
                           config=config, assets=assets, source=source,
-                          conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss, "flex_ops": [],
-                                      "pruning": None})
+                          conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss,
+                                      "flex_ops": report["flex_ops"], "pruning": None})
     return ExportReport(Path(bundle), seconds, rss, len(tflite), quant.value)
