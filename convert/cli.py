@@ -53,13 +53,12 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
                                "on random data)")
         if not input_spec:
             raise ConvertError("full-integer calibration supports models with exactly one input")
-        preprocess = None
-        if preprocessing:
-            from liteship.runtime.images import preprocess as preprocess_image
+        def decode_image(path):
+            from liteship.runtime.images import preprocess
 
-            def preprocess(path):
-                return preprocess_image(path, preprocessing)
-        rep = representative_dataset(calibration, input_spec, preprocess=preprocess)
+            return preprocess(path, preprocessing)
+
+        rep = representative_dataset(calibration, input_spec, preprocess=decode_image if preprocessing else None)
         progress(f"calibrating on {rep.num_samples} samples from {calibration}")
     elif calibration is not None:
         progress(f"note: --calibration is ignored for --quant {quant.value}")
