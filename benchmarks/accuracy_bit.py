@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from liteship.runtime.bench import machine_summary
 
 # (row name, quantization, model input/output type, GroupNorm lowering or None for export_bit's default).
 # The four modes; int8 with integer I/O as an Edge TPU runs it (the runtime quantizes the image and dequantizes
@@ -244,18 +245,6 @@ def markdown(rows: list[dict], keras: dict, info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs (a smoke run, ~4 minutes)")
@@ -293,7 +282,7 @@ def main(argv=None) -> int:
         npz = work / "digits-bit.npz"
         save_bit_npz(model, config, npz)
         rows = evaluate_variants(npz, config, data, args.image_size, work / "bundles", args.threads, x_test, logits)
-        info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+        info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_summary(),
                 "train": len(data["train"]), "test": len(data["test"]), "size": args.image_size,
                 "params": model.count_params(), "calibration": len(list(data["calibration"].iterdir())),
                 **trained}

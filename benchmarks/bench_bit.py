@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from liteship.runtime.bench import machine_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.convert.bit_fixtures: npz writer and sample images
@@ -93,16 +94,6 @@ def run_json(cmd: list[str]) -> dict:
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:
@@ -181,8 +172,7 @@ def main() -> int:
         f"# BiT speed: BiT-M R50x1 ({classes} classes, random weights) at {size}x{size}",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}; load average {load:.1f} at the end of the run",
+        f"- machine: {machine_summary()}; load average {load:.1f} at the end of the run",
         f"- threads: {args.threads}; batch 1; {runs} timed rounds after {warmup} warm-up; "
         f"{'--quick' if args.quick else 'full'} mode",
         "- latency: TF Keras (tf.function) and every .tflite (ai-edge-litert, XNNPACK) loaded in one process and run "

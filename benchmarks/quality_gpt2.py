@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT))  # tests.gpt2_tokenizer_fixture: the same local BP
 
 import numpy as np  # noqa: E402
 
+from liteship.runtime.bench import machine_summary  # noqa: E402
+
 QUANTS = ("fp32", "fp16", "dynamic-int8")
 # Allowed relative change of perplexity against liteship fp32 (issue 3); fp32 itself is held to PyTorch.
 TARGETS = {"fp32": 0.001, "fp16": 0.001, "dynamic-int8": 0.02}
@@ -178,18 +180,6 @@ def perplexity_tflite(bundle: Path, wins: list[np.ndarray], threads: int) -> tup
     return math.exp(total / count), count, first_logits
 
 
-def host() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
-
-
 def tflite_available() -> tuple[bool, str]:
     try:
         from liteship.convert.gpt2.export import export  # noqa: F401
@@ -314,7 +304,7 @@ def main(argv=None) -> int:
     lines = [
         "# GPT-2 quality: held-out perplexity, PyTorch vs liteship TFLite",
         "",
-        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {host()}",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {machine_summary()}",
         f"- command: `python benchmarks/quality_gpt2.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         f"- data: `pydoc_data.topics` (Python {platform.python_version()}), split by document (seed {args.seed}): "
         f"{len(train_docs)} training documents ({len(train_stream)} tokens), {len(held_docs)} held out "

@@ -60,6 +60,12 @@ def host_facts() -> dict:
             "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
 
 
+def machine_summary() -> str:
+    """One line naming this machine, for benchmark reports: CPU, cores, OS, Python."""
+    f = host_facts()
+    return f"{f['cpu'] or f['machine']}, {f['cores']} cores, {f['system']} {f['machine']}, Python {f['python']}"
+
+
 def percentiles(samples_ms: list[float]) -> dict:
     a = np.asarray(samples_ms, dtype=np.float64)
     return {
