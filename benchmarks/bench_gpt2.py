@@ -15,13 +15,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
+
+from liteship.runtime.bench import machine_summary
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
@@ -95,24 +96,15 @@ with torch.no_grad():
     model(ids(16))  # warm-up
     x = ids({prompt}); t = time.perf_counter(); model(x); prefill = time.perf_counter() - t
 RESULT = {{"prefill_tok_s": {prompt} / prefill, "decode_tok_s_by_context": {{}}}}
-for ctx in (256, 1024):
-    x = ids(ctx - {new})
-    gen(x, 2)
-    full, one = gen(x, {new}), gen(x, 1)  # generate(n) - generate(1) = n - 1 decode steps with the KV cache
-    RESULT["decode_tok_s_by_context"][str(ctx)] = ({new} - 1) / (full - one)
+rates = {{256: 0.0, 1024: 0.0}}
+for _ in range(3):  # best of 3 rounds, contexts taking turns: the same treatment liteship's rates get
+    for ctx in rates:
+        x = ids(ctx - {new})
+        gen(x, 2)
+        full, one = gen(x, {new}), gen(x, 1)  # generate(n) - generate(1) = n - 1 decode steps with the KV cache
+        rates[ctx] = max(rates[ctx], ({new} - 1) / (full - one))
+RESULT["decode_tok_s_by_context"] = {{str(c): r for c, r in rates.items()}}
 """)
-
-
-def host() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -120,7 +112,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tiny model instead of 124M (smoke test)")
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gpt2_speed.md")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint and bundles (printed path)")
     args = ap.parse_args()
@@ -160,8 +152,9 @@ def write_table(rows: list, args) -> None:
     lines = [
         f"# GPT-2 {'tiny (--quick)' if args.quick else '124M'} speed",
         "",
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {host()}; threads={args.threads}; "
-        f"prefill {args.prompt_tokens} tokens; decode {args.new_tokens} tokens ending at the context; "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {machine_summary()}; threads={args.threads}; "
+        f"prefill {args.prompt_tokens} tokens; decode {args.new_tokens} tokens ending at the context, best of 3 "
+        "rounds for every model; "
         "liteship bundles built with max_context=1024, prefill_len=128.",
         "",
         "| model | prefill tok/s | decode tok/s @256 | decode tok/s @1024 | @1024 / @256 | decode vs best PyTorch @256 "

@@ -368,12 +368,14 @@ def _peak_rss_bytes() -> int:
 
 def benchmark_generation(bundle_path, *, threads: int | None = None, backend: str = "auto", prompt_tokens: int = 128,
                          new_tokens: int = 32, context: int = 256, contexts: Iterable[int] = (),
-                         seed: int = 0) -> dict:
+                         seed: int = 0, repeats: int = 3) -> dict:
     """Prefill and decode speed of a GPT-2 bundle: the ``generation`` block of liteship.bench/1.
 
     Prefill: ``prompt_tokens`` random ids from an empty cache. Decode: ``new_tokens`` greedy steps ending at
     ``context`` filled slots (slots before are marked filled without being computed: a step's cost depends on
-    the shapes, not the cached values). ``contexts`` adds decode rates at other context lengths."""
+    the shapes, not the cached values). ``contexts`` adds decode rates at other context lengths. Each rate is the
+    best of ``repeats`` rounds, the contexts taking turns, so a burst of other work on the device hits one round
+    rather than one context."""
     sess = KVCacheSession(bundle_path, threads=threads, backend=backend)
     C = sess.max_context
     rng = np.random.default_rng(seed)
@@ -398,7 +400,12 @@ def benchmark_generation(bundle_path, *, threads: int | None = None, backend: st
             token = int(np.argmax(sess.decode(token)))
         return n / (time.perf_counter() - t)
 
-    by_context = {int(c): round(decode_rate(c), 2) for c in sorted({context, *contexts})}
+    wanted = sorted({context, *contexts})
+    best = {int(c): 0.0 for c in wanted}
+    for _ in range(max(1, repeats)):
+        for c in wanted:
+            best[int(c)] = max(best[int(c)], decode_rate(c))
+    by_context = {c: round(rate, 2) for c, rate in best.items()}
     return {
         "prefill_tokens": int(prompt_tokens),
         "prefill_tok_s": round(prompt_tokens / prefill_s, 2),
