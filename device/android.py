@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from liteship.errors import DeviceError
 
-from .base import CommandResult, Target, _short, join
+from .base import CommandResult, ShellTarget, _short
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _exception_names(exc: BaseException) -> set[str]:
 # --- the target ---------------------------------------------------------------------------------------------
 
 
-class AndroidTarget(Target):
+class AndroidTarget(ShellTarget):
     """A phone reached through adb-shell. Connects on first use; after a timeout or a lost connection the next
     call reconnects (adbd kills what the old connection was running)."""
 
@@ -356,18 +356,6 @@ class AndroidTarget(Target):
                 raise DeviceError(f"{self.name}: {what} failed: {type(exc).__name__}: {exc}") from None
 
     # --- commands -----------------------------------------------------------------------------------------
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        stdin: bytes | None = None,
-        check: bool = True,
-    ) -> CommandResult:
-        command = join(argv)
-        result = self._execute(command, timeout=timeout, stdin=stdin)
-        return self.check_result(command, result) if check else result
-
     def shell(self, script: str, *, timeout: float | None = None, check: bool = True) -> CommandResult:
         result = self._execute(script, timeout=timeout, stdin=None)
         return self.check_result(script, result) if check else result

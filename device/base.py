@@ -133,6 +133,27 @@ class Target(abc.ABC):
 
 # --- the registry -------------------------------------------------------------------------------------------
 
+class ShellTarget(Target):
+    """A target reached through a remote POSIX shell (ssh, adb): ``run`` quotes argv into one command line and
+    hands it to ``_execute``, the one method such a kind implements for commands."""
+
+    @abc.abstractmethod
+    def _execute(self, command: str, *, timeout: float | None, stdin: bytes | None) -> CommandResult:
+        """Run one already-quoted command line on the remote shell."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        command = join(argv)
+        result = self._execute(command, timeout=timeout, stdin=stdin)
+        return self.check_result(command, result) if check else result
+
+
 Factory = Union[Callable[..., Target], str]
 
 

@@ -30,7 +30,7 @@ from typing import IO, Any, Sequence
 
 from liteship.errors import DeviceError
 
-from .base import CommandResult, Target, _short, join, last_line, quote
+from .base import CommandResult, ShellTarget, _short, last_line, quote
 
 CONNECT_TIMEOUT_S = 10
 # 3 missed keep-alives 5 s apart -> a vanished board is noticed in ~15 s instead of the TCP timeout (minutes).
@@ -75,7 +75,7 @@ def _parse_spec(spec: str) -> tuple[str | None, str, int | None]:
     return match["user"], host, int(match["port"]) if match["port"] else None
 
 
-class SSHTarget(Target):
+class SSHTarget(ShellTarget):
     kind = "ssh"
 
     def __init__(
@@ -143,7 +143,7 @@ class SSHTarget(Target):
             argv += ["-l", self.user]
         return argv + [self.host, remote_command]
 
-    def _exec(
+    def _execute(
         self,
         remote_command: str,
         *,
@@ -204,25 +204,13 @@ class SSHTarget(Target):
                 values.get("user", user))
 
     # --- Target ---------------------------------------------------------------------------------------------
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        stdin: bytes | None = None,
-        check: bool = True,
-    ) -> CommandResult:
-        command = join(argv)
-        result = self._exec(command, timeout=timeout, stdin=stdin)
-        return self.check_result(command, result) if check else result
-
     def put(self, local: Path, remote: str, *, timeout: float | None = None) -> None:
         try:
             handle = open(local, "rb")
         except OSError as exc:
             raise DeviceError(f"{self.name}: cannot read {local}: {exc.strerror}") from None
         with handle:
-            result = self._exec(f"cat > {quote(remote)}", timeout=timeout, stdin=handle)
+            result = self._execute(f"cat > {quote(remote)}", timeout=timeout, stdin=handle)
         if result.returncode != 0:
             raise DeviceError(f"{self.name}: cannot write {remote}: {last_line(result.stderr) or 'cat failed'}")
 
@@ -231,7 +219,7 @@ class SSHTarget(Target):
         tmp = local.with_name(f".{local.name}.partial-{os.getpid()}")
         try:
             with open(tmp, "wb") as handle:
-                result = self._exec(f"cat {quote(remote)}", timeout=timeout, stdout=handle)
+                result = self._execute(f"cat {quote(remote)}", timeout=timeout, stdout=handle)
             if result.returncode != 0:
                 raise DeviceError(f"{self.name}: cannot read {remote}: {last_line(result.stderr) or 'cat failed'}")
             os.replace(tmp, local)
