@@ -35,7 +35,7 @@ from typing import Any
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
 MIB = 1024 * 1024  # the tool divides kB by 1024.0 and calls it MB
 
-_STAT = re.compile(rf"\bcount=(?P<count>\d+)(?P<rest>.*)$")
+_STAT = re.compile(r"\bcount=(?P<count>\d+)(?P<rest>.*)$")
 _FIELD = re.compile(rf"\b(first|curr|min|max|avg|std)=({_NUM})")
 _PATTERNS = {
     "init_ms": re.compile(rf"Initialized session in ({_NUM})\s*ms"),
