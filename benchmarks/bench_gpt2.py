@@ -145,6 +145,26 @@ def measure(work: Path, args) -> list:
     return rows
 
 
+def target_lines(rows: list, base: float, fp32_size: int) -> list[str]:
+    """The issue's targets, as ratios within this run."""
+    by_name = {name: (r, c, size) for name, r, c, size in rows}
+    verdict = lambda ok: "met" if ok else "NOT met"
+    int8, _, int8_size = by_name["liteship dynamic-int8"]
+    fp16_size = by_name["liteship fp16"][2]
+    d = int8["decode_tok_s_by_context"]
+    peak = max(c["peak_rss_bytes"] for _, c, _ in by_name.values() if c)
+    return [
+        f"- dynamic-int8 decode @256 / best PyTorch fp32 @256 = {d['256'] / base:.2f}x (target >= 4x: "
+        f"{verdict(d['256'] / base >= 4)})",
+        f"- dynamic-int8 decode @1024 / @256 = {d['1024'] / d['256']:.2f} (target >= 0.8: "
+        f"{verdict(d['1024'] / d['256'] >= 0.8)})",
+        f"- file vs fp32: dynamic-int8 {int8_size / fp32_size:.3f} (target <= 0.27: {verdict(int8_size / fp32_size <= 0.27)}),"
+        f" fp16 {fp16_size / fp32_size:.3f} (target <= 0.51: {verdict(fp16_size / fp32_size <= 0.51)})",
+        f"- conversion peak RSS, worst variant: {peak / 1e9:.2f} GB = {peak / 2**30:.2f} GiB (target <= 4 GB: "
+        f"{verdict(peak <= 4e9)})",
+    ]
+
+
 def write_table(rows: list, args) -> None:
     base = max(r["decode_tok_s_by_context"]["256"] for name, r, _, _ in rows if name.startswith("PyTorch"))
     fp32_size = next(size for name, _, _, size in rows if name == "liteship fp32")
@@ -168,6 +188,7 @@ def write_table(rows: list, args) -> None:
             f"| {name} | {r['prefill_tok_s']:.1f} | {d['256']:.1f} | {d['1024']:.1f} | {d['1024'] / d['256']:.2f} "
             f"| {d['256'] / base:.2f}x | {mb(size)} | {size / fp32_size:.3f} | "
             f"{conv_s} | {conv_rss} | {mb(r['peak_rss_bytes'])} |")
+    lines += ["", *target_lines(rows, base, fp32_size)]
     table = "\n".join(lines) + "\n"
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
