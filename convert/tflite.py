@@ -32,19 +32,19 @@ def quiet_tensorflow() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def native_stderr_captured() -> Iterator[Path]:
+def native_stderr_captured() -> Iterator[None]:
     """Sends what TensorFlow's C++ code writes to stderr (MLIR diagnostics, quantizer chatter) to a temporary
     file for the duration, so a failed conversion prints liteship's one-line error and not pages of MLIR.
-    Set LITESHIP_VERBOSE=1 to see it. Yields the file's path."""
+    Set LITESHIP_VERBOSE=1 to see it."""
     if os.environ.get("LITESHIP_VERBOSE"):
-        yield Path(os.devnull)
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield Path(os.devnull)
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
