@@ -112,14 +112,13 @@ def common_options(fn):
 @common_options
 def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
     """Convert a SavedModel folder to a bundle."""
-    from liteship.convert.tflite import check_saved_model, quiet_tensorflow
+    from liteship.convert.tflite import check_saved_model
 
     check_saved_model(path)
     q = Quant.parse(quant)
-    with quiet_tensorflow():
-        result = convert_to_bundle(path, source=path, out=out or default_out(path, q), quant=q,
-                                   calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
-                                   labels=labels, signature=signature, mean=mean, std=std)
+    result = convert_to_bundle(path, source=path, out=out or default_out(path, q), quant=q,
+                               calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
+                               labels=labels, signature=signature, mean=mean, std=std)
     click.echo(str(result))
 
 
@@ -128,13 +127,13 @@ def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, label
 @common_options
 def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
     """Convert a Keras model file (.keras, .h5) to a bundle."""
-    from liteship.convert.tflite import keras_as_saved_model, quiet_tensorflow
+    from liteship.convert.tflite import keras_as_saved_model
 
     q = Quant.parse(quant)
     if not path.exists():
         raise ConvertError(f"{path} does not exist")
     progress(f"loading {path}")
-    with quiet_tensorflow(), keras_as_saved_model(path) as saved_model:
+    with keras_as_saved_model(path) as saved_model:
         result = convert_to_bundle(saved_model, source=path, out=out or default_out(path, q), quant=q,
                                    calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
                                    labels=labels, signature=signature, mean=mean, std=std)

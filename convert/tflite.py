@@ -25,13 +25,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def quiet_tensorflow() -> Iterator[None]:
-    """TensorFlow's C++ logging says nothing a user of liteship can act on; keep warnings and errors."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    yield
-
-
-@contextlib.contextmanager
 def native_stderr_captured() -> Iterator[None]:
     """Sends what TensorFlow's C++ code writes to stderr (MLIR diagnostics, quantizer chatter) to a temporary
     file for the duration, so a failed conversion prints liteship's one-line error and not pages of MLIR.
