@@ -1,7 +1,7 @@
 """Small bundles (with reference inputs and outputs) that runtime tests share.
 
 Building them needs TensorFlow. The device-like CI step has none: an earlier step runs
-``python tests/fixture_bundles.py OUTDIR`` and the runtime tests read OUTDIR from $LITESHIP_TEST_BUNDLES.
+``python -m tests.fixture_bundles OUTDIR`` and the runtime tests read OUTDIR from $LITESHIP_TEST_BUNDLES.
 Each bundle folder gets a ``reference.npz`` beside it (``<name>.reference.npz``) with inputs ``x`` and the source
 model's outputs ``y``, so correctness is checked against the source model, not against TFLite itself.
 """
