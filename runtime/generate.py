@@ -33,6 +33,21 @@ from liteship.errors import RuntimeLiteshipError
 MASK_EMPTY = np.float32(-1e9)
 
 
+def _tensor_details(interp, subgraph: int) -> list[dict]:
+    """interp.get_tensor_details(subgraph). tflite-runtime 2.14's public method reads subgraph 0 only, so there
+    ask its per-tensor helper, which takes the subgraph."""
+    try:
+        return interp.get_tensor_details(subgraph)
+    except TypeError:
+        details = []
+        for index in range(interp._interpreter.NumTensors(subgraph)):
+            try:
+                details.append(interp._get_tensor_details(index, subgraph))
+            except ValueError:  # a temporary tensor without a name: get_tensor_details skips those too
+                continue
+        return details
+
+
 class TokenTable:
     """Token embedding rows from the LM head's [V, E] weight inside the model (int8 per-row scaled, fp16 or fp32)."""
 
@@ -40,7 +55,7 @@ class TokenTable:
 
     def __init__(self, interp, subgraph: int, vocab: int, width: int):
         found = {}
-        for d in interp.get_tensor_details(subgraph):
+        for d in _tensor_details(interp, subgraph):
             if list(d["shape"]) == [vocab, width]:
                 found.setdefault(np.dtype(d["dtype"]).type, []).append(d)
         kind = next((k for k in self.PREFERENCE if len(found.get(k, ())) == 1), None)
