@@ -173,7 +173,7 @@ def build_gpt2_checkpoint(folder: Path, *, train_seconds: float, seed: int = 0) 
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        loss, steps = float(out.loss), steps + 1
+        loss, steps = out.loss.item(), steps + 1
     model.eval()
     model.save_pretrained(folder)
     return {"params": sum(p.numel() for p in model.parameters()), "steps": steps, "loss": loss, "model": model,
