@@ -144,7 +144,7 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
     if generation and bundle.family == "gpt2":
         from liteship.runtime.generate import benchmark_generation
 
-        result["generation"] = benchmark_generation(bundle.root, threads=threads, backend=backend)
+        result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend)  # already verified
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["host"] = host_facts()
     result["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
