@@ -20,8 +20,6 @@ the new tokens' K/V slice into the cache, so a step's cost does not grow with th
 from __future__ import annotations
 
 import os
-import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -29,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from liteship.errors import RuntimeLiteshipError
+from liteship.runtime.bench import peak_rss_bytes
 
 MASK_EMPTY = np.float32(-1e9)
 
@@ -376,11 +375,6 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
-def _peak_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
-
-
 def benchmark_generation(bundle_path, *, threads: int | None = None, backend: str = "auto", prompt_tokens: int = 128,
                          new_tokens: int = 32, context: int = 256, contexts: Iterable[int] = (),
                          seed: int = 0, repeats: int = 3) -> dict:
@@ -430,5 +424,5 @@ def benchmark_generation(bundle_path, *, threads: int | None = None, backend: st
         "decode_tok_s_by_context": {str(k): v for k, v in by_context.items()},
         "max_context": C,
         "threads": sess.threads,
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss_bytes(),
     }

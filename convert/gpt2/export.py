@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import gc
 import json
-import resource
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from liteship.convert.gpt2.config import GPT2Config
+from liteship.runtime.bench import peak_rss_bytes
 from liteship.errors import ConvertError
 
 SIGNATURES = ("prefill", "decode")
@@ -42,11 +41,6 @@ class ExportReport:
     peak_rss_bytes: int
     tflite_bytes: int
     quantization: str
-
-
-def peak_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
 
 
 def resolve_lengths(cfg: GPT2Config, max_context: int | None, prefill_len: int | None) -> tuple[int, int]:
@@ -150,7 +144,7 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
         shutil.rmtree(work, ignore_errors=True)
     say("writing the bundle")
     seconds = time.perf_counter() - start
-    rss = peak_rss_bytes()
+    rss = peak_rss_bytes()  # of this process: the converter runs here
     source = dict(source, sha256=hash_source(ckpt))
     bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
                           config=config, assets=assets, source=source,
