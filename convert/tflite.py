@@ -43,6 +43,66 @@ def native_stderr_captured() -> Iterator[None]:
             os.close(saved)
 
 
+def _release_free_heap() -> None:
+    """Give freed native heap back to the OS (glibc's malloc_trim); a no-op where libc is not glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _lean_object_to_bytearray(model_object, extra_buffer=b""):
+    """tensorflow.lite.tools.flatbuffer_utils.convert_object_to_bytearray with one copy of the model in memory.
+
+    The original starts its builder at 1 KiB and lets it double (holding the old and new buffer at once), then
+    copies the result twice more (Output() slice, bytes()): about 3.5x the model's size at its peak, on top of the
+    converter's own copy. Sizing the builder from the buffers' byte count up front and copying out through a
+    memoryview keeps it near 2x."""
+    import flatbuffers
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    data_bytes = sum(b.data.nbytes for b in (model_object.buffers or []) if getattr(b.data, "nbytes", None))
+    builder = flatbuffers.Builder(data_bytes + (16 << 20))  # + room for the graph itself; it still grows if short
+    root = model_object.Pack(builder)
+    builder.Finish(root, file_identifier=flatbuffer_utils._TFLITE_FILE_IDENTIFIER)
+    out = bytes(memoryview(builder.Bytes)[builder.Head():])
+    del builder
+    return out + extra_buffer if extra_buffer else out
+
+
+@contextlib.contextmanager
+def lean_converter_memory() -> Iterator[None]:
+    """Lowers TFLiteConverter.convert()'s peak memory, which for a 500 MB model is set by its Python post-processing
+    (buffer de-duplication and conversion metadata each unpack the model to objects and re-serialize it) on top
+    of the heap the MLIR converter freed but glibc kept. Patches two TensorFlow internals for the duration;
+    if a TensorFlow release renames them, conversion works as before, only with the higher peak."""
+    try:
+        from tensorflow.lite.python import lite
+        from tensorflow.lite.tools import flatbuffer_utils
+    except ImportError:
+        yield
+        return
+    dedup = getattr(lite, "_deduplicate_readonly_buffers", None)
+    serialize = getattr(flatbuffer_utils, "convert_object_to_bytearray", None)
+    if dedup is None or serialize is None or not hasattr(flatbuffer_utils, "_TFLITE_FILE_IDENTIFIER"):
+        yield
+        return
+
+    def dedup_after_trim(model):
+        _release_free_heap()  # the MLIR converter is done; its freed heap would otherwise add to the next peak
+        return dedup(model)
+
+    lite._deduplicate_readonly_buffers = dedup_after_trim
+    flatbuffer_utils.convert_object_to_bytearray = _lean_object_to_bytearray
+    try:
+        yield
+    finally:
+        lite._deduplicate_readonly_buffers = dedup
+        flatbuffer_utils.convert_object_to_bytearray = serialize
+
+
 def unsupported_ops(message: str) -> list[str]:
     """Op names from the converter's 'ops are not supported' error, e.g. ['tf.Erfinv']."""
     ops = re.findall(r"'(tf\.[A-Za-z0-9_]+)'", message) or re.findall(r"\b(tf\.[A-Z][A-Za-z0-9_]+)\b", message)
@@ -106,7 +166,7 @@ def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str"
     if configure is not None:
         configure(converter)
     try:
-        with native_stderr_captured():
+        with native_stderr_captured(), lean_converter_memory():
             data = converter.convert()
     except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
         message = str(exc)
