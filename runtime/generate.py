@@ -2,11 +2,13 @@
 
 The KV cache lives in the decode signature's own input buffers, owned by this module and written in place through
 zero-copy numpy views (no cache is ever passed in or copied back per step). Shapes, for L layers, H heads, head
-size hd, static context C (manifest config "max_context") and prefill chunk P ("prefill_len"):
+size hd, static context C (manifest config "max_context"), prefill chunk P ("prefill_len") and S decode slots
+(the cache size this module gives decode: SLOT_STEP at first, grown in steps of it as the text grows, at most C):
 
   prefill: embeds[P, E] float32, positions[P] int32, mask[P, C+P] float32, k_i[H, C, hd], v_i[H, C, hd]
            -> logits[P, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
-  decode:  embeds[1, E], position[1], mask[1, C+1], k_i, v_i -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
+  decode:  embeds[1, E], position[1], mask[1, S+1], k_i[H, S, hd], v_i[H, S, hd]
+           -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
 
 `embeds` are token embedding rows, read (and for int8 dequantized, one row at a time) from the tied LM head's weight
 tensor inside the .tflite itself, through a zero-copy view: the table is stored once and never dequantized whole.
@@ -82,8 +84,9 @@ class TokenTable:
 class _SignatureBuffers:
     """A signature's input/output tensors as numpy views into the interpreter's own memory.
 
-    Uses the interpreter wrapper's per-subgraph ``tensor()``/``Invoke`` (ai-edge-litert, tf.lite); the shapes are
-    static, so the views stay valid for the interpreter's life (nothing reallocates)."""
+    Uses the interpreter wrapper's per-subgraph ``tensor()``/``Invoke``/``ResizeInputTensor`` (ai-edge-litert,
+    tflite-runtime, tf.lite). The views stay valid until the next ``allocate()``, which replaces them: a resize
+    moves every tensor of the subgraph, so callers re-read ``inputs``/``outputs`` after one."""
 
     def __init__(self, interp, key: str):
         try:
@@ -91,23 +94,38 @@ class _SignatureBuffers:
         except ValueError:
             raise RuntimeLiteshipError(f"the model has no {key!r} signature; is it a liteship GPT-2 bundle?") from None
         sig = interp._get_full_signature_list()[key]
-        self._wrapper = interp._interpreter
+        self._interp = interp  # its wrapper is looked up per call: holding it would fail allocate_tensors' check
         self._sub = runner._subgraph_index
+        self._in, self._out = sig["inputs"], sig["outputs"]
+        details = {d["index"]: d for d in _tensor_details(interp, self._sub)}
+        # -1 marks a dimension the graph leaves open (decode's slot count); older bundles have none
+        self.shape_signature = {n: [int(x) for x in details[i].get("shape_signature", details[i]["shape"])]
+                                for n, i in self._in.items() if i in details}
+        self.inputs: dict = {}
+        self.outputs: dict = {}
+
+    def resize(self, shapes: dict[str, tuple]) -> None:
+        """Give inputs new shapes; takes effect (and invalidates the views) at the next allocate()."""
+        for name, shape in shapes.items():
+            self._interp._interpreter.ResizeInputTensor(self._in[name], np.array(shape, np.int32), False, self._sub)
+
+    def allocate(self) -> None:
+        wrapper = self._interp._interpreter
         try:
-            self._wrapper.AllocateTensors(self._sub)
-            self.inputs = {n: self._wrapper.tensor(interp, i, self._sub) for n, i in sig["inputs"].items()}
-            self.outputs = {n: self._wrapper.tensor(interp, i, self._sub) for n, i in sig["outputs"].items()}
+            wrapper.AllocateTensors(self._sub)
+            self.inputs = {n: wrapper.tensor(self._interp, i, self._sub) for n, i in self._in.items()}
+            self.outputs = {n: wrapper.tensor(self._interp, i, self._sub) for n, i in self._out.items()}
         except TypeError:  # an old interpreter whose tensor() has no subgraph argument
-            backend = getattr(interp, "liteship_backend", "this interpreter")
+            backend = getattr(self._interp, "liteship_backend", "this interpreter")
             raise RuntimeLiteshipError(f"{backend} cannot give per-signature tensor views; GPT-2 generation needs "
                                        "ai-edge-litert (pip install ai-edge-litert)") from None
 
     def cache(self, n_layer: int):
-        """([k_0..k_{L-1}], [v_0..v_{L-1}]) as views; kept for the interpreter's life since nothing reallocates."""
+        """([k_0..k_{L-1}], [v_0..v_{L-1}]) as views, valid until the next allocate()."""
         return [self.inputs[f"k_{l}"] for l in range(n_layer)], [self.inputs[f"v_{l}"] for l in range(n_layer)]
 
     def invoke(self) -> None:
-        self._wrapper.Invoke(self._sub)
+        self._interp._interpreter.Invoke(self._sub)
 
 
 def _open_bundle(bundle):
@@ -119,10 +137,20 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-class KVCacheSession:
-    """One sequence's state: the interpreter, the cache in its input buffers, and how many slots are filled."""
+SLOT_STEP = 128  # decode's cache grows this many slots at a time; a growth re-allocates (10-40 ms at 124M)
 
-    def __init__(self, bundle, *, threads: int | None = None, backend: str = "auto"):
+
+class KVCacheSession:
+    """One sequence's state: the interpreter, the cache in its input buffers, and how many slots are filled.
+
+    Decode attends over ``slots`` cache slots. Bundles whose decode signature leaves the slot count open (all
+    made since the graph did) start at SLOT_STEP slots and grow by SLOT_STEP as the text does, so a step reads
+    only the cache in use: at 124M int8 a step over 256 slots costs about half one over 1024. ``grow_cache=False``
+    (or an older bundle) sizes it to max_context from the start: a constant step time, that of the longest text.
+    The default (None) grows the cache except for fp16 bundles, where a growth costs too much (see below).
+    """
+
+    def __init__(self, bundle, *, threads: int | None = None, backend: str = "auto", grow_cache: bool | None = None):
         from liteship.runtime.interpreter import create_interpreter
 
         self.bundle = _open_bundle(bundle)
@@ -135,9 +163,29 @@ class KVCacheSession:
         self.vocab_size = int(cfg["model"]["vocab_size"])
         self.threads = threads or default_threads()
         self.interp = create_interpreter(self.bundle.model_path, backend=backend, num_threads=self.threads)
-        self.interp.allocate_tensors()  # applies the default (XNNPACK) delegate to every subgraph
         self._decode = _SignatureBuffers(self.interp, "decode")
         self._prefill = _SignatureBuffers(self.interp, "prefill")
+        k0 = self._decode.shape_signature.get("k_0", [])
+        self._open_slots = len(k0) == 3 and k0[1] == -1
+        if grow_cache and not self._open_slots:
+            raise RuntimeLiteshipError(f"{self.bundle.root}: its decode signature has a fixed cache of "
+                                       f"{self.max_context} slots (converted before liteship grew caches); "
+                                       "re-convert it to grow the cache")
+        self.slot_step = SLOT_STEP
+        if grow_cache is None:
+            # A growth re-prepares decode's XNNPACK subgraph: 20-60 ms for int8 and 30-250 ms for fp32 weights at
+            # 124M, but 0.4-1.5 s and +500 MB RSS for fp16 ones, which XNNPACK unpacks to fp32 again each time.
+            grow_cache = self._open_slots and self.bundle.quantization != "fp16"
+        want = bool(grow_cache)
+        self.grow_cache = want and self.max_context > self.slot_step  # else one step already holds the context
+        self._min_slots = min(self.slot_step, self.max_context) if self.grow_cache else self.max_context
+        self.slots = self.max_context
+        if self._open_slots:  # before the first allocation, so the delegate is prepared at this size
+            self.slots = self._min_slots
+            self._decode.resize(self._decode_shapes(self.slots))
+        self.interp.allocate_tensors()  # applies the default (XNNPACK) delegate to every subgraph
+        self._decode.allocate()
+        self._prefill.allocate()
         self.tokens = TokenTable(self.interp, self._decode._sub, self.vocab_size, int(cfg["model"]["n_embd"]))
         P = self.prefill_len
         self._prefill_self_mask = np.triu(np.full((P, P), MASK_EMPTY, np.float32), k=1)  # (P, P): t sees <= t
@@ -145,17 +193,51 @@ class KVCacheSession:
         self._prefill_cache = self._prefill.cache(self.n_layer)
         self.reset()
 
+    def _decode_shapes(self, slots: int) -> dict[str, tuple]:
+        H, _, hd = self._decode.shape_signature["k_0"]
+        shapes = {"mask": (1, slots + 1)}
+        for l in range(self.n_layer):
+            shapes[f"k_{l}"] = shapes[f"v_{l}"] = (H, slots, hd)
+        return shapes
+
+    def _resize_decode(self, slots: int) -> None:
+        """Re-allocate decode's cache at ``slots`` slots, keeping the filled ones (a resize moves every buffer)."""
+        keep = min(self.length, slots)
+        ks, vs = self._decode_cache
+        saved = [(k[:, :keep, :].copy(), v[:, :keep, :].copy()) for k, v in zip(ks, vs)]
+        self._decode.resize(self._decode_shapes(slots))
+        self._decode.allocate()
+        self.slots = slots
+        self._decode_cache = self._decode.cache(self.n_layer)
+        for (k, v), (sk, sv) in zip(zip(*self._decode_cache), saved):
+            k[:, :keep, :] = sk
+            v[:, :keep, :] = sv
+            k[:, keep:, :] = 0.0  # empty slots are masked, but 0 * NaN is NaN: fresh buffers hold garbage
+            v[:, keep:, :] = 0.0
+        self._write_decode_mask()
+
+    def _ensure_slots(self, needed: int) -> None:
+        """Make decode's cache hold at least ``needed`` slots (a multiple of slot_step, at most max_context)."""
+        if needed > self.slots:
+            self._resize_decode(min(self.max_context, -(-needed // self.slot_step) * self.slot_step))
+
+    def _write_decode_mask(self) -> None:
+        mask = self._decode.inputs["mask"]  # (1, slots+1)
+        mask[:] = MASK_EMPTY
+        mask[0, :self.length] = 0.0
+        mask[0, -1] = 0.0  # the new token always sees itself
+
     def reset(self) -> None:
-        """Forget the sequence: every cache slot empty."""
+        """Forget the sequence: every cache slot empty (and a grown cache back to its first size)."""
         self.length = 0
         self._prefill_synced = 0  # slots [0, this) of the prefill signature's cache hold the sequence's K/V
+        if self.slots != self._min_slots:
+            self._resize_decode(self._min_slots)
         # Empty slots are masked, but 0 * NaN is NaN: fresh buffers hold garbage, so zero them.
         for arrays in (*self._decode_cache, *self._prefill_cache):
             for a in arrays:
                 a.fill(0.0)
-        mask = self._decode.inputs["mask"]  # (1, C+1)
-        mask[:] = MASK_EMPTY
-        mask[0, -1] = 0.0  # the new token always sees itself
+        self._write_decode_mask()
 
     def _write(self, k_new, v_new, start: int, n: int, targets) -> None:
         """Copy the K/V of n new tokens (k_new/v_new: (L, H, T, hd)) into cache slots start..start+n-1."""
@@ -172,7 +254,7 @@ class KVCacheSession:
         C, P = self.max_context, self.prefill_len
         if self.length + len(ids) > C:
             raise RuntimeLiteshipError(f"{self.length + len(ids)} tokens do not fit the bundle's context of {C}")
-        pre, dec = self._prefill.inputs, self._decode.inputs
+        pre = self._prefill.inputs
         out = []
         for s in range(0, len(ids), P):
             chunk = ids[s:s + P]
@@ -196,9 +278,9 @@ class KVCacheSession:
             o = self._prefill.outputs
             if all_logits or s + P >= len(ids):
                 out.append(np.array(o["logits"][:n] if all_logits else o["logits"][n - 1:n]))
-            k_new, v_new = o["k_new"], o["v_new"]
-            self._write(k_new, v_new, start, n, [self._decode_cache])  # the decode buffers hold the sequence
-            dec["mask"][0, start:start + n] = 0.0
+            self._ensure_slots(start + n)
+            self._write(o["k_new"], o["v_new"], start, n, [self._decode_cache])  # decode's buffers hold the sequence
+            self._decode.inputs["mask"][0, start:start + n] = 0.0
             self.length += n
         return np.concatenate(out) if out else np.zeros((0, self.vocab_size), np.float32)
 
@@ -207,6 +289,7 @@ class KVCacheSession:
         pos = self.length
         if pos >= self.max_context:
             raise RuntimeLiteshipError(f"the context of {self.max_context} tokens is full")
+        self._ensure_slots(pos + 1)  # the new token's own row is written after the step, into slot pos
         dec = self._decode.inputs
         self.tokens.rows(np.array([token]), dec["embeds"])
         dec["position"][0] = pos
@@ -221,6 +304,7 @@ class KVCacheSession:
         """Mark n more slots filled without computing them (benchmarks: a step's cost does not depend on values)."""
         if self.length + n > self.max_context:
             raise RuntimeLiteshipError(f"cannot advance past the context of {self.max_context}")
+        self._ensure_slots(self.length + n)
         self._decode.inputs["mask"][0, self.length:self.length + n] = 0.0
         self.length += n
 
@@ -259,8 +343,8 @@ class Generation:
 class TextGenerator:
     """Generate text from a GPT-2 bundle: ``TextGenerator(bundle).generate("Hello", max_new_tokens=20)``."""
 
-    def __init__(self, bundle, *, threads: int | None = None, backend: str = "auto"):
-        self.session = KVCacheSession(bundle, threads=threads, backend=backend)
+    def __init__(self, bundle, *, threads: int | None = None, backend: str = "auto", grow_cache: bool | None = None):
+        self.session = KVCacheSession(bundle, threads=threads, backend=backend, grow_cache=grow_cache)
         self.bundle = self.session.bundle
         self.config = self.bundle.config
         self._tokenizer = None
@@ -377,24 +461,26 @@ def _overlap(text: str, stop: str) -> int:
 
 def benchmark_generation(bundle_path, *, threads: int | None = None, backend: str = "auto", prompt_tokens: int = 128,
                          new_tokens: int = 32, context: int = 256, contexts: Iterable[int] = (),
-                         seed: int = 0, repeats: int = 3) -> dict:
+                         seed: int = 0, repeats: int = 3, grow_cache: bool | None = None) -> dict:
     """Prefill and decode speed of a GPT-2 bundle: the ``generation`` block of liteship.bench/1.
 
     Prefill: ``prompt_tokens`` random ids from an empty cache. Decode: ``new_tokens`` greedy steps ending at
     ``context`` filled slots (slots before are marked filled without being computed: a step's cost depends on
     the shapes, not the cached values). ``contexts`` adds decode rates at other context lengths. Each rate is the
-    best of ``repeats`` rounds, the contexts taking turns, so a burst of other work on the device hits one round
-    rather than one context."""
-    sess = KVCacheSession(bundle_path, threads=threads, backend=backend)
+    best of ``repeats`` rounds (prefill too), the contexts taking turns, so a burst of other work on the device
+    hits one round rather than one context. ``grow_cache`` as in KVCacheSession (default: grow where the bundle allows)."""
+    sess = KVCacheSession(bundle_path, threads=threads, backend=backend, grow_cache=grow_cache)
     C = sess.max_context
     rng = np.random.default_rng(seed)
     prompt_tokens = min(prompt_tokens, C)
     ids = rng.integers(0, sess.vocab_size, prompt_tokens)
     sess.prefill(ids[: min(prompt_tokens, sess.prefill_len)])  # warm-up: first invocations pay one-time costs
-    sess.reset()
-    t0 = time.perf_counter()
-    logits = sess.prefill(ids, all_logits=False)[-1]
-    prefill_s = time.perf_counter() - t0
+    prefill_s = float("inf")
+    for _ in range(max(1, repeats)):  # best of rounds, as for decode
+        sess.reset()
+        t0 = time.perf_counter()
+        logits = sess.prefill(ids, all_logits=False)[-1]
+        prefill_s = min(prefill_s, time.perf_counter() - t0)
 
     def decode_rate(ctx: int) -> float:
         ctx = min(ctx, C)
@@ -423,6 +509,7 @@ def benchmark_generation(bundle_path, *, threads: int | None = None, backend: st
         "context": int(min(context, C)),
         "decode_tok_s_by_context": {str(k): v for k, v in by_context.items()},
         "max_context": C,
+        "kv_cache": f"grows in steps of {sess.slot_step} slots" if sess.grow_cache else f"all {C} slots",
         "threads": sess.threads,
         "peak_rss_bytes": peak_rss_bytes(),
     }

@@ -18,12 +18,16 @@ import click
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
 @click.option("--threads", type=int, default=None, help="Interpreter threads [default: up to 4 cores].")
 @click.option("--truncate", is_flag=True, help="Keep the end of a prompt longer than the context instead of failing.")
+@click.option("--full-cache", is_flag=True,
+              help="Attend over all max_context cache slots from the first token: the same step time at every "
+                   "position, that of the longest text (default: the cache grows with the text).")
 @click.option("--stats", is_flag=True, help="Print prefill/decode speed to stderr at the end.")
-def command(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, threads, truncate, stats):
+def command(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, threads, truncate, full_cache,
+            stats):
     """Continue PROMPT with the GPT-2 BUNDLE, printing tokens as they are generated."""
     from liteship.runtime.generate import TextGenerator
 
-    gen = TextGenerator(bundle, threads=threads)
+    gen = TextGenerator(bundle, threads=threads, grow_cache=False if full_cache else None)
 
     def emit(piece: str) -> None:
         sys.stdout.write(piece)

@@ -5,10 +5,11 @@ weights as embedded graph constants):
 
   prefill(embeds[P, E], positions[P], mask[P, C+P], k_0..k_{L-1}[H, C, hd], v_0..v_{L-1}[H, C, hd])
       -> logits[P, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
-  decode(embeds[1, E], position[1], mask[1, C+1], k_i, v_i as above)
+  decode(embeds[1, E], position[1], mask[1, S+1], k_i[H, S, hd], v_i[H, S, hd])
       -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
 
-C is the static max_context, P the static prefill chunk, L layers, H heads, hd head size, V vocab.
+C is the static max_context, P the static prefill chunk, L layers, H heads, hd head size, V vocab. S, decode's
+slot count, is left open in the graph: the runtime sizes it to the slots in use (S <= C, grown in steps).
 Why this layout (measured, see docs/gpt2_kv_cache.md):
 - The cache is an *input* per layer that the runtime owns and never sends back: the model emits only the K/V of
   the new token(s); the runtime writes that slice into the interpreter's input buffer in place. Nothing in the
@@ -55,8 +56,8 @@ def param_shapes(cfg: GPT2Config) -> dict[str, tuple]:
     return shapes
 
 
-def cache_shapes(cfg: GPT2Config, max_context: int) -> tuple[tuple, tuple]:
-    """(K cache shape, V cache shape) of one layer."""
+def cache_shapes(cfg: GPT2Config, max_context: int | None) -> tuple[tuple, tuple]:
+    """(K cache shape, V cache shape) of one layer; None leaves the slot count open."""
     return (cfg.n_head, max_context, cfg.head_dim), (cfg.n_head, max_context, cfg.head_dim)
 
 
@@ -67,19 +68,22 @@ def attend(q, k, v, k_cache, v_cache, mask):
     Decode (T=1) uses MUL + SUM instead of BATCH_MATMUL: with a non-constant right-hand side the BATCH_MATMUL
     kernels repack/transpose the whole cache on every call, which made attention over C=1024 cost more than all
     the int8 weights of a step (docs/gpt2_kv_cache.md); the elementwise form reads each cache byte once.
+    In decode C is not fixed in the graph (the runtime sizes the cache inputs to the slots in use), so nothing
+    here may depend on it: shapes are -1 and the new token's own column is the last one.
     """
     H, T, hd = q.shape
-    C = k_cache.shape[1]
     if T == 1:
-        cached = tf.reshape(tf.reduce_sum(q * k_cache, axis=-1), (H, 1, C))  # (H, 1, C)
+        cached = tf.reshape(tf.reduce_sum(q * k_cache, axis=-1), (H, 1, -1))  # (H, 1, C)
         itself = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # (H, 1, 1)
     else:
         cached = tf.matmul(q, k_cache, transpose_b=True)  # (H, T, C): prefill is compute-bound, a product is right
         itself = tf.matmul(q, k, transpose_b=True)  # (H, T, T)
     probs = tf.nn.softmax(tf.concat([cached, itself], axis=-1) + mask, axis=-1)  # (H, T, C+T)
     if T == 1:
-        out = tf.reduce_sum(tf.reshape(probs[:, :, :C], (H, C, 1)) * v_cache, axis=1, keepdims=True)  # (H, 1, hd)
-        return out + probs[:, :, C:] * v  # (H, 1, hd)
+        weights = tf.reshape(probs[:, :, :-1], (H, -1, 1))  # (H, C, 1)
+        out = tf.reduce_sum(weights * v_cache, axis=1, keepdims=True)  # (H, 1, hd)
+        return out + probs[:, :, -1:] * v  # (H, 1, hd)
+    C = k_cache.shape[1]
     return tf.matmul(probs[:, :, :C], v_cache) + tf.matmul(probs[:, :, C:], v)  # (H, T, hd)
 
 
@@ -143,23 +147,27 @@ class GPT2TF(tf.Module):
         logits = tf.matmul(x, wte, transpose_b=True)  # (T, V): the LM head is the tied token embedding
         return {"logits": logits, "k_new": tf.stack(ks), "v_new": tf.stack(vs)}  # k/v: (L, H, T, hd)
 
-    def input_signature(self, T: int) -> list:
+    def input_signature(self, decode: bool) -> list:
+        """Prefill: T = P tokens over a static C. Decode: T = 1, and the slot count is left open (-1 in the
+        .tflite's shape signature): the runtime sizes its cache inputs to the slots in use and grows them with the
+        text, so a step at position 100 reads 128 slots of cache rather than max_context (docs/gpt2_kv_cache.md)."""
         cfg = self.cfg
-        (kshape, vshape) = cache_shapes(cfg, self.C)
+        T, C = (1, None) if decode else (self.P, self.C)
+        (kshape, vshape) = cache_shapes(cfg, C)
         specs = [tf.TensorSpec((T, cfg.n_embd), tf.float32, name="embeds"),
-                 tf.TensorSpec((T,), tf.int32, name="position" if T == 1 else "positions"),
-                 tf.TensorSpec((T, self.C + T), tf.float32, name="mask")]
+                 tf.TensorSpec((T,), tf.int32, name="position" if decode else "positions"),
+                 tf.TensorSpec((T, None if C is None else C + T), tf.float32, name="mask")]
         specs += [tf.TensorSpec(kshape, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)]
         specs += [tf.TensorSpec(vshape, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]
         return specs
 
-    def concrete_function(self, T: int):
+    def concrete_function(self, decode: bool):
         L = self.cfg.n_layer
 
         def fn(*args):
             return self.forward(args[0], args[1], args[2], list(args[3:3 + L]), list(args[3 + L:]))
 
-        return tf.function(fn, input_signature=self.input_signature(T)).get_concrete_function()
+        return tf.function(fn, input_signature=self.input_signature(decode)).get_concrete_function()
 
     def signatures(self) -> dict:
-        return {"prefill": self.concrete_function(self.P), "decode": self.concrete_function(1)}
+        return {"prefill": self.concrete_function(decode=False), "decode": self.concrete_function(decode=True)}

@@ -16,11 +16,11 @@ pytest.importorskip("torch")
 
 
 
-def run_sequence(bundle, seq, n_prompt):
+def run_sequence(bundle, seq, n_prompt, **options):
     """Logits (len(seq), V): prefill of seq[:n_prompt] (several chunks), then one decode per further token."""
     from liteship.runtime.generate import KVCacheSession
 
-    s = KVCacheSession(bundle)
+    s = KVCacheSession(bundle, **options)
     out = [s.prefill(seq[:n_prompt])]
     out += [s.decode(t)[None] for t in seq[n_prompt:]]
     return np.concatenate(out)
@@ -31,10 +31,14 @@ def reference(root):
     return list(ref["prompt"]) + list(ref["continuation"]), len(ref["prompt"]), ref["logits"], list(ref["continuation"])
 
 
-def test_fp32_logits_match_pytorch_for_prefill_and_every_decode_step(tmp_path_factory):
+@pytest.mark.parametrize("grow_cache", [True, False], ids=["grown-cache", "full-cache"])
+def test_fp32_logits_match_pytorch_for_prefill_and_every_decode_step(tmp_path_factory, monkeypatch, grow_cache):
+    """Also with decode's cache grown in steps of 16 slots (C=64: it is re-allocated at 16, 32, 48 and 64 slots
+    across prefill chunks and decode steps, keeping the filled slots each time) and with all 64 from the start."""
+    monkeypatch.setattr("liteship.runtime.generate.SLOT_STEP", 16)
     root = gpt2_bundles(tmp_path_factory)
     seq, n_prompt, want, _ = reference(root)
-    got = run_sequence(root / "gpt2-fp32", seq, n_prompt)
+    got = run_sequence(root / "gpt2-fp32", seq, n_prompt, grow_cache=grow_cache)
     # Observed max |diff| ~5e-6 with logits up to ~7: float32 summation order differs between XNNPACK and
     # PyTorch. 1e-4 leaves 20x headroom and is still 1e4 times smaller than any real bug (a wrong cache slot or
     # mask moves logits by O(1)).
@@ -87,8 +91,10 @@ def test_bundle_carries_signatures_tokenizer_and_generation_config(tmp_path_fact
     assert b.asset("vocab").is_file() and b.asset("merges").is_file()
     specs = {s: {t["name"]: t for t in b.signatures[s]["inputs"] + b.signatures[s]["outputs"]}
              for s in ("prefill", "decode")}
-    assert specs["decode"]["mask"]["shape"] == [1, C + 1] and specs["prefill"]["mask"]["shape"] == [P, C + P]
-    assert specs["decode"]["k_1"]["shape"] == [2, C, 16] and specs["decode"]["v_1"]["shape"] == [2, C, 16]
+    # decode leaves its slot count open (-1): the runtime sizes the cache to the text; prefill's C is fixed
+    assert specs["decode"]["mask"]["shape"] == [1, -1] and specs["prefill"]["mask"]["shape"] == [P, C + P]
+    assert specs["decode"]["k_1"]["shape"] == [2, -1, 16] and specs["decode"]["v_1"]["shape"] == [2, -1, 16]
+    assert specs["prefill"]["k_1"]["shape"] == [2, C, 16]
     assert specs["decode"]["logits"]["shape"] == [1, 300] and specs["decode"]["embeds"]["shape"] == [1, 32]
     assert specs["prefill"]["k_new"]["shape"] == [2, 2, P, 16]
 
@@ -148,3 +154,37 @@ def test_cli_convert_gpt2(tmp_path_factory, tmp_path):
     assert "wrote" in res.output and "fp16" in res.output
     b = Bundle.open(tmp_path / "b")
     assert (b.quantization, b.config["max_context"], b.config["prefill_len"]) == ("fp16", 32, 4)
+
+
+def test_a_bundle_with_a_fixed_decode_cache_still_runs(tmp_path, monkeypatch):
+    """Bundles converted before decode's slot count was left open have a fixed [H, C, hd] cache: they run with
+    all C slots, and asking to grow the cache says to re-convert."""
+    from liteship.convert.gpt2 import model as gpt2_model
+    from liteship.convert.gpt2.export import export
+    from liteship.errors import RuntimeLiteshipError
+    from liteship.runtime.generate import KVCacheSession
+
+    open_signature = gpt2_model.GPT2TF.input_signature
+
+    def fixed_signature(self, decode):
+        import tensorflow as tf
+
+        C = self.C
+        return [tf.TensorSpec([C + 1 if d is None and len(s.shape) == 2 else C if d is None else d
+                               for d in s.shape.as_list()], s.dtype, name=s.name)
+                for s in open_signature(self, decode)]
+
+    monkeypatch.setattr(gpt2_model.GPT2TF, "input_signature", fixed_signature)
+    ckpt = tmp_path / "ckpt"
+    make_checkpoint(ckpt)
+    export(ckpt, tmp_path / "old", quant="fp32", **BUNDLE_OPTIONS)
+    monkeypatch.setattr(gpt2_model.GPT2TF, "input_signature", open_signature)
+    export(ckpt, tmp_path / "new", quant="fp32", **BUNDLE_OPTIONS)
+
+    old = KVCacheSession(tmp_path / "old")
+    assert not old.grow_cache and old.slots == BUNDLE_OPTIONS["max_context"]
+    ids = list(range(3, 40))
+    np.testing.assert_allclose(run_sequence(tmp_path / "old", ids, 12), run_sequence(tmp_path / "new", ids, 12),
+                               atol=1e-5, rtol=0)  # same weights, same graph up to the cache's shape
+    with pytest.raises(RuntimeLiteshipError, match="fixed cache of 64 slots.*re-convert"):
+        KVCacheSession(tmp_path / "old", grow_cache=True)

@@ -50,6 +50,49 @@ def test_prefill_after_decode_continues_the_sequence(root):
     np.testing.assert_allclose(np.concatenate(got), ref["logits"][:30], atol=1e-4, rtol=0)  # as the fp32 export test
 
 
+def test_decode_cache_grows_with_the_text_and_shrinks_on_reset(root, monkeypatch):
+    """Decode's cache starts at one step of slots and grows a step at a time, keeping what it holds: logits
+    equal those of a session that has all C slots from the start, through prefill chunks and decode steps that
+    cross step boundaries, and after prefill resumes on a grown cache."""
+    monkeypatch.setattr("liteship.runtime.generate.SLOT_STEP", 16)
+    ref = np.load(root / "gpt2.reference.npz")
+    seq = list(ref["prompt"]) + list(ref["continuation"])  # 60 tokens, C = 64
+
+    def run(s):
+        slots = []
+        out = [s.prefill(seq[:20])]
+        slots.append(s.slots)
+        for t in seq[20:40]:
+            out.append(s.decode(t)[None])
+            slots.append(s.slots)
+        out.append(s.prefill(seq[40:60]))
+        slots.append(s.slots)
+        return np.concatenate(out), slots
+
+    grown, full = KVCacheSession(root / "gpt2-fp32"), KVCacheSession(root / "gpt2-fp32", grow_cache=False)
+    assert (grown.slots, full.slots) == (16, 64)
+    got, slots = run(grown)
+    want, full_slots = run(full)
+    assert slots[0] == 32 and slots[1:21] == [32] * 12 + [48] * 8 and slots[-1] == 64  # 20, then 21..40 tokens
+    assert set(full_slots) == {64}
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)  # masked slots add exact zeros; only sum order differs
+    np.testing.assert_allclose(got, ref["logits"][:60], atol=1e-4, rtol=0)  # the fp32 export test's tolerance
+    grown.reset()
+    assert grown.slots == 16 and grown.length == 0
+    np.testing.assert_allclose(grown.prefill(seq[:5]), ref["logits"][:5], atol=1e-4, rtol=0)
+
+
+def test_fp16_bundles_keep_the_full_cache_unless_asked(tmp_path_factory, monkeypatch):
+    """A growth re-prepares XNNPACK's subgraph, which for fp16 weights means unpacking them again (0.4-1.5 s and
+    +500 MB at 124M): by default fp16 bundles attend over all slots; grow_cache=True still grows them."""
+    monkeypatch.setattr("liteship.runtime.generate.SLOT_STEP", 16)
+    root = gpt2_bundles(tmp_path_factory, quants=("fp16", "dynamic-int8"))
+    assert not KVCacheSession(root / "gpt2-fp16").grow_cache
+    assert KVCacheSession(root / "gpt2-dynamic-int8").grow_cache
+    s = KVCacheSession(root / "gpt2-fp16", grow_cache=True)
+    assert s.grow_cache and s.slots == 16
+
+
 def test_stop_string_ends_before_it_and_is_not_streamed(gen):
     full = gen.generate("the lazy dog", 30, temperature=0).text
     assert len(full) >= 12
@@ -113,6 +156,7 @@ def test_benchmark_generation_reports_the_generation_block(root):
     assert g["prefill_tokens"] == 16 and g["decode_tokens"] == 4 and g["context"] == 32
     assert g["prefill_tok_s"] > 0 and g["decode_tok_s"] > 0
     assert set(g["decode_tok_s_by_context"]) == {"32", "64"}
+    assert g["kv_cache"] == "all 64 slots"  # C = 64 is below one growth step (128 slots)
 
 
 def test_cli_streams_the_same_text_as_the_api(gen, root):
