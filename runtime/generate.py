@@ -193,6 +193,9 @@ class KVCacheSession:
         self._prefill_cache = self._prefill.cache(self.n_layer)
         self.reset()
 
+    def cache_description(self) -> str:
+        return f"grows in steps of {self.slot_step} slots" if self.grow_cache else f"all {self.max_context} slots"
+
     def _decode_shapes(self, slots: int) -> dict[str, tuple]:
         H, _, hd = self._decode.shape_signature["k_0"]
         shapes = {"mask": (1, slots + 1)}
@@ -509,7 +512,7 @@ def benchmark_generation(bundle_path, *, threads: int | None = None, backend: st
         "context": int(min(context, C)),
         "decode_tok_s_by_context": {str(k): v for k, v in by_context.items()},
         "max_context": C,
-        "kv_cache": f"grows in steps of {sess.slot_step} slots" if sess.grow_cache else f"all {C} slots",
+        "kv_cache": sess.cache_description(),
         "threads": sess.threads,
         "peak_rss_bytes": peak_rss_bytes(),
     }

@@ -40,4 +40,4 @@ def command(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, sto
         n = len(result.token_ids)
         click.echo(f"{result.prompt_tokens} prompt tokens in {result.prefill_seconds:.3f} s, {n} new tokens in "
                    f"{result.decode_seconds:.3f} s ({max(n - 1, 0) / max(result.decode_seconds, 1e-9):.1f} tok/s), "
-                   f"stopped: {result.finish_reason}", err=True)
+                   f"stopped: {result.finish_reason}; KV cache: {gen.session.cache_description()}", err=True)
