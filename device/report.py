@@ -90,7 +90,8 @@ def markdown_report(document: dict) -> str:
             g = entry["bench"]["generation"]
             lines.append(f"- {entry['target']}: prefill {_f(g.get('prefill_tok_s'), 1)} tok/s over "
                          f"{g.get('prefill_tokens')} tokens, decode {_f(g.get('decode_tok_s'), 1)} tok/s over "
-                         f"{g.get('decode_tokens')} tokens")
+                         f"{g.get('decode_tokens')} tokens ending at a {g.get('context')}-token context"
+                         + (f"; KV cache: {g['kv_cache']}" if g.get("kv_cache") else ""))
         notes = [(e["target"], e["run"]["pin_note"]) for e in ok if (e.get("run") or {}).get("pin_note")]
         for target, note in notes:
             lines.append(f"- {target}: {note}")

@@ -235,6 +235,7 @@ def test_gpt2_bundle_reports_generation_speed_over_ssh(ssh_env, remote_python, t
     assert generation["decode_tokens"] > 0 and generation["decode_tok_s"] > 0
     assert generation["prefill_tok_s"] > 0
     assert f"decode {generation['decode_tok_s']:.1f} tok/s" in markdown_report(doc)
+    assert f"KV cache: {generation['kv_cache']}" in markdown_report(doc)  # the board says which cache mode ran
 
 
 def test_backend_and_delegate_reach_the_runner(tiny_bundle, tmp_path):
