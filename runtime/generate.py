@@ -137,7 +137,7 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-SLOT_STEP = 128  # decode's cache grows this many slots at a time; a growth re-allocates (10-40 ms at 124M)
+SLOT_STEP = 128  # decode's cache grows this many slots at a time; a growth re-allocates (20-250 ms at 124M)
 
 
 class KVCacheSession:
@@ -176,8 +176,7 @@ class KVCacheSession:
             # A growth re-prepares decode's XNNPACK subgraph: 20-60 ms for int8 and 30-250 ms for fp32 weights at
             # 124M, but 0.4-1.5 s and +500 MB RSS for fp16 ones, which XNNPACK unpacks to fp32 again each time.
             grow_cache = self._open_slots and self.bundle.quantization != "fp16"
-        want = bool(grow_cache)
-        self.grow_cache = want and self.max_context > self.slot_step  # else one step already holds the context
+        self.grow_cache = bool(grow_cache) and self.max_context > self.slot_step  # else one step holds it all
         self._min_slots = min(self.slot_step, self.max_context) if self.grow_cache else self.max_context
         self.slots = self.max_context
         if self._open_slots:  # before the first allocation, so the delegate is prepared at this size
