@@ -130,8 +130,9 @@ def main():
             s.length = 200
             s.decode(1)
 
-        print(f"| whole decode step incl. runtime, {s.bundle.quantization} bundle (C={s.max_context}) | "
-              f"{best_ms(step, 40):.2f} |")
+        ms = best_ms(step, 40)
+        print(f"| whole decode step at position 200 incl. runtime, {s.bundle.quantization} bundle "
+              f"(C={s.max_context}, KV cache {s.cache_description()}: {s.slots} slots) | {ms:.2f} |")
 
 
 if __name__ == "__main__":
