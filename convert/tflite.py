@@ -64,7 +64,8 @@ def _lean_object_to_bytearray(model_object, extra_buffer=b""):
     from tensorflow.lite.tools import flatbuffer_utils
 
     data_bytes = sum(b.data.nbytes for b in (model_object.buffers or []) if getattr(b.data, "nbytes", None))
-    builder = flatbuffers.Builder(data_bytes + (16 << 20))  # + room for the graph itself; it still grows if short
+    # + room for the graph itself (it still grows if short); a flatbuffer cannot pass 2 GiB either way
+    builder = flatbuffers.Builder(min(data_bytes + (16 << 20), flatbuffers.Builder.MAX_BUFFER_SIZE))
     root = model_object.Pack(builder)
     builder.Finish(root, file_identifier=flatbuffer_utils._TFLITE_FILE_IDENTIFIER)
     out = bytes(memoryview(builder.Bytes)[builder.Head():])
