@@ -90,6 +90,32 @@ def generation_defaults(ckpt: Path) -> dict:
     return out
 
 
+def token_table_source(tflite: bytes, wte, assets: dict, say) -> str:
+    """Where the runtime will read token embeddings: "lm_head" when the converted head weight still equals wte,
+    else "asset", adding the bundle's own copy of the table to ``assets`` (convert/gpt2/token_table.py says why)."""
+    from liteship.convert.gpt2.token_table import mismatch, own_copy
+    from liteship.runtime.token_table import TokenTable
+
+    head = TokenTable.from_model(tflite, *wte.shape)
+    problem = mismatch(head, wte)
+    if problem is None:
+        return "lm_head"
+    say(f"{problem}; the bundle keeps its own copy of the token table")
+    assets.update(own_copy(wte, head.table.dtype))
+    return "asset"
+
+
+def check_token_table(folder: Path, wte) -> None:
+    """The finished bundle's token table, read as the runtime reads it, equals wte (else nothing is written)."""
+    from liteship.convert.gpt2.token_table import mismatch
+    from liteship.runtime.bundle import Bundle
+    from liteship.runtime.token_table import TokenTable
+
+    problem = mismatch(TokenTable.from_bundle(Bundle.open(folder, verify=False)), wte)
+    if problem is not None:
+        raise ConvertError(f"the converted bundle's token table is wrong: {problem}")
+
+
 def build_saved_model(cfg: GPT2Config, params: dict, out_dir: Path, *, max_context: int, prefill_len: int) -> None:
     import tensorflow as tf
 
@@ -136,12 +162,14 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     try:
         say(f"building the TensorFlow graph (max_context={C}, prefill_len={P})")
         build_saved_model(cfg, params, work / "saved_model", max_context=C, prefill_len=P)
+        wte = params["wte.weight"]  # (V, E): what the runtime's token table must hold
         del params
         gc.collect()
         say(f"converting to TFLite ({quant.value})")
         tflite, report = convert_to_tflite(work / "saved_model", quant)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    config["token_table"] = token_table_source(tflite, wte, assets, say)
     say("writing the bundle")
     seconds = time.perf_counter() - start
     rss = peak_rss_bytes()  # of this process: the converter runs here
@@ -149,5 +177,6 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
                           config=config, assets=assets, source=source,
                           conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss,
-                                      "flex_ops": report["flex_ops"], "pruning": None})
+                                      "flex_ops": report["flex_ops"], "pruning": None},
+                          check=lambda folder: check_token_table(folder, wte))
     return ExportReport(Path(bundle), seconds, rss, len(tflite), quant.value)
