@@ -26,7 +26,8 @@ TABLE_ASSET, SCALES_ASSET = "token_table", "token_scales"  # asset roles of the 
 # Ops that only view the same values in another shape: the walk from `logits` back to the LM head goes through them.
 SHAPE_ONLY = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
 PRODUCTS = {"FULLY_CONNECTED", "BATCH_MATMUL"}
-STORED_TYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
+STORED_TYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "INT4": np.uint8}
+INT4 = "int4"  # TokenTable.dtype of a table of packed 4-bit values, two per byte, the first in the low nibble
 
 
 def lm_head_weight(model: TFLiteModel, signature: str = "decode") -> int:
@@ -49,12 +50,16 @@ def lm_head_weight(model: TFLiteModel, signature: str = "decode") -> int:
 
 
 class TokenTable:
-    """Rows of the [V, E] token embedding table as float32, from a stored table (float32, float16, or int8 with one
-    scale per row), without ever widening the whole table."""
+    """Rows of the [V, E] token embedding table as float32, from a stored table (float32, float16, or int8 or int4
+    with one scale per row), without ever widening the whole table.
 
-    def __init__(self, table: np.ndarray, scales: np.ndarray | None = None):
+    ``table`` is [V, E], or for int4 the flat packed bytes (V * E values, two per byte); ``dtype`` says which."""
+
+    def __init__(self, table: np.ndarray, scales: np.ndarray | None = None, *, shape: tuple | None = None):
         self.table, self.scales = table, scales
-        self.vocab_size, self.width = table.shape
+        self.dtype = INT4 if shape is not None else table.dtype
+        self.shape = tuple(shape) if shape is not None else table.shape
+        self.vocab_size, self.width = self.shape
 
     @classmethod
     def from_model(cls, source, vocab: int, width: int, signature: str = "decode") -> "TokenTable":
@@ -72,21 +77,25 @@ class TokenTable:
                 f"{label}: the LM head weight is {info.dtype} {list(info.shape)}, not a stored [{vocab}, {width}] "
                 "float32, float16 or int8 token table")
         offset, length = extent
-        if length != vocab * width * np.dtype(dtype).itemsize:
+        packed = info.dtype == "INT4"
+        count = (vocab * width + 1) // 2 if packed else vocab * width
+        if length != count * np.dtype(dtype).itemsize:
             raise RuntimeLiteshipError(f"{label}: the LM head weight holds {length} bytes, not [{vocab}, {width}]")
         if in_memory:
-            table = np.frombuffer(source, dtype=dtype, count=vocab * width, offset=offset).reshape(vocab, width)
+            table = np.frombuffer(source, dtype=dtype, count=count, offset=offset)
         else:
-            table = np.memmap(source, dtype=dtype, mode="r", offset=offset, shape=(vocab, width))
+            table = np.memmap(source, dtype=dtype, mode="r", offset=offset, shape=(count,))
+        if not packed:
+            table = table.reshape(vocab, width)
         scales = None
-        if dtype is np.int8:
+        if dtype is np.int8 or packed:
             if any(info.zero_point) or (len(info.scale) > 1 and info.quantized_dimension != 0):
-                raise RuntimeLiteshipError(f"{label}: the int8 token table is not symmetric per-row")
+                raise RuntimeLiteshipError(f"{label}: the {info.dtype} token table is not symmetric per-row")
             if len(info.scale) not in (1, vocab):
-                raise RuntimeLiteshipError(f"{label}: the int8 token table has {len(info.scale)} scales for "
+                raise RuntimeLiteshipError(f"{label}: the {info.dtype} token table has {len(info.scale)} scales for "
                                            f"{vocab} rows")
             scales = np.broadcast_to(np.asarray(info.scale, np.float32), (vocab,))
-        return cls(table, scales)
+        return cls(table, scales, shape=(vocab, width) if packed else None)
 
     @classmethod
     def from_files(cls, table_path, scales_path=None) -> "TokenTable":
@@ -117,14 +126,20 @@ class TokenTable:
             raise RuntimeLiteshipError(f"{bundle.root}: unknown token_table {source!r} in the manifest (one of "
                                        f"{', '.join(SOURCES)}); a newer liteship made it")
         want = (int(cfg["model"]["vocab_size"]), int(cfg["model"]["n_embd"]))
-        if table.table.shape != want:
-            raise RuntimeLiteshipError(f"{bundle.root}: the token table is {list(table.table.shape)}, the model "
+        if table.shape != want:
+            raise RuntimeLiteshipError(f"{bundle.root}: the token table is {list(table.shape)}, the model "
                                        f"needs {list(want)}")
         return table
 
     def rows(self, ids: np.ndarray, out: np.ndarray) -> None:
         """out[:len(ids)] = embedding rows of ids (float32)."""
-        rows = self.table[ids].astype(np.float32)  # (n, E)
+        if self.dtype == INT4:
+            at = np.asarray(ids)[:, None] * self.width + np.arange(self.width)  # (n, E) value positions
+            byte = self.table[at >> 1]
+            nibble = np.where(at & 1, byte >> 4, byte & 0xF).astype(np.int8)
+            rows = (nibble - ((nibble & 8) << 1)).astype(np.float32)  # two's complement of 4 bits: 8..15 -> -8..-1
+        else:
+            rows = self.table[ids].astype(np.float32)  # (n, E)
         if self.scales is not None:
             rows *= self.scales[ids][:, None]
         out[: len(ids)] = rows

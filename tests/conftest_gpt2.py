@@ -186,6 +186,26 @@ def torch_logits(model, ids) -> np.ndarray:
         return model(torch.tensor([list(ids)])).logits[0].numpy()
 
 
+def torch_greedy(model, ids, n):
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)[0].tolist()
+    return out[len(ids):]
+
+
+def liteship_run(bundle, ids, n):
+    """(ids + n greedy tokens, logits of every position but the last from prefill and decode, the n tokens)."""
+    from liteship.runtime.generate import KVCacheSession, TextGenerator
+
+    tokens = list(TextGenerator(bundle).generate_ids(ids, n, temperature=0, stop_on_eos=False))
+    s = KVCacheSession(bundle)
+    seq = ids + tokens
+    logits = np.concatenate([s.prefill(ids)] + [s.decode(t)[None] for t in tokens[:-1]])
+    return seq, logits, tokens
+
+
 # ---- bundles shared by the export and runtime tests -----------------------------------------------------------
 
 BUNDLE_OPTIONS = {"max_context": 64, "prefill_len": 8}  # 8-token chunks so that prompts span several chunks

@@ -8,7 +8,7 @@ import click
 @click.command("gpt2")
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=str), help="Bundle folder to write.")
-@click.option("--quant", default="fp32", show_default=True, help="fp32, fp16 or dynamic-int8.")
+@click.option("--quant", default="fp32", show_default=True, help="fp32, fp16, dynamic-int8 or int4.")
 @click.option("--max-context", type=int, default=None,
               help="Longest sequence (prompt + generated) the bundle can hold [default: the model's n_positions].")
 @click.option("--prefill-len", type=int, default=None,

@@ -19,19 +19,21 @@ from liteship.runtime.token_table import SCALES_ASSET, TABLE_ASSET, TokenTable
 
 FP16_HALF_STEP = 2.0 ** -11  # float16 keeps 11 significant bits: rounding moves a value by <= 2^-11 of itself
 FP16_SUBNORMAL_HALF_STEP = 2.0 ** -25  # below 2^-14 the step is the subnormal spacing 2^-24
+FLOAT32_SLACK = 2.0 ** -20  # 8 float32 ulps, relative: the arithmetic of dequantizing and comparing
 
 
 def mismatch(table: TokenTable, wte: np.ndarray) -> str | None:
     """None when every row equals wte's within the table's own rounding; else a one-line account of the worst row."""
-    if table.table.shape != wte.shape:
-        return f"the table is {list(table.table.shape)}, wte is {list(wte.shape)}"
+    if table.shape != wte.shape:
+        return f"the table is {list(table.shape)}, wte is {list(wte.shape)}"
     worst = (0.0, -1, 0.0)  # (excess over the allowed error, row, error)
     for start, rows in table.all_rows():
         want = wte[start:start + len(rows)].astype(np.float32)
         err = np.abs(rows - want)  # (n, E)
-        if table.scales is not None:  # int8: round-to-nearest moves each value by at most half its row's step
-            allowed = (table.scales[start:start + len(rows)] * np.float32(0.5 * (1 + 1e-5)))[:, None]
-        elif table.table.dtype == np.float16:
+        if table.scales is not None:  # int8, int4: rounding to nearest moves a value by at most half its row's step,
+            # plus float32's own rounding of q * scale and of this difference (a few ulps of the value)
+            allowed = table.scales[start:start + len(rows), None] * np.float32(0.5) + np.abs(want) * FLOAT32_SLACK
+        elif table.dtype == np.float16:
             allowed = np.abs(want) * FP16_HALF_STEP + FP16_SUBNORMAL_HALF_STEP
         else:  # float32: stored as given, so equal to the bit
             allowed = np.zeros_like(want)
@@ -42,7 +44,7 @@ def mismatch(table: TokenTable, wte: np.ndarray) -> str | None:
     if worst[1] < 0:
         return None
     _, row, err = worst
-    return (f"token row {row} differs from wte by up to {err:.3g} (more than its {table.table.dtype} rounding); "
+    return (f"token row {row} differs from wte by up to {err:.3g} (more than its {table.dtype} rounding); "
             "the converter rewrote the LM head weight")
 
 

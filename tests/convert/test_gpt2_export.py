@@ -139,7 +139,7 @@ def test_bad_options_are_refused(tmp_path_factory, tmp_path):
         export(ckpt, tmp_path / "x", max_context=65)
     with pytest.raises(ConvertError, match=r"--prefill-len 20 must be between 1 and --max-context \(16\)"):
         export(ckpt, tmp_path / "x", max_context=16, prefill_len=20)
-    with pytest.raises(ConvertError, match="GPT-2 supports --quant fp32, fp16 or dynamic-int8, not int8"):
+    with pytest.raises(ConvertError, match="GPT-2 supports --quant fp32, fp16, dynamic-int8 or int4, not int8"):
         export(ckpt, tmp_path / "x", quant="int8")
     assert not (tmp_path / "x").exists()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from liteship.convert.gpt2.config import tiny
-from tests.conftest_gpt2 import make_checkpoint, torch_logits
+from tests.conftest_gpt2 import liteship_run, make_checkpoint, torch_greedy, torch_logits
 
 pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
@@ -20,24 +20,6 @@ OPTIONS = {"max_context": 64, "prefill_len": 8}
 # The same bounds as test_gpt2_export's stated tolerances: fp32 to float32 summation order (1e-4), fp16 to
 # 11-bit weights (1% of the largest logit), dynamic-int8 to int8 rounding (25% max, 6% rms of the logits' spread).
 MAX_ERR = {"fp32": 1e-4, "fp16": 1e-2, "dynamic-int8": 0.25}
-
-
-def torch_greedy(model, ids, n):
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)[0].tolist()
-    return out[len(ids):]
-
-
-def liteship_run(bundle, ids, n):
-    """(logits of prompt + greedy continuation from prefill and decode, 32 greedy tokens)."""
-    from liteship.runtime.generate import KVCacheSession, TextGenerator
-
-    tokens = list(TextGenerator(bundle).generate_ids(ids, n, temperature=0, stop_on_eos=False))
-    s = KVCacheSession(bundle)
-    seq = ids + tokens
-    logits = np.concatenate([s.prefill(ids)] + [s.decode(t)[None] for t in tokens[:-1]])
-    return seq, logits, tokens
 
 
 def uniform_final_scale(model):
@@ -116,6 +98,12 @@ def test_mismatch_accepts_rounding_and_refuses_a_scaled_table(dtype, tolerance):
     rng = np.random.default_rng(0)
     wte = rng.normal(0, 0.3, (301, 36)).astype(np.float32)
     wte[7] = 0.0  # an all-zero row (an unused token) must not divide by zero
+    # Rows of values half a step between two int8 levels, far from zero: rounding then moves each by the whole
+    # allowed half step, and float32's own rounding of q * scale comes on top (a 124M table failed its own copy on
+    # this before the check allowed for it).
+    for row, top in zip(range(10, 42), rng.uniform(0.01, 2.0, 32).astype(np.float32)):
+        wte[row, 0] = top
+        wte[row, 1:] = (np.arange(127 - 35, 127) + 0.5).astype(np.float32) * (top / np.float32(127))
     import io
 
     def table_of(arrays):
@@ -161,24 +149,3 @@ def test_odd_sizes_and_an_added_token_match_transformers(tmp_path):
     assert tokens == torch_greedy(model, ids, NEW_TOKENS)
     np.testing.assert_allclose(got, torch_logits(model, seq)[:-1], atol=1e-4, rtol=0)
 
-
-@pytest.mark.slow  # trains for ~20 s on 2 cores, then converts twice
-def test_a_model_trained_on_real_text_matches_transformers(tmp_path):
-    from liteship.convert.gpt2.export import export
-    from tests.conftest_gpt2 import make_trained_checkpoint
-
-    model, held_back = make_trained_checkpoint(tmp_path / "ckpt")
-    ln_scale = model.transformer.h[0].ln_1.weight.detach().numpy()
-    assert ln_scale.std() > 0.01, "training should have moved the LayerNorm scales away from 1"
-    ids = [int(i) for i in held_back[:20]]
-    for quant in ("fp32", "dynamic-int8"):
-        export(tmp_path / "ckpt", tmp_path / quant, quant=quant, max_context=64, prefill_len=16)
-        seq, got, tokens = liteship_run(tmp_path / quant, ids, NEW_TOKENS)
-        want = torch_logits(model, seq)[:-1]
-        if quant == "fp32":
-            assert tokens == torch_greedy(model, ids, NEW_TOKENS)
-            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-        else:  # a trained model is far less sensitive to int8 rounding than random weights
-            err = np.abs(got - want)
-            agree = (got.argmax(1) == want.argmax(1)).mean()
-            assert err.max() <= 0.1 * np.abs(want).max() and agree >= 0.9, (err.max(), np.abs(want).max(), agree)
