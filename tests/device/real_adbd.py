@@ -31,6 +31,7 @@ import queue
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -47,6 +48,7 @@ SHELL_GROUPS = [1011, 1007, 1004, 3003, 3002, 3001, 1028, 1015, 3006, 3009, 3011
 PHONE_PATH = "/product/bin:/apex/com.android.runtime/bin:/system/bin:/system/xbin:/odm/bin:/vendor/bin"
 CACHE_GLOB = "/var/cache/liteship-ci/adbd-*/adbd"
 CLONE_NEWNET = 0x40000000
+ADB_HEADER = struct.Struct("<6I")  # command, arg0, arg1, data length, data checksum, magic
 
 
 def find_adbd() -> Path | None:
@@ -77,12 +79,15 @@ class ProxyFaults:
     cut_after_upload_bytes: int | None = None  # once, close the connection after the host sent this many more
     cut_after_marker: bytes | None = None  # ... counting from the first chunk the host sends that contains this
     delay_s: float = 0.0  # hold every chunk from the phone this long
+    corrupt_files: int = 0  # flip the first byte of the next N files pushed (fixing the message checksum)
+    refuse_services: tuple[bytes, ...] = ()  # answer an OPEN of these (prefixes) with CLSE, as an older adbd does
 
 
 @dataclass
 class ProxyStats:
     connections: int = 0
     cuts: int = 0
+    corrupted: int = 0
     uploaded: list[int] = field(default_factory=list)  # bytes the host sent, per connection
 
 
@@ -281,7 +286,37 @@ class RealAdbd:
             self.stats.cuts += 1
             return True
 
+    def _refused(self, message: bytes) -> bool:
+        return message[:4] == b"OPEN" and message[ADB_HEADER.size :].startswith(self.faults.refuse_services or (b"\0",))
+
+    def _corrupt(self, message: bytes, stream: "_MessageSplitter") -> bytes:
+        """The first byte of a pushed file's data gets flipped and the message checksum recomputed (adbd checks
+        it at protocol version 0x01000000, which adb-shell speaks): the bytes that land on the phone differ from
+        the ones sent, as with a bad cable or flash. The file-sync SEND request is ``SEND`` + length + path, and
+        its first ``DATA`` (+ length) follows, in the same WRTE or at the start of the next."""
+        if self.faults.corrupt_files <= 0 or message[:4] != b"WRTE":
+            return message
+        payload = bytearray(message[ADB_HEADER.size :])
+        data_at = 0 if stream.data_next else -1
+        stream.data_next = False
+        send_at = payload.find(b"SEND")
+        if send_at >= 0 and len(payload) >= send_at + 8:
+            data_at = send_at + 8 + struct.unpack("<I", payload[send_at + 4 : send_at + 8])[0]
+            if data_at == len(payload):
+                stream.data_next = True
+                return message
+        if data_at < 0 or payload[data_at : data_at + 4] != b"DATA" or len(payload) <= data_at + 8:
+            return message
+        payload[data_at + 8] ^= 0xFF
+        with self._lock:
+            self.faults.corrupt_files -= 1
+            self.stats.corrupted += 1
+        fields = list(ADB_HEADER.unpack(message[: ADB_HEADER.size]))
+        fields[4] = sum(payload) & 0xFFFFFFFF
+        return ADB_HEADER.pack(*fields) + bytes(payload)
+
     def _pump(self, src: socket.socket, dst: socket.socket, index: int, upload: bool) -> None:
+        messages = _MessageSplitter()
         try:
             while True:
                 data = src.recv(65536)
@@ -291,6 +326,15 @@ class RealAdbd:
                     self.stats.uploaded[index] += len(data)
                     if self._cut_now(data):
                         break
+                    kept = []
+                    for message in messages.feed(data):
+                        if self._refused(message):
+                            src.sendall(_adb_message(b"CLSE", 0, ADB_HEADER.unpack(message[:24])[1]))
+                        else:
+                            kept.append(self._corrupt(message, messages))
+                    data = b"".join(kept)
+                    if not data:
+                        continue
                 elif self.faults.delay_s:
                     time.sleep(self.faults.delay_s)
                 dst.sendall(data)
@@ -298,6 +342,31 @@ class RealAdbd:
             pass
         _close(src)
         _close(dst)
+
+
+def _adb_message(command: bytes, arg0: int, arg1: int) -> bytes:
+    code = struct.unpack("<I", command)[0]
+    return ADB_HEADER.pack(code, arg0, arg1, 0, 0, code ^ 0xFFFFFFFF)
+
+
+class _MessageSplitter:
+    """Cuts the host's byte stream into whole ADB messages (24-byte header, then ``length`` bytes of data)."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.data_next = False  # a SEND request ended the last WRTE: its DATA starts the next one
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buffer += data
+        out = []
+        while len(self.buffer) >= ADB_HEADER.size:
+            length = ADB_HEADER.unpack(self.buffer[: ADB_HEADER.size])[3]
+            end = ADB_HEADER.size + length
+            if len(self.buffer) < end:
+                break
+            out.append(self.buffer[:end])
+            self.buffer = self.buffer[end:]
+        return out
 
 
 def _close(sock: socket.socket) -> None:
@@ -313,6 +382,23 @@ def _netns(pid: int) -> str | None:
         return os.readlink(f"/proc/{pid}/ns/net")
     except OSError:
         return None
+
+
+def make_sysfs(root: Path, cpu_max_khz: dict[int, int], zone_temps: dict[str, int]) -> Path:
+    """A sysfs tree with just what run_bench.sh and a probe read: cpufreq per CPU (cur = max / 2) and thermal
+    zones (``{"cpu-big": 52000}``, millidegrees). Mount it as a phone's /sys
+    (``RealAdbd(sysfs=...)``) or point LITESHIP_SYSFS at it."""
+    for cpu, khz in cpu_max_khz.items():
+        freq = root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "cpufreq"
+        freq.mkdir(parents=True, exist_ok=True)
+        (freq / "cpuinfo_max_freq").write_text(f"{khz}\n")
+        (freq / "scaling_cur_freq").write_text(f"{khz // 2}\n")
+    for i, (kind, temp) in enumerate(zone_temps.items()):
+        zone = root / "class" / "thermal" / f"thermal_zone{i}"
+        zone.mkdir(parents=True, exist_ok=True)
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(f"{temp}\n")
+    return root
 
 
 # --- the launcher: runs as root inside the fresh namespaces ---------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from adbd import FakeAdbd, make_sysfs
+from real_adbd import make_sysfs
 from liteship.device.android import (
     AdbAddress,
     AndroidTarget,
@@ -215,6 +215,27 @@ def test_run_quotes_every_argument_and_keeps_exit_status_and_stderr_apart(androi
     assert android.run(["cat"], stdin=b"line 1\nline 2\n").stdout == "line 1\nline 2\n"
 
 
+def test_a_full_data_still_answers_with_stderr_and_status(android, phone):
+    """Regression: the shell v1 wrapper sent stderr through a file in /data/local/tmp, so on a full phone every
+    command lost its stderr. Shell protocol v2 brings it back as its own stream, writing nothing on the phone."""
+    fill(phone, 0)
+    result = android.run(["sh", "-c", "echo out; echo err >&2; exit 2"], check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "out\n", "err\n")
+    assert sorted(p.name for p in on_phone(phone, "/data/local/tmp").iterdir()) == []
+
+
+def test_an_adbd_without_shell_v2_gets_the_v1_wrapper(android, phone):
+    """adbd before Android 7 refuses "shell,v2" (the proxy answers CLSE as it would): liteship falls back to
+    shell v1 once per connection and still reports the exit status and stderr apart."""
+    phone.faults.refuse_services = (b"shell,v2",)
+    started = time.monotonic()
+    result = android.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert android.run(["cat"], stdin=b"line 1\n").stdout == "line 1\n"
+    assert time.monotonic() - started < 15  # one wait for the refused v2 stream, not one per command
+    assert sorted(p.name for p in on_phone(phone, "/data/local/tmp").iterdir()) == []
+
+
 def test_long_scripts_go_as_a_file(android, phone):
     script = "x=0\n" + "x=$((x + 1))\n" * 2000 + 'echo "$x"\n'  # ~26 KB, far over one OPEN message
     assert android.shell(script).stdout == "2000\n"
@@ -355,24 +376,25 @@ def test_connection_dropped_mid_push_leaves_no_partial_bundle(android, phone, ti
     assert bundle_on_phone(phone, tiny_bundle.name).is_dir()
 
 
-def test_corrupted_file_fails_verification_and_is_rolled_back(tmp_path, adb_key, tiny_bundle):
-    """The one fault a real adbd cannot produce on demand: a file whose bytes change on the way (the fake)."""
+def test_corrupted_file_fails_verification_and_is_rolled_back(android, phone, tiny_bundle):
+    """A file's bytes change on the way (the proxy flips one and fixes the message checksum): the device-side
+    sha256 check catches it and the partial folder goes."""
     from liteship.device.push import push_bundle
 
-    with FakeAdbd(tmp_path / "fake-phone") as fake:
-        fake.authorize_key_file(public(adb_key))
-        fake.faults.corrupt_sends = 1
-        with connect(fake, adb_key) as target:
-            with pytest.raises(DeviceError, match="failed its sha256 check on the device"):
-                push_bundle(target, tiny_bundle)
-        assert not bundle_on_phone(fake, tiny_bundle.name).exists() and partials(fake) == []
+    phone.faults.corrupt_files = 1
+    with pytest.raises(DeviceError, match="failed its sha256 check on the device"):
+        push_bundle(android, tiny_bundle)
+    assert phone.stats.corrupted == 1
+    assert not bundle_on_phone(phone, tiny_bundle.name).exists() and partials(phone) == []
+    push_bundle(android, tiny_bundle)
+    assert bundle_on_phone(phone, tiny_bundle.name).is_dir()
 
 
 def fill(phone, leave_bytes: int) -> None:
     """Fill the phone's /data (a tmpfs) until at most ``leave_bytes`` are free."""
     st = os.statvfs(on_phone(phone, "/data"))
     free = st.f_bavail * st.f_frsize
-    with open(on_phone(phone, "/data/filler"), "wb") as f:
+    with open(on_phone(phone, "/data/filler"), "ab") as f:
         f.write(b"\0" * max(0, free - leave_bytes))
 
 
