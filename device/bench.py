@@ -61,6 +61,8 @@ class BenchSettings:
     signature: str | None = None
     backend: str = "auto"                    # python runner: which interpreter package (see runtime.interpreter)
     delegate: str | None = None              # python runner: passed on; benchmark_model: one of its --use_* flags
+    benchmark_args: tuple[str, ...] = ()     # benchmark_model: the user's own --name=value flags, passed through
+    op_profiling: bool = False               # benchmark_model: --enable_op_profiling, top op types in the result
     workdir: str | None = None               # default: the target's own default_workdir()
     timeout_s: float = 1800.0                # for the benchmark command itself
 
@@ -78,6 +80,13 @@ class BenchSettings:
                               f"not {self.delegate!r}")
         if self.benchmark_binary and self.backend != "auto":
             raise DeviceError("--backend chooses liteship's Python interpreter; it does not apply to benchmark_model")
+        if (self.benchmark_args or self.op_profiling) and not self.benchmark_binary:
+            raise DeviceError("--benchmark-arg and --op-profiling apply to benchmark_model: add --benchmark-binary")
+        if self.benchmark_binary:
+            from .benchmark_model import check_benchmark_model_flag
+
+            for arg in self.benchmark_args:
+                check_benchmark_model_flag(arg)
 
     @property
     def runner(self) -> str:
@@ -248,18 +257,13 @@ class _Run:
         return command
 
     def _benchmark_model_command(self, binary: str, model: str) -> list[str]:
+        from .benchmark_model import benchmark_model_argv
+
         s = self.settings
         graph = model if model.endswith(".tflite") else f"{model}/model.tflite"
-        # --min_secs=0: stop after exactly --num_runs runs (the tool otherwise also runs for >= 1 s).
-        command = [binary, f"--graph={graph}", f"--num_runs={s.runs}", f"--warmup_runs={s.warmup}",
-                   "--min_secs=0", "--warmup_min_secs=0"]
-        if s.threads:
-            command.append(f"--num_threads={s.threads}")
-        if s.signature:
-            command.append(f"--signature_to_run_for={s.signature}")
-        if s.delegate:
-            command.append(BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate])
-        return command
+        return benchmark_model_argv(binary, graph, runs=s.runs, warmup=s.warmup, threads=s.threads,
+                                    signature=s.signature, op_profiling=s.op_profiling, extra=s.benchmark_args,
+                                    delegate_flag=BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate] if s.delegate else None)
 
     def _python_result(self, json_text: str, output: str) -> dict:
         try:
@@ -272,6 +276,9 @@ class _Run:
         from .benchmark_model import parse_benchmark_model_output
 
         bench = parse_benchmark_model_output(output)
+        if bench["ignored_flags"]:
+            raise DeviceError(f"{self.spec}: this benchmark_model does not know {' '.join(bench['ignored_flags'])} "
+                              f"and ran without it; drop the flag or use a newer build")
         if (bench.get("latency_ms") or {}).get("mean") is None:
             raise DeviceError(f"{self.spec}: benchmark_model printed no timings: "
                               f"{_error_line(output) or 'empty output'}")

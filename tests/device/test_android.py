@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_benchmark_model import MKSH_FAKE
 from real_adbd import make_sysfs
 from liteship.device.android import (
     AdbAddress,
@@ -429,53 +430,10 @@ def test_data_filling_up_during_the_push_is_a_clear_error(android, phone, tiny_b
     assert not bundle_on_phone(phone, tiny_bundle.name).exists() and partials(phone) == []
 
 
-# A stand-in for benchmark_model that runs where the real one does: on the phone, under its mksh, with no python.
-# It refuses a flag the real binary does not know (benchmark_tflite_model.cc's flag list: the ones liteship uses),
-# reads the graph and checks it is a TFLite file, times each run (busybox awk has no sqrt: Newton's method) with $EPOCHREALTIME and prints the log in
-# benchmark_model's format (benchmark_model.cc, stats_calculator.h).
-FAKE_BENCHMARK_MODEL_SH = r"""#!/system/bin/sh
-graph= runs=50 warmup=1 threads=-1 sig= unknown=
-for a; do
-    case $a in
-        --graph=*) graph=${a#*=} ;;
-        --num_runs=*) runs=${a#*=} ;;
-        --warmup_runs=*) warmup=${a#*=} ;;
-        --num_threads=*) threads=${a#*=} ;;
-        --signature_to_run_for=*) sig=${a#*=} ;;
-        --min_secs=*|--warmup_min_secs=*|--use_xnnpack=*|--report_peak_memory_footprint=*) ;;
-        *) unknown="$unknown ${a%%=*}" ;;
-    esac
-done
-[ -z "$unknown" ] || { echo "ERROR: Unconsumed cmdline flags:$unknown"; exit 1; }
-[ "$(dd if="$graph" bs=1 skip=4 count=4 2>/dev/null)" = TFL3 ] || { echo "ERROR: Could not open '$graph'."; exit 1; }
-now() { t=$EPOCHREALTIME; s=${t%.*}; u=${t#*.}; echo $(( (s % 1000) * 1000000 + 1$u - 1000000 )); }
-timed() {
-    i=0
-    while [ $i -lt $1 ]; do
-        t0=$(now); sha256sum "$graph" >/dev/null; t1=$(now); echo $((t1 - t0)); i=$((i + 1))
-    done | awk 'NR==1{f=$1; mn=$1; mx=$1} {s+=$1; q+=$1*$1; c=$1; if($1<mn)mn=$1; if($1>mx)mx=$1}
-        END{a=s/NR; v=q/NR-a*a; d=v>0?v:1; for(k=0;k<60;k++) d=(d+v/d)/2; if(v<=0)d=0
-            printf "count=%d first=%d curr=%d min=%d max=%d avg=%g std=%d\n", NR, f, c, mn, mx, a, d}'
-}
-echo "INFO: STARTING!"
-echo "INFO: Num threads: [$threads]"
-echo "INFO: Graph: [$graph]"
-echo "INFO: Signature to run: [$sig]"
-echo "INFO: Initialized session in 1.5ms."
-echo "INFO: Running benchmark for at least $warmup iterations and at least 0 seconds"
-w=$(timed "$warmup"); echo "INFO: $w"
-echo "INFO: Running benchmark for at least $runs iterations and at least 0 seconds"
-r=$(timed "$runs"); echo "INFO: $r"
-avg() { echo "$1" | tr ' ' '\n' | sed -n 's/^avg=//p'; }
-first() { echo "$1" | tr ' ' '\n' | sed -n 's/^first=//p'; }
-echo "INFO: Inference timings in us: Init: 1500, First inference: $(first "$w"), Warmup (avg): $(avg "$w"), Inference (avg): $(avg "$r")"
-"""
-
-
 @pytest.fixture
 def fake_benchmark_model(tmp_path) -> Path:
     binary = tmp_path / "benchmark_model"
-    binary.write_text(FAKE_BENCHMARK_MODEL_SH)
+    binary.write_text(MKSH_FAKE)
     binary.chmod(0o755)
     return binary
 
@@ -506,13 +464,16 @@ def test_benchmark_model_runner_end_to_end(phone, adb_key, tiny_bundle, fake_ben
     from liteship.device.bench import BenchSettings, bench_targets
 
     monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
-    settings = BenchSettings(runs=5, warmup=1, cores="big", cool_below_c=90, benchmark_binary=str(fake_benchmark_model))
+    settings = BenchSettings(runs=5, warmup=1, cores="big", cool_below_c=90, benchmark_binary=str(fake_benchmark_model),
+                             op_profiling=True, benchmark_args=("--use_caching=true",))
     options = {"adb_key": str(adb_key), "auth_timeout_s": 2}
     [entry] = bench_targets(tiny_bundle, [phone.spec], settings, target_options=options)["results"]
     assert entry["ok"], entry["error"]
     assert entry["runner"] == "benchmark_model" and entry["device"]["python"] is None
     bench = entry["bench"]
     assert bench["runs"] == 5 and bench["latency_ms"]["mean"] > 0
+    assert bench["top_ops"][0]["op"] == "SHA256" and bench["top_ops"][0]["avg_ms"] > 0
+    assert "--report_peak_memory_footprint=true" in entry["run"]["command"]
     assert entry["run"]["status"] == 0 and entry["run"]["peak_rss_bytes"] > 0
     if len(ALLOWED) > 1:
         assert entry["run"]["pinned"] and entry["run"]["cpus"] == [ALLOWED[-1]]
