@@ -262,8 +262,18 @@ class _Run:
         s = self.settings
         graph = model if model.endswith(".tflite") else f"{model}/model.tflite"
         return benchmark_model_argv(binary, graph, runs=s.runs, warmup=s.warmup, threads=s.threads,
-                                    signature=s.signature, op_profiling=s.op_profiling, extra=s.benchmark_args,
+                                    signature=s.signature or self._default_signature(), op_profiling=s.op_profiling, extra=s.benchmark_args,
                                     delegate_flag=BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate] if s.delegate else None)
+
+    def _default_signature(self) -> str | None:
+        """With several signatures (GPT-2's prefill and decode) benchmark_model refuses to pick one: name the one
+        the Python runner would time. A lone signature needs no flag."""
+        from liteship.runtime.bench import default_signature
+        from liteship.runtime.tflite_file import read_model
+
+        path = self.bundle if self.bundle.suffix == ".tflite" else self.bundle / "model.tflite"
+        keys = [sig.key for sig in read_model(path).signatures]
+        return default_signature(keys) if len(keys) > 1 else None
 
     def _python_result(self, json_text: str, output: str) -> dict:
         try:

@@ -8,6 +8,8 @@ here independently of liteship's copy so a test fails when liteship passes a fla
 * ``--name=value`` of a known flag whose value does not parse as its type: the usage text as an ERROR, exit 1
   (Flags::Parse fails);
 * an unknown flag: ``WARN: Unconsumed cmdline flags: ...`` and the run goes on without it (BenchmarkModel::ParseFlags);
+* a model with several signatures and no (or a wrong) ``--signature_to_run_for``: the keys as ERRORs, exit 1
+  (BenchmarkInterpreterRunner::Create);
 * ``--enable_op_profiling=true``: an "Operator-wise Profiling Info for Regular Benchmark Runs" block with a
   "Summary by node type" table (profile_summarizer's default formatter).
 
@@ -70,7 +72,15 @@ print("INFO: Signature to run: [%s]" % flags.get("signature_to_run_for", ""))
 print("INFO: Num threads: [%s]" % flags.get("num_threads", "-1"))
 t0 = time.perf_counter()
 interp = Interpreter(model_path=flags["graph"], num_threads=int(flags.get("num_threads", 1)))
-runner = interp.get_signature_runner()
+keys = list(interp.get_signature_list())
+sig = flags.get("signature_to_run_for", "")
+if len(keys) > 1 and sig not in keys:  # BenchmarkInterpreterRunner::Create
+    print('ERROR: Signature not specified or incorrect for graph with multiple signatures. Pass one of the '
+          'following to the flag "--signature_to_run_for"')
+    for k in keys:
+        print("ERROR:  #> Signature key: " + k)
+    sys.exit(1)
+runner = interp.get_signature_runner(sig or None)
 init_us = (time.perf_counter() - t0) * 1e6
 print("INFO: Initialized session in %.3fms." % (init_us / 1e3))
 inputs = {{k: np.zeros(d["shape"], d["dtype"]) for k, d in runner.get_input_details().items()}}

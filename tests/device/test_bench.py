@@ -287,3 +287,45 @@ def test_long_runs_come_back_whole(tiny_bundle, tmp_path):
     [entry] = bench_targets(tiny_bundle, ["local"], _settings(runs=30000, warmup=0, workdir=str(tmp_path)))["results"]
     assert entry["ok"], entry["error"]
     assert len(entry["bench"]["latency_ms"]["samples"]) == 30000
+
+
+def make_two_signature_bundle(out_dir: Path, work: Path) -> Path:
+    """A bundle whose model has two signatures, "encode" and "decode", as a GPT-2 bundle has prefill and decode."""
+    import numpy as np
+    import tensorflow as tf
+
+    from liteship.convert.bundle import write_bundle
+
+    class Two(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+        def encode(self, x):
+            return {"y": tf.matmul(x, self.w)}
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+        def decode(self, x):
+            return {"y": tf.nn.relu(tf.matmul(x, self.w) + 1.0)}
+
+    two = Two()
+    tf.saved_model.save(two, str(work), signatures={"encode": two.encode, "decode": two.decode})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(work), signature_keys=["encode", "decode"])
+    return write_bundle(out_dir, converter.convert(), family="classifier", task="classification",
+                        quantization="fp32")
+
+
+def test_benchmark_model_is_told_which_signature_of_several(ssh_env, tmp_path):
+    """Regression: with two signatures and no --signature_to_run_for benchmark_model refuses to run; liteship now
+    names the one its Python runner would time (decode), or the one asked for."""
+    bundle = make_two_signature_bundle(tmp_path / "two-signatures", tmp_path / "saved")
+    binary = tmp_path / "benchmark_model"
+    binary.write_text(python_fake(sys.executable))
+    binary.chmod(0o755)
+    settings = _settings(benchmark_binary=str(binary), workdir=str(tmp_path / "wd"))
+    [entry] = bench_targets(bundle, ["ssh:board"], settings)["results"]
+    assert entry["ok"], entry["error"]
+    assert entry["bench"]["signature"] == "decode"
+    [entry] = bench_targets(bundle, ["ssh:board"], _settings(benchmark_binary=str(binary), signature="encode",
+                                                             workdir=str(tmp_path / "wd")))["results"]
+    assert entry["ok"] and entry["bench"]["signature"] == "encode"
