@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
@@ -121,6 +123,7 @@ def benchmark_model_argv(
     delegate_flag: str | None = None,
     peak_memory: bool = True,
     op_profiling: bool = False,
+    inputs: tuple[str, ...] = (),
     extra: tuple[str, ...] = (),
 ) -> list[str]:
     """The command line for benchmark_model that does exactly ``warmup`` + ``runs`` runs: the one builder, the one
@@ -144,10 +147,76 @@ def benchmark_model_argv(
         argv.append("--report_peak_memory_footprint=true")
     if op_profiling:
         argv.append("--enable_op_profiling=true")
+    argv += list(inputs)  # --input_layer* from gpt2_phases
     argv += [check_benchmark_model_flag(arg) for arg in extra]
     for arg in argv[1:]:
         check_benchmark_model_flag(arg)
     return argv
+
+
+DEFAULT_CONTEXTS = (128, 512, 1024)  # cache slots a GPT-2 decode step is timed at (capped below max_context)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One benchmark_model invocation of a GPT-2 bundle: a signature at a stated context, its inputs spelled out."""
+
+    name: str               # "prefill" or "decode"
+    signature: str
+    tokens: int             # tokens one call handles: prefill_len, or 1 for a decode step
+    context: int            # cache slots the call attends over
+    input_flags: tuple[str, ...]
+
+
+def gpt2_phases(model_path: str | Path, config: dict, contexts: tuple[int, ...] = DEFAULT_CONTEXTS) -> list[Phase]:
+    """Prefill, then one decode step per context, for a GPT-2 bundle (manifest ``config``: max_context C,
+    prefill_len P; signature inputs as runtime/generate.py documents them).
+
+    benchmark_model matches --input_layer to the subgraph's inputs by position (a name that differs only WARNs)
+    and rejects a -1 in --input_layer_shape, so every input is listed in subgraph order with a full shape: decode's
+    open cache dimension becomes the context S (k_i, v_i: [H, S, hd]) and S + 1 for the mask ([1, S + 1]). Inputs
+    are named by their signature names, not tensor names: --input_layer_value_range separates its items with ':',
+    which tensor names like ``decode_position:0`` contain. Integer inputs get a valid value: decode's position is
+    S, prefill's positions lie in [0, P). Float inputs (embeddings, mask) are filled with random numbers by the tool,
+    which changes no timing.
+    """
+    from liteship.errors import DeviceError
+    from liteship.runtime.tflite_file import read_model
+
+    C, P = int(config["max_context"]), int(config["prefill_len"])
+    model = read_model(model_path)
+    signatures = {sig.key: sig for sig in model.signatures}
+    missing = {"prefill", "decode"} - set(signatures)
+    if missing:
+        raise DeviceError(f"{model_path}: a GPT-2 bundle needs the signatures prefill and decode; "
+                          f"{', '.join(sorted(missing))} missing")
+
+    def flags(key: str, slots: int | None, position: tuple[int, int]) -> tuple[str, ...]:
+        sig = signatures[key]
+        subgraph = model.subgraphs[sig.subgraph]
+        by_index = {index: name for name, index in sig.inputs.items()}
+        names, shapes, ranges = [], [], []
+        for index in subgraph.inputs:
+            name, tensor = by_index[index], subgraph.tensors[index]
+            shape = list(tensor.shape)
+            if -1 in shape:
+                if slots is None:
+                    raise DeviceError(f"{model_path}: {key} input {name} has an open dimension {shape}")
+                shape = [(slots + 1 if name == "mask" else slots) if d == -1 else d for d in shape]
+            names.append(name)
+            shapes.append(",".join(str(d) for d in shape))
+            if tensor.dtype.startswith("int"):
+                ranges.append(f"{name},{position[0]},{position[1]}")
+        out = [f"--input_layer={','.join(names)}", f"--input_layer_shape={':'.join(shapes)}"]
+        if ranges:
+            out.append(f"--input_layer_value_range={':'.join(ranges)}")
+        return tuple(out)
+
+    phases = [Phase("prefill", "prefill", P, C, flags("prefill", None, (0, P - 1)))]
+    chosen = sorted({c for c in contexts if 0 < c < C} or {C - 1})
+    for S in chosen:
+        phases.append(Phase("decode", "decode", 1, S, flags("decode", S, (S, S))))
+    return phases
 
 
 def _num(text: str) -> float | None:

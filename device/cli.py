@@ -120,6 +120,9 @@ def kinds() -> None:
                    "benchmark_model: xnnpack, gpu, nnapi or hexagon.")
 @click.option("--benchmark-arg", "benchmark_args", multiple=True, metavar="--NAME=VALUE",
               help="benchmark_model: one more of its own flags, passed through (repeat; checked against its list).")
+@click.option("--context", "contexts", type=click.IntRange(min=1), multiple=True, metavar="SLOTS",
+              help="benchmark_model on GPT-2: time a decode step at this many cache slots (repeat; default 128, "
+                   "512 and 1024, below the bundle's max context).")
 @click.option("--op-profiling", is_flag=True,
               help="benchmark_model: --enable_op_profiling; the report lists the op types taking the most time.")
 @click.option("--workdir", default=None, help="Working folder on the devices (default: each target's own).")
@@ -129,7 +132,7 @@ def kinds() -> None:
               help="Write the Markdown report to this file.")
 @adb_options
 def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
-          python, signature, backend, delegate, benchmark_args, op_profiling, workdir, json_out, report_out, adb_key,
+          python, signature, backend, delegate, benchmark_args, contexts, op_profiling, workdir, json_out, report_out, adb_key,
           adb_auth_timeout, adb_timeout) -> None:
     """Benchmark BUNDLE on this host or on phones and boards: init, first inference, latency percentiles,
     peak memory, GPT-2 tok/s, with the device's facts.
@@ -143,7 +146,8 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
                              benchmark_binary=benchmark_binary, python=python, signature=signature,
                              backend=backend, delegate=delegate, benchmark_args=tuple(benchmark_args),
-                             op_profiling=op_profiling, workdir=workdir)
+                             op_profiling=op_profiling, workdir=workdir,
+                             **({"contexts": tuple(contexts)} if contexts else {}))
     document = bench_targets(bundle, list(devices) or ["local"], settings, progress=_progress,
                              target_options=target_options(adb_key, adb_auth_timeout, adb_timeout))
     report = markdown_report(document)

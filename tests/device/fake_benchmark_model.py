@@ -10,6 +10,9 @@ here independently of liteship's copy so a test fails when liteship passes a fla
 * an unknown flag: ``WARN: Unconsumed cmdline flags: ...`` and the run goes on without it (BenchmarkModel::ParseFlags);
 * a model with several signatures and no (or a wrong) ``--signature_to_run_for``: the keys as ERRORs, exit 1
   (BenchmarkInterpreterRunner::Create);
+* ``--input_layer`` / ``--input_layer_shape`` / ``--input_layer_value_range``: checked as PopulateInputLayerInfo
+  and Init check them (counts, no -1, every subgraph input listed, ranks), matched to the subgraph's inputs by
+  position (a differing name only WARNs), integers drawn from their range, floats random;
 * ``--enable_op_profiling=true``: an "Operator-wise Profiling Info for Regular Benchmark Runs" block with a
   "Summary by node type" table (profile_summarizer's default formatter).
 
@@ -81,9 +84,57 @@ if len(keys) > 1 and sig not in keys:  # BenchmarkInterpreterRunner::Create
         print("ERROR:  #> Signature key: " + k)
     sys.exit(1)
 runner = interp.get_signature_runner(sig or None)
+details = runner.get_input_details()
+inputs = {{k: np.zeros(d["shape"], d["dtype"]) for k, d in details.items()}}
+if flags.get("input_layer") or flags.get("input_layer_shape"):
+    # PopulateInputLayerInfo, then Init: inputs are matched to the subgraph's inputs by position.
+    names = [n for n in flags.get("input_layer", "").split(",") if n]
+    shapes = [x for x in flags.get("input_layer_shape", "").split(":") if x]
+    if len(names) != len(shapes):
+        print("ERROR: The number of items in --input_layer_shape (%s, with %d items) must match the number of "
+              "items in --input_layer (%s, with %d items)." % (flags.get("input_layer_shape"), len(shapes),
+                                                               flags.get("input_layer"), len(names)))
+        sys.exit(1)
+    shapes = [[int(d) for d in x.split(",")] for x in shapes]
+    if any(d == -1 for shape in shapes for d in shape):
+        print("ERROR: Any unknown sizes in the shapes (-1's) must be replaced with the size you want to benchmark with.")
+        sys.exit(1)
+    ranges = {{}}
+    for item in [x for x in flags.get("input_layer_value_range", "").split(":") if x]:
+        parts = item.split(",")
+        if len(parts) != 3:
+            print("ERROR: Wrong input value range item specified: " + item)
+            sys.exit(1)
+        if parts[0] not in names:
+            print("FATAL: Cannot find the corresponding input_layer name(%s) in --input_layer as %s" % (parts[0], flags["input_layer"]))
+            sys.exit(134)
+        ranges[parts[0]] = (int(parts[1]), int(parts[2]))
+    # The subgraph's own input order, from the file (liteship's flatbuffer reader stands in for TFLite's).
+    from liteship.runtime.tflite_file import read_model
+    model = read_model(flags["graph"])
+    sigdef = next(sd for sd in model.signatures if sd.key == (sig or model.signatures[0].key))
+    by_index = {{index: key for key, index in sigdef.inputs.items()}}
+    order = [by_index[i] for i in model.subgraphs[sigdef.subgraph].inputs]
+    if len(names) != len(order):
+        print("FATAL: Inputs mismatch: Model inputs #:%d expected: %d" % (len(names), len(order)))
+        sys.exit(134)
+    rng = np.random.default_rng(0)
+    for name, key, shape in zip(names, order, shapes):
+        tensor_name = model.subgraphs[sigdef.subgraph].tensors[sigdef.inputs[key]].name
+        if name != tensor_name:
+            print("WARN: Tensor # %d is named %s but flags call it %s" % (sigdef.inputs[key], tensor_name, name))
+        if len(shape) != len(details[key]["shape"]):
+            print("ERROR: Input tensor #%d should have %d dimensions!" % (sigdef.inputs[key], len(details[key]["shape"])))
+            sys.exit(1)
+        dtype = details[key]["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            low, high = ranges.get(name, (0, 99))
+            inputs[key] = rng.integers(low, high + 1, size=shape).astype(dtype)
+        else:
+            inputs[key] = rng.uniform(-0.5, 0.5, size=shape).astype(dtype)
+    print("INFO: Input shapes: [%s]" % flags["input_layer_shape"])
 init_us = (time.perf_counter() - t0) * 1e6
 print("INFO: Initialized session in %.3fms." % (init_us / 1e3))
-inputs = {{k: np.zeros(d["shape"], d["dtype"]) for k, d in runner.get_input_details().items()}}
 def times(n):
     out = []
     for _ in range(n):

@@ -329,3 +329,33 @@ def test_benchmark_model_is_told_which_signature_of_several(ssh_env, tmp_path):
     [entry] = bench_targets(bundle, ["ssh:board"], _settings(benchmark_binary=str(binary), signature="encode",
                                                              workdir=str(tmp_path / "wd")))["results"]
     assert entry["ok"] and entry["bench"]["signature"] == "encode"
+
+
+@pytest.mark.slow  # builds the tiny GPT-2 bundles (torch reference + conversion) when no other test did
+def test_benchmark_model_times_gpt2_prefill_and_decode_at_stated_contexts(tmp_path_factory, tmp_path):
+    """A GPT-2 bundle under benchmark_model: one run for prefill and one per decode context, each with every input
+    of its subgraph spelled out (the open cache dimension filled in, a valid position), turned into tok/s."""
+    from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
+
+    bundle = gpt2_bundles(tmp_path_factory) / "gpt2-fp32"
+    binary = tmp_path / "benchmark_model"
+    binary.write_text(python_fake(sys.executable))
+    binary.chmod(0o755)
+    settings = _settings(benchmark_binary=str(binary), workdir=str(tmp_path / "wd"), contexts=(16, 48, 4096))
+    doc = bench_targets(bundle, ["local"], settings)
+    [entry] = doc["results"]
+    assert entry["ok"], entry["error"]
+    gen = entry["bench"]["generation"]
+    C, P = BUNDLE_OPTIONS["max_context"], BUNDLE_OPTIONS["prefill_len"]
+    assert [d["context"] for d in gen["decode_by_context"]] == [16, 48]  # 4096 is past the bundle's context
+    assert gen["prefill_tokens"] == P and gen["prefill_tok_s"] > 0 and gen["decode_tok_s"] > 0
+    assert gen["context"] == 48 and entry["bench"]["signature"] == "decode"
+    for d in gen["decode_by_context"]:
+        assert d["tok_s"] == pytest.approx(1e3 / d["latency_ms"]["mean"], rel=1e-3)
+    command = entry["run"]["command"]  # the last run: decode at 48 slots
+    assert "--signature_to_run_for=decode" in command and "--input_layer_value_range=position,48,48" in command
+    shapes = dict(zip(re.search(r"--input_layer=(\S+)", command)[1].split(","),
+                      re.search(r"--input_layer_shape=(\S+)", command)[1].split(":")))
+    assert shapes["mask"] == "1,49" and shapes["k_0"].split(",")[1] == "48" and shapes["position"] == "1"
+    assert f"prefill {gen['prefill_tok_s']:.1f} tok/s over {P} tokens" in markdown_report(doc)
+    assert C > 48
