@@ -10,8 +10,6 @@ keeps the loopback fake (tests/device/adbd.py).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import stat
