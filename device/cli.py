@@ -118,6 +118,13 @@ def kinds() -> None:
 @click.option("--delegate", default=None,
               help="liteship runner: a delegate (e.g. edgetpu or a .so path); "
                    "benchmark_model: xnnpack, gpu, nnapi or hexagon.")
+@click.option("--benchmark-arg", "benchmark_args", multiple=True, metavar="--NAME=VALUE",
+              help="benchmark_model: one more of its own flags, passed through (repeat; checked against its list).")
+@click.option("--context", "contexts", type=click.IntRange(min=1), multiple=True, metavar="SLOTS",
+              help="benchmark_model on GPT-2: time a decode step at this many cache slots (repeat; default 128, "
+                   "512 and 1024, below the bundle's max context).")
+@click.option("--op-profiling", is_flag=True,
+              help="benchmark_model: --enable_op_profiling; the report lists the op types taking the most time.")
 @click.option("--workdir", default=None, help="Working folder on the devices (default: each target's own).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
               help="Write all results (liteship.device-bench/1) to this file ('-': stdout, the report to stderr).")
@@ -125,8 +132,8 @@ def kinds() -> None:
               help="Write the Markdown report to this file.")
 @adb_options
 def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
-          python, signature, backend, delegate, workdir, json_out, report_out, adb_key, adb_auth_timeout,
-          adb_timeout) -> None:
+          python, signature, backend, delegate, benchmark_args, contexts, op_profiling, workdir, json_out, report_out, adb_key,
+          adb_auth_timeout, adb_timeout) -> None:
     """Benchmark BUNDLE on this host or on phones and boards: init, first inference, latency percentiles,
     peak memory, GPT-2 tok/s, with the device's facts.
 
@@ -138,7 +145,9 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
                              benchmark_binary=benchmark_binary, python=python, signature=signature,
-                             backend=backend, delegate=delegate, workdir=workdir)
+                             backend=backend, delegate=delegate, benchmark_args=tuple(benchmark_args),
+                             op_profiling=op_profiling, workdir=workdir,
+                             **({"contexts": tuple(contexts)} if contexts else {}))
     document = bench_targets(bundle, list(devices) or ["local"], settings, progress=_progress,
                              target_options=target_options(adb_key, adb_auth_timeout, adb_timeout))
     report = markdown_report(document)

@@ -27,6 +27,12 @@ SCHEMA = "liteship.bench/1"
 PREFERRED_SIGNATURES = ("decode", "serving_default")
 
 
+def default_signature(keys: list[str]) -> str | None:
+    """The signature timed when none is asked for (here and by benchmark_model on a device): decode, else
+    serving_default, else the first."""
+    return next((k for k in PREFERRED_SIGNATURES if k in keys), keys[0] if keys else None)
+
+
 def peak_rss_bytes() -> int | None:
     """Peak resident set size of this process so far (VmHWM), or None where the OS does not say."""
     try:
@@ -107,7 +113,7 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
                                 use_xnnpack=use_xnnpack)
     keys = list(interp.get_signature_list())
     if signature is None:
-        signature = next((k for k in PREFERRED_SIGNATURES if k in keys), keys[0] if keys else None)
+        signature = default_signature(keys)
     if signature is None:
         raise RuntimeLiteshipError(f"{bundle.model_path}: the model has no signatures to run")
     if signature not in keys:
