@@ -37,6 +37,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     },
     "eval": {
         "bit": "liteship.runtime.image_cli:eval_command",
+        "gpt2": "liteship.runtime.text_cli:eval_command",
     },
     "device": {
         "probe": "liteship.device.cli:probe",
@@ -53,7 +54,7 @@ TOP_LEVEL: dict[str, str] = {
 GROUP_HELP = {
     "convert": "Checkpoint -> .tflite bundle (fp32, fp16, dynamic-int8, int8, int8x16).",
     "run": "Run a bundle on this machine (no TensorFlow needed).",
-    "eval": "Measure a bundle's accuracy on labeled data.",
+    "eval": "Measure a bundle's quality: accuracy on labeled data, perplexity on text.",
     "device": "Phones (adb) and boards (SSH): probe them, push bundles.",
 }
 
