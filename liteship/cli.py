@@ -7,6 +7,7 @@
   liteship inspect BUNDLE_OR_TFLITE
   liteship pack BUNDLE BUNDLE.zip
   liteship bench BUNDLE [--device TARGET ...]
+  liteship check SOURCE_OR_BUNDLE... --budget budget.toml [--device TARGET ...]
   liteship device probe|push ...
 """
 
@@ -49,6 +50,7 @@ TOP_LEVEL: dict[str, str] = {
     "inspect": "liteship.runtime.cli:inspect",
     "pack": "liteship.runtime.cli:pack",
     "bench": "liteship.device.cli:bench",
+    "check": "liteship.device.gate_cli:check",
     "demo": "liteship.demo:command",
 }
 GROUP_HELP = {

@@ -1,0 +1,88 @@
+"""`liteship check`, `liteship report` and `liteship compare`: the commands that gate a model's release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from liteship.errors import LiteshipError
+
+from .cli import TARGET_HELP, _progress, adb_options, target_options
+
+
+class BudgetExceeded(LiteshipError):
+    """Some variant x device cell is over its budget (or could not be measured): exit 1 after the table."""
+
+
+class Regression(LiteshipError):
+    """`compare` found a change past its threshold whose confidence interval excludes zero."""
+
+
+def _quants(text: str) -> list[str]:
+    from liteship.convert.quant import Quant
+
+    return [Quant.parse(q.strip()).value for q in text.split(",") if q.strip()]
+
+
+@click.command("check")
+@click.argument("inputs", nargs=-1, required=True, metavar="SOURCE_OR_BUNDLE...")
+@click.option("--budget", "budget_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file of limits, global and per [device.\"TARGET\"] (see liteship.device.budget).")
+@click.option("--device", "-d", "devices", multiple=True, metavar="TARGET",
+              help=f"Where to benchmark ({TARGET_HELP}); repeatable. Default: local.")
+@click.option("--quant", "quant", default="fp32", show_default=True,
+              help="Variants to convert a SOURCE into, comma-separated: fp32,fp16,dynamic-int8,int8,int8x16.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Quality data: a text file (GPT-2) or a folder of class folders (classifiers).")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("liteship-check"), show_default=True,
+              help="Folder for check.json; a run that finds one resumes it.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per cell.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads.")
+@click.option("--cores", type=click.Choice(["all", "big", "fastest"]), default="all", show_default=True,
+              help="Which cores the benchmark is pinned to.")
+@click.option("--cool-below", type=click.IntRange(min=1), default=None, metavar="DEG_C",
+              help="Wait until every thermal zone reads below DEG_C before each benchmark.")
+@click.option("--python", "python", default=None, help="The devices' Python (default python3; this one locally).")
+@click.option("--max-context", type=click.IntRange(min=2), default=None, help="GPT-2 sources: bundle context.")
+@click.option("--prefill-len", type=click.IntRange(min=1), default=None, help="GPT-2 sources: prefill chunk.")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Keras/SavedModel sources: calibration data for int8 and int8x16.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Keras/SavedModel sources: labels, one per line.")
+@adb_options
+def check(inputs, budget_path, devices, quant, data, results_dir, runs, warmup, threads, cores, cool_below, python,
+          max_context, prefill_len, calibration, labels, adb_key, adb_auth_timeout, adb_timeout) -> None:
+    """Check that each variant fits the BUDGET on each device: exit 0 only if every cell passes.
+
+    A SOURCE (GPT-2 checkpoint folder, SavedModel folder, .keras/.h5 file) is converted once per --quant mode,
+    reusing an identical earlier conversion; a BUNDLE is checked as it is. Each variant is pushed to and
+    benchmarked on every --device, evaluated on --data against the fp32 variant of the same source, and judged:
+    one table, variant x device, each limit pass/fail with the measured value and the margin.
+
+    One failing device keeps the others' results. RESULTS/check.json is rewritten after every cell, so an
+    interrupted run, started again, skips the cells it finished.
+    """
+    from .bench import BenchSettings
+    from .budget import load_budget
+    from .budget_table import failures, format_text
+    from .check import RESULTS_FILE, ConvertOptions, run_check
+
+    budget = load_budget(budget_path)  # before any conversion: a typo in the budget costs nothing
+    settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
+                             python=python)
+    options = ConvertOptions(max_context=max_context, prefill_len=prefill_len,
+                             calibration=str(calibration) if calibration else None,
+                             labels=str(labels) if labels else None)
+    doc = run_check(list(inputs), budget, devices=list(devices), quants=_quants(quant), results_dir=results_dir,
+                    settings=settings, data=data, options=options, progress=_progress,
+                    target_options=target_options(adb_key, adb_auth_timeout, adb_timeout))
+    click.echo(format_text(doc))
+    if not doc["passed"]:
+        for line in failures(doc):
+            click.echo(f"  {line}", err=True)
+        failed = sum(1 for c in doc["cells"] if not c["passed"])
+        raise BudgetExceeded(f"{failed} of {len(doc['cells'])} cells over budget (details in "
+                             f"{results_dir / RESULTS_FILE})")
