@@ -33,7 +33,7 @@ BASELINE_QUANT = "fp32"
 
 
 class CheckError(LiteshipError):
-    """Inputs `liteship check` cannot work with: an unknown source kind, two variants of one name, a bad results file."""
+    """Inputs `liteship check` cannot use: an unknown source kind, two variants of one name, a bad results file."""
 
 
 @dataclass(frozen=True)

@@ -86,3 +86,30 @@ def check(inputs, budget_path, devices, quant, data, results_dir, runs, warmup, 
         failed = sum(1 for c in doc["cells"] if not c["passed"])
         raise BudgetExceeded(f"{failed} of {len(doc['cells'])} cells over budget (details in "
                              f"{results_dir / RESULTS_FILE})")
+
+
+@click.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path),
+                metavar="RESULTS...")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the self-contained HTML report (inline SVG plots, no network) here.")
+@click.option("--md", "md_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown summary (for a pull request) here.")
+def report(results, html_out, md_out) -> None:
+    """Turn check.json (liteship.check/1) and bench --json (liteship.device-bench/1) results into a report.
+
+    RESULTS are files or --results folders of `liteship check`. Without --html or --md the Markdown goes to stdout.
+    """
+    from .cli import _write_text_atomic
+    from .html_report import render_html, render_markdown
+
+    markdown = render_markdown(list(results))  # reads every input first: a bad one leaves old outputs intact
+    html = render_html(list(results)) if html_out else None
+    if html_out:
+        _write_text_atomic(html_out, html.rstrip("\n"))
+        click.echo(f"wrote {html_out}", err=True)
+    if md_out:
+        _write_text_atomic(md_out, markdown.rstrip("\n"))
+        click.echo(f"wrote {md_out}", err=True)
+    if not html_out and not md_out:
+        click.echo(markdown, nl=False)

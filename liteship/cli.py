@@ -8,6 +8,7 @@
   liteship pack BUNDLE BUNDLE.zip
   liteship bench BUNDLE [--device TARGET ...]
   liteship check SOURCE_OR_BUNDLE... --budget budget.toml [--device TARGET ...]
+  liteship report RESULTS... --html report.html [--md report.md]
   liteship device probe|push ...
 """
 
@@ -51,6 +52,7 @@ TOP_LEVEL: dict[str, str] = {
     "pack": "liteship.runtime.cli:pack",
     "bench": "liteship.device.cli:bench",
     "check": "liteship.device.gate_cli:check",
+    "report": "liteship.device.gate_cli:report",
     "demo": "liteship.demo:command",
 }
 GROUP_HELP = {

@@ -144,7 +144,8 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
     if generation and bundle.family == "gpt2":
         from liteship.runtime.generate import benchmark_generation
 
-        result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend)  # already verified
+        contexts = [c for c in (32, 128, 512, 1024) if c < int(bundle.config.get("max_context", 0))]  # report's plot
+        result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend, contexts=contexts)
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["host"] = host_facts()
     result["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -112,7 +112,8 @@ def test_cli_json_and_errors(root, text_file, tmp_path):
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00abc")
     res = run("eval", "gpt2", str(root / "gpt2-fp32"), str(binary))
-    assert res.returncode == 1 and res.stderr.startswith(f"error: {binary}: not UTF-8") and "Traceback" not in res.stderr
+    assert res.returncode == 1 and res.stderr.startswith(f"error: {binary}: not UTF-8")
+    assert "Traceback" not in res.stderr
     res = run("eval", "gpt2", str(root / "gpt2-fp32"), str(text_file), "--reference", str(tmp_path))
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith(f"error: reference {tmp_path}: neither a bundle nor")
