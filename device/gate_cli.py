@@ -113,3 +113,35 @@ def report(results, html_out, md_out) -> None:
         click.echo(f"wrote {md_out}", err=True)
     if not html_out and not md_out:
         click.echo(markdown, nl=False)
+
+
+@click.command("compare")
+@click.argument("old", type=click.Path(exists=True, path_type=Path))
+@click.argument("new", type=click.Path(exists=True, path_type=Path))
+@click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="PCT",
+              help="Smallest change, in percent, that can count as a regression or an improvement.")
+@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
+              help="Confidence of the bootstrap interval.")
+@click.option("--resamples", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Bootstrap resamples per metric.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resampling (reproducible).")
+@click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
+def compare(old, new, threshold, confidence, resamples, seed, as_json) -> None:
+    """Compare two results (check.json or bench --json) per metric and device: exit 1 on a regression.
+
+    Latency changes come with a bootstrap confidence interval over the per-run samples; a change is flagged
+    only when its interval excludes zero and it is larger than --threshold.
+    """
+    import json
+
+    from .compare import compare_files, format_changes
+
+    changes = compare_files(old, new, threshold_pct=threshold, seed=seed, resamples=resamples,
+                            confidence=confidence)
+    if not changes:
+        raise LiteshipError(f"{old} and {new} share no variant x device cell with results to compare")
+    click.echo(json.dumps([c.as_dict() for c in changes], indent=2) if as_json else format_changes(changes))
+    regressions = [c for c in changes if c.verdict == "regression"]
+    if regressions:
+        raise Regression(f"{len(regressions)} regression(s): " + "; ".join(
+            f"{c.cell} {c.metric} {c.change_pct:+.1f}%" for c in regressions))

@@ -9,6 +9,7 @@
   liteship bench BUNDLE [--device TARGET ...]
   liteship check SOURCE_OR_BUNDLE... --budget budget.toml [--device TARGET ...]
   liteship report RESULTS... --html report.html [--md report.md]
+  liteship compare OLD.json NEW.json     exit 1 on a regression (bootstrap interval over the per-run latencies)
   liteship device probe|push ...
 """
 
@@ -53,6 +54,7 @@ TOP_LEVEL: dict[str, str] = {
     "bench": "liteship.device.cli:bench",
     "check": "liteship.device.gate_cli:check",
     "report": "liteship.device.gate_cli:report",
+    "compare": "liteship.device.gate_cli:compare",
     "demo": "liteship.demo:command",
 }
 GROUP_HELP = {
