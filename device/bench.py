@@ -62,7 +62,8 @@ class BenchSettings:
     backend: str = "auto"                    # python runner: which interpreter package (see runtime.interpreter)
     delegate: str | None = None              # python runner: passed on; benchmark_model: one of its --use_* flags
     workdir: str | None = None               # default: the target's own default_workdir()
-    timeout_s: float = 1800.0                # for the benchmark command itself
+    timeout_s: float = 1800.0                # for the benchmark command itself (plus duration_s)
+    duration_s: float | None = None          # python runner: also run back to back this long (runtime/sustained.py)
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0:
@@ -76,6 +77,8 @@ class BenchSettings:
         if self.benchmark_binary and self.delegate and self.delegate not in BENCHMARK_MODEL_DELEGATE_FLAGS:
             raise DeviceError(f"benchmark_model knows the delegates {', '.join(BENCHMARK_MODEL_DELEGATE_FLAGS)}, "
                               f"not {self.delegate!r}")
+        if self.benchmark_binary and self.duration_s:
+            raise DeviceError("--duration needs liteship's Python runner; benchmark_model has no sustained mode")
         if self.benchmark_binary and self.backend != "auto":
             raise DeviceError("--backend chooses liteship's Python interpreter; it does not apply to benchmark_model")
 
@@ -181,7 +184,8 @@ class _Run:
         argv = run_bench_argv(script, files.result, command, output=files.output, cores=s.cores,
                               cool_below_c=s.cool_below_c)
         try:
-            target.shell(f"mkdir -p {quote(files.folder)} || exit 1\n{join(argv)}\n", timeout=s.timeout_s + 300)
+            target.shell(f"mkdir -p {quote(files.folder)} || exit 1\n{join(argv)}\n",
+                         timeout=s.timeout_s + 300 + (s.duration_s or 0))
             run_text, json_text, output = files.collect(target)
         except BaseException:
             files.remove(target)
@@ -242,6 +246,7 @@ class _Run:
         command = [python, "-m", "liteship.runtime.bench"] if local else [python, runtime_zip, "bench"]
         command += [model, "--json", json_file, "--runs", str(s.runs), "--warmup", str(s.warmup)]
         for flag, value in (("--threads", s.threads), ("--signature", s.signature), ("--delegate", s.delegate),
+                            ("--duration", s.duration_s),
                             ("--backend", None if s.backend == "auto" else s.backend)):
             if value:
                 command += [flag, str(value)]

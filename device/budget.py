@@ -16,6 +16,8 @@
     max_p90_ms = 60
 
 A limit whose metric was not measured fails ("not measured"): a budget that cannot be checked does not pass.
+Limits that only mean something for one kind of model (tok/s and perplexity for GPT-2, accuracy for classifiers)
+do not apply to the others, so one budget can cover a check of both.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class Limit:
     bound: str     # "max": the measured value must be <= the limit; "min": >= the limit
     unit: str
     needs: str     # what to do when it is not measured
+    only: str | None = None  # "gpt2": GPT-2 bundles only; "classifier": every other family; None: all
+
+    def applies_to(self, family: str) -> bool:
+        if self.only is None:
+            return True
+        return (family == "gpt2") == (self.only == "gpt2")
 
 
 # budget key -> Limit. The one table of limit kinds: parsing, judging and the report all read it.
@@ -47,10 +55,10 @@ LIMITS: dict[str, Limit] = {
     "max_p90_ms": Limit("p90_ms", "max", "ms", "a benchmark"),
     "max_p99_ms": Limit("p99_ms", "max", "ms", "a benchmark"),
     "max_init_ms": Limit("init_ms", "max", "ms", "the python runner (benchmark_model reports it too)"),
-    "min_decode_tok_s": Limit("decode_tok_s", "min", "tok/s", "a GPT-2 bundle on the python runner"),
-    "min_prefill_tok_s": Limit("prefill_tok_s", "min", "tok/s", "a GPT-2 bundle on the python runner"),
-    "max_accuracy_drop_pct": Limit("accuracy_drop_pct", "max", "points", "--data and an fp32 variant"),
-    "max_perplexity_increase_pct": Limit("perplexity_increase_pct", "max", "%", "--data and an fp32 variant"),
+    "min_decode_tok_s": Limit("decode_tok_s", "min", "tok/s", "the python runner", "gpt2"),
+    "min_prefill_tok_s": Limit("prefill_tok_s", "min", "tok/s", "the python runner", "gpt2"),
+    "max_accuracy_drop_pct": Limit("accuracy_drop_pct", "max", "points", "--data and an fp32 variant", "classifier"),
+    "max_perplexity_increase_pct": Limit("perplexity_increase_pct", "max", "%", "--data and an fp32 variant", "gpt2"),
     "min_agreement_pct": Limit("agreement_pct", "min", "%", "--data and an fp32 variant"),
 }
 DEVICE_TABLE = "device"
@@ -62,10 +70,12 @@ class Budget:
     limits: dict[str, float]                 # global
     devices: dict[str, dict[str, float]]     # target spec -> its overrides
 
-    def limits_for(self, device: str) -> dict[str, float]:
-        """The global limits with the device's own on top, in LIMITS order."""
+    def limits_for(self, device: str, family: str | None = None) -> dict[str, float]:
+        """The global limits with the device's own on top, in LIMITS order; with ``family``, only those that
+        apply to it."""
         merged = {**self.limits, **self.devices.get(device, {})}
-        return {key: merged[key] for key in LIMITS if key in merged}
+        return {key: merged[key] for key in LIMITS if key in merged
+                and (family is None or LIMITS[key].applies_to(family))}
 
     def as_dict(self) -> dict:
         return {"path": self.path, "limits": self.limits, "devices": self.devices}

@@ -234,7 +234,7 @@ def judge_document(doc: dict, budget: Budget) -> dict:
         evaluation = variant.get("eval")
         measured = measurements(cell.get("entry") if cell.get("ok") else None, evaluation, variant["size_bytes"])
         note = f"device failed: {cell.get('error')}" if not cell.get("ok") else ""
-        verdicts = judge(budget.limits_for(cell["device"]), measured, missing_note=note)
+        verdicts = judge(budget.limits_for(cell["device"], variant["family"]), measured, missing_note=note)
         cell["verdicts"] = [v.as_dict() for v in verdicts]
         cell["passed"] = bool(cell.get("ok")) and all(v.passed for v in verdicts)
     doc["passed"] = bool(doc["cells"]) and all(c["passed"] for c in doc["cells"])

@@ -119,13 +119,15 @@ def kinds() -> None:
               help="liteship runner: a delegate (e.g. edgetpu or a .so path); "
                    "benchmark_model: xnnpack, gpu, nnapi or hexagon.")
 @click.option("--workdir", default=None, help="Working folder on the devices (default: each target's own).")
+@click.option("--duration", default=None, metavar="TIME",
+              help="Also run back to back for TIME (90s, 10m, 1h), recording throughput and temperature over time.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
               help="Write all results (liteship.device-bench/1) to this file ('-': stdout, the report to stderr).")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the Markdown report to this file.")
 @adb_options
 def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
-          python, signature, backend, delegate, workdir, json_out, report_out, adb_key, adb_auth_timeout,
+          python, signature, backend, delegate, workdir, duration, json_out, report_out, adb_key, adb_auth_timeout,
           adb_timeout) -> None:
     """Benchmark BUNDLE on this host or on phones and boards: init, first inference, latency percentiles,
     peak memory, GPT-2 tok/s, with the device's facts.
@@ -133,12 +135,15 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
     With several --device options the devices run in parallel; one failing device does not lose the others'
     results (the command then exits 1 after writing them).
     """
+    from liteship.runtime.sustained import parse_duration
+
     from .bench import BenchSettings, bench_targets, write_json_atomic
     from .report import markdown_report
 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
                              benchmark_binary=benchmark_binary, python=python, signature=signature,
-                             backend=backend, delegate=delegate, workdir=workdir)
+                             backend=backend, delegate=delegate, workdir=workdir,
+                             duration_s=parse_duration(duration) if duration else None)
     document = bench_targets(bundle, list(devices) or ["local"], settings, progress=_progress,
                              target_options=target_options(adb_key, adb_auth_timeout, adb_timeout))
     report = markdown_report(document)

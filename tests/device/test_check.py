@@ -34,6 +34,16 @@ def test_budget_global_and_per_device_limits(tmp_path):
                                               "min_decode_tok_s": 10.0, "min_agreement_pct": 95.0}
 
 
+def test_model_specific_limits_apply_to_their_models_only(tmp_path):
+    budget = parse_budget("max_p90_ms = 5\nmin_decode_tok_s = 10\nmax_perplexity_increase_pct = 3\n"
+                          "max_accuracy_drop_pct = 1\nmin_agreement_pct = 90\n")
+    assert list(budget.limits_for("local", "gpt2")) == ["max_p90_ms", "min_decode_tok_s",
+                                                        "max_perplexity_increase_pct", "min_agreement_pct"]
+    for family in ("classifier", "bit"):
+        assert list(budget.limits_for("local", family)) == ["max_p90_ms", "max_accuracy_drop_pct",
+                                                            "min_agreement_pct"]
+
+
 @pytest.mark.parametrize("text, message", [
     ("max_p90 = 5\n", "unknown key 'max_p90'"),
     ('[device."local"]\nmax_latency = 1\n', "unknown key 'max_latency' in [device.\"local\"]"),
