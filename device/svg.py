@@ -27,6 +27,23 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return [round(start + i * step, 12) for i in range(n + 1)]
 
 
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks per decade covering [lo, hi] (both > 0), for data spanning more than a decade or so."""
+    ticks = []
+    for exp in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        ticks += [m * 10.0 ** exp for m in (1, 2, 5)]
+    below = [t for t in ticks if t <= lo]
+    above = [t for t in ticks if t >= hi]
+    return [t for t in ticks if (below[-1] if below else ticks[0]) <= t <= (above[0] if above else ticks[-1])]
+
+
+def wants_log(values: Sequence[float]) -> bool:
+    """A log axis when every value is positive and they span more than 20x: one slow run or one big model would
+    otherwise squash every other point into a corner."""
+    positive = [v for v in values if v > 0]
+    return len(positive) == len(values) and len(values) > 1 and max(values) / min(values) > 20
+
+
 def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
@@ -39,19 +56,27 @@ class _Axes:
         self.x0, self.x1, self.y0, self.y1 = left, width - right, height - bottom, top
         self.parts: list[str] = []
 
-    def scale_x(self, lo: float, hi: float) -> None:
-        self.xt = nice_ticks(lo, hi)
+    xlog = ylog = False
+
+    def scale_x(self, lo: float, hi: float, log: bool = False) -> None:
+        self.xlog, self.xt = log, log_ticks(lo, hi) if log else nice_ticks(lo, hi)
         self.xlo, self.xhi = self.xt[0], self.xt[-1]
 
-    def scale_y(self, lo: float, hi: float) -> None:
-        self.yt = nice_ticks(lo, hi)
+    def scale_y(self, lo: float, hi: float, log: bool = False) -> None:
+        self.ylog, self.yt = log, log_ticks(lo, hi) if log else nice_ticks(lo, hi)
         self.ylo, self.yhi = self.yt[0], self.yt[-1]
 
+    @staticmethod
+    def _frac(v: float, lo: float, hi: float, log: bool) -> float:
+        if log:
+            v, lo, hi = (math.log10(max(x, 1e-300)) for x in (v, lo, hi))
+        return (v - lo) / ((hi - lo) or 1)
+
     def x(self, v: float) -> float:
-        return self.x0 + (v - self.xlo) / ((self.xhi - self.xlo) or 1) * (self.x1 - self.x0)
+        return self.x0 + self._frac(v, self.xlo, self.xhi, self.xlog) * (self.x1 - self.x0)
 
     def y(self, v: float) -> float:
-        return self.y0 - (v - self.ylo) / ((self.yhi - self.ylo) or 1) * (self.y0 - self.y1)
+        return self.y0 - self._frac(v, self.ylo, self.yhi, self.ylog) * (self.y0 - self.y1)
 
     def frame(self, xlabel: str, ylabel: str | None, *, yticks: bool = True) -> None:
         p = self.parts
@@ -62,7 +87,7 @@ class _Axes:
             p.append(f'<line x1="{x:.1f}" y1="{self.y0}" x2="{x:.1f}" y2="{self.y1}" stroke="#eee"/>')
             p.append(f'<text x="{x:.1f}" y="{self.y0 + 14}" text-anchor="middle" {FONT}>{_fmt(t)}</text>')
         p.append(f'<text x="{(self.x0 + self.x1) / 2:.1f}" y="{self.height - 4}" text-anchor="middle" {FONT}>'
-                 f'{escape(xlabel)}</text>')
+                 f'{escape(xlabel + (", log scale" if self.xlog else ""))}</text>')
         if yticks:
             for t in self.yt:
                 y = self.y(t)
@@ -70,7 +95,8 @@ class _Axes:
                 p.append(f'<text x="{self.x0 - 4}" y="{y + 4:.1f}" text-anchor="end" {FONT}>{_fmt(t)}</text>')
         if ylabel:
             p.append(f'<text x="12" y="{(self.y0 + self.y1) / 2:.1f}" text-anchor="middle" {FONT} '
-                     f'transform="rotate(-90 12 {(self.y0 + self.y1) / 2:.1f})">{escape(ylabel)}</text>')
+                     f'transform="rotate(-90 12 {(self.y0 + self.y1) / 2:.1f})">'
+                     f'{escape(ylabel + (", log scale" if self.ylog else ""))}</text>')
 
     def svg(self, title: str) -> str:
         return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.width}" height="{self.height}" '
@@ -87,7 +113,8 @@ def box_plot(rows: Sequence[tuple[str, Sequence[float]]], *, xlabel: str, title:
     ax = _Axes(width, 40 + row_h * max(1, len(rows)), left, 16, 10, 30)
     lo = min((s[0] for _, s in rows), default=0.0)
     hi = max((s[-1] for _, s in rows), default=1.0)
-    ax.scale_x(min(0.0, lo) if lo < 0 else lo * 0.95, hi * 1.02)
+    log = wants_log([lo, hi])
+    ax.scale_x(lo if log else (min(0.0, lo) if lo < 0 else lo * 0.95), hi * 1.02, log=log)
     ax.scale_y(0, 1)
     ax.frame(xlabel, None, yticks=False)
 
@@ -120,8 +147,9 @@ def scatter(points: Sequence[dict], *, xlabel: str, ylabel: str, title: str, wid
     ax = _Axes(width, height, 60, 180, 12, 34)
     xs = [p["x"] for p in points] or [0.0, 1.0]
     ys = [p["y"] for p in points] or [0.0, 1.0]
-    ax.scale_x(0, max(xs) * 1.1)
-    ax.scale_y(0, max(ys) * 1.1)
+    xlog, ylog = wants_log(xs), wants_log(ys)
+    ax.scale_x(min(xs) if xlog else 0, max(xs) * 1.1, log=xlog)
+    ax.scale_y(min(ys) if ylog else 0, max(ys) * 1.1, log=ylog)
     ax.frame(xlabel, ylabel)
     for i, p in enumerate(points):
         color = PALETTE[i % len(PALETTE)]
