@@ -141,8 +141,10 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         "latency_ms": percentiles(samples),
     }
     if duration_s:  # throughput and temperature over time
+        from functools import partial
+
         from liteship.runtime.sustained import sustained_runs
-        result["sustained"] = sustained_runs(lambda: runner(**inputs), duration_s)
+        result["sustained"] = sustained_runs(partial(runner, **inputs), duration_s)
     del runner, interp
     if generation and bundle.family == "gpt2":
         from liteship.runtime.generate import benchmark_generation
