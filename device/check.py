@@ -194,8 +194,8 @@ def evaluate_variant(variant: Variant, baseline: Variant | None, data: Path, thr
         if against and ref.get("accuracy_change") is not None:
             out.update(accuracy_drop_pct=-100 * ref["accuracy_change"], agreement_pct=100 * ref["top1_agreement"])
     if baseline is variant:
-        out.update(perplexity_increase_pct=0.0, agreement_pct=100.0) if variant.family == "gpt2" \
-            else out.update(accuracy_drop_pct=0.0, agreement_pct=100.0)
+        change = "perplexity_increase_pct" if variant.family == "gpt2" else "accuracy_drop_pct"
+        out.update({change: 0.0, "agreement_pct": 100.0})
     return out
 
 
@@ -256,10 +256,10 @@ def run_check(inputs: list[str], budget: Budget, *, devices: list[str], quants: 
         with lock:
             write_json_atomic(path, judge_document(doc, budget))
 
-    for v in variants:
+    for v in variants:  # an evaluation is kept for the same model, and only while --data is given
         stored = doc["variants"].get(v.name) or {}
-        doc["variants"][v.name] = {**asdict(v), "eval": stored.get("eval") if stored.get("model_sha256")
-                                   == v.model_sha256 else None}
+        keep = data is not None and stored.get("model_sha256") == v.model_sha256
+        doc["variants"][v.name] = {**asdict(v), "eval": stored.get("eval") if keep else None}
     if data is not None:
         for v in variants:
             baseline = baseline_of(v, variants)

@@ -245,3 +245,32 @@ def test_a_source_is_converted_once_per_mode_and_reused(fixture_bundles, tmp_pat
     assert ConvertOptions(max_context=8) != ConvertOptions()
     key = check_module.conversion_key
     assert key("s", "gpt2", "fp32", ConvertOptions(max_context=8)) != key("s", "gpt2", "fp32", ConvertOptions())
+
+
+def test_gpt2_source_end_to_end(tmp_path_factory, tmp_path, monkeypatch):
+    """A GPT-2 checkpoint folder converted in two modes, benchmarked, evaluated on a text against fp32: the
+    GPT-2 limits (tok/s, perplexity change, agreement) are measured and equal what eval gpt2 computes."""
+    pytest.importorskip("tensorflow")
+    from liteship.runtime.text_eval import evaluate_text
+    from tests.conftest_gpt2 import TRAINING_TEXT, gpt2_bundles
+
+    monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
+    root = gpt2_bundles(tmp_path_factory)
+    text = tmp_path / "text.txt"
+    text.write_text(TRAINING_TEXT)
+    gpt2_budget = budget(tmp_path, "min_decode_tok_s = 1\nmin_prefill_tok_s = 1\nmax_perplexity_increase_pct = 50\n"
+                                   "min_agreement_pct = 50\nmax_accuracy_drop_pct = 0\n")
+    doc = run_check([str(root / "gpt2-checkpoint")], gpt2_budget, devices=["local"], quants=["fp32", "dynamic-int8"],
+                    results_dir=tmp_path / "res", settings=FAST, data=text,
+                    options=ConvertOptions(max_context=64, prefill_len=8))
+    assert doc["passed"], [c["verdicts"] for c in doc["cells"]]
+    fp32, int8 = doc["variants"]["gpt2-checkpoint-fp32"], doc["variants"]["gpt2-checkpoint-dynamic-int8"]
+    assert int8["eval"]["baseline"] == "gpt2-checkpoint-fp32"
+    want = evaluate_text(int8["bundle"], text, reference=fp32["bundle"], threads=1)
+    assert int8["eval"]["perplexity"] == pytest.approx(want["perplexity"], rel=1e-9)
+    assert int8["eval"]["perplexity_increase_pct"] == pytest.approx(want["reference"]["perplexity_change_pct"])
+    assert int8["eval"]["agreement_pct"] == pytest.approx(100 * want["reference"]["top1_agreement"])
+    keys = [[v["key"] for v in c["verdicts"]] for c in doc["cells"]]
+    assert keys == [["min_decode_tok_s", "min_prefill_tok_s", "max_perplexity_increase_pct", "min_agreement_pct"]] * 2
+    gen = doc["cells"][0]["entry"]["bench"]["generation"]
+    assert set(gen["decode_tok_s_by_context"]) == {"32", "256"}  # the contexts below the bundle's 64, and the default
