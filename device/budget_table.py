@@ -8,6 +8,7 @@ from .budget import LIMITS
 
 
 def _num(value: float) -> str:
+    value += 0.0  # -0.0 -> 0.0: no "-0" in a table
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
 

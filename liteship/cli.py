@@ -4,6 +4,7 @@
   liteship demo                          build, convert, run and bench a small classifier on this host
   liteship convert savedmodel|keras|gpt2|bit SOURCE --quant MODE --out BUNDLE
   liteship run model|gpt2|bit BUNDLE ...
+  liteship eval bit|gpt2 BUNDLE DATA [--reference BUNDLE] [--device TARGET]
   liteship inspect BUNDLE_OR_TFLITE
   liteship pack BUNDLE BUNDLE.zip
   liteship bench BUNDLE [--device TARGET ...]
