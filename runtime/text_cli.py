@@ -74,10 +74,10 @@ def eval_command(bundle, text_file, reference, device, python, as_json, threads,
         bar.__enter__()
 
     if device and device != "local":
-        from liteship.device.remote_eval import eval_gpt2_on_device
+        from liteship.device.remote_eval import eval_on_device
 
-        result = eval_gpt2_on_device(device, bundle, text_file, reference=reference, threads=threads,
-                                     python=python, progress=lambda message: click.echo(message, err=True))
+        result = eval_on_device(device, "gpt2", bundle, text_file, reference=reference, threads=threads,
+                                python=python, progress=lambda message: click.echo(message, err=True))
     else:
         try:
             result = evaluate_text(bundle, text_file, reference=reference, threads=threads, backend=backend,

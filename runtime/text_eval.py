@@ -155,28 +155,3 @@ def evaluate_text(bundle, text_file: str | Path, *, reference: str | Path | None
         result["reference"] = {"source": ref_name, **result["reference"]}
     return result
 
-
-def main(argv: list[str] | None = None) -> int:
-    """On a device: ``python3 liteship-runtime.pyz eval-gpt2 BUNDLE TEXT [--reference BUNDLE]`` prints the result
-    as JSON (what `liteship eval gpt2 --device` runs there)."""
-    import argparse
-    import json
-    import sys
-
-    from liteship.errors import LiteshipError
-
-    parser = argparse.ArgumentParser(prog="liteship-eval-gpt2", description=main.__doc__.splitlines()[0])
-    parser.add_argument("bundle")
-    parser.add_argument("text")
-    parser.add_argument("--reference", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--backend", default="auto")
-    args = parser.parse_args(argv)
-    try:
-        result = evaluate_text(args.bundle, args.text, reference=args.reference, threads=args.threads,
-                               backend=args.backend)
-    except LiteshipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
