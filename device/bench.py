@@ -65,7 +65,8 @@ class BenchSettings:
     op_profiling: bool = False               # benchmark_model: --enable_op_profiling, top op types in the result
     contexts: tuple[int, ...] = (128, 512, 1024)  # benchmark_model on GPT-2: decode timed at these cache sizes
     workdir: str | None = None               # default: the target's own default_workdir()
-    timeout_s: float = 1800.0                # for the benchmark command itself
+    timeout_s: float = 1800.0                # for the benchmark command itself (plus duration_s)
+    duration_s: float | None = None          # python runner: also run back to back this long (runtime/sustained.py)
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0:
@@ -79,6 +80,8 @@ class BenchSettings:
         if self.benchmark_binary and self.delegate and self.delegate not in BENCHMARK_MODEL_DELEGATE_FLAGS:
             raise DeviceError(f"benchmark_model knows the delegates {', '.join(BENCHMARK_MODEL_DELEGATE_FLAGS)}, "
                               f"not {self.delegate!r}")
+        if self.benchmark_binary and self.duration_s:
+            raise DeviceError("--duration needs liteship's Python runner; benchmark_model has no sustained mode")
         if self.benchmark_binary and self.backend != "auto":
             raise DeviceError("--backend chooses liteship's Python interpreter; it does not apply to benchmark_model")
         if (self.benchmark_args or self.op_profiling) and not self.benchmark_binary:
@@ -213,7 +216,8 @@ class _Run:
         argv = run_bench_argv(script, files.result, command, output=files.output, cores=s.cores,
                               cool_below_c=s.cool_below_c)
         try:
-            target.shell(f"mkdir -p {quote(files.folder)} || exit 1\n{join(argv)}\n", timeout=s.timeout_s + 300)
+            target.shell(f"mkdir -p {quote(files.folder)} || exit 1\n{join(argv)}\n",
+                         timeout=s.timeout_s + 300 + (s.duration_s or 0))
             run_text, json_text, output = files.collect(target)
         except BaseException:
             files.remove(target)
@@ -314,6 +318,7 @@ class _Run:
         command = [python, "-m", "liteship.runtime.bench"] if local else [python, runtime_zip, "bench"]
         command += [model, "--json", json_file, "--runs", str(s.runs), "--warmup", str(s.warmup)]
         for flag, value in (("--threads", s.threads), ("--signature", s.signature), ("--delegate", s.delegate),
+                            ("--duration", s.duration_s),
                             ("--backend", None if s.backend == "auto" else s.backend)):
             if value:
                 command += [flag, str(value)]

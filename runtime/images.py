@@ -214,7 +214,8 @@ class Preprocessing:
                 )
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """(H, W, 3) RGB pixels in [0, 255] -> one model input: (image_size..., 3) or (3, image_size...) float32."""
+        """(H, W, 3) RGB pixels in [0, 255] -> one model input: (image_size..., C) or (C, image_size...) float32,
+        C = 3, or 1 for channels "L"."""
         resize = RESIZERS[self.resize]
         if self.crop == "center":
             resized = resize(pixels, self.resize_to)  # (Rh, Rw, 3)
@@ -225,6 +226,9 @@ class Preprocessing:
             resized = resize(pixels, self.image_size)  # (H, W, 3)
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
+        if self.channels == "L":  # one grey channel, as the converter writes for (H, W, 1) inputs
+            resized = (resized @ _LUMA)[..., None]  # (H, W, 1)
+            mean, std = mean[:1], std[:1]
         normalized = (resized / np.float32(255.0) - mean) / std
         normalized = normalized[..., _CHANNEL_ORDERS[self.channels]]
         return np.ascontiguousarray(_LAYOUTS[self.layout](normalized), dtype=np.float32)
@@ -267,7 +271,9 @@ def _bilinear_taps(in_size: int, out_size: int) -> tuple[tuple[np.ndarray, np.nd
 # Declarative tables: a manifest value -> what it means here. An unknown value is a BundleError (see _check).
 RESIZERS = {"bilinear": resize_bilinear}
 _CROPS = frozenset({"none", "center"})
-_CHANNEL_ORDERS = {"RGB": [0, 1, 2], "BGR": [2, 1, 0]}
+_CHANNEL_ORDERS = {"RGB": [0, 1, 2], "BGR": [2, 1, 0], "L": [0]}
+# RGB -> grey with Pillow's own "L" weights (ITU-R 601-2 luma): a grey PNG decoded to RGB comes back unchanged.
+_LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 _LAYOUTS = {"NHWC": lambda hwc: hwc, "NCHW": lambda hwc: np.transpose(hwc, (2, 0, 1))}
 
 
