@@ -274,7 +274,7 @@ def run_check(inputs: list[str], budget: Budget, *, devices: list[str], quants: 
                                  baseline_sha256=baseline.model_sha256 if baseline else None)
             save()
 
-    settings_dict = asdict(settings)
+    settings_dict = json.loads(json.dumps(asdict(settings)))  # as check.json holds them: tuples become lists
     cells = {(c["variant"], c["device"]): c for c in doc["cells"]}
 
     def run_cell(variant: Variant, device: str) -> None:
