@@ -64,6 +64,10 @@ class PruneOptions:
             raise ConvertError(f"--steps {self.steps} must not be negative")
         if self.method == "magnitude" and self.steps < 2:
             raise ConvertError("--method magnitude prunes while it fine-tunes: give --steps 2 or more")
+        if self.qat and self.method == "magnitude":
+            # QAT's weight updates would refill the zeros (TFMOT's prune-preserving QAT is not wired up here)
+            raise ConvertError("--qat does not keep magnitude pruning's zeros; use it with --method structured, "
+                               "or alone (liteship qat bit)")
         if self.learning_rate <= 0:
             raise ConvertError(f"--learning-rate {self.learning_rate} must be positive")
         if self.batch_size < 1:

@@ -78,8 +78,8 @@ def convert_folder(folder: Path, out: Path, quant: str, context: int) -> Path:
 
 def prune_gpt2(source: str | Path, out: str | Path, data: str | Path, options: P.PruneOptions, *,
                context: int | None = None, convert: bool = True, progress=None) -> dict:
-    """Prune a GPT-2 checkpoint folder on the user's text file and write the result to `out` as a Hugging Face
-    folder with its pruning record inside. Returns the record."""
+    """Prune (or, method "none", only fine-tune) a GPT-2 checkpoint folder on the user's text file and write the
+    result to `out` as a Hugging Face folder with its pruning record inside. Returns the record."""
     import tensorflow_model_optimization as tfmot
 
     from liteship.convert.gpt2.train import (bundle_perplexity, fine_tune, params_of, perplexity, read_text,
@@ -135,8 +135,10 @@ def prune_gpt2(source: str | Path, out: str | Path, data: str | Path, options: P
         layer_report = {name: f"sparsity {P.zero_fraction([params[name]]):.4f}" for name in pruned_names}
         sparsity = {"measured": P.zero_fraction(params[n] for n in pruned_names),
                     "of": "weights of the pruned layers"}
-    else:
+    elif options.method == "structured":
         sparsity = {"measured": removed, "of": "MLP neurons"}
+    else:
+        sparsity = {"measured": 0.0, "of": "nothing pruned"}
     report = {"family": FAMILY, "method": options.method, "sparsity": sparsity, "layers": layer_report,
               "params": {"before": params_before, "after": int(sum(v.size for v in params.values()))},
               "metric": "perplexity", "quality": quality, "fine_tuning": {"steps": options.steps, "final_loss": loss},

@@ -25,6 +25,7 @@ def test_bad_m_by_n_is_a_one_line_error(text):
     (dict(method="structured", m_by_n=(2, 4)), "magnitude-pruning pattern"),
     (dict(method="magnitude", steps=1), "--steps 2 or more"),
     (dict(learning_rate=0), "must be positive"),
+    (dict(method="magnitude", qat=True), "does not keep magnitude pruning's zeros"),
 ])
 def test_options_are_checked_before_any_work(options, message):
     with pytest.raises(ConvertError, match=message):
