@@ -30,6 +30,7 @@ from liteship.convert.bit import weights as W
 from liteship.convert.bit.config import BiTConfig
 
 FAMILY = "bit"
+QAT_RANGE_SAMPLES = 64  # training images whose float activations set QAT's starting ranges
 
 
 # ---- structured -----------------------------------------------------------------------------------------------
@@ -124,10 +125,15 @@ def one_shot_magnitude(model, names: list[str], sparsity: float):
 
 # ---- quantization-aware training ------------------------------------------------------------------------------
 
-def quantize_aware(model):
+def quantize_aware(model, sample: np.ndarray | None = None):
     """TFMOT quantize_model for BiT: the standardized convolutions and GroupNorm get their own QuantizeConfigs
     (TFMOT's registry knows neither); everything else (ReLU, Add, padding, pooling, the Dense head) TFMOT's
-    default 8-bit scheme covers."""
+    default 8-bit scheme covers.
+
+    TFMOT starts every activation range at [-6, 6] and moves it by an EMA with decay 0.999, so over a few hundred
+    fine-tuning steps the ranges barely leave [-6, 6] and BiT's residual stream (|x| in the tens) is clipped:
+    QAT then trains against damage that int8 conversion (calibrated) never does. With `sample` (N, S, S, 3) images the ranges
+    start at what the float model produces on them, as calibration would set them."""
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
@@ -185,7 +191,32 @@ def quantize_aware(model):
     scope = {"StandardizedConv2D": StandardizedConv2D, "GroupNorm": GroupNorm, "ConvConfig": ConvConfig,
              "NormConfig": NormConfig}
     with tfmot.quantization.keras.quantize_scope(scope):
-        return tfmot.quantization.keras.quantize_apply(annotated)
+        qat = tfmot.quantization.keras.quantize_apply(annotated)
+    if sample is not None:
+        set_activation_ranges(qat, model, sample)
+    return qat
+
+
+def set_activation_ranges(qat_model, float_model, sample: np.ndarray) -> None:
+    """Start each quantized output's [min, max] (TFMOT's output_* / post_activation_* variables) at the range the
+    float layer produces on `sample`, widened to contain 0 as TFMOT's ranges do."""
+    import tf_keras
+
+    names = [layer.name for layer in float_model.layers if not isinstance(layer, tf_keras.layers.InputLayer)]
+    probe = tf_keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in names])
+    outputs = probe.predict(sample, batch_size=32, verbose=0)
+    ranges = {n: (min(float(o.min()), 0.0), max(float(o.max()), 0.0)) for n, o in zip(names, outputs)}
+    for wrapper in qat_model.layers:
+        inner = getattr(wrapper, "layer", None)
+        if inner is None or inner.name not in ranges:
+            continue
+        low, high = ranges[inner.name]
+        for variable in wrapper.weights:
+            short = variable.name.split("/")[-1].split(":")[0]
+            if short in ("output_min", "post_activation_min"):
+                variable.assign(low)
+            elif short in ("output_max", "post_activation_max"):
+                variable.assign(high)
 
 
 def dequantized_float_model(qat_model, config: BiTConfig, image_size: int):
@@ -272,7 +303,8 @@ def prune_bit(source: str | Path, out: str | Path, data: str | Path, options: P.
         model = wrap_for_pruning(model, pruned_names, options)
         callbacks += P.pruning_callbacks()
     if options.qat:
-        model = quantize_aware(model)
+        step = max(1, len(images.x_train) // QAT_RANGE_SAMPLES)  # spread over the classes (files sort by class)
+        model = quantize_aware(model, images.x_train[::step][:QAT_RANGE_SAMPLES])
     say(f"fine-tuning {options.steps} steps (batch {options.batch_size}, learning rate {options.learning_rate})")
     loss = fine_tune(model, images, steps=options.steps, learning_rate=options.learning_rate,
                      batch_size=options.batch_size, seed=options.seed, callbacks=callbacks)

@@ -214,6 +214,26 @@ def test_qat_gives_a_valid_int8_bundle(work, tmp_path):
     assert cosine.min() > 0.9  # int8 of the QAT weights tracks the float model
 
 
+def test_qat_ranges_start_from_the_float_activations():
+    """Not TFMOT's [-6, 6]: BiT activations leave it, and an EMA of decay 0.999 would not catch up in a fine-tune."""
+    import tf_keras
+
+    from liteship.convert.bit.prune import quantize_aware
+    from liteship.convert.bit.train import training_model
+
+    model = training_model(CONFIG, SIZE)
+    x = images()
+    qat = quantize_aware(model, x)
+    name = "block4__unit01__add"
+    want = tf_keras.Model(model.inputs, model.get_layer(name).output).predict(x, verbose=0)
+    (wrapper,) = [layer for layer in qat.layers if getattr(layer, "layer", None) is not None
+                  and layer.layer.name == name]
+    values = {w.name.split("/")[-1].split(":")[0]: float(w.numpy()) for w in wrapper.weights}
+    assert values["output_min"] == pytest.approx(min(want.min(), 0.0), rel=1e-5)
+    assert values["output_max"] == pytest.approx(max(want.max(), 0.0), rel=1e-5)
+    assert (values["output_min"], values["output_max"]) != (-6.0, 6.0)
+
+
 def test_wrong_class_count_fails_before_training(work, tmp_path, monkeypatch):
     from liteship.convert.bit import train
 
