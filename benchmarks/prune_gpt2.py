@@ -169,6 +169,10 @@ def markdown(rows: dict, info: dict) -> str:
         "- the MLP holds 8 of a block's 12 n_embd^2 weights; halving it leaves 2/3 of the block weights, and the "
         "token table (also the LM head) is untouched, so a 0.7x file needs the table to be small against the blocks",
     ]
+    if info["stats"]["steps"] < 100:
+        lines.append(f"- **the base got only {info['stats']['steps']} training steps** in its time budget on the busy "
+                     "machine; the 'fine-tuned' row (the same model after the fine-tuning every pruned row also got) "
+                     "is the trained model the targets compare with. Rerun with more --minutes on a quieter machine.")
     return "\n".join(lines) + "\n"
 
 
