@@ -3,6 +3,8 @@
 \b
   liteship demo                          build, convert, run and bench a small classifier on this host
   liteship convert savedmodel|keras|gpt2|bit SOURCE --quant MODE --out BUNDLE
+  liteship prune bit|gpt2 SOURCE --out PRUNED --data DATA --method structured|magnitude --sparsity 0.5
+  liteship qat bit SOURCE --out TUNED.npz --data IMAGES
   liteship run model|gpt2|bit BUNDLE ...
   liteship eval bit|gpt2 BUNDLE DATA [--reference BUNDLE] [--device TARGET]
   liteship inspect BUNDLE_OR_TFLITE
@@ -43,6 +45,13 @@ COMMANDS: dict[str, dict[str, str]] = {
         "bit": "liteship.runtime.image_cli:eval_command",
         "gpt2": "liteship.runtime.text_cli:eval_command",
     },
+    "prune": {
+        "bit": "liteship.convert.prune_cli:prune_bit_command",
+        "gpt2": "liteship.convert.prune_cli:prune_gpt2_command",
+    },
+    "qat": {
+        "bit": "liteship.convert.prune_cli:qat_bit_command",
+    },
     "device": {
         "probe": "liteship.device.cli:probe",
         "push": "liteship.device.cli:push",
@@ -62,6 +71,8 @@ GROUP_HELP = {
     "convert": "Checkpoint -> .tflite bundle (fp32, fp16, dynamic-int8, int8, int8x16).",
     "run": "Run a bundle on this machine (no TensorFlow needed).",
     "eval": "Measure a bundle's quality: accuracy on labeled data, perplexity on text.",
+    "prune": "Checkpoint -> pruned, fine-tuned checkpoint of the same format (structured or magnitude).",
+    "qat": "Checkpoint -> quantization-aware fine-tuned checkpoint, for full-integer int8.",
     "device": "Phones (adb) and boards (SSH): probe them, push bundles.",
 }
 

@@ -24,6 +24,10 @@ class BiTConfig:
     gn_epsilon: float = 1e-5  # GroupNorm eps of bit_tf2 / bit_pytorch / bit_jax
     ws_epsilon: float = 1e-10  # weight standardization eps of the released BiT code (var + 1e-10)
     image_size: int = 224  # default export resolution; BiT is fully convolutional, any size >= 32 works
+    # Structured pruning (convert/bit/prune.py) narrows bottlenecks unit by unit: (a width, b width) of every unit
+    # in order, block1 unit01 first. None: every unit has its block's bottleneck_width. The loader reads the
+    # widths off the checkpoint's kernels, so a pruned .npz needs no other marker.
+    unit_widths: tuple[tuple[int, int], ...] | None = None
 
     @property
     def root_width(self) -> int:
@@ -32,6 +36,12 @@ class BiTConfig:
     def bottleneck_width(self, block: int) -> int:
         """Middle (a/b) width of block `block` (0-based); the unit output is 4x this."""
         return self.base_width * self.width_factor * 2**block
+
+    def mid_widths(self, block: int, unit: int) -> tuple[int, int]:
+        """(a, b) conv output widths of unit `unit` (1-based) of block `block` (0-based)."""
+        if self.unit_widths is None:
+            return self.bottleneck_width(block), self.bottleneck_width(block)
+        return self.unit_widths[sum(self.block_units[:block]) + unit - 1]
 
     @property
     def feature_width(self) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 
 from liteship.convert.bit import weights as W
 from liteship.convert.bit.config import BiTConfig, get_config
+from liteship.convert.prune import read_pruning
 from liteship.convert.quant import Quant
 from liteship.errors import ConvertError
 
@@ -67,7 +68,8 @@ def load_checkpoint(source: str | Path, variant: str | BiTConfig, *, input_range
     if path.is_dir():
         return _load_saved_model(path, base, input_range, image_size)
     tensors = W.normalize_names(W.read_npz(path), str(path))
-    config = dataclasses.replace(base, num_classes=W.num_classes_of(tensors, str(path)))
+    config = dataclasses.replace(base, num_classes=W.num_classes_of(tensors, str(path)),
+                                 unit_widths=W.unit_widths_of(tensors, base))
     layers = W.map_tensors(tensors, config, str(path))
     return Checkpoint(config, layers, input_range or "-1,1", "bit-npz", path)
 
@@ -98,7 +100,8 @@ def _load_saved_model(path: Path, base: BiTConfig, input_range: str | None, imag
             raise ConvertError(f"{path}: two variables are named {variable.name!r}")
         raw[variable.name] = variable.numpy()
     tensors = W.normalize_names(raw, str(path))
-    config = dataclasses.replace(base, num_classes=W.num_classes_of(tensors, str(path)))
+    config = dataclasses.replace(base, num_classes=W.num_classes_of(tensors, str(path)),
+                                 unit_widths=W.unit_widths_of(tensors, base))
     layers = W.map_tensors(tensors, config, str(path))
     checkpoint = Checkpoint(config, layers, input_range or "0,1", "saved-model", path)
     if input_range is None:
@@ -226,10 +229,10 @@ def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1
         "variant": W.describe(config), "num_classes": config.num_classes, "image_size": size,
         "block_units": list(config.block_units), "width_factor": config.width_factor,
         "base_width": config.base_width, "num_groups": config.num_groups, "groupnorm_lowering": groupnorm,
-        "output": "logits",
+        "output": "logits", "unit_widths": [list(w) for w in config.unit_widths] if config.unit_widths else None,
     }
     conversion = {"seconds": round(time.perf_counter() - started, 3), "flex_ops": report.get("flex_ops", []),
-                  "pruning": None, "calibration_samples": getattr(rep, "num_samples", None)}
+                  "pruning": read_pruning(checkpoint.path), "calibration_samples": getattr(rep, "num_samples", None)}
     assets = {"labels": ("assets/labels.txt", label_bytes)} if label_bytes is not None else None
     say(f"writing bundle {out_dir}")
     return write_bundle(out_dir, tflite, family=FAMILY, task=TASK, quantization=quant, io_type=io_type,

@@ -146,17 +146,20 @@ def _gn_relu(x, config, scope, lowering):
     return tf_keras.layers.ReLU(name=layer_name(scope) + "__relu")(x)
 
 
-def _unit(x, config: BiTConfig, width: int, stride: int, scope: str, lowering: str):
-    """One pre-activation bottleneck unit; `width` is the 1x1/3x3 width, the output has 4 * width channels."""
+def _unit(x, config: BiTConfig, width: int, stride: int, scope: str, lowering: str,
+          mid: tuple[int, int] | None = None):
+    """One pre-activation bottleneck unit; the output has 4 * width channels. `mid` is the (a, b) conv width,
+    `width` unless structured pruning narrowed the unit."""
+    width_a, width_b = mid or (width, width)
     shortcut = x
     y = _gn_relu(x, config, f"{scope}/a/group_norm", lowering)
     if stride != 1 or x.shape[-1] != 4 * width:
         shortcut = _conv(y, 4 * width, 1, stride, f"{scope}/a/proj/standardized_conv2d")  # (N, H/s, W/s, 4w)
-    y = _conv(y, width, 1, 1, f"{scope}/a/standardized_conv2d")
+    y = _conv(y, width_a, 1, 1, f"{scope}/a/standardized_conv2d")
     y = _gn_relu(y, config, f"{scope}/b/group_norm", lowering)
     # BiT pads 1 on every side and convolves VALID; for stride 2 on even sizes that is not Keras "same" (0, 1).
     y = tf_keras.layers.ZeroPadding2D(1, name=layer_name(scope) + "__b__pad")(y)
-    y = _conv(y, width, 3, stride, f"{scope}/b/standardized_conv2d")  # (N, H/s, W/s, w)
+    y = _conv(y, width_b, 3, stride, f"{scope}/b/standardized_conv2d")  # (N, H/s, W/s, w_b)
     y = _gn_relu(y, config, f"{scope}/c/group_norm", lowering)
     y = _conv(y, 4 * width, 1, 1, f"{scope}/c/standardized_conv2d")
     return tf_keras.layers.Add(name=layer_name(scope) + "__add")([y, shortcut])
@@ -181,7 +184,8 @@ def build_model(config: BiTConfig, *, image_size: int | None = None, groupnorm: 
         width = config.bottleneck_width(block)
         for unit in range(1, units + 1):
             stride = 2 if block > 0 and unit == 1 else 1
-            x = _unit(x, config, width, stride, f"block{block + 1}/unit{unit:02d}", groupnorm)
+            x = _unit(x, config, width, stride, f"block{block + 1}/unit{unit:02d}", groupnorm,
+                      config.mid_widths(block, unit))
     x = _gn_relu(x, config, "group_norm", groupnorm)  # (N, S/32, S/32, feature_width)
     x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(x)  # (N, feature_width)
     x = tf_keras.layers.Dense(config.num_classes, name=layer_name("head/conv2d"))(x)  # (N, num_classes)

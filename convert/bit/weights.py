@@ -46,6 +46,8 @@ ALIASES = {
 
 # ---- value transforms, named by direction ----
 
+STANDARDIZED_TOLERANCE = 1e-5  # |mean| and |var - 1| under which a filter counts as standardized already
+
 def standardize_kernel(kernel_hwio: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     """Weight standardization, done once at export instead of on every inference.
 
@@ -56,7 +58,12 @@ def standardize_kernel(kernel_hwio: np.ndarray, eps: float = 1e-10) -> np.ndarra
     w = kernel_hwio.astype(np.float64)
     mean = w.mean(axis=(0, 1, 2), keepdims=True)  # (1, 1, 1, O)
     var = w.var(axis=(0, 1, 2), keepdims=True)  # (1, 1, 1, O)
-    return ((w - mean) / np.sqrt(var + eps)).astype(np.float32)
+    out = ((w - mean) / np.sqrt(var + eps)).astype(np.float32)
+    # A filter that is standardized already (liteship prune writes them so) is kept bit for bit: redoing it would
+    # change it only by rounding, but would turn a magnitude-pruned filter's exact zeros into ~1e-9s that no
+    # longer compress. Float32 rounding leaves such a filter's mean within ~1e-8 and variance within ~1e-6.
+    done = (np.abs(mean) < STANDARDIZED_TOLERANCE) & (np.abs(var - 1.0) < STANDARDIZED_TOLERANCE)  # (1, 1, 1, O)
+    return np.where(done, kernel_hwio, out).astype(np.float32)
 
 
 def head_kernel_hwio_to_dense(kernel: np.ndarray) -> np.ndarray:
@@ -105,11 +112,12 @@ def expected_tensors(config: BiTConfig) -> dict[str, Target]:
             gn(UNIT_GN_GAMMA.format(p="a", **names), UNIT_GN_BETA.format(p="a", **names), channels)
             if unit == 1 and (block > 0 or channels != 4 * width):
                 conv(UNIT_PROJ_KERNEL.format(**names), (1, 1, channels, 4 * width))
-            conv(UNIT_KERNEL.format(p="a", **names), (1, 1, channels, width))
-            gn(UNIT_GN_GAMMA.format(p="b", **names), UNIT_GN_BETA.format(p="b", **names), width)
-            conv(UNIT_KERNEL.format(p="b", **names), (3, 3, width, width))
-            gn(UNIT_GN_GAMMA.format(p="c", **names), UNIT_GN_BETA.format(p="c", **names), width)
-            conv(UNIT_KERNEL.format(p="c", **names), (1, 1, width, 4 * width))
+            width_a, width_b = config.mid_widths(block, unit)
+            conv(UNIT_KERNEL.format(p="a", **names), (1, 1, channels, width_a))
+            gn(UNIT_GN_GAMMA.format(p="b", **names), UNIT_GN_BETA.format(p="b", **names), width_a)
+            conv(UNIT_KERNEL.format(p="b", **names), (3, 3, width_a, width_b))
+            gn(UNIT_GN_GAMMA.format(p="c", **names), UNIT_GN_BETA.format(p="c", **names), width_b)
+            conv(UNIT_KERNEL.format(p="c", **names), (1, 1, width_b, 4 * width))
             channels = 4 * width
     gn(HEAD_GN_GAMMA, HEAD_GN_BETA, channels)
     table[HEAD_KERNEL] = Target("head/conv2d", "kernel", (1, 1, channels, config.num_classes),
@@ -155,6 +163,22 @@ def num_classes_of(tensors: dict[str, np.ndarray], source: str) -> int:
     if bias.ndim != 1:
         raise ConvertError(f"{source}: tensor {PREFIX + HEAD_BIAS!r} has shape {tuple(bias.shape)}, expected (N,)")
     return int(bias.shape[0])
+
+
+def unit_widths_of(tensors: dict[str, np.ndarray], config: BiTConfig) -> tuple[tuple[int, int], ...] | None:
+    """The (a, b) bottleneck widths a (structured-pruned) checkpoint's kernels have, or None when every unit has its
+    block's full width. A kernel that is missing or not 4-D is left for `map_tensors` to report."""
+    widths, pruned = [], False
+    for block, units in enumerate(config.block_units):
+        for unit in range(1, units + 1):
+            pair = []
+            for part in "ab":
+                kernel = tensors.get(UNIT_KERNEL.format(b=block + 1, u=unit, p=part))
+                pair.append(int(kernel.shape[-1]) if kernel is not None and kernel.ndim == 4
+                            else config.bottleneck_width(block))
+            pruned |= pair != [config.bottleneck_width(block)] * 2
+            widths.append(tuple(pair))
+    return tuple(widths) if pruned else None
 
 
 def map_tensors(tensors: dict[str, np.ndarray], config: BiTConfig, source: str

@@ -29,6 +29,7 @@ class GPT2Config:
     activation: str = "gelu_new"  # a key of ACTIVATIONS
     bos_token_id: int = 50256
     eos_token_id: int = 50256
+    n_inner: int | None = None  # MLP width; None is 4 * n_embd (structured pruning narrows it, convert/gpt2/prune.py)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -40,6 +41,10 @@ class GPT2Config:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def inner(self) -> int:
+        return self.n_inner or 4 * self.n_embd
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,6 +96,7 @@ def from_hf_config(hf: dict, *, source: str = "config.json") -> GPT2Config:
             activation=act,
             bos_token_id=int(bos if bos is not None else -1),
             eos_token_id=int(eos if eos is not None else -1),
+            n_inner=int(hf["n_inner"]) if hf.get("n_inner") else None,
         )
     except KeyError as e:
         raise ConvertError(f"{source}: GPT-2 config lacks {e.args[0]!r}") from None

@@ -151,6 +151,7 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     """Convert the checkpoint folder ``ckpt`` to a bundle at ``out_dir``; returns what it took."""
     from liteship.convert.bundle import hash_source, write_bundle
     from liteship.convert.gpt2.weights import load_checkpoint
+    from liteship.convert.prune import read_pruning
 
     say = progress or (lambda msg: None)
     quant = Quant.parse(quant)
@@ -190,6 +191,6 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
                           config=config, assets=assets, source=source,
                           conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss,
-                                      "flex_ops": report["flex_ops"], "pruning": None},
+                                      "flex_ops": report["flex_ops"], "pruning": read_pruning(ckpt)},
                           check=lambda folder: check_token_table(folder, wte))
     return ExportReport(Path(bundle), seconds, rss, len(tflite), quant.value)

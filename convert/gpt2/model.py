@@ -51,8 +51,8 @@ def param_shapes(cfg: GPT2Config) -> dict[str, tuple]:
             p + "attn.c_attn.weight": (3 * E, E), p + "attn.c_attn.bias": (3 * E,),
             p + "attn.c_proj.weight": (E, E), p + "attn.c_proj.bias": (E,),
             p + "ln_2.weight": (E,), p + "ln_2.bias": (E,),
-            p + "mlp.c_fc.weight": (4 * E, E), p + "mlp.c_fc.bias": (4 * E,),
-            p + "mlp.c_proj.weight": (E, 4 * E), p + "mlp.c_proj.bias": (E,),
+            p + "mlp.c_fc.weight": (cfg.inner, E), p + "mlp.c_fc.bias": (cfg.inner,),
+            p + "mlp.c_proj.weight": (E, cfg.inner), p + "mlp.c_proj.bias": (E,),
         })
     return shapes
 

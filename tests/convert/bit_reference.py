@@ -26,12 +26,14 @@ class StdConv2d(nn.Conv2d):
 class Unit(nn.Module):
     """Pre-activation bottleneck; stride on the 3x3 conv; projection fed by the pre-activated input."""
 
-    def __init__(self, cin, mid, stride):
+    def __init__(self, cin, mid, stride, pruned=None):
         super().__init__()
         cout = 4 * mid
-        self.gn1, self.conv1 = nn.GroupNorm(32, cin), StdConv2d(cin, mid, 1, bias=False)
-        self.gn2, self.conv2 = nn.GroupNorm(32, mid), StdConv2d(mid, mid, 3, stride=stride, padding=1, bias=False)
-        self.gn3, self.conv3 = nn.GroupNorm(32, mid), StdConv2d(mid, cout, 1, bias=False)
+        mid_a, mid_b = pruned or (mid, mid)  # a structured-pruned unit has narrower a/b convs, same output
+        self.gn1, self.conv1 = nn.GroupNorm(32, cin), StdConv2d(cin, mid_a, 1, bias=False)
+        self.gn2 = nn.GroupNorm(32, mid_a)
+        self.conv2 = StdConv2d(mid_a, mid_b, 3, stride=stride, padding=1, bias=False)
+        self.gn3, self.conv3 = nn.GroupNorm(32, mid_b), StdConv2d(mid_b, cout, 1, bias=False)
         self.proj = StdConv2d(cin, cout, 1, stride=stride, bias=False) if stride != 1 or cin != cout else None
 
     def forward(self, x):
@@ -44,7 +46,7 @@ class Unit(nn.Module):
 
 
 class ReferenceBiT(nn.Module):
-    def __init__(self, block_units, width_factor, num_classes, base_width=64):
+    def __init__(self, block_units, width_factor, num_classes, base_width=64, widths=None):
         super().__init__()
         root = base_width * width_factor
         self.root = StdConv2d(3, root, 7, stride=2, padding=3, bias=False)
@@ -54,7 +56,8 @@ class ReferenceBiT(nn.Module):
             mid = root * 2**b
             block = nn.ModuleList()
             for u in range(units):
-                block.append(Unit(cin, mid, 2 if (b > 0 and u == 0) else 1))
+                pruned = widths[(b, u)] if widths else None
+                block.append(Unit(cin, mid, 2 if (b > 0 and u == 0) else 1, pruned))
                 cin = 4 * mid
             self.blocks.append(block)
         self.gn = nn.GroupNorm(32, cin)
@@ -100,6 +103,9 @@ def reference_logits(tensors: dict[str, np.ndarray], images: np.ndarray, *, bloc
                      base_width=64) -> np.ndarray:
     """Logits (N, num_classes) for NHWC float images already in the checkpoint's input range."""
     num_classes = tensors["resnet/head/conv2d/bias"].shape[0]
-    model = ReferenceBiT(block_units, width_factor, num_classes, base_width).load_npz(tensors).eval()
+    widths = {(b, u): tuple(tensors[f"resnet/block{b + 1}/unit{u + 1:02d}/{p}/standardized_conv2d/kernel"].shape[3]
+                            for p in "ab")
+              for b, units in enumerate(block_units) for u in range(units)}  # (a, b) widths as the npz has them
+    model = ReferenceBiT(block_units, width_factor, num_classes, base_width, widths).load_npz(tensors).eval()
     with torch.no_grad():
         return model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()

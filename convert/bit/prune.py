@@ -1,0 +1,347 @@
+"""Pruning and quantization-aware training for BiT: a BiT .npz in, a smaller or sparser BiT .npz out.
+
+    structured: remove bottleneck channels (the outputs of each unit's a and b convolutions, and the matching
+                inputs of b and c), so the dense model itself is smaller and faster on every delegate. The unit's
+                output width (the residual stream) is untouched.
+    magnitude:  TFMOT prune_low_magnitude on every standardized convolution (the stem and the head too with
+                prune_embeddings), a polynomial-decay schedule over the fine-tuning, then strip_pruning.
+    qat:        TFMOT quantize_model fine-tuning, so the weights settle where int8 rounding leaves them; the
+                int8 bundle then comes from `liteship convert bit --quant int8` as usual.
+
+Channel importance (structured): under weight standardization every filter has the same norm (sqrt(H*W*I)), so a
+filter's own L1 norm ranks nothing. What decides how much a bottleneck channel carries is its GroupNorm scale
+(|gamma|: the GroupNorm in front of the next convolution) times the L1 norm of the standardized weights that read
+it. Channels are ranked inside their GroupNorm group and the same number is kept in every group: each new group
+is a subset of an old one (its statistics stay close), and the width stays a multiple of the group count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from liteship.convert import prune as P
+from liteship.convert.bit import weights as W
+from liteship.convert.bit.config import BiTConfig
+
+FAMILY = "bit"
+QAT_RANGE_SAMPLES = 64  # training images whose float activations set QAT's starting ranges
+
+
+# ---- structured -----------------------------------------------------------------------------------------------
+
+def keep_per_group(scores: np.ndarray, groups: int, sparsity: float) -> np.ndarray:
+    """Indices (sorted) of the channels to keep: the same number in every GroupNorm group, by score within it."""
+    width = len(scores)
+    size = width // groups  # channels per group
+    keep = max(1, int(round(size * (1.0 - sparsity))))
+    kept = [g * size + np.sort(np.argsort(-scores[g * size:(g + 1) * size], kind="stable")[:keep])
+            for g in range(groups)]
+    return np.concatenate(kept)
+
+
+def channel_scores(gamma: np.ndarray, next_kernel: np.ndarray) -> np.ndarray:
+    """|GroupNorm scale| x L1 norm of the standardized weights reading each channel: (C,) from (C,), (h, w, C, O)."""
+    return np.abs(gamma) * np.abs(next_kernel).sum(axis=(0, 1, 3))
+
+
+def structured_prune(config: BiTConfig, layers: dict, sparsity: float
+                     ) -> tuple[BiTConfig, dict, dict[str, str], float]:
+    """Narrow every unit's a and b convolutions. `layers` are `weights.map_tensors`' (standardized kernels).
+
+    Returns (config with unit_widths, new layers, per-unit "a 64->32, b 64->32", fraction of bottleneck channels
+    removed)."""
+    layers = {scope: dict(values) for scope, values in layers.items()}
+    widths, report, removed, total = [], {}, 0, 0
+    for block, units in enumerate(config.block_units):
+        for unit in range(1, units + 1):
+            scope = f"block{block + 1}/unit{unit:02d}"
+            conv = lambda p: layers[f"{scope}/{p}/standardized_conv2d"]  # noqa: E731
+            norm = lambda p: layers[f"{scope}/{p}/group_norm"]  # noqa: E731
+            keep_a = keep_per_group(channel_scores(norm("b")["gamma"], conv("b")["kernel"]), config.num_groups,
+                                    sparsity)
+            keep_b = keep_per_group(channel_scores(norm("c")["gamma"], conv("c")["kernel"]), config.num_groups,
+                                    sparsity)
+            old_a, old_b = conv("a")["kernel"].shape[3], conv("b")["kernel"].shape[3]
+            conv("a")["kernel"] = conv("a")["kernel"][:, :, :, keep_a]  # (1, 1, C_in, a)
+            norm("b").update(gamma=norm("b")["gamma"][keep_a], beta=norm("b")["beta"][keep_a])
+            conv("b")["kernel"] = conv("b")["kernel"][:, :, keep_a][:, :, :, keep_b]  # (3, 3, a, b)
+            norm("c").update(gamma=norm("c")["gamma"][keep_b], beta=norm("c")["beta"][keep_b])
+            conv("c")["kernel"] = conv("c")["kernel"][:, :, keep_b]  # (1, 1, b, 4w)
+            widths.append((len(keep_a), len(keep_b)))
+            report[scope] = f"a {old_a}->{len(keep_a)}, b {old_b}->{len(keep_b)}"
+            removed += old_a - len(keep_a) + old_b - len(keep_b)
+            total += old_a + old_b
+    return dataclasses.replace(config, unit_widths=tuple(widths)), layers, report, removed / total
+
+
+# ---- magnitude ------------------------------------------------------------------------------------------------
+
+def prunable_layer_names(model, prune_ends: bool) -> list[str]:
+    """The standardized convolutions, without the stem conv and the head unless `prune_ends`."""
+    from liteship.convert.bit.train import StandardizedConv2D
+
+    names = [layer.name for layer in model.layers if isinstance(layer, StandardizedConv2D)]
+    if not prune_ends:
+        return [n for n in names if not n.startswith("root_block")]
+    return names + ["head__conv2d"]
+
+
+def wrap_for_pruning(model, names: list[str], options: P.PruneOptions):
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    params = P.pruning_params(options)
+
+    def wrap(layer):
+        if layer.name in names:
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, **params)
+        return layer
+
+    return tf_keras.models.clone_model(model, clone_function=wrap)
+
+
+def one_shot_magnitude(model, names: list[str], sparsity: float):
+    """A copy of the model with the smallest `sparsity` of each named kernel zeroed at once: the 'after pruning'
+    figure (the real run prunes gradually while it fine-tunes)."""
+    import tf_keras
+
+    copy = tf_keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for name in names:
+        layer = copy.get_layer(name)
+        kernel = layer.kernel.numpy()
+        k = int(round(sparsity * kernel.size))
+        if k:
+            threshold = np.sort(np.abs(kernel), axis=None)[k - 1]
+            layer.kernel.assign(np.where(np.abs(kernel) <= threshold, 0.0, kernel))
+    return copy
+
+
+# ---- quantization-aware training ------------------------------------------------------------------------------
+
+def quantize_aware(model, sample: np.ndarray | None = None):
+    """TFMOT quantize_model for BiT: the standardized convolutions and GroupNorm get their own QuantizeConfigs
+    (TFMOT's registry knows neither); everything else (ReLU, Add, padding, pooling, the Dense head) TFMOT's
+    default 8-bit scheme covers.
+
+    TFMOT starts every activation range at [-6, 6] and moves it by an EMA with decay 0.999, so over a few hundred
+    fine-tuning steps the ranges barely leave [-6, 6] and BiT's residual stream (|x| in the tens) is clipped:
+    QAT then trains against damage that int8 conversion (calibrated) never does. With `sample` (N, S, S, 3) images the ranges
+    start at what the float model produces on them, as calibration would set them."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    from liteship.convert.bit.model import GroupNorm
+    from liteship.convert.bit.train import StandardizedConv2D, masked_standardize
+
+    quantizers = tfmot.quantization.keras.quantizers
+
+    class StandardizedKernelQuantizer(quantizers.LastValueQuantizer):
+        """Standardize, then fake-quantize per output channel: int8 sees the standardized kernel, so that is
+        what must carry the rounding."""
+
+        def __call__(self, inputs, training, weights, **kwargs):
+            return super().__call__(masked_standardize(inputs, StandardizedConv2D.epsilon), training, weights,
+                                    **kwargs)
+
+    class ConvConfig(tfmot.quantization.keras.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return [(layer.kernel, StandardizedKernelQuantizer(num_bits=8, per_axis=True, symmetric=True,
+                                                                narrow_range=True))]
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            layer.kernel = quantize_weights[0]
+            layer.prestandardized = True
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return [quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                      narrow_range=False)]
+
+        def get_config(self):
+            return {}
+
+    class NormConfig(ConvConfig):
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+    def annotate(layer):
+        if isinstance(layer, StandardizedConv2D):
+            return tfmot.quantization.keras.quantize_annotate_layer(layer, ConvConfig())
+        if isinstance(layer, GroupNorm):
+            return tfmot.quantization.keras.quantize_annotate_layer(layer, NormConfig())
+        return layer
+
+    annotated = tf_keras.models.clone_model(model, clone_function=annotate)
+    annotated.set_weights(model.get_weights())
+    scope = {"StandardizedConv2D": StandardizedConv2D, "GroupNorm": GroupNorm, "ConvConfig": ConvConfig,
+             "NormConfig": NormConfig}
+    with tfmot.quantization.keras.quantize_scope(scope):
+        qat = tfmot.quantization.keras.quantize_apply(annotated)
+    if sample is not None:
+        set_activation_ranges(qat, model, sample)
+    return qat
+
+
+def set_activation_ranges(qat_model, float_model, sample: np.ndarray) -> None:
+    """Start each quantized output's [min, max] (TFMOT's output_* / post_activation_* variables) at the range the
+    float layer produces on `sample`, widened to contain 0 as TFMOT's ranges do."""
+    import tf_keras
+
+    names = [layer.name for layer in float_model.layers if not isinstance(layer, tf_keras.layers.InputLayer)]
+    probe = tf_keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in names])
+    outputs = probe.predict(sample, batch_size=32, verbose=0)
+    ranges = {n: (min(float(o.min()), 0.0), max(float(o.max()), 0.0)) for n, o in zip(names, outputs)}
+    for wrapper in qat_model.layers:
+        inner = getattr(wrapper, "layer", None)
+        if inner is None or inner.name not in ranges:
+            continue
+        low, high = ranges[inner.name]
+        for variable in wrapper.weights:
+            short = variable.name.split("/")[-1].split(":")[0]
+            if short in ("output_min", "post_activation_min"):
+                variable.assign(low)
+            elif short in ("output_max", "post_activation_max"):
+                variable.assign(high)
+
+
+def dequantized_float_model(qat_model, config: BiTConfig, image_size: int):
+    """The float training model holding the QAT model's trained weights (the quantize wrappers' own variables,
+    min/max ranges, are dropped: int8 conversion calibrates its ranges on the user's images)."""
+    from liteship.convert.bit.train import training_model
+
+    model = training_model(config, image_size)
+    by_name = {}
+    for layer in qat_model.layers:  # a wrapper lists the inner layer's variables under the inner layer's name
+        inner = getattr(layer, "layer", layer).name
+        by_name[inner] = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights
+                          if w.name.startswith(inner + "/")}
+    for layer in model.layers:
+        if layer.weights:
+            values = by_name[layer.name]
+            layer.set_weights([values[w.name.split("/")[-1].split(":")[0]].numpy() for w in layer.weights])
+    return model
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+
+def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
+    from liteship.runtime.classify import dequantize, quantize
+    from liteship.runtime.interpreter import create_interpreter
+
+    with tempfile.TemporaryDirectory(prefix="liteship-prune-") as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(tflite)
+        runner = create_interpreter(path).get_signature_runner()
+        (name, details), = runner.get_input_details().items()
+        (out_name, out_details), = runner.get_output_details().items()
+        logits = np.concatenate([dequantize(runner(**{name: quantize(image[None], details)})[out_name],
+                                            out_details) for image in x])  # (N, num_classes)
+    return float(np.mean(logits.argmax(-1) == y))
+
+
+def convert_layers(config: BiTConfig, layers: dict, size: int, quant, calibration, preprocessing) -> bytes:
+    from liteship.convert.bit.export import Checkpoint, build_keras, calibration_dataset, keras_to_tflite
+
+    checkpoint = Checkpoint(config, layers, "-1,1", "bit-npz", Path("."))
+    rep = calibration_dataset(calibration, preprocessing) if quant.needs_calibration else None
+    tflite, _ = keras_to_tflite(build_keras(checkpoint, image_size=size), quant, representative_dataset=rep)
+    return tflite
+
+
+def prune_bit(source: str | Path, out: str | Path, data: str | Path, options: P.PruneOptions, *,
+              variant: str = "R50x1", image_size: int | None = None, input_range: str | None = None,
+              convert: bool = True, progress=None) -> dict:
+    """Prune (or only QAT-fine-tune, method "none") a BiT checkpoint on the user's image folder and write the
+    result to `out` as a BiT .npz with its pruning record beside it. Returns the record."""
+    from liteship.convert.bit.export import load_checkpoint, preprocessing_block
+    from liteship.convert.bit.train import (accuracy, checkpoint_tensors, fine_tune, model_from_layers,
+                                            read_image_folder, save_npz)
+    from liteship.convert.quant import Quant
+
+    say = progress or (lambda message: None)
+    quant = Quant.parse(options.quant)
+    started = time.perf_counter()
+    say(f"reading {source}")
+    checkpoint = load_checkpoint(source, variant, input_range=input_range, image_size=image_size)
+    config, size = checkpoint.config, image_size or checkpoint.config.image_size
+    preprocessing = preprocessing_block(size, checkpoint.input_range)
+    say(f"reading images from {data}")
+    images = read_image_folder(data, config.num_classes, preprocessing)  # wrong data fails here, before training
+    say(f"{len(images.x_train)} training / {len(images.x_test)} held-out images in {len(images.classes)} classes")
+
+    model = model_from_layers(config, checkpoint.layers, size)
+    quality = {"before": accuracy(model, images.x_test, images.y_test)}
+    params_before = int(sum(v.size for values in checkpoint.layers.values() for v in values.values()))
+    layer_report: dict = {}
+    pruned_names: list[str] = []
+    callbacks = [P.progress_callback(options.steps)]
+    new_config = config
+    if options.method == "structured":
+        new_config, layers, layer_report, removed = structured_prune(config, checkpoint.layers, options.sparsity)
+        model = model_from_layers(new_config, layers, size)
+        quality["after_pruning"] = accuracy(model, images.x_test, images.y_test)
+    elif options.method == "magnitude":
+        pruned_names = prunable_layer_names(model, options.prune_embeddings)
+        if not options.m_by_n:
+            quality["after_pruning"] = accuracy(one_shot_magnitude(model, pruned_names, options.sparsity),
+                                                images.x_test, images.y_test)
+        model = wrap_for_pruning(model, pruned_names, options)
+        callbacks += P.pruning_callbacks()
+    if options.qat:
+        step = max(1, len(images.x_train) // QAT_RANGE_SAMPLES)  # spread over the classes (files sort by class)
+        model = quantize_aware(model, images.x_train[::step][:QAT_RANGE_SAMPLES])
+    say(f"fine-tuning {options.steps} steps (batch {options.batch_size}, learning rate {options.learning_rate})")
+    loss = fine_tune(model, images, steps=options.steps, learning_rate=options.learning_rate,
+                     batch_size=options.batch_size, seed=options.seed, callbacks=callbacks)
+    if options.method == "magnitude":
+        model = P.strip_pruning(model)
+    if options.qat:
+        model = dequantized_float_model(model, new_config, size)
+    quality["after_fine_tuning"] = accuracy(model, images.x_test, images.y_test)
+    tensors = checkpoint_tensors(model, new_config)
+
+    if options.method == "magnitude":
+        kernels = {name.replace("__", "/"): tensors[W.PREFIX + name.replace("__", "/") + "/kernel"]
+                   for name in pruned_names}
+        layer_report = {name: f"sparsity {P.zero_fraction([k]):.4f}" for name, k in kernels.items()}
+        sparsity = {"measured": P.zero_fraction(kernels.values()), "of": "weights of the pruned layers"}
+    elif options.method == "structured":
+        sparsity = {"measured": removed, "of": "bottleneck channels"}
+    else:
+        sparsity = {"measured": 0.0, "of": "nothing pruned"}
+    report = {"family": FAMILY, "method": options.method, "sparsity": sparsity, "layers": layer_report,
+              "params": {"before": params_before, "after": int(sum(v.size for v in tensors.values()))},
+              "metric": "accuracy", "quality": quality, "fine_tuning": {"steps": options.steps, "final_loss": loss},
+              "qat": options.qat, "unit_widths": [list(w) for w in new_config.unit_widths or ()] or None}
+
+    with P.staged_output(out, source, folder=False) as staged:
+        save_npz(tensors, staged)
+        if convert:
+            say(f"converting before and after ({quant.value}) to measure size and accuracy")
+            pruned = load_checkpoint(staged, variant, input_range=checkpoint.input_range)
+            before = convert_layers(config, checkpoint.layers, size, quant, data, preprocessing)
+            after = convert_layers(pruned.config, pruned.layers, size, quant, data, preprocessing)
+            quality["after_conversion"] = tflite_accuracy(after, images.x_test, images.y_test)
+            report["tflite"] = {"quant": quant.value, "before": P.tflite_sizes(before),
+                                "after": P.tflite_sizes(after)}
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        record = P.make_record(options, family=FAMILY, source=str(source), weights_file=staged, report=report)
+        P.sidecar_path(staged).write_text(json.dumps(record, indent=2) + "\n")
+    say(P.format_report(record))
+    return record
+

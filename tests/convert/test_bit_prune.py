@@ -1,0 +1,287 @@
+"""BiT pruning and QAT on a tiny BiT (3 classes, 32x32) fine-tuned a few steps on scikit-learn digits.
+
+Every pruned .npz goes back through the real paths: liteship's loader and converter, and the independent PyTorch
+reference (tests/convert/bit_reference.py), which reads the npz by its own names and widths.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tensorflow_model_optimization")
+
+from tests.convert.bit_fixtures import write_bit_npz  # noqa: E402
+from tests.convert.bit_reference import reference_logits  # noqa: E402
+from liteship.convert import prune as P  # noqa: E402
+from liteship.convert.bit.config import tiny  # noqa: E402
+from liteship.errors import ConvertError  # noqa: E402
+
+SIZE = 32
+CONFIG = tiny(num_classes=3, image_size=SIZE)
+
+
+def write_digit_folder(root, classes=3, per_class=10):
+    """8x8 scikit-learn digits as greyscale PNGs, one sub-folder per class (c0, c1, ...)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for cls in range(classes):
+        folder = root / f"c{cls}"
+        folder.mkdir(parents=True)
+        for j, i in enumerate(np.flatnonzero(digits.target == cls)[:per_class]):
+            pixels = np.round(digits.images[i] * 255 / 16).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(folder / f"{j:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bit-prune")
+    write_digit_folder(root / "digits")
+    write_bit_npz(root / "source.npz", CONFIG)
+    return root
+
+
+def prune(work, name, **options):
+    from liteship.convert.bit.prune import prune_bit
+
+    convert = options.pop("convert", False)
+    opts = P.PruneOptions(**{"steps": 2, "batch_size": 8, **options})
+    record = prune_bit(work / "source.npz", work / f"{name}.npz", work / "digits", opts, variant=CONFIG,
+                       image_size=SIZE, convert=convert)
+    return work / f"{name}.npz", record
+
+
+@pytest.fixture(scope="module")
+def structured(work):
+    return prune(work, "structured", method="structured", sparsity=0.4)
+
+
+@pytest.fixture(scope="module")
+def magnitude(work):
+    return prune(work, "magnitude", method="magnitude", sparsity=0.5, steps=4, convert=True)
+
+
+def images(n=4):
+    from tests.convert.bit_fixtures import sample_images, to_bit_range
+
+    return to_bit_range(sample_images(SIZE))[:n]
+
+
+def keras_logits(npz, x):
+    from liteship.convert.bit.export import build_keras, load_checkpoint
+
+    return build_keras(load_checkpoint(npz, CONFIG), image_size=SIZE, batch_size=None)(x).numpy()
+
+
+def test_structured_npz_is_narrower_and_groupnorm_valid(structured):
+    from liteship.convert.bit.export import load_checkpoint
+
+    npz, record = structured
+    config = load_checkpoint(npz, CONFIG).config
+    assert config.unit_widths is not None
+    for block, (width_a, width_b) in enumerate(config.unit_widths):
+        full = CONFIG.bottleneck_width(block)
+        assert width_a % CONFIG.num_groups == 0 and width_b % CONFIG.num_groups == 0
+        assert CONFIG.num_groups <= width_a <= full and CONFIG.num_groups <= width_b <= full
+    assert sum(a + b for a, b in config.unit_widths) < sum(2 * CONFIG.bottleneck_width(b) for b in range(4))
+    assert record["params"]["after"] < record["params"]["before"]
+    assert record["params"]["after"] == sum(v.size for v in np.load(npz).values())
+
+
+def test_structured_npz_agrees_with_the_pytorch_reference(structured):
+    """The pruned .npz read by liteship (tf_keras, baked standardization) and by the independent torch BiT."""
+    npz, _ = structured
+    x = images()
+    expected = reference_logits(dict(np.load(npz)), x, block_units=CONFIG.block_units, width_factor=1,
+                                base_width=CONFIG.base_width)
+    # as in test_bit_export: float32 through ~20 layers in two frameworks, 1e-4 of the logit scale
+    np.testing.assert_allclose(keras_logits(npz, x), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_structured_bundle_equals_the_pruned_model_and_records_the_pruning(structured, tmp_path):
+    from liteship.convert.bit.export import export_bit
+    from tests.convert.test_bit_export import run_tflite
+
+    npz, record = structured
+    bundle = export_bit(npz, tmp_path / "bundle", variant=CONFIG, image_size=SIZE)
+    x = images()
+    want = keras_logits(npz, x)
+    # fp32 TFLite vs tf_keras, the tolerance test_bit_export uses: 1e-5 of the logit scale
+    np.testing.assert_allclose(run_tflite(bundle, x), want, atol=1e-5 * np.abs(want).max())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    pruning = manifest["conversion"]["pruning"]
+    assert pruning["method"] == "structured" and pruning["requested"]["sparsity"] == 0.4
+    assert pruning["sparsity"] == record["sparsity"] and 0.3 < pruning["sparsity"]["measured"] < 0.6
+    assert manifest["config"]["unit_widths"] == record["unit_widths"]
+
+
+def test_magnitude_sparsity_survives_standardization_and_conversion(magnitude):
+    from liteship.convert.bit import weights as W
+
+    npz, record = magnitude
+    tensors = dict(np.load(npz))
+    pruned = [name for name in tensors if name.endswith("/kernel") and "root_block" not in name
+              and "head" not in name]
+    for name in pruned:
+        # TFMOT's mask on each kernel reaches the target to one element; the stem and head stay dense
+        assert abs(P.zero_fraction([tensors[name]]) - 0.5) <= P.SPARSITY_TOLERANCE, name
+        # saved kernels are standardization's fixed point with their zeros, so the loader keeps them sparse
+        standardized = W.standardize_kernel(tensors[name])
+        np.testing.assert_allclose(standardized, tensors[name], atol=1e-5)
+        assert np.array_equal(standardized == 0, tensors[name] == 0)
+    assert P.zero_fraction([tensors[W.PREFIX + W.ROOT_KERNEL]]) == 0
+    assert abs(record["sparsity"]["measured"] - 0.5) <= P.SPARSITY_TOLERANCE
+    # the zeros reach the .tflite: gzip shrinks with them, the plain file does not
+    assert record["tflite"]["after"]["gzip_bytes"] < 0.8 * record["tflite"]["before"]["gzip_bytes"]
+    quality = record["quality"]
+    assert set(quality) == {"before", "after_pruning", "after_fine_tuning", "after_conversion"}
+    assert quality["after_conversion"] == pytest.approx(quality["after_fine_tuning"], abs=1 / 3)
+
+
+def test_magnitude_zeros_are_exact_in_the_converted_model(magnitude, tmp_path):
+    """Every zero of the pruned kernels is an exact zero in the .tflite's convolution weights (not a 1e-9 that
+    re-standardization would leave, which no longer compresses)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from liteship.convert.bit.export import export_bit
+
+    npz, _ = magnitude
+    bundle = export_bit(npz, tmp_path / "fp32", variant=CONFIG, image_size=SIZE)
+    model = flatbuffer_utils.read_model(str(bundle / "model.tflite"))
+    conv_zeros = 0
+    for tensor in model.subgraphs[0].tensors:
+        data = model.buffers[tensor.buffer].data
+        if data is not None and len(tensor.shape) == 4 and len(data):
+            conv_zeros += int(np.count_nonzero(np.frombuffer(bytes(data), np.float32) == 0))
+    tensors = dict(np.load(npz))
+    want = sum(int(np.count_nonzero(v == 0)) for name, v in tensors.items() if name.endswith("conv2d/kernel"))
+    assert want > 0 and conv_zeros == want
+
+
+def test_strip_pruning_leaves_no_wrappers():
+    from liteship.convert.bit.prune import prunable_layer_names, wrap_for_pruning
+    from liteship.convert.bit.train import training_model
+
+    model = training_model(CONFIG, SIZE)
+    names = prunable_layer_names(model, prune_ends=False)
+    wrapped = wrap_for_pruning(model, names, P.PruneOptions(method="magnitude", steps=2))
+    assert sum(P.wrapped_for_pruning(layer) for layer in wrapped.layers) == len(names)
+    stripped = P.strip_pruning(wrapped)
+    assert not any(P.wrapped_for_pruning(layer) for layer in stripped.layers)
+    assert not any("mask" in w.name or "pruning_step" in w.name for w in stripped.weights)
+
+
+@pytest.mark.slow  # a third prune run, ~15 s
+def test_two_four_pattern(work):
+    npz, record = prune(work, "two-four", method="magnitude", m_by_n=(2, 4), sparsity=0.0)
+    tensors = dict(np.load(npz))
+    for name, kernel in tensors.items():
+        if name.endswith("standardized_conv2d/kernel") and "root_block" not in name:
+            blocks = kernel.transpose(3, 0, 1, 2).reshape(-1, 4)  # TFLite's [O, H, W, I], 4 along I
+            assert (np.count_nonzero(blocks == 0, axis=1) >= 2).all(), name
+    assert record["requested"]["m_by_n"] == "2:4"
+    assert abs(record["sparsity"]["measured"] - 0.5) <= P.SPARSITY_TOLERANCE
+
+
+@pytest.mark.slow  # QAT fine-tuning plus an int8 conversion, ~15 s
+def test_qat_gives_a_valid_int8_bundle(work, tmp_path):
+    from liteship.convert.bit.export import export_bit
+    from liteship.runtime.bundle import Bundle
+    from liteship.runtime.tflite_file import read_model
+    from tests.convert.test_bit_export import run_tflite
+
+    npz, record = prune(work, "qat", method="none", sparsity=0.0, qat=True)
+    assert record["qat"] is True and record["method"] == "none"
+    bundle = export_bit(npz, tmp_path / "int8", variant=CONFIG, image_size=SIZE, quant="int8",
+                        calibration=work / "digits", io_type="int8")
+    opened = Bundle.open(bundle)
+    assert opened.quantization == "int8" and opened.manifest["conversion"]["pruning"]["qat"] is True
+    info = read_model(bundle / "model.tflite")
+    assert "CONV_2D" in info.op_counts()
+    (signature,) = info.signature_specs().values()
+    assert [spec["dtype"] for spec in signature["inputs"] + signature["outputs"]] == ["int8", "int8"]
+    x = images()
+    got = run_tflite(bundle, x)
+    want = keras_logits(npz, x)
+    assert np.isfinite(got).all()
+    cosine = np.sum(got * want, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() > 0.9  # int8 of the QAT weights tracks the float model
+
+
+def test_qat_ranges_start_from_the_float_activations():
+    """Not TFMOT's [-6, 6]: BiT activations leave it, and an EMA of decay 0.999 would not catch up in a fine-tune."""
+    import tf_keras
+
+    from liteship.convert.bit.prune import quantize_aware
+    from liteship.convert.bit.train import training_model
+
+    model = training_model(CONFIG, SIZE)
+    x = images()
+    qat = quantize_aware(model, x)
+    name = "block4__unit01__add"
+    want = tf_keras.Model(model.inputs, model.get_layer(name).output).predict(x, verbose=0)
+    (wrapper,) = [layer for layer in qat.layers if getattr(layer, "layer", None) is not None
+                  and layer.layer.name == name]
+    values = {w.name.split("/")[-1].split(":")[0]: float(w.numpy()) for w in wrapper.weights}
+    assert values["output_min"] == pytest.approx(min(want.min(), 0.0), rel=1e-5)
+    assert values["output_max"] == pytest.approx(max(want.max(), 0.0), rel=1e-5)
+    assert (values["output_min"], values["output_max"]) != (-6.0, 6.0)
+
+
+def test_wrong_class_count_fails_before_training(work, tmp_path, monkeypatch):
+    from liteship.convert.bit import train
+
+    monkeypatch.setattr(train, "fine_tune", lambda *a, **k: pytest.fail("trained on data that does not fit"))
+    write_digit_folder(tmp_path / "four", classes=4, per_class=3)
+    with pytest.raises(ConvertError, match="4 class folders but the checkpoint's head has 3 classes"):
+        from liteship.convert.bit.prune import prune_bit
+
+        prune_bit(work / "source.npz", tmp_path / "out.npz", tmp_path / "four", P.PruneOptions(steps=2),
+                  variant=CONFIG, image_size=SIZE)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_file_that_is_not_an_image_is_named(work, tmp_path):
+    from liteship.convert.bit.prune import prune_bit
+
+    write_digit_folder(tmp_path / "d", per_class=3)
+    (tmp_path / "d" / "c1" / "notes.txt").write_text("not a picture")
+    with pytest.raises(ConvertError, match="notes.txt is not an image"):
+        prune_bit(work / "source.npz", tmp_path / "out.npz", tmp_path / "d", P.PruneOptions(steps=2),
+                  variant=CONFIG, image_size=SIZE)
+
+
+def test_an_interrupted_run_writes_nothing_and_keeps_the_old_output(work, tmp_path, monkeypatch):
+    from liteship.convert.bit import train
+    from liteship.convert.bit.prune import prune_bit
+
+    out = tmp_path / "pruned.npz"
+    out.write_bytes(b"old")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_npz", interrupted)  # the last step before the rename
+    with pytest.raises(KeyboardInterrupt):
+        prune_bit(work / "source.npz", out, work / "digits", P.PruneOptions(method="structured", steps=0),
+                  variant=CONFIG, image_size=SIZE, convert=False)
+    assert out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.npz"]
+
+
+def test_cli_reports_bad_data_in_one_line(work, tmp_path, capsys):
+    from liteship.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "bit", str(work / "source.npz"), "--variant", "tiny", "--out", str(tmp_path / "o.npz"),
+              "--data", str(tmp_path / "missing"), "--method", "structured", "--image-size", "32"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --data") and "not a folder" in err[-1]
+    assert "Traceback" not in "\n".join(err)
