@@ -50,10 +50,13 @@ class DeviceRuntime:
             self.target.put(path, f"{folder}/{path.name}")
         return folder
 
-    def python_json(self, code: str, *args: str, python: str | None = None, timeout: float = 600):
+    def python_json(self, code: str, *args: str, python: str | None = None, env: dict | None = None,
+                    timeout: float = 600):
         """Runs ``code`` with the device's python (liteship's runtime importable) and parses the JSON it prints
-        on its last line. ``args`` arrive as sys.argv[1:]."""
+        on its last line. ``args`` arrive as sys.argv[1:]; ``env`` adds variables (through env(1))."""
         argv = [python or self.python, "-c", _PRELUDE + code, self.zipapp, *args]
+        if env:
+            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
         out = self.target.run(argv, timeout=timeout).stdout
         return json.loads(out.strip().splitlines()[-1])
 
@@ -78,18 +81,35 @@ gen = TextGenerator(bundle, threads=1)
 print(json.dumps([int(t) for t in gen.generate_ids(prompt, n, temperature=0)]))
 """
 
-TOP5 = """
+SCORES = """
 import json
 from liteship.runtime.classify import ImageClassifier
 from liteship.runtime.images import iter_files
 bundle, folder = sys.argv[1], sys.argv[2]
 classifier = ImageClassifier(bundle, threads=1)
-rows = []
-for p in classifier.iter_classify(iter_files(folder), top_k=5, batch_size=1):
+rows = {}
+for p in classifier.iter_classify(iter_files(folder), top_k=classifier.num_classes, batch_size=1):
     d = p.to_dict()
-    rows.append({"file": d["path"].rsplit("/", 1)[-1], "top_k": d["top_k"]})
-print(json.dumps(sorted(rows, key=lambda r: r["file"])))
+    rows[d["path"].rsplit("/", 1)[-1]] = {t["index"]: t["score"] for t in d["top_k"]}
+print(json.dumps({f: [s for _, s in sorted(scores.items())] for f, scores in sorted(rows.items())}))
 """
+
+
+def assert_same_top5(here: list[float], there: list[float], tol: float, label: str) -> None:
+    """The device's class scores equal this host's within ``tol``, and so do its top-5: the same classes in the
+    same order wherever the host's own margins (> 2 tol) decide the order. Where two of the host's scores are
+    closer than that, different SIMD kernels (x86 vs ARM) may legitimately swap them."""
+    import numpy as np
+
+    here_a, there_a = np.asarray(here), np.asarray(there)
+    assert here_a.shape == there_a.shape, label
+    assert np.abs(here_a - there_a).max() <= tol, (label, here, there)
+    host_order = list(np.argsort(-here_a, kind="stable"))
+    board_order = list(np.argsort(-there_a, kind="stable"))
+    for rank in range(1, 6):  # top-1, top-2, ... top-5 as sets: equal wherever the host's gap below is clear
+        gap = here_a[host_order[rank - 1]] - here_a[host_order[rank]] if rank < len(host_order) else np.inf
+        if gap > 2 * tol:
+            assert set(board_order[:rank]) == set(host_order[:rank]), (label, rank, host_order[:5], board_order[:5])
 
 
 def run_here(code: str, *args: str):
