@@ -22,6 +22,8 @@ pytestmark = pytest.mark.device
 
 @pytest.fixture(scope="module")
 def device(tmp_path_factory):
+    if not os.environ.get("LITESHIP_TEST_DEVICE"):  # module fixtures run before conftest's per-test skip
+        pytest.skip("set LITESHIP_TEST_DEVICE=ssh:... to run against a board")
     if not device_spec().startswith("ssh:"):
         pytest.skip(f"{device_spec()} is not an SSH board")
     runtime = DeviceRuntime(device_spec(), tmp_path_factory.mktemp("runtime-pack"))
