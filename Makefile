@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # would pull several GB of CUDA wheels, so torch is pinned to the CPU build that this machine kind provides.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test setup test-fast test-device clean
+.PHONY: demo test setup test-fast test-device board-up board-down test-board clean
 
 $(BIN)/liteship: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,19 @@ test-fast: setup
 ## on bundles converted beforehand with the full install. Also on tflite-runtime 2.14 when it can be installed.
 test-device: setup
 	bash .ci/device-like-tests
+
+## make board-up: an emulated aarch64 board (Debian 12 arm64 under qemu-user) with its own sshd on loopback; root.
+## Then: `. /var/tmp/liteship-board/env` and `liteship bench BUNDLE --device ssh:board`. The first run builds and
+## caches the rootfs (minutes); later ones unpack the cache. `make board-down` ends it.
+board-up:
+	bash .ci/board-up
+
+board-down:
+	bash .ci/board-down
+
+## make test-board: the runtime tests inside that board on both backends, then `pytest -m device` against it
+test-board: setup
+	bash .ci/board-tests
 
 clean:
 	rm -rf $(VENV) .venv-device .venv-tflite-runtime liteship-demo

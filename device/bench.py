@@ -182,6 +182,7 @@ class _Run:
         self.entry["device"] = facts = probe(target, workdir=workdir, python=python)
         if s.runner == "python":
             self._check_python(facts, python)
+            self._check_runtime_version(facts)
 
         model = self._place_bundle(target, workdir, local)
         script, tool = self._place_runner(target, workdir, local)
@@ -281,6 +282,23 @@ class _Run:
             missing = "numpy" if not facts["python"]["numpy"] else "TFLite interpreter"
             raise DeviceError(f"{self.spec}: {facts['python']['path']} has no {missing}; run `{python} -m pip "
                               f"install numpy ai-edge-litert` there (tflite-runtime on 32-bit boards)")
+
+    def _check_runtime_version(self, facts: dict) -> None:
+        """Refuse before pushing when the device's interpreter is older than the model needs (the runtime on the
+        device applies the same rule, runtime.interpreter.runtime_too_old, when run there directly)."""
+        from liteship.runtime.bundle import Bundle
+        from liteship.runtime.interpreter import runtime_too_old
+        from liteship.runtime.tflite_file import read_model
+
+        py = facts["python"]
+        backend = self.settings.backend
+        if backend == "auto":  # the order runtime.interpreter's auto tries
+            backend = "litert" if py["ai_edge_litert"] else "tflite-runtime" if py["tflite_runtime"] else "auto"
+        version = {"litert": py["ai_edge_litert"], "tflite-runtime": py["tflite_runtime"]}.get(backend)
+        needed = read_model(Bundle.open(self.bundle, verify=False).model_path).min_runtime_version()
+        too_old = runtime_too_old(needed, backend, version)
+        if too_old:
+            raise DeviceError(f"{self.spec}: {self.bundle.name} {too_old}")
 
     def _place_bundle(self, target: Target, workdir: str, local: bool) -> str:
         """Where the model is on the target: the bundle folder, or the .tflite for a lone model."""

@@ -25,6 +25,9 @@ from liteship.runtime.interpreter import create_interpreter
 SCHEMA = "liteship.bench/1"
 # For GPT-2 the latency loop times one decode step: the call a chat app makes once per token.
 PREFERRED_SIGNATURES = ("decode", "serving_default")
+# A decode step's cost grows with the cache slots it attends over, and decode leaves that count open: the latency
+# loop times a step at this many filled slots (--context), the same default as the generation block's decode.
+DEFAULT_DECODE_CONTEXT = 256
 
 
 def default_signature(keys: list[str]) -> str | None:
@@ -100,13 +103,46 @@ def synthetic_inputs(details: dict, seed: int = 0) -> dict:
     return inputs
 
 
+def decode_inputs(details: dict, context: int, seed: int = 0) -> tuple[dict, int]:
+    """(inputs, slots) for one GPT-2 decode step after ``context`` filled cache slots.
+
+    Decode's inputs are embeds (1, E), position (1,), mask (1, slots+1) and k_i/v_i (H, slots, head_dim) with the
+    slot count open (-1) in bundles that grow their cache; ``synthetic_inputs`` would make that one slot. Here the
+    cache holds ``context`` slots, every one visible (mask 0), and the new token sits at position ``context``.
+    Older bundles fix the slot count: then that count is the context, whatever was asked."""
+    shapes = {}
+    fixed = None
+    for name, d in details.items():
+        sig = d.get("shape_signature")
+        sig = [int(s) for s in (sig if sig is not None and len(sig) else d["shape"])]
+        if name.startswith(("k_", "v_")) and sig[1] >= 0:
+            fixed = sig[1]
+        shapes[name] = sig
+    slots = fixed if fixed is not None else context
+    inputs = synthetic_inputs({n: {**d, "shape_signature": [slots + 1 if n == "mask" and s < 0 else
+                                                             slots if s < 0 else s for s in shapes[n]]}
+                               for n, d in details.items()}, seed)
+    if "mask" in inputs:
+        inputs["mask"][...] = 0.0  # (1, slots+1): every filled slot and the new token itself visible
+    if "position" in inputs:
+        inputs["position"][...] = slots
+    return inputs, slots
+
+
 def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, threads: int | None = None,
               backend: str = "auto", delegate: str | None = None, use_xnnpack: bool = True,
-              signature: str | None = None, generation: bool = True, duration_s: float | None = None) -> dict:
+              signature: str | None = None, generation: bool = True, duration_s: float | None = None,
+              context: int = DEFAULT_DECODE_CONTEXT) -> dict:
     """Times one signature of a bundle or .tflite with synthetic inputs. GPT-2 bundles also get a
-    ``generation`` block (prefill and decode tok/s) from liteship.runtime.generate."""
+    ``generation`` block (prefill and decode tok/s) from liteship.runtime.generate.
+
+    A GPT-2 decode step is timed after ``context`` filled cache slots (at most the bundle's max_context - 1,
+    or the slot count an older bundle fixes); the result's ``decode_context`` says which, and the generation
+    block's decode rate is measured at the same context."""
     if runs < 1 or warmup < 0:
         raise RuntimeLiteshipError("--runs must be >= 1 and --warmup >= 0")
+    if context < 1:
+        raise RuntimeLiteshipError(f"--context must be at least 1, not {context}")
     bundle = Bundle.open(model)
     t0 = time.perf_counter()
     interp = create_interpreter(bundle.model_path, backend=backend, num_threads=threads, delegate=delegate,
@@ -120,7 +156,13 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         raise RuntimeLiteshipError(f"signature {signature!r} not in the model; it has: {', '.join(keys)}")
     runner = interp.get_signature_runner(signature)
     init_ms = (time.perf_counter() - t0) * 1e3
-    inputs = synthetic_inputs(runner.get_input_details())
+    decode_context = None
+    if bundle.family == "gpt2" and signature == "decode":
+        max_context = int(bundle.config.get("max_context", context + 1))
+        context = min(context, max_context - 1)  # the new token's position must stay inside the context
+        inputs, decode_context = decode_inputs(runner.get_input_details(), context)
+    else:
+        inputs = synthetic_inputs(runner.get_input_details())
 
     t0 = time.perf_counter()
     runner(**inputs)
@@ -140,6 +182,7 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         "runtime": {"backend": interp.liteship_backend, "threads": threads, "delegate": delegate,
                     "xnnpack": use_xnnpack},
         "signature": signature,
+        "decode_context": decode_context,  # GPT-2 decode: filled cache slots each timed step attends over
         "init_ms": init_ms,
         "first_inference_ms": first_ms,
         "warmup_runs": warmup,
@@ -156,7 +199,8 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         from liteship.runtime.generate import benchmark_generation
 
         contexts = [c for c in (32, 128, 512, 1024) if c < int(bundle.config.get("max_context", 0))]  # report's plot
-        result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend, contexts=contexts)
+        result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend,  # already verified
+                                                    context=decode_context or context, contexts=contexts)
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["host"] = host_facts()
     result["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -171,7 +215,8 @@ def format_table(result: dict) -> str:
                   f"{result['model']['quantization']})"),
         ("runtime", f"{result['runtime']['backend']}, threads={result['runtime']['threads'] or 'default'}"
                     f"{', delegate=' + result['runtime']['delegate'] if result['runtime']['delegate'] else ''}"),
-        ("signature", result["signature"]),
+        ("signature", result["signature"] + (f" at {result['decode_context']} filled cache slots"
+                                             if result.get("decode_context") else "")),
         ("init", f"{result['init_ms']:.2f} ms"),
         ("first inference", f"{result['first_inference_ms']:.3f} ms"),
         (f"latency ({result['runs']} runs)", f"mean {lat['mean']:.3f} ± {lat['std']:.3f} ms, p50 {lat['p50']:.3f}, "
@@ -198,13 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signature", default=None)
     parser.add_argument("--no-generation", action="store_true", help="skip the GPT-2 tok/s measurement")
     parser.add_argument("--duration", type=float, default=None, help="also run back to back for SECONDS")
+    parser.add_argument("--context", type=int, default=DEFAULT_DECODE_CONTEXT,
+                        help="GPT-2: time decode after this many filled cache slots (default %(default)s)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="write JSON to PATH (or stdout with no PATH)")
     args = parser.parse_args(argv)
     try:
         result = benchmark(args.model, runs=args.runs, warmup=args.warmup, threads=args.threads,
                            backend=args.backend, delegate=args.delegate, use_xnnpack=not args.no_xnnpack,
-                           signature=args.signature, generation=not args.no_generation, duration_s=args.duration)
+                           signature=args.signature, generation=not args.no_generation, duration_s=args.duration,
+                           context=args.context)
     except LiteshipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -42,6 +42,41 @@ AUTO_ORDER = ("litert", "tflite-runtime", "tf")
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
+# Backends numbered like TensorFlow, the numbering of a .tflite's min_runtime_version. ai-edge-litert numbers its
+# releases its own way (1.x, 2.x) with no published mapping to TensorFlow's, so its version is not compared.
+TF_NUMBERED_BACKENDS = ("tflite-runtime", "tf")
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(2, 14, 0) from "2.14.0" or "2.14.0rc1"; the leading numeric parts only."""
+    parts = []
+    for piece in version.split("."):
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) < len(piece):
+            break
+    return tuple(parts)
+
+
+def runtime_too_old(needed: str | None, backend: str, version: str | None) -> str | None:
+    """Why ``backend`` ``version`` cannot load a model whose min_runtime_version is ``needed``, in one line
+    (None when it can, or when the versions cannot be compared). One rule for the device and for the host that
+    refuses before pushing."""
+    if not needed or not version or backend not in TF_NUMBERED_BACKENDS:
+        return None
+    have, want = _version_tuple(version), _version_tuple(needed)
+    if not have or not want or have >= want:
+        return None
+    return (f"needs TFLite runtime {needed} or newer (the file's min_runtime_version), but {backend} {version} "
+            f"would run it: pip install ai-edge-litert (64-bit ARM and x86), or convert the model for that runtime")
+
+
 def _import(backend: Backend):
     if backend.name == "tf":
         return importlib.import_module("tensorflow").lite
@@ -107,7 +142,9 @@ def create_interpreter(model_path: str | os.PathLike, *, backend: str = "auto", 
         raise RuntimeLiteshipError(f"{path}: no such model file")
     # tflite-runtime 2.14 crashes the process on a cut-off file instead of raising: check the flatbuffer's
     # structure ourselves first (a few milliseconds; weights are not read).
-    read_model(path)
+    too_old = runtime_too_old(read_model(path).min_runtime_version(), chosen.name, _version(chosen))
+    if too_old:  # tflite-runtime would fail later with "Didn't find op for builtin opcode ... version N"
+        raise RuntimeLiteshipError(f"{path}: {too_old}")
     kwargs: dict = {"model_path": str(path)}
     if num_threads is not None:
         if num_threads < 1:

@@ -29,6 +29,7 @@ from liteship.runtime._schema_names import BUILTIN_OPERATORS, TENSOR_TYPES
 
 FILE_IDENTIFIER = b"TFL3"
 MANIFEST_METADATA_NAME = "liteship.manifest"
+MIN_RUNTIME_METADATA_NAME = "min_runtime_version"  # written by the TFLite converter
 
 # schema.fbs vtable slots
 MODEL_VERSION, MODEL_OPERATOR_CODES, MODEL_SUBGRAPHS, MODEL_DESCRIPTION, MODEL_BUFFERS = 0, 1, 2, 3, 4
@@ -199,6 +200,15 @@ class TFLiteModel:
                 "outputs": [sg.tensors[i].spec() for i in sg.outputs],
             }
         return specs
+
+    def min_runtime_version(self) -> str | None:
+        """The oldest TFLite runtime that supports every op version in the file, as the converter recorded it
+        (metadata ``min_runtime_version``: a NUL-padded string such as ``2.17.0``), or None if it did not."""
+        raw = self.metadata.get(MIN_RUNTIME_METADATA_NAME)
+        if raw is None:
+            return None
+        text = raw.split(b"\0", 1)[0].decode("ascii", "replace").strip()
+        return text or None
 
     def manifest(self) -> dict | None:
         raw = self.metadata.get(MANIFEST_METADATA_NAME)

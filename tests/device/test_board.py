@@ -1,0 +1,155 @@
+"""liteship on a board over SSH, end to end, against the device in LITESHIP_TEST_DEVICE (issue 10, item 2).
+
+CI runs these against an emulated aarch64 board (.ci/board-tests): probe, push and bench over SSH with the report
+naming the board's ABI; GPT-2 greedy tokens and BiT top-5 computed on the board equal to this host's; and a
+runtime older than a model needs refused with one line before anything is pushed (item 3). Bundles are built here
+(TensorFlow is on the host only), pushed, and run there from liteship's runtime zipapp.
+Timings on an emulated board are qemu's, not a device's: nothing here looks at one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from board import GREEDY_TOKENS, SCORES, DeviceRuntime, assert_same_top5, device_spec, run_here
+from liteship.device.bench import BenchSettings, bench_targets
+from liteship.device.report import markdown_report
+
+pytestmark = pytest.mark.device
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    if not os.environ.get("LITESHIP_TEST_DEVICE"):  # module fixtures run before conftest's per-test skip
+        pytest.skip("set LITESHIP_TEST_DEVICE=ssh:... to run against a board")
+    if not device_spec().startswith("ssh:"):
+        pytest.skip(f"{device_spec()} is not an SSH board")
+    runtime = DeviceRuntime(device_spec(), tmp_path_factory.mktemp("runtime-pack"))
+    yield runtime
+    runtime.close()
+
+
+def _settings(**kw) -> BenchSettings:
+    return BenchSettings(**{"runs": 3, "warmup": 1, "timeout_s": 900, **kw})
+
+
+def test_probe_push_bench_over_ssh_report_names_the_boards_abi(device, tiny_bundle, tmp_path):
+    doc = bench_targets(tiny_bundle, [device_spec()], _settings(python=device.python, workdir=f"{device.workdir}/bench"))
+    [entry] = doc["results"]
+    assert entry["ok"], entry["error"]
+    uname = device.target.run(["uname", "-m"]).stdout.strip()
+    assert entry["device"]["abi"] == uname  # the probe reads the board, not this host
+    assert entry["bench"]["host"]["machine"] == uname  # and the benchmark ran there
+    expected = os.environ.get("LITESHIP_TEST_DEVICE_ABI")
+    if expected:
+        assert uname == expected
+    assert entry["push"]["remote_path"].startswith(device.workdir)
+    assert entry["bench"]["latency_ms"]["samples"] and entry["bench"]["model"]["sha256"]
+    assert uname in markdown_report(doc)
+
+
+@pytest.fixture(scope="module")
+def gpt2_root(tmp_path_factory):
+    from tests.conftest_gpt2 import gpt2_bundles
+
+    return gpt2_bundles(tmp_path_factory, quants=("fp32", "dynamic-int8"))
+
+
+@pytest.mark.parametrize("quant", ["fp32", "dynamic-int8"])
+def test_gpt2_greedy_tokens_on_the_board_equal_the_hosts(device, gpt2_root, quant):
+    from tests.conftest_gpt2 import REFERENCE_PROMPT
+
+    bundle = gpt2_root / f"gpt2-{quant}"
+    prompt = ",".join(map(str, REFERENCE_PROMPT))
+    here = run_here(GREEDY_TOKENS, str(bundle), prompt, "24")
+    there = device.python_json(GREEDY_TOKENS, device.push(bundle), prompt, "24")
+    assert len(here) == 24
+    assert there == here
+
+
+@pytest.fixture(scope="module")
+def bit_bundles(tmp_path_factory):
+    """Tiny BiT bundles (random weights, 64x64 input) in three modes, and five scikit-image photos as PNG files."""
+    pytest.importorskip("tensorflow")
+    from liteship.convert.bit.config import tiny
+    from liteship.convert.bit.export import export_bit
+    from tests.convert.bit_fixtures import write_bit_npz, write_image_folder
+
+    root = tmp_path_factory.mktemp("bit")
+    npz = write_bit_npz(root / "BiT-tiny.npz", tiny())
+    calibration = write_image_folder(root / "calibration")
+    images = write_image_folder(root / "images", size=64)
+    bundles = {q: export_bit(npz, root / q, variant="tiny", quant=q, image_size=64,
+                             calibration=calibration if q == "int8" else None)
+               for q in ("fp32", "dynamic-int8", "int8")}
+    return bundles, images
+
+
+# How far the board's class probabilities may be from the host's: fp32 differs only in summation order; the
+# quantized kernels also round differently on x86 and ARM (a few output steps of the int8 softmax input).
+SCORE_TOLERANCE = {"fp32": 1e-4, "dynamic-int8": 1e-2, "int8": 1e-2}
+
+
+@pytest.mark.parametrize("quant", ["fp32", "dynamic-int8", "int8"])
+def test_bit_top5_on_the_board_equals_the_hosts(device, bit_bundles, quant):
+    """int8 is the case qemu's default CPU gets wrong (QEMU_CPU=cortex-a72 on the board fixes it)."""
+    bundles, images = bit_bundles
+    files = sorted(p for p in images.iterdir() if p.suffix == ".png")
+    here = run_here(SCORES, str(bundles[quant]), str(images))
+    folder = device.put_files(files, f"{device.workdir}/images")
+    there = device.python_json(SCORES, device.push(bundles[quant]), folder)
+    assert list(there) == list(here) == [p.name for p in files]
+    for name in here:
+        assert_same_top5(here[name], there[name], SCORE_TOLERANCE[quant], f"{quant} {name}")
+
+    emulated_cpu = device.target.run(["sh", "-c", 'printf %s "$QEMU_CPU"']).stdout
+    if quant == "int8" and emulated_cpu:
+        # The trap the board's QEMU_CPU avoids, and proof that the tolerance above would catch it: on qemu's
+        # default CPU ("max") LiteRT's int8 kernels give wrong scores (measured: 0.2 off, top-1 changed).
+        wrong = device.python_json(SCORES, device.push(bundles[quant]), folder, env={"QEMU_CPU": "max"})
+        with pytest.raises(AssertionError):
+            for name in here:
+                assert_same_top5(here[name], wrong[name], SCORE_TOLERANCE[quant], f"{quant} {name} on max")
+
+
+@pytest.fixture
+def old_python():
+    python = os.environ.get("LITESHIP_TEST_DEVICE_OLD_PYTHON")
+    if not python:
+        pytest.skip("set LITESHIP_TEST_DEVICE_OLD_PYTHON to a device interpreter with tflite-runtime 2.14")
+    return python
+
+
+def test_runtime_older_than_the_model_is_refused_before_pushing(device, gpt2_root, old_python):
+    from liteship.runtime.tflite_file import read_model
+
+    bundle = gpt2_root / "gpt2-dynamic-int8"
+    needed = read_model(bundle / "model.tflite").min_runtime_version()
+    doc = bench_targets(bundle, [device_spec()], _settings(python=old_python, workdir=f"{device.workdir}/old"))
+    [entry] = doc["results"]
+    version = entry["device"]["python"]["tflite_runtime"]
+    assert entry["device"]["python"]["ai_edge_litert"] is None and version.startswith("2.14")
+    assert not entry["ok"] and not entry.get("push"), entry["error"]  # refused before pushing
+    assert entry["error"] == (
+        f"{device_spec()}: gpt2-dynamic-int8 needs TFLite runtime {needed} or newer (the file's "
+        f"min_runtime_version), but tflite-runtime {version} would run it: pip install ai-edge-litert (64-bit ARM "
+        "and x86), or convert the model for that runtime")
+    listing = device.target.run(["sh", "-c", f"ls {device.workdir}/old 2>/dev/null || true"]).stdout
+    assert "gpt2-dynamic-int8" not in listing
+
+
+def test_the_old_runtime_itself_refuses_in_one_line(device, gpt2_root, old_python):
+    """Run directly on the board (no host check in between), the runtime says the same instead of TFLite's
+    'Didn't find op for builtin opcode' trace."""
+    code = ("from liteship.runtime.interpreter import create_interpreter\n"
+            "from liteship.errors import LiteshipError\n"
+            "try:\n    create_interpreter(sys.argv[1] + '/model.tflite')\n"
+            "except LiteshipError as exc:\n    print('error: %s' % exc); sys.exit(1)\n")
+    refused = device.run_python(code, device.push(gpt2_root / "gpt2-dynamic-int8"), python=old_python)
+    assert refused.returncode == 1
+    [line] = refused.stdout.splitlines()
+    assert "needs TFLite runtime" in line and "tflite-runtime 2.14" in line
+    fp32 = device.run_python(code, device.push(gpt2_root / "gpt2-fp32"), python=old_python)
+    assert fp32.returncode == 0, fp32.stdout + fp32.stderr  # an fp32 model is not refused: old op versions
