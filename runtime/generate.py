@@ -182,6 +182,17 @@ class KVCacheSession:
         if self._open_slots:  # before the first allocation, so the delegate is prepared at this size
             self.slots = self._min_slots
             self._decode.resize(self._decode_shapes(self.slots))
+        # Prefill's own cache copy and its logits rows, where the bundle leaves them open (bundles made since
+        # prefill's were): the cache holds only the slots a chunk attends to (none for a first chunk), and
+        # generation asks for the last row of logits only (a first chunk needs no cache: it gets one masked slot). Older bundles: C slots and P rows, fixed.
+        p0 = self._prefill.shape_signature.get("k_0", [])
+        self._prefill_open = len(p0) == 3 and p0[1] == -1
+        self._prefill_rows_open = self._prefill.shape_signature.get("rows") == [-1]
+        # One masked slot at least: XNNPACK cannot reshape its subgraph around a zero-sized cache.
+        self._prefill_min_slots = 1 if self.grow_cache else self.max_context
+        self.prefill_slots = self._prefill_min_slots if self._prefill_open else self.max_context
+        self.prefill_rows = 1 if self._prefill_rows_open else self.prefill_len
+        self._prefill.resize(self._prefill_shapes(self.prefill_slots, self.prefill_rows))
         self.interp.allocate_tensors()  # applies the default (XNNPACK) delegate to every subgraph
         self._decode.allocate()
         self._prefill.allocate()
@@ -201,6 +212,40 @@ class KVCacheSession:
         for l in range(self.n_layer):
             shapes[f"k_{l}"] = shapes[f"v_{l}"] = (H, slots, hd)
         return shapes
+
+    def _prefill_shapes(self, slots: int, rows: int) -> dict[str, tuple]:
+        """Input shapes of prefill at ``slots`` cache slots and ``rows`` rows of logits (only what is open)."""
+        shapes = {}
+        if self._prefill_open:
+            H, _, hd = self._prefill.shape_signature["k_0"]
+            shapes["mask"] = (self.prefill_len, slots + self.prefill_len)
+            for l in range(self.n_layer):
+                shapes[f"k_{l}"] = shapes[f"v_{l}"] = (H, slots, hd)
+        if self._prefill_rows_open:
+            shapes["rows"] = (rows,)
+        return shapes
+
+    def _size_prefill(self, needed: int, rows: int) -> None:
+        """Make prefill's cache hold at least ``needed`` slots (in steps of slot_step) and return ``rows`` rows of
+        logits (where the bundle leaves them open)."""
+        slots = self.prefill_slots
+        if self._prefill_open and needed > slots:
+            slots = min(self.max_context, -(-needed // self.slot_step) * self.slot_step)
+        self._resize_prefill(slots, rows if self._prefill_rows_open else self.prefill_rows)
+
+    def _resize_prefill(self, slots: int, rows: int) -> None:
+        """A change re-allocates prefill's tensors: its cache copy starts empty and is synced again from decode's,
+        which always holds the sequence."""
+        if (slots, rows) == (self.prefill_slots, self.prefill_rows):
+            return
+        self._prefill.resize(self._prefill_shapes(slots, rows))
+        self._prefill.allocate()
+        self.prefill_slots, self.prefill_rows = slots, rows
+        self._prefill_cache = self._prefill.cache(self.n_layer)
+        for arrays in self._prefill_cache:
+            for a in arrays:
+                a.fill(0.0)  # empty slots are masked, but 0 * NaN is NaN: fresh buffers hold garbage
+        self._prefill_synced = 0
 
     def _resize_decode(self, slots: int) -> None:
         """Re-allocate decode's cache at ``slots`` slots, keeping the filled ones (a resize moves every buffer)."""
@@ -235,6 +280,8 @@ class KVCacheSession:
         self._prefill_synced = 0  # slots [0, this) of the prefill signature's cache hold the sequence's K/V
         if self.slots != self._min_slots:
             self._resize_decode(self._min_slots)
+        if self._prefill_open:
+            self._resize_prefill(self._prefill_min_slots, self.prefill_rows)
         # Empty slots are masked, but 0 * NaN is NaN: fresh buffers hold garbage, so zero them.
         for arrays in (*self._decode_cache, *self._prefill_cache):
             for a in arrays:
@@ -256,11 +303,12 @@ class KVCacheSession:
         C, P = self.max_context, self.prefill_len
         if self.length + len(ids) > C:
             raise RuntimeLiteshipError(f"{self.length + len(ids)} tokens do not fit the bundle's context of {C}")
-        pre = self._prefill.inputs
         out = []
         for s in range(0, len(ids), P):
             chunk = ids[s:s + P]
             n, start = len(chunk), self.length
+            self._size_prefill(start, P if all_logits else 1)  # the slots this chunk attends to
+            pre, S = self._prefill.inputs, self.prefill_slots
             if self._prefill_synced < start:  # earlier tokens came through decode or an earlier chunk
                 a = self._prefill_synced
                 (dk, dv), (pk, pv) = self._decode_cache, self._prefill_cache
@@ -272,14 +320,18 @@ class KVCacheSession:
             embeds[n:] = 0.0
             self.tokens.rows(chunk, embeds)
             pre["positions"][:] = np.minimum(np.arange(start, start + P), C - 1)
-            mask = pre["mask"]  # (P, C+P)
-            mask[:, :C] = MASK_EMPTY
+            mask = pre["mask"]  # (P, S+P)
+            mask[:, :S] = MASK_EMPTY
             mask[:, :start] = 0.0
-            mask[:, C:] = self._prefill_self_mask
+            mask[:, S:] = self._prefill_self_mask
+            if "rows" in pre:  # which positions of the chunk get logits: (R,)
+                pre["rows"][:] = np.arange(P) if all_logits else n - 1
             self._prefill.invoke()
             o = self._prefill.outputs
-            if all_logits or s + P >= len(ids):
-                out.append(np.array(o["logits"][:n] if all_logits else o["logits"][n - 1:n]))
+            if all_logits:
+                out.append(np.array(o["logits"][:n]))  # (n, V)
+            elif s + P >= len(ids):
+                out.append(np.array(o["logits"][n - 1:n] if self.prefill_rows == P else o["logits"][-1:]))
             self._ensure_slots(start + n)
             self._write(o["k_new"], o["v_new"], start, n, [self._decode_cache])  # decode's buffers hold the sequence
             self._decode.inputs["mask"][0, start:start + n] = 0.0

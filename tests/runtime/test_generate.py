@@ -193,3 +193,42 @@ def test_prefill_last_logits_only_equals_the_last_row(root):
     last = s.prefill(list(ref["prompt"]), all_logits=False)
     assert last.shape == (1, 300)
     np.testing.assert_allclose(last[0], ref["logits"][len(ref["prompt"]) - 1], atol=1e-4, rtol=0)  # fp32 tolerance
+
+
+def test_prefill_cache_holds_only_the_slots_a_chunk_attends_to(root, monkeypatch):
+    """Prefill's own cache copy was a fixed C slots beside decode's (72 MiB at 124M, C=1024). Now a first chunk
+    gets one masked slot, later chunks the filled slots rounded up to a step, and reset() shrinks it again; logits
+    equal those of a session with all C slots everywhere, and PyTorch's."""
+    monkeypatch.setattr("liteship.runtime.generate.SLOT_STEP", 16)
+    ref = np.load(root / "gpt2.reference.npz")
+    seq = list(ref["prompt"]) + list(ref["continuation"])  # 60 tokens, chunks of P = 8, C = 64
+    grown, full = KVCacheSession(root / "gpt2-fp32"), KVCacheSession(root / "gpt2-fp32", grow_cache=False)
+    H, hd = 2, 16
+    assert grown._prefill_cache[0][0].shape == (H, 1, hd) and full._prefill_cache[0][0].shape == (H, 64, hd)
+    first = grown.prefill(seq[:8])  # one chunk, nothing cached before it
+    assert grown.prefill_slots == 1
+    rest = grown.prefill(seq[8:40])  # chunks starting at 8, 16, 24, 32 attend to 16, 16, 32, 32 slots
+    assert grown.prefill_slots == 32 and grown._prefill_cache[0][0].shape == (H, 32, hd)
+    got = np.concatenate([first, rest])
+    np.testing.assert_allclose(got, full.prefill(seq[:40]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, ref["logits"][:40], atol=1e-4, rtol=0)  # the fp32 export test's tolerance
+    grown.reset()
+    assert grown.prefill_slots == 1 and grown._prefill_cache[0][0].shape == (H, 1, hd)
+
+
+def test_generation_prefill_computes_one_row_of_logits(root):
+    """Generation's prefill asks the graph for the last position's logits only (`rows` of length 1): the LM head
+    runs on one row, not P, and the output is one row of V floats. Asking for all logits again gives all P rows;
+    switching back and forth changes no value."""
+    ref = np.load(root / "gpt2.reference.npz")
+    prompt = list(ref["prompt"])  # 11 tokens: a full chunk of 8, then 3
+    s = KVCacheSession(root / "gpt2-fp32")
+    last = s.prefill(prompt, all_logits=False)
+    assert s.prefill_rows == 1 and s._prefill.outputs["logits"].shape == (1, 300)
+    np.testing.assert_allclose(last[0], ref["logits"][len(prompt) - 1], atol=1e-4, rtol=0)  # fp32 tolerance
+    s.reset()
+    every = s.prefill(prompt)
+    assert s.prefill_rows == 8 and s._prefill.outputs["logits"].shape == (8, 300)
+    np.testing.assert_allclose(every, ref["logits"][:len(prompt)], atol=1e-4, rtol=0)
+    s.reset()
+    np.testing.assert_array_equal(s.prefill(prompt, all_logits=False), last)
