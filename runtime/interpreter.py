@@ -12,13 +12,19 @@ returned object directly; ``interp.liteship_backend`` says which one it is.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
 import importlib
 import importlib.util
 import importlib.metadata as md
 import os
 import platform
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.tflite_file import read_model
@@ -129,3 +135,84 @@ def create_interpreter(model_path: str | os.PathLike, *, backend: str = "auto", 
     interp.liteship_delegates = [delegate] if delegate else []
     interp.liteship_xnnpack = use_xnnpack
     return interp
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[None]:
+    """Sends what native code writes to stderr (TensorFlow's MLIR diagnostics and quantizer chatter, LiteRT's
+    INFO lines about accelerators it looked for) to a temporary file for the duration, so users see liteship's
+    output and one-line errors only. Set LITESHIP_VERBOSE=1 to see it."""
+    if os.environ.get("LITESHIP_VERBOSE"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def compiled_model_available(backend: str = "auto") -> bool:
+    """Whether LiteRT's CompiledModel API, with an XNNPACK weight cache option, is what ``backend`` resolves to.
+    (ai-edge-litert 2.x; tflite-runtime and tf.lite have only the Interpreter.)"""
+    try:
+        chosen, _ = resolve_backend(backend)
+    except RuntimeLiteshipError:
+        return False
+    if chosen.name != "litert":
+        return False
+    try:  # without importing compiled_model: that creates LiteRT's environment (and its exit-time log lines)
+        if importlib.util.find_spec("ai_edge_litert.compiled_model") is None:
+            return False
+        from ai_edge_litert.cpu_options import CpuOptions
+    except ImportError:
+        return False
+    return "xnnpack_weight_cache_path" in getattr(CpuOptions, "__dataclass_fields__", {})
+
+
+def create_compiled_model(model_path: str | os.PathLike, *, num_threads: int, weight_cache: str | os.PathLike | None):
+    """A LiteRT CompiledModel on the CPU (XNNPACK) whose packed weights live in the file ``weight_cache``: built
+    on the first start, memory-mapped on later ones, and shared by every signature, so nothing is packed twice
+    and the model's own weights are never paged in to be packed. Checked on ai-edge-litert 2.3."""
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.cpu_options import CpuOptions
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import Options
+
+    if num_threads < 1:
+        raise RuntimeLiteshipError(f"--threads must be at least 1, not {num_threads}")
+    options = Options(hardware_accelerators=HardwareAccelerator.CPU,
+                      cpu_options=CpuOptions(num_threads=num_threads,
+                                             xnnpack_weight_cache_path=str(weight_cache or "")))
+    try:
+        with native_stderr_captured():
+            model = CompiledModel.from_file(str(model_path), options=options)
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeLiteshipError(f"{model_path}: LiteRT cannot compile it: {first}") from None
+    _quiet_native_teardown()
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _quiet_native_teardown() -> None:
+    """LiteRT's environment logs INFO lines on stderr when it is destroyed, at interpreter exit: send fd 2 to a
+    sink once Python's own exit handlers have run (once per process; LITESHIP_VERBOSE=1 keeps them)."""
+    if os.environ.get("LITESHIP_VERBOSE"):
+        return
+
+    def sink():
+        sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+
+    atexit.register(sink)
+
+
+def backend_version(backend: str = "auto") -> str:
+    """'litert 2.3.0' etc.: what a cache of the backend's own artefacts must be keyed by."""
+    chosen, _ = resolve_backend(backend)
+    return f"{chosen.name} {_version(chosen)}"

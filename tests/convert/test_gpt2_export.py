@@ -91,13 +91,16 @@ def test_bundle_carries_signatures_tokenizer_and_generation_config(tmp_path_fact
     assert b.asset("vocab").is_file() and b.asset("merges").is_file()
     specs = {s: {t["name"]: t for t in b.signatures[s]["inputs"] + b.signatures[s]["outputs"]}
              for s in ("prefill", "decode")}
-    # both leave the cache's slot count open (-1): the runtime sizes each cache to the slots in use; prefill's
+    # Every input and output is flat (rank 1): LiteRT's CompiledModel binds numpy memory zero-copy only so. Both
+    # signatures leave the cache's slot count open (-1): the runtime sizes each cache to the slots in use; prefill's
     # rows (which positions get logits) is open too: 1 in generation, P for evaluation
-    assert specs["decode"]["mask"]["shape"] == [1, -1] and specs["prefill"]["mask"]["shape"] == [P, -1]
-    assert specs["decode"]["k_1"]["shape"] == [2, -1, 16] and specs["decode"]["v_1"]["shape"] == [2, -1, 16]
-    assert specs["prefill"]["k_1"]["shape"] == [2, -1, 16] and specs["prefill"]["rows"]["shape"] == [-1]
-    assert specs["decode"]["logits"]["shape"] == [1, 300] and specs["decode"]["embeds"]["shape"] == [1, 32]
-    assert specs["prefill"]["logits"]["shape"] == [-1, 300] and specs["prefill"]["k_new"]["shape"] == [2, 2, P, 16]
+    L, H, hd, E, V = 2, 2, 16, 32, 300
+    assert specs["decode"]["mask"]["shape"] == [-1] and specs["prefill"]["mask"]["shape"] == [-1]
+    assert specs["decode"]["k_1"]["shape"] == [-1] and specs["prefill"]["v_1"]["shape"] == [-1]
+    assert specs["prefill"]["rows"]["shape"] == [-1] and "rows" not in specs["decode"]
+    assert specs["decode"]["embeds"]["shape"] == [E] and specs["prefill"]["embeds"]["shape"] == [P * E]
+    assert specs["decode"]["logits"]["shape"] == [V] and specs["prefill"]["logits"]["shape"] == [-1]
+    assert specs["decode"]["k_new"]["shape"] == [L * H * hd] and specs["prefill"]["k_new"]["shape"] == [L * H * P * hd]
 
 
 @pytest.mark.parametrize("quant,dtype", [("fp32", "float32"), ("dynamic-int8", "int8")])
@@ -168,13 +171,16 @@ def test_a_bundle_with_a_fixed_decode_cache_still_runs(tmp_path, monkeypatch):
 
     open_signature = gpt2_model.GPT2TF.input_signature
 
-    def fixed_signature(self, decode):
+    def fixed_signature(self, decode):  # the layout of those bundles: shaped I/O, a fixed C everywhere
         import tensorflow as tf
 
-        C, T = self.C, 1 if decode else self.P
-        return [tf.TensorSpec([C + T if d is None and len(s.shape) == 2 else C if d is None else d
-                               for d in s.shape.as_list()], s.dtype, name=s.name)
-                for s in open_signature(self, decode) if s.name != "rows"]
+        cfg, C, T = self.cfg, self.C, 1 if decode else self.P
+        cache = (cfg.n_head, C, cfg.head_dim)
+        return [tf.TensorSpec((T, cfg.n_embd), tf.float32, name="embeds"),
+                tf.TensorSpec((T,), tf.int32, name="position" if decode else "positions"),
+                tf.TensorSpec((T, C + T), tf.float32, name="mask"),
+                *[tf.TensorSpec(cache, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)],
+                *[tf.TensorSpec(cache, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]]
 
     monkeypatch.setattr(gpt2_model.GPT2TF, "input_signature", fixed_signature)
     ckpt = tmp_path / "ckpt"
@@ -184,6 +190,7 @@ def test_a_bundle_with_a_fixed_decode_cache_still_runs(tmp_path, monkeypatch):
     export(ckpt, tmp_path / "new", quant="fp32", **BUNDLE_OPTIONS)
 
     old = KVCacheSession(tmp_path / "old")
+    assert old.engine == "interpreter"  # shaped signatures: the compiled engine binds only flat ones
     assert not old.grow_cache and old.slots == BUNDLE_OPTIONS["max_context"]
     assert not old._prefill_open and old.prefill_slots == BUNDLE_OPTIONS["max_context"]
     assert not old._prefill_rows_open and old.prefill_rows == BUNDLE_OPTIONS["prefill_len"]
