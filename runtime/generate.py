@@ -10,13 +10,12 @@ most C) and R rows of prefill logits (1 in generation, P for evaluation):
   decode:  embeds[1, E], position[1], mask[1, S+1], k_i[H, S, hd], v_i[H, S, hd]
            -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
 
-Bundles made since the graph's I/O is flat hold every one of these as a rank-1 tensor (viewed here in the shapes
-above); older bundles have them shaped, prefill with a fixed C and no rows.
+Older bundles have prefill with a fixed C (and decode too, before that) and no rows.
 
-Two engines run them. ``compiled`` (ai-edge-litert 2.x, flat bundles): LiteRT's CompiledModel with XNNPACK's packed
+Two engines run them. ``compiled`` (ai-edge-litert 2.x): LiteRT's CompiledModel with XNNPACK's packed
 weights in a file under LITESHIP_CACHE (built on the first start, mapped afterwards, shared by both signatures),
 every input and output a numpy array bound zero-copy, and one cache memory for both signatures. ``interpreter``
-(tflite-runtime, tf.lite, older bundles): the Interpreter, with the cache in decode's own input tensors written
+(tflite-runtime, tf.lite): the Interpreter, with the cache in decode's own input tensors written
 through zero-copy views and prefill's own copy synced from it; XNNPACK packs the weights once per signature.
 
 `embeds` are token embedding rows, read (and for int8 dequantized, one row at a time) from the tied LM head's weight
@@ -40,7 +39,7 @@ import numpy as np
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.bench import peak_rss_bytes
 from liteship.runtime.bundle import cache_root
-from liteship.runtime.interpreter import backend_version, native_stderr_captured
+from liteship.runtime.interpreter import HostTensorBuffer, backend_version, native_stderr_captured
 
 MASK_EMPTY = np.float32(-1e9)
 
@@ -112,31 +111,23 @@ class _SignatureBuffers:
         # -1 marks a dimension the graph leaves open (the slot count, prefill's rows); older bundles have none
         self.shape_signature = {n: [int(x) for x in details[i].get("shape_signature", details[i]["shape"])]
                                 for n, i in self._in.items() if i in details}
-        self.shapes: dict[str, tuple] = {}  # inputs' and outputs' shapes as the session sees them
         self.inputs: dict = {}
         self.outputs: dict = {}
 
     def resize(self, shapes: dict[str, tuple]) -> None:
-        """Give inputs (and the outputs they imply) new shapes; takes effect (and invalidates the views) at the
-        next allocate(). A flat (rank-1) tensor of the graph is given the shape's size and viewed in the shape."""
-        self.shapes.update(shapes)
+        """Give inputs new shapes (outputs follow; their names are ignored here); takes effect (and invalidates the
+        views) at the next allocate()."""
         for name, shape in shapes.items():
             if name in self._in:
-                dims = shape if len(self.shape_signature[name]) == len(shape) else (int(np.prod(shape)),)
-                self._interp._interpreter.ResizeInputTensor(self._in[name], np.array(dims, np.int32), False,
+                self._interp._interpreter.ResizeInputTensor(self._in[name], np.array(shape, np.int32), False,
                                                             self._sub)
-
-    def _shaped(self, name: str, view: np.ndarray) -> np.ndarray:
-        shape = self.shapes.get(name)
-        return view if shape is None or view.shape == tuple(shape) else view.reshape(shape)  # a view, no copy
 
     def allocate(self) -> None:
         wrapper = self._interp._interpreter
         try:
             wrapper.AllocateTensors(self._sub)
-            self.inputs = {n: self._shaped(n, wrapper.tensor(self._interp, i, self._sub)) for n, i in self._in.items()}
-            self.outputs = {n: self._shaped(n, wrapper.tensor(self._interp, i, self._sub))
-                            for n, i in self._out.items()}
+            self.inputs = {n: wrapper.tensor(self._interp, i, self._sub) for n, i in self._in.items()}
+            self.outputs = {n: wrapper.tensor(self._interp, i, self._sub) for n, i in self._out.items()}
         except TypeError:  # an old interpreter whose tensor() has no subgraph argument
             backend = getattr(self._interp, "liteship_backend", "this interpreter")
             raise RuntimeLiteshipError(f"{backend} cannot give per-signature tensor views; GPT-2 generation needs "
@@ -160,8 +151,7 @@ def _aligned(shape: tuple, dtype, align: int = 64) -> np.ndarray:
 
 class _CompiledSignature:
     """A signature of a LiteRT CompiledModel with the same face as _SignatureBuffers: every input and output is a
-    numpy array this class owns, bound zero-copy (LiteRT reads and writes them in place). Only for bundles whose
-    signatures are flat (rank 1): ai-edge-litert 2.3 binds host memory as rank-1 buffers. An input whose size
+    numpy array this class owns, bound zero-copy (LiteRT reads and writes them in place). An input whose shape
     changed is re-shaped by LiteRT on the next invoke, which re-plans the subgraph (no weight is packed again:
     they are in the weight cache)."""
 
@@ -184,8 +174,6 @@ class _CompiledSignature:
         self._external = dict(arrays)
 
     def allocate(self) -> None:
-        from ai_edge_litert.tensor_buffer import TensorBuffer
-
         old = {**self.inputs, **self.outputs}
         external = getattr(self, "_external", {})
         arrays = {}
@@ -197,8 +185,8 @@ class _CompiledSignature:
             assert arrays[name].shape == shape, (name, arrays[name].shape, shape)
         self.inputs = {n: arrays[n] for n in self._in}
         self.outputs = {n: arrays[n] for n in self._out}
-        self._bound_in = {n: TensorBuffer.create_from_host_memory(a.reshape(-1)) for n, a in self.inputs.items()}
-        self._bound_out = {n: TensorBuffer.create_from_host_memory(a.reshape(-1)) for n, a in self.outputs.items()}
+        self._bound_in = {n: HostTensorBuffer(a) for n, a in self.inputs.items()}
+        self._bound_out = {n: HostTensorBuffer(a) for n, a in self.outputs.items()}
         self._resized = True
 
     def cache(self, n_layer: int):
@@ -265,14 +253,12 @@ class KVCacheSession:
         self.n_head = int(cfg["model"]["n_head"])
         self.head_dim = E // self.n_head
         specs = self.bundle.signatures
-        flat = all(len(t["shape"]) == 1 for sig in specs.values() for t in sig["inputs"]) if specs else False
         if engine == "auto":
-            engine = "compiled" if flat and compiled_model_available(backend) else "interpreter"
+            engine = "compiled" if specs and compiled_model_available(backend) else "interpreter"
         if engine not in ("compiled", "interpreter"):
             raise RuntimeLiteshipError(f"unknown engine {engine!r}; choose auto, compiled or interpreter")
-        if engine == "compiled" and not (flat and compiled_model_available(backend)):
-            raise RuntimeLiteshipError(f"{self.bundle.root}: the compiled engine needs ai-edge-litert 2.x and a bundle "
-                                       "with flat signatures (re-convert it)")
+        if engine == "compiled" and not compiled_model_available(backend):
+            raise RuntimeLiteshipError("the compiled engine needs ai-edge-litert 2.x (LiteRT's CompiledModel)")
         self.engine = engine
         self.weight_cache = None
         if engine == "compiled":

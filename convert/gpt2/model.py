@@ -1,8 +1,7 @@
 """GPT-2 re-authored in TensorFlow for export to TFLite with an external, runtime-owned KV cache.
 
 Two functions share one set of variables (exported as a SavedModel with variables, so the converter never holds the
-weights as embedded graph constants). In these shapes (every input and output is flat in the exported signature,
-and reshaped by the graph: see input_signature):
+weights as embedded graph constants):
 
   prefill(embeds[P, E], positions[P], mask[P, S+P], k_0..k_{L-1}[H, S, hd], v_0..v_{L-1}[H, S, hd], rows[R])
       -> logits[R, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
@@ -56,6 +55,11 @@ def param_shapes(cfg: GPT2Config) -> dict[str, tuple]:
             p + "mlp.c_proj.weight": (E, 4 * E), p + "mlp.c_proj.bias": (E,),
         })
     return shapes
+
+
+def cache_shapes(cfg: GPT2Config, max_context: int | None) -> tuple[tuple, tuple]:
+    """(K cache shape, V cache shape) of one layer; None leaves the slot count open."""
+    return (cfg.n_head, max_context, cfg.head_dim), (cfg.n_head, max_context, cfg.head_dim)
 
 
 def attend(q, k, v, k_cache, v_cache, mask):
@@ -131,16 +135,7 @@ class GPT2TF(tf.Module):
         x = x + self._linear(self._act(self._linear(h, f"h.{i}.mlp.c_fc")), f"h.{i}.mlp.c_proj")
         return x, k, v
 
-    def shaped(self, embeds, mask, caches):
-        """Flat inputs to (embeds (T, E), mask (T, S+T), k caches, v caches (H, S, hd) each); shaped ones as given."""
-        cfg, L = self.cfg, self.cfg.n_layer
-        if len(embeds.shape) > 1:  # a test's legacy signature: already shaped
-            return embeds, mask, list(caches[:L]), list(caches[L:])
-        T = embeds.shape[0] // cfg.n_embd
-        cache = [tf.reshape(c, (cfg.n_head, -1, cfg.head_dim)) for c in caches]  # (H, S, hd)
-        return tf.reshape(embeds, (T, cfg.n_embd)), tf.reshape(mask, (T, -1)), cache[:L], cache[L:]
-
-    def forward(self, embeds, mask, k_caches, v_caches, positions, rows=None):
+    def forward(self, embeds, positions, mask, k_caches, v_caches, rows=None):
         """rows (prefill only): which of the T positions get logits. Generation asks for the last one only: the
         LM head is 38.6M multiply-adds per row, and P rows of logits are P x V floats of arena."""
         wte = self._w("wte.weight")
@@ -161,17 +156,15 @@ class GPT2TF(tf.Module):
         shape signature): the runtime sizes its cache inputs to the slots in use and grows them with the text, so
         a step at position 100 reads 128 slots of cache rather than max_context, and a prefill of the first chunk
         holds no cache at all (docs/gpt2_kv_cache.md). Prefill's ``rows`` (length open) picks the positions that
-        get logits: the last one in generation, all P for evaluation.
-        Every input and output is flat (rank 1; the graph reshapes them): LiteRT's CompiledModel binds numpy
-        memory zero-copy only as rank-1 buffers (ai-edge-litert 2.3), and that API is the one that can keep
-        XNNPACK's packed weights in a file (runtime/generate.py)."""
+        get logits: the last one in generation, all P for evaluation."""
         cfg = self.cfg
         T = 1 if decode else self.P
-        specs = [tf.TensorSpec((T * cfg.n_embd,), tf.float32, name="embeds"),
+        (kshape, vshape) = cache_shapes(cfg, None)
+        specs = [tf.TensorSpec((T, cfg.n_embd), tf.float32, name="embeds"),
                  tf.TensorSpec((T,), tf.int32, name="position" if decode else "positions"),
-                 tf.TensorSpec((None,), tf.float32, name="mask")]
-        specs += [tf.TensorSpec((None,), tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)]
-        specs += [tf.TensorSpec((None,), tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]
+                 tf.TensorSpec((T, None), tf.float32, name="mask")]
+        specs += [tf.TensorSpec(kshape, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)]
+        specs += [tf.TensorSpec(vshape, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]
         if not decode:
             specs.append(tf.TensorSpec((None,), tf.int32, name="rows"))
         return specs
@@ -181,8 +174,7 @@ class GPT2TF(tf.Module):
 
         def fn(*args):
             rows = args[3 + 2 * L] if len(args) > 3 + 2 * L else None  # prefill's; absent: logits for all T
-            out = self.forward(*self.shaped(args[0], args[2], args[3:3 + 2 * L]), args[1], rows=rows)
-            return out if len(args[0].shape) > 1 else {name: tf.reshape(t, [-1]) for name, t in out.items()}
+            return self.forward(args[0], args[1], args[2], list(args[3:3 + L]), list(args[3 + L:3 + 2 * L]), rows)
 
         return tf.function(fn, input_signature=self.input_signature(decode)).get_concrete_function()
 

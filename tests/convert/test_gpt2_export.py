@@ -91,16 +91,13 @@ def test_bundle_carries_signatures_tokenizer_and_generation_config(tmp_path_fact
     assert b.asset("vocab").is_file() and b.asset("merges").is_file()
     specs = {s: {t["name"]: t for t in b.signatures[s]["inputs"] + b.signatures[s]["outputs"]}
              for s in ("prefill", "decode")}
-    # Every input and output is flat (rank 1): LiteRT's CompiledModel binds numpy memory zero-copy only so. Both
-    # signatures leave the cache's slot count open (-1): the runtime sizes each cache to the slots in use; prefill's
+    # both leave the cache's slot count open (-1): the runtime sizes each cache to the slots in use; prefill's
     # rows (which positions get logits) is open too: 1 in generation, P for evaluation
-    L, H, hd, E, V = 2, 2, 16, 32, 300
-    assert specs["decode"]["mask"]["shape"] == [-1] and specs["prefill"]["mask"]["shape"] == [-1]
-    assert specs["decode"]["k_1"]["shape"] == [-1] and specs["prefill"]["v_1"]["shape"] == [-1]
-    assert specs["prefill"]["rows"]["shape"] == [-1] and "rows" not in specs["decode"]
-    assert specs["decode"]["embeds"]["shape"] == [E] and specs["prefill"]["embeds"]["shape"] == [P * E]
-    assert specs["decode"]["logits"]["shape"] == [V] and specs["prefill"]["logits"]["shape"] == [-1]
-    assert specs["decode"]["k_new"]["shape"] == [L * H * hd] and specs["prefill"]["k_new"]["shape"] == [L * H * P * hd]
+    assert specs["decode"]["mask"]["shape"] == [1, -1] and specs["prefill"]["mask"]["shape"] == [P, -1]
+    assert specs["decode"]["k_1"]["shape"] == [2, -1, 16] and specs["decode"]["v_1"]["shape"] == [2, -1, 16]
+    assert specs["prefill"]["k_1"]["shape"] == [2, -1, 16] and specs["prefill"]["rows"]["shape"] == [-1]
+    assert specs["decode"]["logits"]["shape"] == [1, 300] and specs["decode"]["embeds"]["shape"] == [1, 32]
+    assert specs["prefill"]["logits"]["shape"] == [-1, 300] and specs["prefill"]["k_new"]["shape"] == [2, 2, P, 16]
 
 
 @pytest.mark.parametrize("quant,dtype", [("fp32", "float32"), ("dynamic-int8", "int8")])
@@ -190,7 +187,6 @@ def test_a_bundle_with_a_fixed_decode_cache_still_runs(tmp_path, monkeypatch):
     export(ckpt, tmp_path / "new", quant="fp32", **BUNDLE_OPTIONS)
 
     old = KVCacheSession(tmp_path / "old")
-    assert old.engine == "interpreter"  # shaped signatures: the compiled engine binds only flat ones
     assert not old.grow_cache and old.slots == BUNDLE_OPTIONS["max_context"]
     assert not old._prefill_open and old.prefill_slots == BUNDLE_OPTIONS["max_context"]
     assert not old._prefill_rows_open and old.prefill_rows == BUNDLE_OPTIONS["prefill_len"]

@@ -291,8 +291,8 @@ def test_weight_cache_is_a_file_keyed_by_model_and_backend_and_reused(root, tmp_
 
 @needs_compiled
 def test_engine_choice(root, tmp_path, monkeypatch):
-    """auto picks the compiled engine for a (flat) bundle when LiteRT has it, the interpreter when asked or when
-    the cache folder cannot be written (no weight cache then, still correct); an unknown engine is refused."""
+    """auto picks the compiled engine when LiteRT has it, the interpreter when asked; an unwritable cache folder
+    means no weight cache file (still correct); an unknown engine is refused."""
     assert KVCacheSession(root / "gpt2-fp32").engine == "compiled"
     assert KVCacheSession(root / "gpt2-fp32", engine="interpreter").engine == "interpreter"
     blocked = tmp_path / "file"
