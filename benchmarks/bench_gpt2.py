@@ -3,6 +3,7 @@ fp16 and dynamic-int8 bundles. Builds GPT-2 124M with random weights locally (no
 
     /work/venv/bin/python benchmarks/bench_gpt2.py            # 124M, writes benchmarks/results/gpt2_speed.md
     /work/venv/bin/python benchmarks/bench_gpt2.py --quick    # tiny model, smoke test (seconds)
+    .venv/bin/python benchmarks/bench_gpt2.py --memory-only --work benchmarks/out   # peak RSS and start-up only
 
 Every conversion and every measurement runs in its own subprocess so that its peak RSS (ru_maxrss) is its own.
 Decode at context c: the cache holds c - n tokens, then n greedy steps are timed. Timings are wall clock on a
@@ -340,7 +341,8 @@ def write_table(rows: list, memory: list, args) -> None:
     if not rows:  # --memory-only: its own results file
         table = "\n".join([f"# GPT-2 {'tiny (--quick)' if args.quick else '124M'} memory and start-up", "",
                            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {machine_summary()}; "
-                           f"threads={args.threads}; bundles built with max_context=1024, prefill_len=128. The "
+                           f"threads={args.threads}; bundles built with max_context=1024, prefill_len=128; "
+                           f"command: `python benchmarks/bench_gpt2.py {' '.join(sys.argv[1:])}`. The "
                            "machine was shared and busy: peak RSS does not depend on that, the seconds and tok/s "
                            "do (compare them within a row, not with other sections).", *memory_lines(memory)]) + "\n"
         print(table)
