@@ -132,12 +132,37 @@ def llama_cpp_missing() -> str | None:
     return None
 
 
+# Runs llama.cpp's converter with two adjustments for this benchmark's checkpoint: transformers no longer writes
+# GPT-2's `n_ctx` (the converter reads it; it is n_positions), and the byte-level test vocabulary has no merges, so
+# its pre-tokenizer hash is none llama.cpp knows: it is GPT-2's pre-tokenizer, so say "gpt-2".
+GGUF_CONVERT = """
+import json, os, runpy, sys
+script, ckpt, hf = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(hf, exist_ok=True)
+for name in os.listdir(ckpt):
+    if name != "config.json" and not os.path.exists(os.path.join(hf, name)):
+        os.symlink(os.path.abspath(os.path.join(ckpt, name)), os.path.join(hf, name))
+config = json.load(open(os.path.join(ckpt, "config.json")))
+config.setdefault("n_ctx", config["n_positions"])
+json.dump(config, open(os.path.join(hf, "config.json"), "w"))
+sys.path.insert(0, os.path.dirname(script))
+import conversion.base
+conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+sys.argv = [script, hf] + sys.argv[4:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
 def llama_cpp_convert(ckpt: Path, out: Path, outtype: str) -> Path:
     gguf = out / f"gpt2-{outtype}.gguf"
     if not gguf.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, os.environ["LLAMA_CPP_CONVERT"], str(ckpt), "--outtype", outtype,
-                        "--outfile", str(gguf)], check=True, capture_output=True)
+        proc = subprocess.run([sys.executable, "-c", GGUF_CONVERT, os.environ["LLAMA_CPP_CONVERT"], str(ckpt),
+                               str(out / "hf"), "--outtype", outtype, "--outfile", str(gguf)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            sys.stderr.write(proc.stderr[-3000:])
+            raise SystemExit(f"llama.cpp's converter failed ({proc.returncode})")
     return gguf
 
 
