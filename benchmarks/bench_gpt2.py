@@ -129,6 +129,8 @@ def llama_cpp_missing() -> str | None:
     script = os.environ.get("LLAMA_CPP_CONVERT")
     if not script or not Path(script).is_file():
         return "set LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py (vendor/llama.cpp/ in the sdist)"
+    if importlib.util.find_spec("gguf") is None:
+        return "the converter needs the gguf package: pip install vendor/llama.cpp/gguf-py from the same sdist"
     return None
 
 
