@@ -258,26 +258,30 @@ def create_compiled_model(model_path: str | os.PathLike, *, num_threads: int, we
                                              xnnpack_weight_cache_path=str(weight_cache or "")))
     try:
         with native_stderr_captured():
-            model = CompiledModel.from_file(str(model_path), options=options)
+            return CompiledModel.from_file(str(model_path), options=options, environment=_litert_environment())
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuntimeLiteshipError(f"{model_path}: LiteRT cannot compile it: {first}") from None
-    _quiet_native_teardown()
-    return model
 
 
 @functools.lru_cache(maxsize=None)
-def _quiet_native_teardown() -> None:
-    """LiteRT's environment logs INFO lines on stderr when it is destroyed, at interpreter exit: send fd 2 to a
-    sink once Python's own exit handlers have run (once per process; LITESHIP_VERBOSE=1 keeps them)."""
-    if os.environ.get("LITESHIP_VERBOSE"):
-        return
+def _litert_environment():
+    """One LiteRT environment per process, shared by every compiled model (creating one looks for accelerators
+    and logs each on stderr). It lives until the process exits; LiteRT logs INFO lines on stderr when it is
+    destroyed then, so fd 2 goes to a sink once Python's own exit handlers have run (LITESHIP_VERBOSE=1 keeps
+    them)."""
+    import ai_edge_litert
+    from ai_edge_litert.environment import Environment, EnvironmentOptions
 
-    def sink():
-        sys.stderr.flush()
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    with native_stderr_captured():
+        env = Environment.create(options=EnvironmentOptions(runtime_path=os.path.dirname(ai_edge_litert.__file__)))
+    if not os.environ.get("LITESHIP_VERBOSE"):
+        def sink():
+            sys.stderr.flush()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 
-    atexit.register(sink)
+        atexit.register(sink)
+    return env
 
 
 def backend_version(backend: str = "auto") -> str:

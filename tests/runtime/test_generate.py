@@ -326,3 +326,16 @@ def test_compiled_engine_has_one_cache_memory_for_both_signatures(root, monkeypa
     got.append(s.prefill(seq[36:60]))
     assert s.slots == 64 and shared()
     np.testing.assert_allclose(np.concatenate(got), ref["logits"][:60], atol=1e-4, rtol=0)  # fp32 tolerance
+
+
+@needs_compiled
+def test_cli_with_the_compiled_engine_prints_nothing_but_its_own_output(root, tmp_path):
+    """LiteRT's environment logs INFO lines on stderr when created and when destroyed at exit; the CLI's stderr
+    holds liteship's own lines only."""
+    env = dict(__import__("os").environ, LITESHIP_CACHE=str(tmp_path / "cache"))
+    env.pop("LITESHIP_VERBOSE", None)
+    res = subprocess.run([sys.executable, "-m", "liteship.cli", "run", "gpt2", str(root / "gpt2-fp32"), "--prompt",
+                          "hello", "--max-new-tokens", "3", "--stats"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "INFO" not in res.stderr and "WARNING" not in res.stderr, res.stderr
+    assert "new tokens" in res.stderr and list((tmp_path / "cache" / "xnnpack").iterdir())
