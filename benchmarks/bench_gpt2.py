@@ -55,12 +55,14 @@ cfg = transformers.GPT2Config(**({{"n_layer": 2, "n_head": 2, "n_embd": 64, "voc
                                    "bos_token_id": 999, "eos_token_id": 999}} if {quick} else {{}}))
 model = transformers.GPT2LMHeadModel(cfg).eval()
 model.save_pretrained({str(folder)!r})
-# A byte-level vocabulary (no merges) is enough for speed: the benchmark feeds token ids.
+# A byte-level vocabulary is enough for speed: the benchmark feeds token ids. It has one merge because llama.cpp
+# (the optional peer) refuses a BPE vocabulary without any.
 b2u = bytes_to_unicode()
 vocab = {{b2u[b]: i for i, b in enumerate(sorted(b2u))}}
+vocab["\u0120t"] = len(vocab)
 vocab["<|endoftext|>"] = cfg.eos_token_id
 open({str(folder / "vocab.json")!r}, "w").write(json.dumps(vocab))
-open({str(folder / "merges.txt")!r}, "w").write("#version: 0.2\\n")
+open({str(folder / "merges.txt")!r}, "w").write("#version: 0.2\\n\u0120 t\\n")
 RESULT = {{"params": sum(p.numel() for p in model.parameters())}}
 """)
 
