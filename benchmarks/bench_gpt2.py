@@ -3,6 +3,7 @@ fp16 and dynamic-int8 bundles. Builds GPT-2 124M with random weights locally (no
 
     /work/venv/bin/python benchmarks/bench_gpt2.py            # 124M, writes benchmarks/results/gpt2_speed.md
     /work/venv/bin/python benchmarks/bench_gpt2.py --quick    # tiny model, smoke test (seconds)
+    .venv/bin/python benchmarks/bench_gpt2.py --memory-only --work benchmarks/out   # peak RSS and start-up only
 
 Every conversion and every measurement runs in its own subprocess so that its peak RSS (ru_maxrss) is its own.
 Decode at context c: the cache holds c - n tokens, then n greedy steps are timed. Timings are wall clock on a
@@ -29,14 +30,15 @@ HERE = Path(__file__).resolve().parent
 QUANTS = ("fp32", "fp16", "dynamic-int8")
 
 
-def run_child(code: str) -> dict:
+def run_child(code: str, env: dict | None = None) -> dict:
     """Run python code in a fresh process; it prints one JSON line last, which also gets the child's peak RSS."""
     wrapped = code + textwrap.dedent("""
         import resource, json as _j
         RESULT["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print("RESULT " + _j.dumps(RESULT))
     """)
-    proc = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not lines:
         sys.stderr.write(proc.stderr[-3000:])
@@ -53,12 +55,14 @@ cfg = transformers.GPT2Config(**({{"n_layer": 2, "n_head": 2, "n_embd": 64, "voc
                                    "bos_token_id": 999, "eos_token_id": 999}} if {quick} else {{}}))
 model = transformers.GPT2LMHeadModel(cfg).eval()
 model.save_pretrained({str(folder)!r})
-# A byte-level vocabulary (no merges) is enough for speed: the benchmark feeds token ids.
+# A byte-level vocabulary is enough for speed: the benchmark feeds token ids. It has one merge because llama.cpp
+# (the optional peer) refuses a BPE vocabulary without any.
 b2u = bytes_to_unicode()
 vocab = {{b2u[b]: i for i, b in enumerate(sorted(b2u))}}
+vocab["\u0120t"] = len(vocab)
 vocab["<|endoftext|>"] = cfg.eos_token_id
 open({str(folder / "vocab.json")!r}, "w").write(json.dumps(vocab))
-open({str(folder / "merges.txt")!r}, "w").write("#version: 0.2\\n")
+open({str(folder / "merges.txt")!r}, "w").write("#version: 0.2\\n\u0120 t\\n")
 RESULT = {{"params": sum(p.numel() for p in model.parameters())}}
 """)
 
@@ -92,6 +96,160 @@ while s.length < s.max_context:
     logits = s.decode(int(np.argmax(logits)))
 RESULT = {{"tok_s": (s.max_context - 1) / (time.perf_counter() - t), "kv_cache": "grown" if s.grow_cache else "full"}}
 """)
+
+
+def bench_memory(bundle: Path, threads: int, context: int, engine: str, cache: Path) -> dict:
+    """Peak RSS of a fresh process that starts a session, prefills context - 32 tokens and decodes 32 (the
+    issue's protocol for llama.cpp: the whole context in the cache), and how long the session took to start.
+    ``cache`` is LITESHIP_CACHE: empty for a first (cold) start, filled by it for later ones."""
+    return run_child(f"""
+import time, numpy as np
+t = time.perf_counter()
+from liteship.runtime.generate import KVCacheSession
+s = KVCacheSession({str(bundle)!r}, threads={threads}, engine={engine!r})
+init = time.perf_counter() - t
+logits = s.prefill(np.random.default_rng(0).integers(0, s.vocab_size, {context} - 32), all_logits=False)[-1]
+t = time.perf_counter()
+for _ in range(32):
+    logits = s.decode(int(np.argmax(logits)))
+RESULT = {{"init_s": init, "decode_tok_s": 32 / (time.perf_counter() - t), "engine": s.engine}}
+""", env={"LITESHIP_CACHE": str(cache)})
+
+
+LLAMA_CPP_QUANT = {"dynamic-int8": "q8_0", "fp32": "f32"}
+LLAMA_CPP_Q8_RSS = {128: 230 * 2**20, 896: 264 * 2**20}  # issue 9's peer run, when llama.cpp is not installed here  # the llama.cpp type beside each liteship variant
+
+
+def llama_cpp_missing() -> str | None:
+    """Why the llama.cpp peer cannot run here, or None. It needs llama-cpp-python (an optional benchmark
+    dependency: pip install llama-cpp-python builds llama.cpp, ~9 minutes on 2 cores) and llama.cpp's
+    convert_hf_to_gguf.py (in that package's sdist, vendor/llama.cpp/) named by $LLAMA_CPP_CONVERT."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed (pip install llama-cpp-python; builds llama.cpp, ~9 min)"
+    script = os.environ.get("LLAMA_CPP_CONVERT")
+    if not script or not Path(script).is_file():
+        return "set LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py (vendor/llama.cpp/ in the sdist)"
+    if importlib.util.find_spec("gguf") is None:
+        return "the converter needs the gguf package: pip install vendor/llama.cpp/gguf-py from the same sdist"
+    return None
+
+
+# Runs llama.cpp's converter with two adjustments for this benchmark's checkpoint: transformers no longer writes
+# GPT-2's `n_ctx` (the converter reads it; it is n_positions), and the byte-level test vocabulary has no merges, so
+# its pre-tokenizer hash is none llama.cpp knows: it is GPT-2's pre-tokenizer, so say "gpt-2".
+GGUF_CONVERT = """
+import json, os, runpy, sys
+script, ckpt, hf = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(hf, exist_ok=True)
+for name in os.listdir(ckpt):
+    if name != "config.json" and not os.path.exists(os.path.join(hf, name)):
+        os.symlink(os.path.abspath(os.path.join(ckpt, name)), os.path.join(hf, name))
+config = json.load(open(os.path.join(ckpt, "config.json")))
+config.setdefault("n_ctx", config["n_positions"])
+json.dump(config, open(os.path.join(hf, "config.json"), "w"))
+sys.path.insert(0, os.path.dirname(script))
+import conversion.base
+conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+sys.argv = [script, hf] + sys.argv[4:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def llama_cpp_convert(ckpt: Path, out: Path, outtype: str) -> Path:
+    gguf = out / f"gpt2-{outtype}.gguf"
+    if not gguf.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-c", GGUF_CONVERT, os.environ["LLAMA_CPP_CONVERT"], str(ckpt),
+                               str(out / "hf"), "--outtype", outtype, "--outfile", str(gguf)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            sys.stderr.write(proc.stderr[-3000:])
+            raise SystemExit(f"llama.cpp's converter failed ({proc.returncode})")
+    return gguf
+
+
+def bench_llama_cpp(gguf: Path, threads: int, context: int) -> dict:
+    """The same protocol as bench_memory, through llama-cpp-python: context - 32 tokens evaluated at once, then
+    32 greedy steps; the context window is the whole bundle's (1024), as liteship's max_context."""
+    return run_child(f"""
+import time, numpy as np
+t = time.perf_counter()
+from llama_cpp import Llama
+m = Llama(model_path={str(gguf)!r}, n_ctx=1024, n_threads={threads}, n_batch=128, verbose=False)
+init = time.perf_counter() - t
+ids = [int(i) for i in np.random.default_rng(0).integers(0, m.n_vocab(), {context} - 32)]
+t = time.perf_counter()
+m.eval(ids)
+prefill = time.perf_counter() - t
+t = time.perf_counter()
+for _ in range(32):
+    m.eval([m.sample(top_k=1, temp=0.0)])  # greedy (scores are kept only with logits_all, which costs memory)
+RESULT = {{"init_s": init, "prefill_tok_s": len(ids) / prefill, "decode_tok_s": 32 / (time.perf_counter() - t)}}
+""")
+
+
+def measure_memory(work: Path, args) -> list[tuple]:
+    """Rows (name, init cold s, init warm s, {context: (peak RSS bytes, decode tok/s)}) for each liteship variant
+    and engine, and llama.cpp beside them when it is installed."""
+    rows = []
+    for q in QUANTS:
+        if not (work / q / "manifest.json").is_file():
+            continue
+        for engine in ("compiled", "interpreter"):
+            cache = work / f"liteship-cache-{q}-{engine}"
+            shutil.rmtree(cache, ignore_errors=True)
+            first = bench_memory(work / q, args.threads, 128, engine, cache)  # cold: builds any weight cache
+            if first["engine"] != engine:
+                continue
+            by_ctx = {}
+            for ctx in (128, 896):
+                r = bench_memory(work / q, args.threads, ctx, engine, cache)
+                by_ctx[ctx] = (r["peak_rss_bytes"], r["decode_tok_s"], r["init_s"])
+            rows.append((f"liteship {q}, {engine} engine", first["init_s"], by_ctx[128][2],
+                         {c: v[:2] for c, v in by_ctx.items()}))
+    why = llama_cpp_missing()
+    if why:
+        print(f"llama.cpp peer skipped: {why}", file=sys.stderr)
+        rows.append((f"llama.cpp: skipped ({why})", None, None, {}))
+        return rows
+    for q, outtype in LLAMA_CPP_QUANT.items():
+        gguf = llama_cpp_convert(work / "checkpoint", work / "gguf", outtype)
+        by_ctx = {ctx: bench_llama_cpp(gguf, args.threads, ctx) for ctx in (128, 896)}
+        rows.append((f"llama.cpp {outtype.upper()} (beside {q})", by_ctx[128]["init_s"], None,
+                     {c: (r["peak_rss_bytes"], r["decode_tok_s"]) for c, r in by_ctx.items()}))
+    return rows
+
+
+def memory_lines(rows: list[tuple]) -> list[str]:
+    mib = lambda b: f"{b / 2**20:.0f}"
+    lines = ["", "### Memory and start-up", "",
+             "Fresh process per cell: start a session, prefill context - 32 random tokens, decode 32 greedy "
+             "(decode tok/s of those 32 steps; one run, not best of rounds). Start-up: session creation with "
+             "imports; cold = first start with an empty LITESHIP_CACHE (the compiled engine writes its XNNPACK "
+             "weight cache), warm = later starts.", "",
+             "| runtime | start-up cold s | start-up warm s | peak RSS MiB @128 | peak RSS MiB @896 "
+             "| decode tok/s @128 | decode tok/s @896 |",
+             "|---|---|---|---|---|---|---|"]
+    for name, cold, warm, by_ctx in rows:
+        if not by_ctx:
+            lines.append(f"| {name} | - | - | - | - | - | - |")
+            continue
+        f = lambda v: "-" if v is None else f"{v:.2f}"
+        lines.append(f"| {name} | {f(cold)} | {f(warm)} | {mib(by_ctx[128][0])} | {mib(by_ctx[896][0])} "
+                     f"| {by_ctx[128][1]:.1f} | {by_ctx[896][1]:.1f} |")
+    target = next((c for n, _, _, c in rows if n.startswith("liteship dynamic-int8, compiled")), None)
+    peer = next((c for n, _, _, c in rows if n.startswith("llama.cpp Q8_0") and c), None)
+    ref = {128: peer[128][0], 896: peer[896][0]} if peer else LLAMA_CPP_Q8_RSS
+    if target:
+        lines.append("")
+        source = "measured in this run" if peer else "llama-cpp-python 0.3.36, measured earlier on this machine (issue 9)"
+        for ctx in (128, 896):
+            ok = target[ctx][0] <= ref[ctx]
+            lines.append(f"- dynamic-int8 (compiled engine) peak RSS @{ctx}: {mib(target[ctx][0])} MiB vs llama.cpp "
+                         f"Q8_0 {mib(ref[ctx])} MiB ({source}): target <= llama.cpp: {'met' if ok else 'NOT met'}")
+    return lines
 
 
 def bench_torch(ckpt: Path, threads: int, prompt: int, new: int) -> dict:
@@ -130,21 +288,27 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gpt2_speed.md")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint and bundles (printed path)")
+    ap.add_argument("--work", type=Path, help="use (and keep) this folder; a checkpoint or bundle already in it "
+                                              "is reused, not rebuilt")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the memory and start-up table, over the bundles already in --work")
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
     print(f"working in {work}", file=sys.stderr)
     try:
-        rows = measure(work, args)
+        rows = [] if args.memory_only else measure(work, args)
+        memory = measure_memory(work, args)
     finally:
-        if not args.keep:
+        if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    write_table(rows, args)
+    write_table(rows, memory, args)
 
 
 def measure(work: Path, args) -> list:
     ckpt = work / "checkpoint"
-    make_checkpoint(ckpt, args.quick)
+    if not (ckpt / "config.json").is_file():
+        make_checkpoint(ckpt, args.quick)
     rows = []
     # PyTorch at 1 thread and at --threads: its OpenMP pool collapses when other processes share the cores (1 tok/s
     # at 2 threads vs 22 at 1 on this shared machine), so the ratio uses the better of the two.
@@ -153,8 +317,14 @@ def measure(work: Path, args) -> list:
         rows.append((f"PyTorch fp32, transformers generate, {n} thread{'s' * (n > 1)}", t, None,
                      sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))))
     for q in QUANTS:
-        print(f"converting {q} ...", file=sys.stderr)
-        c = convert(ckpt, work / q, q)
+        if (work / q / "manifest.json").is_file():  # reused from --work: what its manifest recorded
+            from liteship.runtime.bundle import Bundle
+            b = Bundle.open(work / q)
+            c = {"seconds": b.manifest["conversion"]["seconds"], "size_bytes": b.model_path.stat().st_size,
+                 "peak_rss_bytes": b.manifest["conversion"]["peak_rss_bytes"]}
+        else:
+            print(f"converting {q} ...", file=sys.stderr)
+            c = convert(ckpt, work / q, q)
         # The runtime's default (the cache grows with the text, except for fp16: see KVCacheSession) and, where
         # that differs, the same bundle attending over all 1024 slots from the first token (--full-cache)
         r = bench_liteship(work / q, args.threads, args.prompt_tokens, args.new_tokens, grow_cache=None)
@@ -196,7 +366,21 @@ def target_lines(rows: list, base: float, fp32_size: int) -> list[str]:
     ]
 
 
-def write_table(rows: list, args) -> None:
+def write_table(rows: list, memory: list, args) -> None:
+    if not rows:  # --memory-only: its own results file
+        table = "\n".join([f"# GPT-2 {'tiny (--quick)' if args.quick else '124M'} memory and start-up", "",
+                           f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {machine_summary()}; "
+                           f"threads={args.threads}; bundles built with max_context=1024, prefill_len=128; "
+                           f"command: `python benchmarks/bench_gpt2.py {' '.join(sys.argv[1:])}`. The "
+                           "machine was shared and busy: peak RSS does not depend on that, the seconds and tok/s "
+                           "do (compare them within a row, not with other sections).", *memory_lines(memory)]) + "\n"
+        print(table)
+        out = args.out.with_name("gpt2_memory.md")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_name(out.name + ".partial").write_text(table)
+        os.replace(out.with_name(out.name + ".partial"), out)
+        print(f"wrote {out}", file=sys.stderr)
+        return
     table_rows = [row for row in rows if row[0] != "whole text"]
     base = max(r["decode_tok_s_by_context"]["256"] for name, r, _, _ in table_rows if name.startswith("PyTorch"))
     fp32_size = next(size for name, _, _, size in table_rows if name == "liteship fp32")
@@ -220,7 +404,7 @@ def write_table(rows: list, args) -> None:
             f"| {name} | {r['prefill_tok_s']:.1f} | {d['256']:.1f} | {d['1024']:.1f} | {d['1024'] / d['256']:.2f} "
             f"| {d['256'] / base:.2f}x | {mb(size)} | {size / fp32_size:.3f} | "
             f"{conv_s} | {conv_rss} | {mb(r['peak_rss_bytes'])} |")
-    lines += ["", *target_lines(rows, base, fp32_size)]
+    lines += ["", *target_lines(rows, base, fp32_size), *memory_lines(memory)]
     table = "\n".join(lines) + "\n"
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

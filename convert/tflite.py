@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 from liteship.convert.quant import Quant, apply_recipe
 from liteship.errors import ConvertError
+from liteship.runtime.interpreter import native_stderr_captured
 from liteship.runtime.tflite_file import read_model
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -22,25 +23,6 @@ KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def native_stderr_captured() -> Iterator[None]:
-    """Sends what TensorFlow's C++ code writes to stderr (MLIR diagnostics, quantizer chatter) to a temporary
-    file for the duration, so a failed conversion prints liteship's one-line error and not pages of MLIR.
-    Set LITESHIP_VERBOSE=1 to see it."""
-    if os.environ.get("LITESHIP_VERBOSE"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def _release_free_heap() -> None:

@@ -18,7 +18,7 @@ MODEL_NAME = "model.tflite"
 MANIFEST_NAME = "manifest.json"
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship"))
 
 
@@ -32,7 +32,7 @@ def _safe_members(names: list[str], archive: Path) -> None:
 def _extract(archive: Path) -> Path:
     """Extracts once into the cache, keyed by the archive's hash, atomically."""
     digest = sha256_file(archive)[:16]
-    dest = _cache_root() / "bundles" / f"{archive.name}-{digest}"
+    dest = cache_root() / "bundles" / f"{archive.name}-{digest}"
     if (dest / MANIFEST_NAME).is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

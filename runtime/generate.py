@@ -1,14 +1,22 @@
 """Text generation with a GPT-2 bundle: the one place that drives the `prefill` and `decode` signatures.
 
-The KV cache lives in the decode signature's own input buffers, owned by this module and written in place through
-zero-copy numpy views (no cache is ever passed in or copied back per step). Shapes, for L layers, H heads, head
-size hd, static context C (manifest config "max_context"), prefill chunk P ("prefill_len") and S decode slots
-(the cache size this module gives decode: SLOT_STEP at first, grown in steps of it as the text grows, at most C):
+The KV cache lives in numpy arrays the model reads in place (no cache is ever passed in or copied back per step).
+Shapes as this module sees them, for L layers, H heads, head size hd, context C (manifest config "max_context"),
+prefill chunk P ("prefill_len"), S cache slots (SLOT_STEP at first, grown in steps of it as the text grows, at
+most C) and R rows of prefill logits (1 in generation, P for evaluation):
 
-  prefill: embeds[P, E] float32, positions[P] int32, mask[P, C+P] float32, k_i[H, C, hd], v_i[H, C, hd]
-           -> logits[P, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
+  prefill: embeds[P, E] float32, positions[P] int32, mask[P, S+P] float32, k_i[H, S, hd], v_i[H, S, hd], rows[R]
+           -> logits[R, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
   decode:  embeds[1, E], position[1], mask[1, S+1], k_i[H, S, hd], v_i[H, S, hd]
            -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
+
+Older bundles have prefill with a fixed C (and decode too, before that) and no rows.
+
+Two engines run them. ``compiled`` (ai-edge-litert 2.x): LiteRT's CompiledModel with XNNPACK's packed
+weights in a file under LITESHIP_CACHE (built on the first start, mapped afterwards, shared by both signatures),
+every input and output a numpy array bound zero-copy, and one cache memory for both signatures. ``interpreter``
+(tflite-runtime, tf.lite): the Interpreter, with the cache in decode's own input tensors written
+through zero-copy views and prefill's own copy synced from it; XNNPACK packs the weights once per signature.
 
 `embeds` are token embedding rows, read (and for int8 dequantized, one row at a time) by runtime.token_table: from
 the tied LM head's weight inside the .tflite itself through a memory map (the table is stored once and never
@@ -19,18 +27,20 @@ mask[.., p] is 0 for filled slots and -1e9 for empty ones. The last P columns of
 a decode mask) are the chunk attending to itself, causally. After each call the runtime copies only
 the new tokens' K/V slice into the cache, so a step's cost does not grow with the number of filled slots.
 """
-
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.bench import peak_rss_bytes
+from liteship.runtime.bundle import cache_root
+from liteship.runtime.interpreter import HostTensorBuffer, backend_version, native_stderr_captured
 from liteship.runtime.token_table import TokenTable
 
 MASK_EMPTY = np.float32(-1e9)
@@ -68,16 +78,19 @@ class _SignatureBuffers:
         self._sub = runner._subgraph_index
         self._in, self._out = sig["inputs"], sig["outputs"]
         details = {d["index"]: d for d in _tensor_details(interp, self._sub)}
-        # -1 marks a dimension the graph leaves open (decode's slot count); older bundles have none
+        # -1 marks a dimension the graph leaves open (the slot count, prefill's rows); older bundles have none
         self.shape_signature = {n: [int(x) for x in details[i].get("shape_signature", details[i]["shape"])]
                                 for n, i in self._in.items() if i in details}
         self.inputs: dict = {}
         self.outputs: dict = {}
 
     def resize(self, shapes: dict[str, tuple]) -> None:
-        """Give inputs new shapes; takes effect (and invalidates the views) at the next allocate()."""
+        """Give inputs new shapes (outputs follow; their names are ignored here); takes effect (and invalidates the
+        views) at the next allocate()."""
         for name, shape in shapes.items():
-            self._interp._interpreter.ResizeInputTensor(self._in[name], np.array(shape, np.int32), False, self._sub)
+            if name in self._in:
+                self._interp._interpreter.ResizeInputTensor(self._in[name], np.array(shape, np.int32), False,
+                                                            self._sub)
 
     def allocate(self) -> None:
         wrapper = self._interp._interpreter
@@ -98,6 +111,78 @@ class _SignatureBuffers:
         self._interp._interpreter.Invoke(self._sub)
 
 
+def _aligned(shape: tuple, dtype, align: int = 64) -> np.ndarray:
+    """A zeroed array whose data starts on an ``align``-byte boundary (what LiteRT binds without a copy)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+class _CompiledSignature:
+    """A signature of a LiteRT CompiledModel with the same face as _SignatureBuffers: every input and output is a
+    numpy array this class owns, bound zero-copy (LiteRT reads and writes them in place). An input whose shape
+    changed is re-shaped by LiteRT on the next invoke, which re-plans the subgraph (no weight is packed again:
+    they are in the weight cache)."""
+
+    def __init__(self, model, key: str, specs: dict):
+        self._model, self._key = model, key
+        self._dtype = {t["name"]: np.dtype(t["dtype"]) for t in specs["inputs"] + specs["outputs"]}
+        self._in = [t["name"] for t in specs["inputs"]]
+        self._out = [t["name"] for t in specs["outputs"]]
+        self.shape_signature = {t["name"]: [int(x) for x in t["shape"]] for t in specs["inputs"]}
+        self.shapes: dict[str, tuple] = {}
+        self.inputs: dict = {}
+        self.outputs: dict = {}
+        self._resized = True
+
+    def resize(self, shapes: dict[str, tuple]) -> None:
+        self.shapes.update(shapes)
+
+    def bind(self, arrays: dict[str, np.ndarray]) -> None:
+        """Use these arrays (another signature's, e.g. decode's cache) as inputs from the next allocate() on."""
+        self._external = dict(arrays)
+
+    def allocate(self) -> None:
+        old = {**self.inputs, **self.outputs}
+        external = getattr(self, "_external", {})
+        arrays = {}
+        for name in self._in + self._out:
+            shape = tuple(self.shapes[name])
+            same = name in old and old[name].shape == shape and name not in external
+            arrays[name] = external[name] if name in external else old[name] if same else \
+                _aligned(shape, self._dtype[name])
+            assert arrays[name].shape == shape, (name, arrays[name].shape, shape)
+        self.inputs = {n: arrays[n] for n in self._in}
+        self.outputs = {n: arrays[n] for n in self._out}
+        self._bound_in = {n: HostTensorBuffer(a) for n, a in self.inputs.items()}
+        self._bound_out = {n: HostTensorBuffer(a) for n, a in self.outputs.items()}
+        self._resized = True
+
+    def cache(self, n_layer: int):
+        return [self.inputs[f"k_{l}"] for l in range(n_layer)], [self.inputs[f"v_{l}"] for l in range(n_layer)]
+
+    def invoke(self) -> None:
+        if self._resized:  # LiteRT logs each automatic re-shape on stderr
+            with native_stderr_captured():
+                self._model.run_by_name(self._key, self._bound_in, self._bound_out)
+            self._resized = False
+        else:
+            self._model.run_by_name(self._key, self._bound_in, self._bound_out)
+
+
+def weight_cache_path(bundle, backend: str) -> Path | None:
+    """Where XNNPACK keeps this model's packed weights: under LITESHIP_CACHE, keyed by the model's sha256 and the
+    backend's version (a new LiteRT may pack differently). None when that folder cannot be written."""
+    version = backend_version(backend).replace(" ", "-")
+    folder = cache_root() / "xnnpack"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder / f"{bundle.sha256()[:24]}-{version}.xnnpack" if os.access(folder, os.W_OK) else None
+
+
 def _open_bundle(bundle):
     from liteship.runtime.bundle import Bundle
     return bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
@@ -111,7 +196,8 @@ SLOT_STEP = 128  # decode's cache grows this many slots at a time; a growth re-a
 
 
 class KVCacheSession:
-    """One sequence's state: the interpreter, the cache in its input buffers, and how many slots are filled.
+    """One sequence's state: the model (``engine``: auto, compiled or interpreter; see the module docstring), the
+    cache, and how many slots are filled.
 
     Decode attends over ``slots`` cache slots. Bundles whose decode signature leaves the slot count open (all
     made since the graph did) start at SLOT_STEP slots and grow by SLOT_STEP as the text does, so a step reads
@@ -120,8 +206,9 @@ class KVCacheSession:
     The default (None) grows the cache except for fp16 bundles, where a growth costs too much (see below).
     """
 
-    def __init__(self, bundle, *, threads: int | None = None, backend: str = "auto", grow_cache: bool | None = None):
-        from liteship.runtime.interpreter import create_interpreter
+    def __init__(self, bundle, *, threads: int | None = None, backend: str = "auto", grow_cache: bool | None = None,
+                 engine: str = "auto"):
+        from liteship.runtime.interpreter import compiled_model_available, create_compiled_model, create_interpreter
 
         self.bundle = _open_bundle(bundle)
         if self.bundle.family != "gpt2":
@@ -132,11 +219,31 @@ class KVCacheSession:
         self.n_layer = int(cfg["model"]["n_layer"])
         self.vocab_size = int(cfg["model"]["vocab_size"])
         self.threads = threads or default_threads()
-        self.interp = create_interpreter(self.bundle.model_path, backend=backend, num_threads=self.threads)
-        self._decode = _SignatureBuffers(self.interp, "decode")
-        self._prefill = _SignatureBuffers(self.interp, "prefill")
-        k0 = self._decode.shape_signature.get("k_0", [])
-        self._open_slots = len(k0) == 3 and k0[1] == -1
+        E = int(cfg["model"]["n_embd"])
+        self.n_head = int(cfg["model"]["n_head"])
+        self.head_dim = E // self.n_head
+        specs = self.bundle.signatures
+        if engine == "auto":
+            engine = "compiled" if specs and compiled_model_available(backend) else "interpreter"
+        if engine not in ("compiled", "interpreter"):
+            raise RuntimeLiteshipError(f"unknown engine {engine!r}; choose auto, compiled or interpreter")
+        if engine == "compiled" and not compiled_model_available(backend):
+            raise RuntimeLiteshipError("the compiled engine needs ai-edge-litert 2.x (LiteRT's CompiledModel)")
+        self.engine = engine
+        self.weight_cache = None
+        if engine == "compiled":
+            # Packed weights in a file (built on the first start, mapped on later ones), shared by both signatures.
+            self.weight_cache = weight_cache_path(self.bundle, backend)
+            self.model = create_compiled_model(self.bundle.model_path, num_threads=self.threads,
+                                               weight_cache=self.weight_cache)
+            self._decode = _CompiledSignature(self.model, "decode", specs["decode"])
+            self._prefill = _CompiledSignature(self.model, "prefill", specs["prefill"])
+            self.interp = None
+        else:
+            self.interp = create_interpreter(self.bundle.model_path, backend=backend, num_threads=self.threads)
+            self._decode = _SignatureBuffers(self.interp, "decode")
+            self._prefill = _SignatureBuffers(self.interp, "prefill")
+        self._open_slots = -1 in self._decode.shape_signature.get("k_0", [])
         if grow_cache and not self._open_slots:
             raise RuntimeLiteshipError(f"{self.bundle.root}: its decode signature has a fixed cache of "
                                        f"{self.max_context} slots (converted before liteship grew caches); "
@@ -144,16 +251,34 @@ class KVCacheSession:
         self.slot_step = SLOT_STEP
         if grow_cache is None:
             # A growth re-prepares decode's XNNPACK subgraph: 20-60 ms for int8 and 30-250 ms for fp32 weights at
-            # 124M, but 0.4-1.5 s and +500 MB RSS for fp16 ones, which XNNPACK unpacks to fp32 again each time.
+            # 124M, but 0.4-1.5 s and +500 MB RSS for fp16 ones, which XNNPACK unpacks to fp32 again each time
+            # (measured with the interpreter engine; the compiled engine's weight cache may change that: not measured).
             grow_cache = self._open_slots and self.bundle.quantization != "fp16"
         self.grow_cache = bool(grow_cache) and self.max_context > self.slot_step  # else one step holds it all
         self._min_slots = min(self.slot_step, self.max_context) if self.grow_cache else self.max_context
-        self.slots = self.max_context
-        if self._open_slots:  # before the first allocation, so the delegate is prepared at this size
-            self.slots = self._min_slots
-            self._decode.resize(self._decode_shapes(self.slots))
-        self.interp.allocate_tensors()  # applies the default (XNNPACK) delegate to every subgraph
+        self.slots = self._min_slots if self._open_slots else self.max_context
+        # Prefill's own cache copy and its logits rows, where the bundle leaves them open (bundles made since
+        # prefill's were): the cache holds only the slots a chunk attends to, and generation asks for the last
+        # row of logits only. Older bundles: C slots and P rows, fixed.
+        self._prefill_open = -1 in self._prefill.shape_signature.get("k_0", [])
+        self._prefill_rows_open = self._prefill.shape_signature.get("rows") == [-1]
+        # A first chunk attends to no cache; it gets one masked slot: XNNPACK cannot reshape around a zero-sized one.
+        self._prefill_min_slots = 1 if self.grow_cache else self.max_context
+        self.prefill_slots = self._prefill_min_slots if self._prefill_open else self.max_context
+        self.prefill_rows = 1 if self._prefill_rows_open else self.prefill_len
+        # One cache memory for both signatures where the engine binds our arrays (compiled) and both slot counts are
+        # open: prefill attends over decode's slots, and nothing is copied between two caches.
+        self._shared_cache = engine == "compiled" and self._open_slots and self._prefill_open and self.grow_cache
+        if self._shared_cache:
+            self.prefill_slots = self.slots
+        # Shapes before the first allocation, so the delegate is prepared at these sizes
+        self._decode.resize(self._decode_shapes(self.slots))
+        self._prefill.resize(self._prefill_shapes(self.prefill_slots, self.prefill_rows))
+        if engine == "interpreter":
+            self.interp.allocate_tensors()  # applies the default (XNNPACK) delegate to every subgraph
         self._decode.allocate()
+        if self._shared_cache:
+            self._prefill.bind(self._cache_arrays(self._decode.cache(self.n_layer)))
         self._prefill.allocate()
         self.tokens = TokenTable.from_bundle(self.bundle)
         P = self.prefill_len
@@ -165,28 +290,75 @@ class KVCacheSession:
     def cache_description(self) -> str:
         return f"grows in steps of {self.slot_step} slots" if self.grow_cache else f"all {self.max_context} slots"
 
+    def _cache_shapes(self, slots: int) -> dict[str, tuple]:
+        shape = (self.n_head, slots, self.head_dim)
+        return {f"{kv}_{l}": shape for kv in "kv" for l in range(self.n_layer)}
+
     def _decode_shapes(self, slots: int) -> dict[str, tuple]:
-        H, _, hd = self._decode.shape_signature["k_0"]
-        shapes = {"mask": (1, slots + 1)}
-        for l in range(self.n_layer):
-            shapes[f"k_{l}"] = shapes[f"v_{l}"] = (H, slots, hd)
+        """Every input and output of decode at ``slots`` cache slots, as this class sees them."""
+        E, L, H, hd = self.n_head * self.head_dim, self.n_layer, self.n_head, self.head_dim
+        return {"embeds": (1, E), "position": (1,), "mask": (1, slots + 1), **self._cache_shapes(slots),
+                "logits": (1, self.vocab_size), "k_new": (L, H, 1, hd), "v_new": (L, H, 1, hd)}
+
+    def _prefill_shapes(self, slots: int, rows: int) -> dict[str, tuple]:
+        """Every input and output of prefill at ``slots`` cache slots and ``rows`` rows of logits."""
+        E, L, H, hd, P = self.n_head * self.head_dim, self.n_layer, self.n_head, self.head_dim, self.prefill_len
+        shapes = {"embeds": (P, E), "positions": (P,), "mask": (P, slots + P), **self._cache_shapes(slots),
+                  "logits": (rows, self.vocab_size), "k_new": (L, H, P, hd), "v_new": (L, H, P, hd)}
+        if self._prefill_rows_open:
+            shapes["rows"] = (rows,)
         return shapes
+
+    def _size_prefill(self, needed: int, rows: int) -> None:
+        """Make prefill's cache hold at least ``needed`` slots (in steps of slot_step) and return ``rows`` rows of
+        logits (where the bundle leaves them open)."""
+        slots = self.prefill_slots
+        if self._prefill_open and needed > slots:
+            slots = min(self.max_context, -(-needed // self.slot_step) * self.slot_step)
+        self._resize_prefill(slots, rows if self._prefill_rows_open else self.prefill_rows)
+
+    def _resize_prefill(self, slots: int, rows: int, *, force: bool = False) -> None:
+        """A change re-allocates prefill's tensors. Its own cache copy starts empty and is synced again from
+        decode's, which always holds the sequence; a shared cache is decode's own arrays, bound again."""
+        if (slots, rows) == (self.prefill_slots, self.prefill_rows) and not force:
+            return
+        self._prefill.resize(self._prefill_shapes(slots, rows))
+        if self._shared_cache:
+            self._prefill.bind(self._cache_arrays(self._decode_cache))
+        self._prefill.allocate()
+        self.prefill_slots, self.prefill_rows = slots, rows
+        self._prefill_cache = self._prefill.cache(self.n_layer)
+        if not self._shared_cache:
+            for arrays in self._prefill_cache:
+                for a in arrays:
+                    a.fill(0.0)  # empty slots are masked, but 0 * NaN is NaN: fresh buffers hold garbage
+            self._prefill_synced = 0
+
+    def _cache_arrays(self, cache) -> dict[str, np.ndarray]:
+        ks, vs = cache
+        return {**{f"k_{l}": k for l, k in enumerate(ks)}, **{f"v_{l}": v for l, v in enumerate(vs)}}
 
     def _resize_decode(self, slots: int) -> None:
         """Re-allocate decode's cache at ``slots`` slots, keeping the filled ones (a resize moves every buffer)."""
         keep = min(self.length, slots)
         ks, vs = self._decode_cache
-        saved = [(k[:, :keep, :].copy(), v[:, :keep, :].copy()) for k, v in zip(ks, vs)]
+        if self.engine == "compiled":  # the old arrays are ours and outlive the re-allocation: no copy needed
+            saved = list(zip(ks, vs))
+        else:
+            saved = [(k[:, :keep, :].copy(), v[:, :keep, :].copy()) for k, v in zip(ks, vs)]
         self._decode.resize(self._decode_shapes(slots))
         self._decode.allocate()
         self.slots = slots
         self._decode_cache = self._decode.cache(self.n_layer)
         for (k, v), (sk, sv) in zip(zip(*self._decode_cache), saved):
-            k[:, :keep, :] = sk
-            v[:, :keep, :] = sv
+            k[:, :keep, :] = sk[:, :keep, :]
+            v[:, :keep, :] = sv[:, :keep, :]
             k[:, keep:, :] = 0.0  # empty slots are masked, but 0 * NaN is NaN: fresh buffers hold garbage
             v[:, keep:, :] = 0.0
+        del saved
         self._write_decode_mask()
+        if self._shared_cache:
+            self._resize_prefill(slots, self.prefill_rows, force=True)
 
     def _ensure_slots(self, needed: int) -> None:
         """Make decode's cache hold at least ``needed`` slots (a multiple of slot_step, at most max_context)."""
@@ -205,6 +377,8 @@ class KVCacheSession:
         self._prefill_synced = 0  # slots [0, this) of the prefill signature's cache hold the sequence's K/V
         if self.slots != self._min_slots:
             self._resize_decode(self._min_slots)
+        if self._prefill_open and not self._shared_cache:
+            self._resize_prefill(self._prefill_min_slots, self.prefill_rows)
         # Empty slots are masked, but 0 * NaN is NaN: fresh buffers hold garbage, so zero them.
         for arrays in (*self._decode_cache, *self._prefill_cache):
             for a in arrays:
@@ -226,12 +400,17 @@ class KVCacheSession:
         C, P = self.max_context, self.prefill_len
         if self.length + len(ids) > C:
             raise RuntimeLiteshipError(f"{self.length + len(ids)} tokens do not fit the bundle's context of {C}")
-        pre = self._prefill.inputs
         out = []
         for s in range(0, len(ids), P):
             chunk = ids[s:s + P]
             n, start = len(chunk), self.length
-            if self._prefill_synced < start:  # earlier tokens came through decode or an earlier chunk
+            if self._shared_cache:  # decode's cache is prefill's: it must hold this chunk's slots too
+                self._ensure_slots(start + n)
+                self._resize_prefill(self.slots, P if all_logits else 1)
+            else:
+                self._size_prefill(start, P if all_logits else 1)  # the slots this chunk attends to
+            pre, S = self._prefill.inputs, self.prefill_slots
+            if self._prefill_synced < start and not self._shared_cache:  # earlier tokens came through decode
                 a = self._prefill_synced
                 (dk, dv), (pk, pv) = self._decode_cache, self._prefill_cache
                 for l in range(self.n_layer):
@@ -242,14 +421,18 @@ class KVCacheSession:
             embeds[n:] = 0.0
             self.tokens.rows(chunk, embeds)
             pre["positions"][:] = np.minimum(np.arange(start, start + P), C - 1)
-            mask = pre["mask"]  # (P, C+P)
-            mask[:, :C] = MASK_EMPTY
+            mask = pre["mask"]  # (P, S+P)
+            mask[:, :S] = MASK_EMPTY
             mask[:, :start] = 0.0
-            mask[:, C:] = self._prefill_self_mask
+            mask[:, S:] = self._prefill_self_mask
+            if "rows" in pre:  # which positions of the chunk get logits: (R,)
+                pre["rows"][:] = np.arange(P) if all_logits else n - 1
             self._prefill.invoke()
             o = self._prefill.outputs
-            if all_logits or s + P >= len(ids):
-                out.append(np.array(o["logits"][:n] if all_logits else o["logits"][n - 1:n]))
+            if all_logits:
+                out.append(np.array(o["logits"][:n]))  # (n, V)
+            elif s + P >= len(ids):
+                out.append(np.array(o["logits"][n - 1:n] if self.prefill_rows == P else o["logits"][-1:]))
             self._ensure_slots(start + n)
             self._write(o["k_new"], o["v_new"], start, n, [self._decode_cache])  # decode's buffers hold the sequence
             self._decode.inputs["mask"][0, start:start + n] = 0.0
@@ -433,7 +616,7 @@ def _overlap(text: str, stop: str) -> int:
 
 def benchmark_generation(bundle_path, *, threads: int | None = None, backend: str = "auto", prompt_tokens: int = 128,
                          new_tokens: int = 32, context: int = 256, contexts: Iterable[int] = (),
-                         seed: int = 0, repeats: int = 3, grow_cache: bool | None = None) -> dict:
+                         seed: int = 0, repeats: int = 3, grow_cache: bool | None = None, engine: str = "auto") -> dict:
     """Prefill and decode speed of a GPT-2 bundle: the ``generation`` block of liteship.bench/1.
 
     Prefill: ``prompt_tokens`` random ids from an empty cache. Decode: ``new_tokens`` greedy steps ending at
@@ -441,7 +624,9 @@ def benchmark_generation(bundle_path, *, threads: int | None = None, backend: st
     the shapes, not the cached values). ``contexts`` adds decode rates at other context lengths. Each rate is the
     best of ``repeats`` rounds (prefill too), the contexts taking turns, so a burst of other work on the device
     hits one round rather than one context. ``grow_cache`` as in KVCacheSession (default: grow where the bundle allows)."""
-    sess = KVCacheSession(bundle_path, threads=threads, backend=backend, grow_cache=grow_cache)
+    t0 = time.perf_counter()
+    sess = KVCacheSession(bundle_path, threads=threads, backend=backend, grow_cache=grow_cache, engine=engine)
+    init_s = time.perf_counter() - t0
     C = sess.max_context
     rng = np.random.default_rng(seed)
     prompt_tokens = min(prompt_tokens, C)
@@ -482,6 +667,8 @@ def benchmark_generation(bundle_path, *, threads: int | None = None, backend: st
         "decode_tok_s_by_context": {str(k): v for k, v in by_context.items()},
         "max_context": C,
         "kv_cache": sess.cache_description(),
+        "engine": sess.engine,
+        "init_s": round(init_s, 3),
         "threads": sess.threads,
         "peak_rss_bytes": peak_rss_bytes(),
     }

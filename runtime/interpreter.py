@@ -12,13 +12,20 @@ returned object directly; ``interp.liteship_backend`` says which one it is.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import ctypes
+import functools
 import importlib
 import importlib.util
 import importlib.metadata as md
 import os
 import platform
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.tflite_file import read_model
@@ -166,3 +173,155 @@ def create_interpreter(model_path: str | os.PathLike, *, backend: str = "auto", 
     interp.liteship_delegates = [delegate] if delegate else []
     interp.liteship_xnnpack = use_xnnpack
     return interp
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[None]:
+    """Sends what native code writes to stderr (TensorFlow's MLIR diagnostics and quantizer chatter, LiteRT's
+    INFO lines about accelerators it looked for) to a temporary file for the duration, so users see liteship's
+    output and one-line errors only. Set LITESHIP_VERBOSE=1 to see it."""
+    if os.environ.get("LITESHIP_VERBOSE"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def compiled_model_available(backend: str = "auto") -> bool:
+    """Whether LiteRT's CompiledModel API, with an XNNPACK weight cache option, is what ``backend`` resolves to.
+    (ai-edge-litert 2.x; tflite-runtime and tf.lite have only the Interpreter.)"""
+    try:
+        chosen, _ = resolve_backend(backend)
+    except RuntimeLiteshipError:
+        return False
+    if chosen.name != "litert":
+        return False
+    try:  # without importing compiled_model: that creates LiteRT's environment (and its exit-time log lines)
+        if importlib.util.find_spec("ai_edge_litert.compiled_model") is None:
+            return False
+        from ai_edge_litert.cpu_options import CpuOptions
+    except ImportError:
+        return False
+    return "xnnpack_weight_cache_path" in getattr(CpuOptions, "__dataclass_fields__", {}) and _litert_c() is not None
+
+
+class _Layout(ctypes.Structure):  # LiteRtLayout (litert/c/litert_layout.h): rank:7 and has_strides:1 in one uint
+    _fields_ = [("rank_bits", ctypes.c_uint32), ("dimensions", ctypes.c_int32 * 8), ("strides", ctypes.c_uint32 * 8)]
+
+
+class _RankedTensorType(ctypes.Structure):  # LiteRtRankedTensorType (litert/c/litert_model_types.h), 72 bytes
+    _fields_ = [("element_type", ctypes.c_int), ("layout", _Layout)]
+
+
+_ELEMENT_TYPES = {"float32": 1, "int32": 2}  # LiteRtElementType = TfLiteType values
+
+
+@functools.lru_cache(maxsize=None)
+def _litert_c():
+    """LiteRT's C library as shipped in the ai-edge-litert wheel, or None. The one private door this module opens
+    besides the interpreter wrapper: the Python API of ai-edge-litert 2.3 makes host-memory TensorBuffers rank-1
+    only, which a shaped input (the KV cache [H, S, hd]) refuses; the C API's LiteRtCreateTensorBufferFromHostMemory
+    (a public, versioned symbol) takes the shape. Checked on ai-edge-litert 2.3.0, x86-64."""
+    try:
+        import ai_edge_litert
+
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(ai_edge_litert.__file__), "libLiteRt.so"))
+        create, destroy = lib.LiteRtCreateTensorBufferFromHostMemory, lib.LiteRtDestroyTensorBuffer
+    except (ImportError, OSError, AttributeError):
+        return None
+    if ctypes.sizeof(_RankedTensorType) != 72:
+        return None
+    create.argtypes = [ctypes.POINTER(_RankedTensorType), ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                       ctypes.POINTER(ctypes.c_void_p)]
+    create.restype = ctypes.c_int
+    destroy.argtypes = [ctypes.c_void_p]
+    destroy.restype = None
+    return lib
+
+
+_new_capsule = ctypes.pythonapi.PyCapsule_New
+_new_capsule.restype = ctypes.py_object
+_new_capsule.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+_CAPSULE_NAME = ctypes.c_char_p(b"LiteRtTensorBuffer")  # what ai_edge_litert's CompiledModel.run_by_name unwraps
+
+
+class HostTensorBuffer:
+    """A LiteRT TensorBuffer over a numpy array's own memory, in the array's shape: LiteRT reads and writes the
+    array in place. ``capsule`` is what CompiledModel.run_by_name takes; keep this object (and the array) alive
+    as long as the model may use it. The array must be C-contiguous and 64-byte aligned."""
+
+    def __init__(self, array):
+        lib = _litert_c()
+        if not array.flags.c_contiguous or array.ctypes.data % 64:
+            raise ValueError("a host tensor buffer needs a C-contiguous, 64-byte aligned array")
+        kind = _RankedTensorType(element_type=_ELEMENT_TYPES[array.dtype.name])
+        kind.layout.rank_bits = array.ndim  # has_strides (bit 7) stays 0
+        for i, d in enumerate(array.shape):
+            kind.layout.dimensions[i] = d
+        handle = ctypes.c_void_p()
+        status = lib.LiteRtCreateTensorBufferFromHostMemory(ctypes.byref(kind), array.ctypes.data, array.nbytes,
+                                                            None, ctypes.byref(handle))
+        if status:
+            raise RuntimeLiteshipError(f"LiteRT could not wrap a {array.shape} buffer (status {status})")
+        self._lib, self._handle, self.array = lib, handle.value, array
+        self.capsule = _new_capsule(handle.value, _CAPSULE_NAME, None)
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self._lib.LiteRtDestroyTensorBuffer(self._handle)  # the model holds its own reference while it uses it
+            self._handle = None
+
+
+def create_compiled_model(model_path: str | os.PathLike, *, num_threads: int, weight_cache: str | os.PathLike | None):
+    """A LiteRT CompiledModel on the CPU (XNNPACK) whose packed weights live in the file ``weight_cache``: built
+    on the first start, memory-mapped on later ones, and shared by every signature, so nothing is packed twice
+    and the model's own weights are never paged in to be packed. Checked on ai-edge-litert 2.3."""
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.cpu_options import CpuOptions
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import Options
+
+    if num_threads < 1:
+        raise RuntimeLiteshipError(f"--threads must be at least 1, not {num_threads}")
+    options = Options(hardware_accelerators=HardwareAccelerator.CPU,
+                      cpu_options=CpuOptions(num_threads=num_threads,
+                                             xnnpack_weight_cache_path=str(weight_cache or "")))
+    try:
+        with native_stderr_captured():
+            return CompiledModel.from_file(str(model_path), options=options, environment=_litert_environment())
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeLiteshipError(f"{model_path}: LiteRT cannot compile it: {first}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _litert_environment():
+    """One LiteRT environment per process, shared by every compiled model (creating one looks for accelerators
+    and logs each on stderr). It lives until the process exits; LiteRT logs INFO lines on stderr when it is
+    destroyed then, so fd 2 goes to a sink once Python's own exit handlers have run (LITESHIP_VERBOSE=1 keeps
+    them)."""
+    import ai_edge_litert
+    from ai_edge_litert.environment import Environment, EnvironmentOptions
+
+    with native_stderr_captured():
+        env = Environment.create(options=EnvironmentOptions(runtime_path=os.path.dirname(ai_edge_litert.__file__)))
+    if not os.environ.get("LITESHIP_VERBOSE"):
+        def sink():
+            sys.stderr.flush()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+
+        atexit.register(sink)
+    return env
+
+
+def backend_version(backend: str = "auto") -> str:
+    """'litert 2.3.0' etc.: what a cache of the backend's own artefacts must be keyed by."""
+    chosen, _ = resolve_backend(backend)
+    return f"{chosen.name} {_version(chosen)}"

@@ -16,6 +16,14 @@ HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
 needs_tensorflow = pytest.mark.skipif(not HAS_TENSORFLOW, reason="needs the [convert] extra (TensorFlow)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_liteship_cache(tmp_path_factory):
+    """Caches the runtime writes (extracted bundles, XNNPACK weight caches) go to a temporary folder, not ~."""
+    if "LITESHIP_CACHE" not in os.environ:
+        os.environ["LITESHIP_CACHE"] = str(tmp_path_factory.mktemp("liteship-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def fixture_bundles(tmp_path_factory) -> Path:
     """The shared runtime bundles: from $LITESHIP_TEST_BUNDLES (built by an earlier CI step for the TF-free

@@ -3,20 +3,21 @@
 Two functions share one set of variables (exported as a SavedModel with variables, so the converter never holds the
 weights as embedded graph constants):
 
-  prefill(embeds[P, E], positions[P], mask[P, C+P], k_0..k_{L-1}[H, C, hd], v_0..v_{L-1}[H, C, hd])
-      -> logits[P, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
+  prefill(embeds[P, E], positions[P], mask[P, S+P], k_0..k_{L-1}[H, S, hd], v_0..v_{L-1}[H, S, hd], rows[R])
+      -> logits[R, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
   decode(embeds[1, E], position[1], mask[1, S+1], k_i[H, S, hd], v_i[H, S, hd])
       -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
 
-C is the static max_context, P the static prefill chunk, L layers, H heads, hd head size, V vocab. S, decode's
-slot count, is left open in the graph: the runtime sizes it to the slots in use (S <= C, grown in steps).
+C is max_context, P the static prefill chunk, L layers, H heads, hd head size, V vocab. S, the cache's slot count,
+is left open in the graph: the runtime sizes it to the slots in use (S <= C, grown in steps), per signature. R,
+the number of positions that get logits (`rows`, indices into the chunk), is open too: 1 in generation.
 Why this layout (measured, see docs/gpt2_kv_cache.md):
 - The cache is an *input* per layer that the runtime owns and never sends back: the model emits only the K/V of
   the new token(s); the runtime writes that slice into the interpreter's input buffer in place. Nothing in the
   graph copies or blends the whole cache, so a step costs the weights plus one read of the cache.
 - K and V are both stored [H, C, hd], so a new token's K/V is one contiguous row per head; decode attends with
   MUL + SUM over the cache (each byte read once), prefill with BATCH_MATMUL (see attend()).
-- Attention runs over all C slots with an additive mask the runtime maintains (0 = valid, -1e9 = empty), plus the
+- Attention runs over the S slots with an additive mask the runtime maintains (0 = valid, -1e9 = empty), plus the
   new token(s) attending to themselves through a separate [.., T] block, so the new K/V never has to be in the cache
   before the step that produces it.
 - Weights for matrix products are stored [out, in] (FULLY_CONNECTED's own layout) so the converter folds no
@@ -69,8 +70,8 @@ def attend(q, k, v, k_cache, v_cache, mask):
     Decode (T=1) uses MUL + SUM instead of BATCH_MATMUL: with a non-constant right-hand side the BATCH_MATMUL
     kernels repack/transpose the whole cache on every call, which made attention over C=1024 cost more than all
     the int8 weights of a step (docs/gpt2_kv_cache.md); the elementwise form reads each cache byte once.
-    In decode C is not fixed in the graph (the runtime sizes the cache inputs to the slots in use), so nothing
-    here may depend on it: shapes are -1 and the new token's own column is the last one.
+    C is not fixed in the graph (the runtime sizes the cache inputs to the slots in use, in prefill too), so
+    nothing here may depend on it: shapes are -1 and the new tokens' own columns are the last T.
     """
     H, T, hd = q.shape
     if T == 1:
@@ -84,8 +85,7 @@ def attend(q, k, v, k_cache, v_cache, mask):
         weights = tf.reshape(probs[:, :, :-1], (H, -1, 1))  # (H, C, 1)
         out = tf.reduce_sum(weights * v_cache, axis=1, keepdims=True)  # (H, 1, hd)
         return out + probs[:, :, -1:] * v  # (H, 1, hd)
-    C = k_cache.shape[1]
-    return tf.matmul(probs[:, :, :C], v_cache) + tf.matmul(probs[:, :, C:], v)  # (H, T, hd)
+    return tf.matmul(probs[:, :, :-T], v_cache) + tf.matmul(probs[:, :, -T:], v)  # (H, T, hd)
 
 
 class GPT2TF(tf.Module):
@@ -147,7 +147,9 @@ class GPT2TF(tf.Module):
         x = x + self._linear(self._act(self._linear(h, f"h.{i}.mlp.c_fc")), f"h.{i}.mlp.c_proj")
         return x, k, v
 
-    def forward(self, embeds, positions, mask, k_caches, v_caches):
+    def forward(self, embeds, positions, mask, k_caches, v_caches, rows=None):
+        """rows (prefill only): which of the T positions get logits. Generation asks for the last one only: the
+        LM head is 38.6M multiply-adds per row, and P rows of logits are P x V floats of arena."""
         wte = self._w("wte.weight")
         x = embeds + tf.gather(self._w("wpe.weight"), positions)  # (T, E)
         ks, vs = [], []
@@ -155,29 +157,36 @@ class GPT2TF(tf.Module):
             x, k, v = self._block(i, x, k_caches[i], v_caches[i], mask)
             ks.append(k)
             vs.append(v)
+        if rows is not None:
+            x = tf.gather(x, rows)  # (R, E)
         x = self._final_layer_norm(x)
-        logits = tf.matmul(x, wte, transpose_b=True)  # (T, V): the LM head is the tied token embedding
+        logits = tf.matmul(x, wte, transpose_b=True)  # (R, V): the LM head is the tied token embedding
         return {"logits": logits, "k_new": tf.stack(ks), "v_new": tf.stack(vs)}  # k/v: (L, H, T, hd)
 
     def input_signature(self, decode: bool) -> list:
-        """Prefill: T = P tokens over a static C. Decode: T = 1, and the slot count is left open (-1 in the
-        .tflite's shape signature): the runtime sizes its cache inputs to the slots in use and grows them with the
-        text, so a step at position 100 reads 128 slots of cache rather than max_context (docs/gpt2_kv_cache.md)."""
+        """Prefill: T = P tokens; decode: T = 1. In both the cache's slot count is left open (-1 in the .tflite's
+        shape signature): the runtime sizes its cache inputs to the slots in use and grows them with the text, so
+        a step at position 100 reads 128 slots of cache rather than max_context, and a prefill of the first chunk
+        holds no cache at all (docs/gpt2_kv_cache.md). Prefill's ``rows`` (length open) picks the positions that
+        get logits: the last one in generation, all P for evaluation."""
         cfg = self.cfg
-        T, C = (1, None) if decode else (self.P, self.C)
-        (kshape, vshape) = cache_shapes(cfg, C)
+        T = 1 if decode else self.P
+        (kshape, vshape) = cache_shapes(cfg, None)
         specs = [tf.TensorSpec((T, cfg.n_embd), tf.float32, name="embeds"),
                  tf.TensorSpec((T,), tf.int32, name="position" if decode else "positions"),
-                 tf.TensorSpec((T, None if C is None else C + T), tf.float32, name="mask")]
+                 tf.TensorSpec((T, None), tf.float32, name="mask")]
         specs += [tf.TensorSpec(kshape, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)]
         specs += [tf.TensorSpec(vshape, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]
+        if not decode:
+            specs.append(tf.TensorSpec((None,), tf.int32, name="rows"))
         return specs
 
     def concrete_function(self, decode: bool):
         L = self.cfg.n_layer
 
         def fn(*args):
-            return self.forward(args[0], args[1], args[2], list(args[3:3 + L]), list(args[3 + L:]))
+            rows = args[3 + 2 * L] if len(args) > 3 + 2 * L else None  # prefill's; absent: logits for all T
+            return self.forward(args[0], args[1], args[2], list(args[3:3 + L]), list(args[3 + L:3 + 2 * L]), rows)
 
         return tf.function(fn, input_signature=self.input_signature(decode)).get_concrete_function()
 

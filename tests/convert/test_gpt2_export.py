@@ -94,12 +94,13 @@ def test_bundle_carries_signatures_tokenizer_and_generation_config(tmp_path_fact
     assert b.asset("vocab").is_file() and b.asset("merges").is_file()
     specs = {s: {t["name"]: t for t in b.signatures[s]["inputs"] + b.signatures[s]["outputs"]}
              for s in ("prefill", "decode")}
-    # decode leaves its slot count open (-1): the runtime sizes the cache to the text; prefill's C is fixed
-    assert specs["decode"]["mask"]["shape"] == [1, -1] and specs["prefill"]["mask"]["shape"] == [P, C + P]
+    # both leave the cache's slot count open (-1): the runtime sizes each cache to the slots in use; prefill's
+    # rows (which positions get logits) is open too: 1 in generation, P for evaluation
+    assert specs["decode"]["mask"]["shape"] == [1, -1] and specs["prefill"]["mask"]["shape"] == [P, -1]
     assert specs["decode"]["k_1"]["shape"] == [2, -1, 16] and specs["decode"]["v_1"]["shape"] == [2, -1, 16]
-    assert specs["prefill"]["k_1"]["shape"] == [2, C, 16]
+    assert specs["prefill"]["k_1"]["shape"] == [2, -1, 16] and specs["prefill"]["rows"]["shape"] == [-1]
     assert specs["decode"]["logits"]["shape"] == [1, 300] and specs["decode"]["embeds"]["shape"] == [1, 32]
-    assert specs["prefill"]["k_new"]["shape"] == [2, 2, P, 16]
+    assert specs["prefill"]["logits"]["shape"] == [-1, 300] and specs["prefill"]["k_new"]["shape"] == [2, 2, P, 16]
 
 
 @pytest.mark.parametrize("quant,dtype", [("fp32", "float32"), ("dynamic-int8", "int8")])
@@ -160,8 +161,9 @@ def test_cli_convert_gpt2(tmp_path_factory, tmp_path):
 
 
 def test_a_bundle_with_a_fixed_decode_cache_still_runs(tmp_path, monkeypatch):
-    """Bundles converted before decode's slot count was left open have a fixed [H, C, hd] cache: they run with
-    all C slots, and asking to grow the cache says to re-convert."""
+    """Bundles converted before the slot counts were left open have a fixed [H, C, hd] cache in both signatures
+    and prefill logits for all P positions (no `rows`): they run with all C slots, and asking to grow the cache
+    says to re-convert."""
     from liteship.convert.gpt2 import model as gpt2_model
     from liteship.convert.gpt2.export import export
     from liteship.errors import RuntimeLiteshipError
@@ -169,13 +171,16 @@ def test_a_bundle_with_a_fixed_decode_cache_still_runs(tmp_path, monkeypatch):
 
     open_signature = gpt2_model.GPT2TF.input_signature
 
-    def fixed_signature(self, decode):
+    def fixed_signature(self, decode):  # the layout of those bundles: shaped I/O, a fixed C everywhere
         import tensorflow as tf
 
-        C = self.C
-        return [tf.TensorSpec([C + 1 if d is None and len(s.shape) == 2 else C if d is None else d
-                               for d in s.shape.as_list()], s.dtype, name=s.name)
-                for s in open_signature(self, decode)]
+        cfg, C, T = self.cfg, self.C, 1 if decode else self.P
+        cache = (cfg.n_head, C, cfg.head_dim)
+        return [tf.TensorSpec((T, cfg.n_embd), tf.float32, name="embeds"),
+                tf.TensorSpec((T,), tf.int32, name="position" if decode else "positions"),
+                tf.TensorSpec((T, C + T), tf.float32, name="mask"),
+                *[tf.TensorSpec(cache, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)],
+                *[tf.TensorSpec(cache, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]]
 
     monkeypatch.setattr(gpt2_model.GPT2TF, "input_signature", fixed_signature)
     ckpt = tmp_path / "ckpt"
@@ -186,6 +191,10 @@ def test_a_bundle_with_a_fixed_decode_cache_still_runs(tmp_path, monkeypatch):
 
     old = KVCacheSession(tmp_path / "old")
     assert not old.grow_cache and old.slots == BUNDLE_OPTIONS["max_context"]
+    assert not old._prefill_open and old.prefill_slots == BUNDLE_OPTIONS["max_context"]
+    assert not old._prefill_rows_open and old.prefill_rows == BUNDLE_OPTIONS["prefill_len"]
+    last = old.prefill(list(range(3, 14)), all_logits=False)  # 11 tokens: the last row of a 2nd, partial chunk
+    np.testing.assert_allclose(last, run_sequence(tmp_path / "new", list(range(3, 14)), 11)[-1:], atol=1e-5, rtol=0)
     ids = list(range(3, 40))
     np.testing.assert_allclose(run_sequence(tmp_path / "old", ids, 12), run_sequence(tmp_path / "new", ids, 12),
                                atol=1e-5, rtol=0)  # same weights, same graph up to the cache's shape

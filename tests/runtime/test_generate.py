@@ -193,3 +193,149 @@ def test_prefill_last_logits_only_equals_the_last_row(root):
     last = s.prefill(list(ref["prompt"]), all_logits=False)
     assert last.shape == (1, 300)
     np.testing.assert_allclose(last[0], ref["logits"][len(ref["prompt"]) - 1], atol=1e-4, rtol=0)  # fp32 tolerance
+
+
+def test_prefill_cache_holds_only_the_slots_a_chunk_attends_to(root, monkeypatch):
+    """The interpreter engine's prefill has its own cache copy; it was a fixed C slots beside decode's (72 MiB at
+    124M, C=1024). Now a first chunk gets one masked slot, later chunks the filled slots rounded up to a step, and
+    reset() shrinks it again; logits equal those of a session with all C slots everywhere, and PyTorch's."""
+    monkeypatch.setattr("liteship.runtime.generate.SLOT_STEP", 16)
+    ref = np.load(root / "gpt2.reference.npz")
+    seq = list(ref["prompt"]) + list(ref["continuation"])  # 60 tokens, chunks of P = 8, C = 64
+    grown = KVCacheSession(root / "gpt2-fp32", engine="interpreter")
+    full = KVCacheSession(root / "gpt2-fp32", grow_cache=False, engine="interpreter")
+    H, hd = 2, 16
+    assert grown._prefill_cache[0][0].shape == (H, 1, hd) and full._prefill_cache[0][0].shape == (H, 64, hd)
+    first = grown.prefill(seq[:8])  # one chunk, nothing cached before it
+    assert grown.prefill_slots == 1
+    rest = grown.prefill(seq[8:40])  # chunks starting at 8, 16, 24, 32 attend to 16, 16, 32, 32 slots
+    assert grown.prefill_slots == 32 and grown._prefill_cache[0][0].shape == (H, 32, hd)
+    got = np.concatenate([first, rest])
+    np.testing.assert_allclose(got, full.prefill(seq[:40]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, ref["logits"][:40], atol=1e-4, rtol=0)  # the fp32 export test's tolerance
+    grown.reset()
+    assert grown.prefill_slots == 1 and grown._prefill_cache[0][0].shape == (H, 1, hd)
+
+
+def test_generation_prefill_computes_one_row_of_logits(root):
+    """Generation's prefill asks the graph for the last position's logits only (`rows` of length 1): the LM head
+    runs on one row, not P, and the output is one row of V floats. Asking for all logits again gives all P rows;
+    switching back and forth changes no value."""
+    ref = np.load(root / "gpt2.reference.npz")
+    prompt = list(ref["prompt"])  # 11 tokens: a full chunk of 8, then 3
+    s = KVCacheSession(root / "gpt2-fp32")
+    last = s.prefill(prompt, all_logits=False)
+    assert s.prefill_rows == 1 and s._prefill.outputs["logits"].shape == (1, 300)
+    np.testing.assert_allclose(last[0], ref["logits"][len(prompt) - 1], atol=1e-4, rtol=0)  # fp32 tolerance
+    s.reset()
+    every = s.prefill(prompt)
+    assert s.prefill_rows == 8 and s._prefill.outputs["logits"].shape == (8, 300)
+    np.testing.assert_allclose(every, ref["logits"][:len(prompt)], atol=1e-4, rtol=0)
+    s.reset()
+    np.testing.assert_array_equal(s.prefill(prompt, all_logits=False), last)
+
+
+def compiled_available():
+    from liteship.runtime.interpreter import compiled_model_available
+    return compiled_model_available()
+
+
+needs_compiled = pytest.mark.skipif("not compiled_available()", reason="needs ai-edge-litert 2.x (CompiledModel)")
+
+
+@needs_compiled
+@pytest.mark.parametrize("quant", ["fp32", "dynamic-int8"])
+def test_compiled_engine_equals_the_interpreter_through_chunks_steps_and_growth(tmp_path_factory, monkeypatch,
+                                                                                 quant):
+    """The CompiledModel engine (weights packed once into a file, numpy buffers bound zero-copy) gives the same
+    logits as the Interpreter engine through prefill chunks, decode steps, cache growths and a prefill that
+    resumes on a grown cache; fp32 also equals PyTorch."""
+    monkeypatch.setattr("liteship.runtime.generate.SLOT_STEP", 16)
+    root = gpt2_bundles(tmp_path_factory, quants=(quant,))
+    ref = np.load(root / "gpt2.reference.npz")
+    seq = list(ref["prompt"]) + list(ref["continuation"])  # 60 tokens, C = 64
+
+    def run(engine):
+        s = KVCacheSession(root / f"gpt2-{quant}", engine=engine)
+        assert s.engine == engine
+        out = [s.prefill(seq[:20])] + [s.decode(t)[None] for t in seq[20:40]] + [s.prefill(seq[40:60])]
+        assert s.slots == 64
+        return np.concatenate(out)
+
+    compiled, interpreted = run("compiled"), run("interpreter")
+    np.testing.assert_allclose(compiled, interpreted, atol=1e-5, rtol=0)  # same kernels; only sum order may differ
+    if quant == "fp32":
+        np.testing.assert_allclose(compiled, ref["logits"][:60], atol=1e-4, rtol=0)  # the fp32 export test's
+
+
+@needs_compiled
+def test_weight_cache_is_a_file_keyed_by_model_and_backend_and_reused(root, tmp_path, monkeypatch):
+    """The compiled engine's packed weights go to LITESHIP_CACHE/xnnpack/<model sha256>-<backend version>: the
+    first session writes the file, a second maps it (the file is not rewritten) and gives the same logits."""
+    from liteship.runtime.bundle import Bundle
+    from liteship.runtime.interpreter import backend_version
+
+    monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
+    bundle = Bundle.open(root / "gpt2-dynamic-int8")
+    prompt = list(np.load(root / "gpt2.reference.npz")["prompt"])
+    first = KVCacheSession(bundle, engine="compiled")
+    path = first.weight_cache
+    assert path.parent == tmp_path / "cache" / "xnnpack" and path.is_file() and path.stat().st_size > 0
+    assert path.name.startswith(bundle.sha256()[:24]) and backend_version().replace(" ", "-") in path.name
+    want = first.prefill(prompt, all_logits=False)
+    written = (path.stat().st_mtime_ns, path.stat().st_size)
+    second = KVCacheSession(bundle, engine="compiled")
+    assert second.weight_cache == path and (path.stat().st_mtime_ns, path.stat().st_size) == written
+    np.testing.assert_array_equal(second.prefill(prompt, all_logits=False), want)
+
+
+@needs_compiled
+def test_engine_choice(root, tmp_path, monkeypatch):
+    """auto picks the compiled engine when LiteRT has it, the interpreter when asked; an unwritable cache folder
+    means no weight cache file (still correct); an unknown engine is refused."""
+    assert KVCacheSession(root / "gpt2-fp32").engine == "compiled"
+    assert KVCacheSession(root / "gpt2-fp32", engine="interpreter").engine == "interpreter"
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("LITESHIP_CACHE", str(blocked))
+    s = KVCacheSession(root / "gpt2-fp32", engine="compiled")
+    assert s.weight_cache is None
+    ref = np.load(root / "gpt2.reference.npz")
+    np.testing.assert_allclose(s.prefill(list(ref["prompt"])), ref["logits"][:len(ref["prompt"])], atol=1e-4, rtol=0)
+    with pytest.raises(RuntimeLiteshipError, match="unknown engine 'gpu'"):
+        KVCacheSession(root / "gpt2-fp32", engine="gpu")
+
+
+@needs_compiled
+def test_compiled_engine_has_one_cache_memory_for_both_signatures(root, monkeypatch):
+    """With the compiled engine prefill reads decode's cache arrays themselves (no second copy, no syncing), also
+    after a growth re-binds them; logits as PyTorch's."""
+    monkeypatch.setattr("liteship.runtime.generate.SLOT_STEP", 16)
+    ref = np.load(root / "gpt2.reference.npz")
+    seq = list(ref["prompt"]) + list(ref["continuation"])
+    s = KVCacheSession(root / "gpt2-fp32", engine="compiled")
+
+    def shared():
+        (dk, dv), (pk, pv) = s._decode_cache, s._prefill.cache(s.n_layer)
+        return all(a is b for a, b in zip(dk + dv, pk + pv))
+
+    assert s._shared_cache and shared() and s.prefill_slots == s.slots == 16
+    got = [s.prefill(seq[:20])]  # grows to 32 slots before the chunk at 16
+    assert s.slots == s.prefill_slots == 32 and shared()
+    got += [s.decode(t)[None] for t in seq[20:36]]
+    got.append(s.prefill(seq[36:60]))
+    assert s.slots == 64 and shared()
+    np.testing.assert_allclose(np.concatenate(got), ref["logits"][:60], atol=1e-4, rtol=0)  # fp32 tolerance
+
+
+@needs_compiled
+def test_cli_with_the_compiled_engine_prints_nothing_but_its_own_output(root, tmp_path):
+    """LiteRT's environment logs INFO lines on stderr when created and when destroyed at exit; the CLI's stderr
+    holds liteship's own lines only."""
+    env = dict(__import__("os").environ, LITESHIP_CACHE=str(tmp_path / "cache"))
+    env.pop("LITESHIP_VERBOSE", None)
+    res = subprocess.run([sys.executable, "-m", "liteship.cli", "run", "gpt2", str(root / "gpt2-fp32"), "--prompt",
+                          "hello", "--max-new-tokens", "3", "--stats"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "INFO" not in res.stderr and "WARNING" not in res.stderr, res.stderr
+    assert "new tokens" in res.stderr and list((tmp_path / "cache" / "xnnpack").iterdir())
