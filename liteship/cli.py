@@ -19,7 +19,7 @@ import sys
 import click
 
 from liteship import __version__
-from liteship.errors import LiteshipError
+from liteship.errors import debug_enabled, describe
 
 # The one CLI tree. Each group maps to a package; each command lives in its stage's own module and is imported
 # only when used. Command modules import TensorFlow inside the command body, so even `--help` never loads it.
@@ -104,23 +104,43 @@ for _group, _commands in COMMANDS.items():
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: a user error is one line on stderr and exit 1, never a traceback."""
+    """Console entry point: any error is one line ``error: ...`` on stderr, exit 1 (2 for usage, 130 on Ctrl-C),
+    never a traceback unless LITESHIP_DEBUG=1 asks for the whole chain."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         rv = cli.main(args=argv, prog_name="liteship", standalone_mode=False)
-    except LiteshipError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the one place every exception becomes a line and an exit code
+        sys.exit(report(exc))
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def report(exc: BaseException) -> int:
+    """Prints ``exc`` the way the CLI promises and returns the exit code."""
+    code, message = describe(exc)
+    if debug_enabled():
+        _print_chain(exc)
+    elif isinstance(exc, click.exceptions.UsageError) and exc.ctx is not None:
+        click.echo(exc.ctx.get_usage(), err=True)
+        click.echo(f"Try '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help.", err=True)
+    try:
+        click.echo(f"error: {message}", err=True)
+    except OSError:  # stderr itself is gone (a closed pipe): the exit code still tells
+        pass
+    return code
+
+
+def _print_chain(exc: BaseException) -> None:
+    """The full traceback chain, including the causes hidden by ``raise ... from None``."""
+    import traceback
+
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__suppress_context__ = False
+        e = e.__cause__ or e.__context__
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
 if __name__ == "__main__":
