@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from liteship.options import POSITIVE_FLOAT, Number
+
 from liteship.convert.quant import SUFFIXES, Quant
 from liteship.errors import ConvertError
 
@@ -98,9 +100,10 @@ def common_options(fn):
                      help="Keep ops with no TFLite builtin as Flex ops (the device then needs the Flex delegate)."),
         click.option("--labels", type=click.Path(path_type=Path), default=None, help="Labels, one per line."),
         click.option("--signature", default=None, help="SavedModel signature to convert (default serving_default)."),
-        click.option("--mean", type=float, multiple=True, default=(0.0,), show_default=True,
+        click.option("--mean", type=Number(float), multiple=True, default=(0.0,), show_default=True,
                      help="Image inputs: normalized = (pixel/255 - mean) / std; 1 or 3 values."),
-        click.option("--std", type=float, multiple=True, default=(1.0,), show_default=True),
+        click.option("--std", type=POSITIVE_FLOAT, multiple=True, default=(1.0,), show_default=True,
+                     help="1 or 3 values, each > 0."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Number, Threads
+
 from liteship.errors import DeviceError
 
 TARGET_HELP = "local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL or adb:HOST:PORT"
@@ -26,9 +28,9 @@ def adb_options(fn):
     options = [
         click.option("--adb-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="adb private key (default ~/.android/adbkey; created 0600 if absent)."),
-        click.option("--adb-auth-timeout", type=float, default=None, metavar="S",
+        click.option("--adb-auth-timeout", type=POSITIVE_FLOAT, default=None, metavar="S",
                      help="Seconds to wait for 'Allow USB debugging?' to be accepted on the phone (default 60)."),
-        click.option("--adb-timeout", type=float, default=None, metavar="S",
+        click.option("--adb-timeout", type=POSITIVE_FLOAT, default=None, metavar="S",
                      help="Seconds one adb command may run when liteship sets no limit of its own (default 900)."),
     ]
     for option in reversed(options):
@@ -102,12 +104,12 @@ def kinds() -> None:
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--device", "-d", "devices", multiple=True, metavar="TARGET",
               help=f"Where to run ({TARGET_HELP}); repeat for several devices, run in parallel. Default: local.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: the runtime's).")
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", type=Threads(), default=None, help="Interpreter threads (default: the runtime's).")
+@click.option("--runs", type=POSITIVE_INT, default=50, show_default=True, help="Timed runs.")
+@click.option("--warmup", type=NON_NEGATIVE_INT, default=5, show_default=True, help="Untimed warm-up runs.")
 @click.option("--cores", type=click.Choice(["all", "big", "fastest"]), default="all", show_default=True,
               help="Pin to the big cores (faster than the slowest cluster) or the fastest cores only.")
-@click.option("--cool-below", type=click.IntRange(min=1), default=None, metavar="DEG_C",
+@click.option("--cool-below", type=Number(int, min=1, max=150), default=None, metavar="DEG_C",
               help="Wait until every thermal zone reads below DEG_C before running.")
 @click.option("--benchmark-binary", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The official benchmark_model binary for the device's ABI (pushed once, cached by hash).")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from liteship.options import POSITIVE_INT
+
 from liteship.convert.bit.config import PRESETS
 
 
@@ -19,12 +21,12 @@ from liteship.convert.bit.config import PRESETS
               help="Folder of your own images (or .npy arrays) to calibrate int8 on.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Text file with one class name per line, as many as the head has classes.")
-@click.option("--image-size", type=int, default=None, help="Input resolution (square). Default 224.")
+@click.option("--image-size", type=POSITIVE_INT, default=None, help="Input resolution (square). Default 224.")
 @click.option("--io-type", type=click.Choice(["float32", "int8", "uint8"]), default="float32", show_default=True,
               help="Model input/output type; int8/uint8 need --quant int8 (Edge TPU wants them).")
 @click.option("--input-range", type=click.Choice(["-1,1", "0,1"]), default=None,
               help="Input convention; default [-1, 1] for .npz, detected for a SavedModel.")
-@click.option("--calibration-limit", type=int, default=200, show_default=True,
+@click.option("--calibration-limit", type=POSITIVE_INT, default=200, show_default=True,
               help="Use at most this many calibration images.")
 @click.option("--groupnorm", type=click.Choice(["channelmean", "matmul", "reshape"]), default="channelmean",
               show_default=True, help="GroupNorm lowering, for comparisons (docs/bit_groupnorm.md).")

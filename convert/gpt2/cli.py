@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import click
 
+from liteship.options import POSITIVE_INT
+
 
 @click.command("gpt2")
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=str), help="Bundle folder to write.")
 @click.option("--quant", default="fp32", show_default=True, help="fp32, fp16 or dynamic-int8.")
-@click.option("--max-context", type=int, default=None,
+@click.option("--max-context", type=POSITIVE_INT, default=None,
               help="Longest sequence (prompt + generated) the bundle can hold [default: the model's n_positions].")
-@click.option("--prefill-len", type=int, default=None,
+@click.option("--prefill-len", type=POSITIVE_INT, default=None,
               help="Prompt tokens processed per prefill call [default: 128, at most --max-context].")
 def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     """Convert a GPT-2 checkpoint (config.json, model.safetensors / pytorch_model.bin / tf_model.h5, tokenizer
