@@ -38,15 +38,36 @@ def image_preprocessing(input_spec: dict, mean: tuple[float, ...], std: tuple[fl
             "channels": "RGB" if channels == 3 else "L", "layout": "NHWC"}
 
 
+def read_labels(path: Path) -> list[str]:
+    """One class name per line (blank lines skipped), UTF-8 text; raises ConvertError naming the file."""
+    if not path.is_file():
+        raise ConvertError(f"--labels {path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConvertError(f"--labels {path}: not UTF-8 text (byte {exc.start}); give one label per line") from None
+    if "\0" in text:
+        raise ConvertError(f"--labels {path}: a binary file, not one label per line")
+    found = [line.strip() for line in text.splitlines() if line.strip()]
+    if not found:
+        raise ConvertError(f"--labels {path}: no labels in it")
+    return found
+
+
 def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quant, calibration: Path | None,
                       io_type: str, allow_tf_ops: bool, labels: Path | None, signature: str | None,
                       mean: tuple[float, ...], std: tuple[float, ...], family: str = "classifier") -> Path:
     """SavedModel -> bundle, with progress on stderr. Shared by the savedmodel and keras commands."""
-    from liteship.convert.bundle import hash_source, write_bundle
+    from liteship.convert.bundle import check_out_dir, hash_source, write_bundle
     from liteship.convert.calibration import representative_dataset
     from liteship.convert.tflite import convert_saved_model, saved_model_signature
 
+    check_out_dir(out)
+    label_list = read_labels(labels) if labels is not None else None
     key, input_spec = saved_model_signature(saved_model, signature)
+    classes = input_spec.pop("output_classes", None) if input_spec else None
+    if label_list is not None and classes is not None and len(label_list) != classes:
+        raise ConvertError(f"--labels {labels}: {len(label_list)} labels, but the model has {classes} classes")
     preprocessing = image_preprocessing(input_spec, mean, std) if input_spec else {}
     rep = None
     if quant.needs_calibration:
@@ -65,11 +86,7 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
     elif calibration is not None:
         progress(f"note: --calibration is ignored for --quant {quant.value}")
     assets = {}
-    label_list = None
-    if labels is not None:
-        if not labels.is_file():
-            raise ConvertError(f"labels file {labels} does not exist")
-        label_list = [line.strip() for line in labels.read_text().splitlines() if line.strip()]
+    if label_list is not None:
         assets["labels"] = ("assets/labels.txt", ("\n".join(label_list) + "\n").encode())
     progress(f"converting {source} ({quant.value}, signature {key})")
     data, report = convert_saved_model(saved_model, quant, signature_keys=[key], representative_dataset=rep,
@@ -132,9 +149,14 @@ def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, si
     """Convert a Keras model file (.keras, .h5) to a bundle."""
     from liteship.convert.tflite import keras_as_saved_model
 
+    from liteship.convert.bundle import check_out_dir
+
     q = Quant.parse(quant)
     if not path.exists():
         raise ConvertError(f"{path} does not exist")
+    check_out_dir(out or default_out(path, q))
+    if labels is not None:
+        read_labels(labels)
     progress(f"loading {path}")
     with keras_as_saved_model(path) as saved_model:
         result = convert_to_bundle(saved_model, source=path, out=out or default_out(path, q), quant=q,

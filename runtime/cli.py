@@ -95,7 +95,7 @@ def _load_input(spec: str, expected: dict) -> tuple[np.ndarray, str]:
     if arr.ndim == len(want) - 1:
         arr = arr[None]
     if arr.ndim != len(want) or any(w not in (-1, a) for w, a in zip(want, arr.shape)):
-        raise RuntimeLiteshipError(f"--input {spec} has shape {list(arr.shape)}; {expected['name']} expects {want}")
+        raise RuntimeLiteshipError(f"--input {spec} has shape {arr.shape}; {expected['name']} expects {want}")
     dtype = np.dtype(expected["dtype"])
     if arr.dtype == dtype or dtype.kind == "f":
         return arr.astype(dtype), ""

@@ -54,7 +54,7 @@ def require(mapping: dict, key: str, kind: type | tuple, where: str, *, error: t
     if key not in mapping or (optional and mapping[key] is None):
         if optional:
             return None
-        raise error(f"{where}: missing key {key!r}")
+        raise error(f"{where}: lacks {key!r}")
     value = mapping[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
@@ -81,7 +81,7 @@ def load_array(path: str | Path, *, error: type[LiteshipError] = LiteshipError):
         return np.load(path, allow_pickle=False)
     except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
         reason = str(exc) or type(exc).__name__
-        kind = "an empty file" if path.stat().st_size == 0 else f"not a readable .npy/.npz array ({reason})"
+        kind = "an empty file" if path.stat().st_size == 0 else f"not a readable .npz/.npy array ({reason})"
         raise error(f"{path}: {kind}") from None
 
 

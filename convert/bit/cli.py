@@ -38,6 +38,9 @@ def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_typ
     ops XNNPACK runs; the bundle records size, resize and normalization so the runtime never guesses.
     """
     from liteship.convert.bit.export import export_bit
+    from liteship.convert.bundle import check_out_dir
+
+    check_out_dir(out_dir)
 
     out = export_bit(source, out_dir, variant=variant, quant=quant, calibration=calibration, labels=labels,
                      image_size=image_size, io_type=io_type, input_range=input_range,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from liteship.convert.bit import weights as W
 from liteship.convert.bit.config import BiTConfig, get_config
 from liteship.convert.quant import Quant
 from liteship.errors import ConvertError
+from liteship.runtime.files import work_dir
 
 FAMILY = "bit"
 TASK = "image-classification"
@@ -171,7 +171,7 @@ def keras_to_tflite(model, quant: Quant, *, representative_dataset=None, io_type
     """tf_keras model -> (.tflite bytes, conversion report) through a temporary SavedModel."""
     from liteship.convert.tflite import convert_saved_model, export_keras_to_saved_model
 
-    tmp = Path(tempfile.mkdtemp(prefix="liteship-bit-"))
+    tmp = work_dir("bit")  # named with the pid; a later run sweeps it if this one is killed
     try:
         export_keras_to_saved_model(model, tmp / "saved_model")
         return convert_saved_model(tmp / "saved_model", quant, representative_dataset=representative_dataset,

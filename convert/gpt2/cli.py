@@ -18,9 +18,37 @@ from liteship.options import POSITIVE_INT
 def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     """Convert a GPT-2 checkpoint (config.json, model.safetensors / pytorch_model.bin / tf_model.h5, tokenizer
     files) to a bundle with `prefill` and `decode` signatures and a runtime-owned KV cache."""
+    from liteship.convert.bundle import check_out_dir
     from liteship.convert.gpt2.export import export
 
+    check_out_dir(out_dir)
+    check_tokenizer(checkpoint_dir)
     report = export(checkpoint_dir, out_dir, quant=quant, max_context=max_context, prefill_len=prefill_len,
                     progress=lambda msg: click.echo(msg, err=True))
     click.echo(f"wrote {report.bundle} ({report.tflite_bytes / 1e6:.1f} MB model, {report.quantization}) in "
                f"{report.seconds:.1f} s, peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB")
+
+
+def check_tokenizer(checkpoint_dir) -> None:
+    """Builds the runtime's own tokenizer from the checkpoint's files, so a corrupt vocab.json or merges.txt fails
+    here, naming the file, and not later on the device."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from liteship.convert.gpt2.export import tokenizer_assets
+    from liteship.errors import BundleError, ConvertError
+    from liteship.runtime.tokenizer import ByteLevelBPETokenizer
+
+    ckpt = Path(checkpoint_dir)
+    if not ckpt.is_dir():
+        raise ConvertError(f"{ckpt}: no such checkpoint folder")
+    assets = tokenizer_assets(ckpt)
+    files = SimpleNamespace(root=ckpt, manifest={"assets": {role: rel for role, (rel, _) in assets.items()}},
+                            config={}, asset=lambda role: assets[role][1])
+    try:
+        ByteLevelBPETokenizer.from_bundle(files)
+    except BundleError as exc:
+        raise ConvertError(f"{ckpt}: tokenizer: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        names = ", ".join(str(src.name) for _, src in assets.values())
+        raise ConvertError(f"{ckpt}: tokenizer files ({names}) are not a GPT-2 byte-level BPE ({exc!r:.80})") from None
