@@ -14,9 +14,9 @@ from typing import Mapping, Union
 
 import liteship
 from liteship.convert.quant import Quant
-from liteship.errors import ConvertError
+from liteship.errors import ConvertError, check_interrupted, signals_deferred
 from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME, SCHEMA
-from liteship.runtime.files import PARTIAL_SUFFIX, current_umask, sweep_partials, sweep_stale
+from liteship.runtime.files import PARTIAL_SUFFIX, current_umask, sweep_partials, sweep_stale, sweep_work_dirs
 from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, embed_metadata, read_model, sha256_file
 
 AssetSource = Union[str, os.PathLike, bytes]
@@ -50,6 +50,7 @@ def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool = True, option:
     """Refuses, before any conversion work, an output that write_bundle could not replace: a file, a folder that
     is not a bundle, or a place that cannot be written."""
     out_dir = Path(out_dir)
+    sweep_work_dirs()  # every conversion cleans up after killed ones, whatever their kind
     if out_dir.exists() and not overwrite:
         raise ConvertError(f"{option} {out_dir}: already exists")
     if out_dir.exists() and not out_dir.is_dir():
@@ -139,13 +140,17 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _readable_by_all(tmp)
 
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
+        check_interrupted()  # a Ctrl-C swallowed inside the converter must still keep the old bundle
+        with signals_deferred():  # the two renames are one step: never stop between them
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+                os.replace(out_dir, old)
+                os.replace(tmp, out_dir)
+            else:
+                old = None
+                os.replace(tmp, out_dir)
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
         return out_dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,8 +8,10 @@ internal error (still one line; ``LITESHIP_DEBUG=1`` shows the whole chain for e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -47,6 +49,61 @@ OS_HINTS = {
     getattr(errno, "EDQUOT", -1): "the disk quota is exhausted",
     errno.EROFS: "the file system is read-only",
 }
+
+
+# ---- Ctrl-C that nobody can swallow --------------------------------------------------------------------------
+# Python turns SIGINT into KeyboardInterrupt wherever the main thread happens to be. Inside TensorFlow's converter
+# that can be a finally/except or a callback whose exceptions are ignored, and the run went on to replace the old
+# bundle with exit 0. The CLI's handler also records the interrupt, so the commit points (replacing a bundle or an
+# output file) and the exit code see it even when the KeyboardInterrupt itself was lost.
+
+_interrupted: list = []
+_DEFERRED = {signal.SIGINT, signal.SIGTERM}
+
+
+def _on_sigint(signum, frame):
+    where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
+    _interrupted.append(where)
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handler() -> None:
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell runs us with it ignored
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def was_interrupted() -> bool:
+    return bool(_interrupted)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM wait until the block is done (they are delivered right after it)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+
+
+def interrupt_locations() -> list[str]:
+    return list(_interrupted)
+
+
+def check_interrupted() -> None:
+    """Raises KeyboardInterrupt if Ctrl-C was pressed at any time in this run, even if something swallowed it.
+
+    TensorFlow's converter leaves the main thread with every signal blocked (seen in /proc/PID/status SigBlk
+    during `convert savedmodel`), and its own threads block them too, so a Ctrl-C stayed pending and was never
+    delivered: the run replaced the old bundle and exited 0. Unblocking delivers a pending SIGINT here."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+    signal.getsignal(signal.SIGINT)  # a bytecode boundary: Python runs the handler of a just-delivered signal
+    if _interrupted:
+        raise KeyboardInterrupt
 
 
 def debug_enabled() -> bool:

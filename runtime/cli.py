@@ -127,6 +127,11 @@ def _scale_zero_point(details: dict) -> tuple[float, int]:
     return 0.0, 0
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _labels(bundle: Bundle) -> list[str]:
     if "labels" not in (bundle.manifest.get("assets") or {}):
         return []
@@ -164,8 +169,11 @@ def run_model(bundle: Path, inputs, signature, threads, backend, delegate, outpu
     signature = signature or ("serving_default" if "serving_default" in keys else keys[0])
     if signature not in keys:
         raise RuntimeLiteshipError(f"--signature {signature!r}: the model has {', '.join(keys)}")
-    runner = interp.get_signature_runner(signature)
-    details = runner.get_input_details()
+    try:
+        runner = interp.get_signature_runner(signature)
+        details = runner.get_input_details()
+    except (RuntimeError, ValueError) as exc:  # a damaged model the interpreter loaded but cannot prepare
+        raise RuntimeLiteshipError(f"{b.model_path}: the interpreter cannot prepare it: {_first_line(exc)}") from None
     names = list(details)
     feed = {}
     for i, item in enumerate(inputs):
@@ -181,7 +189,10 @@ def run_model(bundle: Path, inputs, signature, threads, backend, delegate, outpu
     missing = [n for n in names if n not in feed]
     if missing:
         raise RuntimeLiteshipError(f"missing input(s): {', '.join(missing)} (pass --input NAME=FILE.npy)")
-    out = runner(**feed)
+    try:
+        out = runner(**feed)
+    except (RuntimeError, ValueError) as exc:
+        raise RuntimeLiteshipError(f"{b.model_path}: the interpreter failed to run it: {_first_line(exc)}") from None
     if output:
         with atomic_output(output, option="--output", error=RuntimeLiteshipError) as tmp, open(tmp, "wb") as f:
             np.savez(f, **out)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from liteship.errors import LiteshipError
+from liteship.errors import LiteshipError, check_interrupted, os_error_message
 
 _KINDS = {dict: "a JSON object", list: "a JSON list"}
 
@@ -173,7 +173,13 @@ def atomic_output(path: str | Path, *, option: str = "", error: type[LiteshipErr
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~current_umask())
+        check_interrupted()
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or read-only folder: name the output, not the temporary file
+        if exc.filename is not None and exc.filename not in (str(tmp), tmp, str(path), path):
+            raise
+        label = f"{option} {path}" if option else str(path)
+        raise error(f"{label}: {os_error_message(exc).split(': ', 1)[-1]}") from exc
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
@@ -185,9 +191,17 @@ def current_umask() -> int:
     return mask
 
 
+WORK_KINDS = ("gpt2", "bit", "keras")
+
+
+def sweep_work_dirs() -> list[Path]:
+    """Removes the $TMPDIR work folders of liteship runs that were killed."""
+    root = Path(tempfile.gettempdir())
+    return [p for kind in WORK_KINDS for p in sweep_stale(root, f"liteship-{kind}-")]
+
+
 def work_dir(kind: str) -> Path:
     """A fresh ``liteship-<kind>-<pid>-...`` folder in $TMPDIR; stale ones of dead runs are swept first."""
-    root = Path(tempfile.gettempdir())
-    prefix = f"liteship-{kind}-"
-    sweep_stale(root, prefix)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
+    assert kind in WORK_KINDS, kind
+    sweep_work_dirs()
+    return Path(tempfile.mkdtemp(prefix=f"liteship-{kind}-{os.getpid()}-", dir=tempfile.gettempdir()))
