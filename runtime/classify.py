@@ -190,7 +190,8 @@ class ImageClassifier:
     def _check_input_shape(self) -> None:
         shape = tuple(int(d) for d in self._input["shape"])
         h, w = self.preprocessing.image_size
-        expected = (h, w, 3) if self.preprocessing.layout == "NHWC" else (3, h, w)
+        c = 1 if self.preprocessing.channels == "L" else 3
+        expected = (h, w, c) if self.preprocessing.layout == "NHWC" else (c, h, w)
         if shape[1:] != expected:
             raise BundleError(
                 f"{self.bundle.model_path}: input {self._input['name']!r} has shape {list(shape)} but the manifest "

@@ -214,8 +214,11 @@ class Preprocessing:
                 )
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """(H, W, 3) RGB pixels in [0, 255] -> one model input: (image_size..., 3) or (3, image_size...) float32."""
+        """(H, W, 3) RGB pixels in [0, 255] -> one model input: (image_size..., C) or (C, image_size...) float32,
+        C = 3, or 1 for channels "L"."""
         resize = RESIZERS[self.resize]
+        if self.channels == "L":
+            pixels = luminance(pixels)  # (H, W, 1), before resizing, as a training pipeline's convert("L") does
         if self.crop == "center":
             resized = resize(pixels, self.resize_to)  # (Rh, Rw, 3)
             top = (self.resize_to[0] - self.image_size[0]) // 2  # the odd pixel goes to the bottom/right
@@ -225,9 +228,21 @@ class Preprocessing:
             resized = resize(pixels, self.image_size)  # (H, W, 3)
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
+        if self.channels == "L":
+            mean, std = mean[:1], std[:1]  # one channel: the first mean/std value
         normalized = (resized / np.float32(255.0) - mean) / std
         normalized = normalized[..., _CHANNEL_ORDERS[self.channels]]
         return np.ascontiguousarray(_LAYOUTS[self.layout](normalized), dtype=np.float32)
+
+
+def luminance(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB -> (H, W, 1) gray exactly as Pillow's convert("L"): ITU-R 601-2 weights in 16-bit fixed
+    point, rounded, for uint8 pixels; the same weights, rounded, for float pixels."""
+    if pixels.dtype == np.uint8:
+        p = pixels.astype(np.uint32)
+        gray = (p[..., 0] * 19595 + p[..., 1] * 38470 + p[..., 2] * 7471 + 0x8000) >> 16
+        return gray.astype(np.uint8)[..., None]
+    return np.rint(np.asarray(pixels, np.float32) @ LUMA_WEIGHTS)[..., None]
 
 
 def preprocess(source: ImageSource, preprocessing: Preprocessing | dict, *, name: str | None = None) -> np.ndarray:
@@ -267,7 +282,8 @@ def _bilinear_taps(in_size: int, out_size: int) -> tuple[tuple[np.ndarray, np.nd
 # Declarative tables: a manifest value -> what it means here. An unknown value is a BundleError (see _check).
 RESIZERS = {"bilinear": resize_bilinear}
 _CROPS = frozenset({"none", "center"})
-_CHANNEL_ORDERS = {"RGB": [0, 1, 2], "BGR": [2, 1, 0]}
+_CHANNEL_ORDERS = {"RGB": [0, 1, 2], "BGR": [2, 1, 0], "L": [0]}
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 _LAYOUTS = {"NHWC": lambda hwc: hwc, "NCHW": lambda hwc: np.transpose(hwc, (2, 0, 1))}
 
 
