@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
 def _run(argv: list[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        with native_noise_hidden():
+        # In-process callers (tests) keep their own stderr capture: only the program hides native noise.
+        with native_noise_hidden() if argv is None else contextlib.nullcontext():
             rv = cli.main(args=argv, prog_name="liteship", standalone_mode=False)
         check_interrupted()  # a Ctrl-C that a library swallowed still ends the run with 130
     except SystemExit as exc:
