@@ -146,8 +146,9 @@ def test_nothing_listening_is_a_clear_error(adb_key):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # free now, and nothing listens on it
     target = open_target(f"adb:127.0.0.1:{port}", adb_key=str(adb_key), transport_timeout_s=2)
-    with pytest.raises(DeviceError, match=f"nothing listens at 127.0.0.1:{port}.*adb tcpip"):
+    with pytest.raises(DeviceError, match=f"nothing listens at 127.0.0.1:{port}.*adb tcpip") as info:
         target.run(["true"])
+    assert "enable wireless debugging" not in str(info.value)  # adb-shell cannot pair; tcpip is the way
 
 
 def test_usb_spec_without_a_usb_phone_is_a_clear_error(adb_key):
