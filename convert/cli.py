@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from liteship.options import POSITIVE_FLOAT, Number
+from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
 
 from liteship.convert.quant import SUFFIXES, Quant
 from liteship.errors import ConvertError
@@ -107,7 +107,7 @@ def common_options(fn):
     options = [
         click.option("--quant", "quant", type=click.Choice(QUANT_CHOICES), default="fp32", show_default=True,
                      help="Quantization mode."),
-        click.option("--out", type=click.Path(path_type=Path), default=None,
+        click.option("--out", "-o", "--output", "out", type=click.Path(path_type=Path), default=None,
                      help="Bundle folder to write (default: SOURCE-MODE in the current folder)."),
         click.option("--calibration", type=click.Path(path_type=Path), default=None,
                      help="Folder of images or .npy/.npz arrays for int8/int8x16 calibration."),
@@ -127,7 +127,7 @@ def common_options(fn):
     return fn
 
 
-@click.command()
+@click.command(cls=MultiValueCommand)
 @click.argument("path", type=click.Path(path_type=Path))
 @common_options
 def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
@@ -142,7 +142,7 @@ def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, label
     click.echo(str(result))
 
 
-@click.command()
+@click.command(cls=MultiValueCommand)
 @click.argument("path", type=click.Path(path_type=Path))
 @common_options
 def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:

@@ -15,6 +15,7 @@ import click
 from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Number, Threads
 
 from liteship.errors import DeviceError
+from liteship.runtime.files import check_output_path
 
 TARGET_HELP = "local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL or adb:HOST:PORT"
 
@@ -122,12 +123,16 @@ def kinds() -> None:
                    "benchmark_model: xnnpack, gpu, nnapi or hexagon.")
 @click.option("--workdir", default=None, help="Working folder on the devices (default: each target's own).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
-              help="Write all results (liteship.device-bench/1) to this file ('-': stdout, the report to stderr).")
+              is_flag=False, flag_value="-",
+              help="Print all results (liteship.device-bench/1) as JSON on stdout, the report on stderr, like the "
+                   "other commands' --json; --json FILE (or -o FILE) writes them to FILE instead.")
+@click.option("--output", "-o", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON results to this file.")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the Markdown report to this file.")
 @adb_options
 def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
-          python, signature, backend, delegate, workdir, json_out, report_out, adb_key, adb_auth_timeout,
+          python, signature, backend, delegate, workdir, json_out, json_file, report_out, adb_key, adb_auth_timeout,
           adb_timeout) -> None:
     """Benchmark BUNDLE on this host or on phones and boards: init, first inference, latency percentiles,
     peak memory, GPT-2 tok/s, with the device's facts.
@@ -137,6 +142,14 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
     """
     from .bench import BenchSettings, bench_targets, write_json_atomic
     from .report import markdown_report
+
+    if json_file is not None:
+        if json_out is not None and str(json_out) != "-":
+            raise click.UsageError("give the JSON file once: --json FILE or -o FILE")
+        json_out = json_file
+    for out in (json_out, report_out):
+        if out is not None and str(out) != "-":
+            check_output_path(out, error=DeviceError)
 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
                              benchmark_binary=benchmark_binary, python=python, signature=signature,

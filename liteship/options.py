@@ -80,3 +80,36 @@ class Utf8Text(click.ParamType):
 
 
 UTF8_TEXT = Utf8Text()
+
+
+class MultiValueCommand(click.Command):
+    """A command whose ``multi_value`` options also take several values after one flag, as their help says:
+    ``--mean 0.485 0.456 0.406`` reads as ``--mean 0.485 --mean 0.456 --mean 0.406`` (repeating still works)."""
+
+    multi_value: tuple[str, ...] = ("--mean", "--std")
+
+    def parse_args(self, ctx, args):
+        out, current, taken = [], None, False
+        for arg in args:
+            if current is not None and _is_number(arg):
+                out += [current, arg]
+                taken = True
+                continue
+            if current is not None and not taken:
+                out.append(current)  # a flag without a number after it: click reports or takes what follows
+            current, taken = None, False
+            if arg in self.multi_value:
+                current = arg
+                continue
+            out.append(arg)
+        if current is not None and not taken:
+            out.append(current)
+        return super().parse_args(ctx, out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -149,7 +149,8 @@ def _labels(bundle: Bundle) -> list[str]:
 @click.option("--threads", type=Threads(), default=None, help="Interpreter threads.")
 @click.option("--backend", default="auto", help="auto, litert, tflite-runtime or tf.")
 @click.option("--delegate", default=None, help="External delegate library, or 'edgetpu'.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write outputs to this .npz.")
+@click.option("--output", "-o", "--out", "output", type=click.Path(path_type=Path), default=None,
+              help="Write outputs to this .npz.")
 def run_model(bundle: Path, inputs, signature, threads, backend, delegate, output) -> None:
     """Run any bundle on .npy inputs and print its outputs.
 

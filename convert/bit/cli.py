@@ -11,12 +11,13 @@ from liteship.convert.bit.config import PRESETS
 
 @click.command("bit")
 @click.argument("source", type=click.Path(exists=False, path_type=str))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Bundle folder to write (replaced atomically if it is already a bundle).")
+@click.option("--out", "-o", "--output", "out_dir", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Bundle folder to write, replaced atomically if it is already a bundle (default: SOURCE-MODE in "
+                   "the current folder).")
 @click.option("--variant", default="R50x1", show_default=True,
               help=f"Architecture: {', '.join(PRESETS)} (BiT-M-/BiT-S- prefixes accepted).")
-@click.option("--quant", default="fp32", show_default=True,
-              help="fp32, fp16, dynamic-int8 or int8 (int8 needs --calibration).")
+@click.option("--quant", type=click.Choice(["fp32", "fp16", "dynamic-int8", "int8"]), default="fp32",
+              show_default=True, help="Quantization mode (int8 needs --calibration).")
 @click.option("--calibration", type=click.Path(exists=True, path_type=str), default=None,
               help="Folder of your own images (or .npy arrays) to calibrate int8 on.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
@@ -38,8 +39,14 @@ def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_typ
     ops XNNPACK runs; the bundle records size, resize and normalization so the runtime never guesses.
     """
     from liteship.convert.bit.export import export_bit
-    from liteship.convert.bundle import check_out_dir
+    from pathlib import Path
 
+    from liteship.convert.bundle import check_out_dir
+    from liteship.convert.cli import default_out
+    from liteship.convert.quant import Quant
+
+    if out_dir is None:
+        out_dir = str(default_out(Path(source), Quant.parse(quant)))
     check_out_dir(out_dir)
 
     out = export_bit(source, out_dir, variant=variant, quant=quant, calibration=calibration, labels=labels,

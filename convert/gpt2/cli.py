@@ -9,8 +9,10 @@ from liteship.options import POSITIVE_INT
 
 @click.command("gpt2")
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=str), help="Bundle folder to write.")
-@click.option("--quant", default="fp32", show_default=True, help="fp32, fp16 or dynamic-int8.")
+@click.option("--out", "-o", "--output", "out_dir", type=click.Path(path_type=str), default=None,
+              help="Bundle folder to write (default: CHECKPOINT_DIR-MODE in the current folder).")
+@click.option("--quant", type=click.Choice(["fp32", "fp16", "dynamic-int8"]), default="fp32", show_default=True,
+              help="Quantization mode.")
 @click.option("--max-context", type=POSITIVE_INT, default=None,
               help="Longest sequence (prompt + generated) the bundle can hold [default: the model's n_positions].")
 @click.option("--prefill-len", type=POSITIVE_INT, default=None,
@@ -18,9 +20,15 @@ from liteship.options import POSITIVE_INT
 def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     """Convert a GPT-2 checkpoint (config.json, model.safetensors / pytorch_model.bin / tf_model.h5, tokenizer
     files) to a bundle with `prefill` and `decode` signatures and a runtime-owned KV cache."""
-    from liteship.convert.bundle import check_out_dir
-    from liteship.convert.gpt2.export import export
+    from pathlib import Path
 
+    from liteship.convert.bundle import check_out_dir
+    from liteship.convert.cli import default_out
+    from liteship.convert.gpt2.export import export
+    from liteship.convert.quant import Quant
+
+    if out_dir is None:
+        out_dir = str(default_out(Path(checkpoint_dir), Quant.parse(quant)))
     check_out_dir(out_dir)
     check_tokenizer(checkpoint_dir)
     report = export(checkpoint_dir, out_dir, quant=quant, max_context=max_context, prefill_len=prefill_len,
