@@ -10,6 +10,7 @@ from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
 
 from liteship.convert.quant import SUFFIXES, Quant
 from liteship.errors import ConvertError
+from liteship.units import size_text
 
 QUANT_CHOICES = [q.value for q in Quant]
 
@@ -91,7 +92,7 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
     progress(f"converting {source} ({quant.value}, signature {key})")
     data, report = convert_saved_model(saved_model, quant, signature_keys=[key], representative_dataset=rep,
                                        io_type=io_type, allow_tf_ops=allow_tf_ops)
-    progress(f"converted in {report['seconds']:.1f} s: {report['size_bytes'] / 1e6:.3f} MB, ops "
+    progress(f"converted in {report['seconds']:.1f} s: {size_text(report['size_bytes'])}, ops "
              + ", ".join(f"{k} x{v}" for k, v in report["op_counts"].items()))
     config = {"num_labels": len(label_list) if label_list else None}
     return write_bundle(

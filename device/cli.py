@@ -15,7 +15,7 @@ import click
 from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Number, Threads
 
 from liteship.errors import DeviceError
-from liteship.runtime.files import check_output_path
+from liteship.runtime.files import check_creatable
 
 TARGET_HELP = "local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL or adb:HOST:PORT"
 
@@ -149,7 +149,7 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
         json_out = json_file
     for out in (json_out, report_out):
         if out is not None and str(out) != "-":
-            check_output_path(out, error=DeviceError)
+            check_creatable(out, error=DeviceError)  # before any device time is spent
 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
                              benchmark_binary=benchmark_binary, python=python, signature=signature,

@@ -30,6 +30,8 @@ from typing import Callable
 
 from liteship.errors import BundleError, DeviceError
 from liteship.runtime.tflite_file import sha256_file
+from liteship.units import size_text
+
 
 from .base import Target, quote
 
@@ -251,8 +253,8 @@ def _push_locked(target, local, out, result, *, bdir, final, names, say, started
     # 2. space: the files to send, plus 64 KiB for directory blocks (linked files cost nothing).
     need = sum(local.files[n][1] for n in send) + (64 << 10)
     if free is not None and free < need:
-        raise DeviceError(f"{target.name}: not enough free space in {bdir}: the push needs {need / 1e6:.1f} MB, "
-                          f"{free / 1e6:.1f} MB free (delete old bundles or pick another --workdir)")
+        raise DeviceError(f"{target.name}: not enough free space in {bdir}: the push needs {size_text(need)}, "
+                          f"{size_text(free)} free (delete old bundles or pick another --workdir)")
 
     partial = f"{bdir}/.{local.name}.partial-{secrets.token_hex(4)}"
     try:
@@ -266,7 +268,7 @@ def _push_locked(target, local, out, result, *, bdir, final, names, say, started
 
         for n in send:
             size = local.files[n][1]
-            say(f"{target.name}: sending {n} ({size / 1e6:.2f} MB)")
+            say(f"{target.name}: sending {n} ({size_text(size)})")
             target.put(local.sources[n], f"{partial}/{n}", timeout=60 + size / min_bytes_per_s)
             result.bytes_sent += size
         result.sent, result.reused = send, reuse

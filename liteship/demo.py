@@ -124,12 +124,12 @@ def run_demo(workdir: Path, *, epochs: int = 8, runs: int = 200, threads: int | 
 
 def format_rows(rows: list[dict]) -> str:
     fp32 = next((r for r in rows if r["mode"] == "fp32"), None)
-    lines = ["| model | size (KB) | size vs fp32 | held-out accuracy | p50 ms | p90 ms | init ms |",
+    lines = ["| model | size (kB) | size vs fp32 | held-out accuracy | p50 ms | p90 ms | init ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rel = f"{r['size_bytes'] / fp32['size_bytes']:.2f}x" if fp32 and "p50_ms" in r else ""
         timing = (f"{r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['init_ms']:.2f}" if "p50_ms" in r else " | | ")
-        lines.append(f"| {r['mode']} | {r['size_bytes'] / 1024:.1f} | {rel} | {r['accuracy']:.4f} | {timing} |")
+        lines.append(f"| {r['mode']} | {r['size_bytes'] / 1e3:.1f} | {rel} | {r['accuracy']:.4f} | {timing} |")
     return "\n".join(lines)
 
 

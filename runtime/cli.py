@@ -15,6 +15,7 @@ from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.bundle import Bundle
 from liteship.runtime.files import atomic_output, check_output_path, load_array
 from liteship.runtime.tflite_file import read_model
+from liteship.units import size_text
 
 
 def describe(path: str | Path) -> dict:
@@ -63,7 +64,7 @@ def inspect(model: Path, as_json: bool, verify: bool) -> None:
         click.echo(json.dumps(d, indent=2))
         return
     m = d["embedded_manifest"]
-    click.echo(f"{d['path']}  {d['size_bytes'] / 1e6:.3f} MB")
+    click.echo(f"{d['path']}  {size_text(d['size_bytes'])}")
     click.echo(f"family {d['family']}, task {d['task']}, quantization {d['quantization']}"
                + (f", io {d['io_type']}" if d["io_type"] else ""))
     if m.get("source", {}).get("sha256"):

@@ -163,6 +163,20 @@ def check_output_path(path: str | Path, *, option: str = "", error: type[Liteshi
     return path
 
 
+def check_creatable(path: str | Path, *, option: str = "", error: type[LiteshipError] = LiteshipError) -> Path:
+    """Refuses an output that cannot be made even by creating its folders: one under a file, or a folder."""
+    path = Path(path)
+    label = f"{option} {path}" if option else str(path)
+    if path.is_dir():
+        raise error(f"{label}: is a folder")
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise error(f"{label}: {ancestor} is a file, not a folder")
+    return path
+
+
 @contextmanager
 def atomic_output(path: str | Path, *, option: str = "", error: type[LiteshipError] = LiteshipError):
     """Yields a temporary path to write; it replaces ``path`` only when the block succeeds, with the permissions a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from liteship.options import POSITIVE_INT
+from liteship.units import memory_text, size_text
 
 
 @click.command("gpt2")
@@ -33,8 +34,8 @@ def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     check_tokenizer(checkpoint_dir)
     report = export(checkpoint_dir, out_dir, quant=quant, max_context=max_context, prefill_len=prefill_len,
                     progress=lambda msg: click.echo(msg, err=True))
-    click.echo(f"wrote {report.bundle} ({report.tflite_bytes / 1e6:.1f} MB model, {report.quantization}) in "
-               f"{report.seconds:.1f} s, peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB")
+    click.echo(f"wrote {report.bundle} ({size_text(report.tflite_bytes)} model, {report.quantization}) in "
+               f"{report.seconds:.1f} s, peak RSS {memory_text(report.peak_rss_bytes)}")
 
 
 def check_tokenizer(checkpoint_dir) -> None:

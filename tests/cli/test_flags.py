@@ -17,8 +17,10 @@ def test_bench_json_is_a_flag_like_elsewhere_and_still_takes_a_file(fixture_bund
         result = run(["bench", bundle, *fast, *spelling], tmp_path)
         assert result.returncode == 0, result.stderr
         assert json.loads(spelling[1].read_text())["schema"] == "liteship.device-bench/1"
-    result = run(["bench", bundle, *fast, "-o", tmp_path / "nodir" / "c.json"], tmp_path)
-    assert_failed_cleanly(result, exit_code=1, names=("nodir",))
+    (tmp_path / "afile").write_text("a file\n")
+    result = run(["bench", bundle, *fast, "-o", tmp_path / "afile" / "c.json"], tmp_path)
+    assert_failed_cleanly(result, exit_code=1, names=("afile",))
+    assert "Timing" not in result.stderr  # refused before the benchmark ran
 
 
 def test_quant_is_a_checked_choice_in_every_converter(fixture_bundles, tmp_path):
