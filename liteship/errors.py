@@ -161,7 +161,11 @@ def describe(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, EOFError):
         return EXIT_ERROR, _one_line(f"a file ended early ({exc or 'unexpected end of file'})")
     if type(exc).__name__ in TENSORFLOW_USER_ERRORS and type(exc).__module__.startswith("tensorflow"):
+        import re
+
         message = getattr(exc, "message", None) or str(exc)
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)  # TF's graph-node prefix
+        message = re.sub(r"\s*\[Op:\w+\]\s*$", "", message)
         return EXIT_ERROR, _one_line(f"TensorFlow: {message}")
     return EXIT_ERROR, _one_line(f"internal error: {type(exc).__name__}: {exc} (a liteship bug; "
                                  "LITESHIP_DEBUG=1 shows the traceback)")

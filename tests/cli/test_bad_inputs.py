@@ -182,3 +182,39 @@ def test_bad_input(case: Case, fixture_bundles: Path, tmp_path: Path):
     assert_failed_cleanly(result, exit_code=case.exit_code, names=case.names, tmp=tmp_path)
     for name, digest in kept.items():
         assert tree_digest(tmp_path / name) == digest, f"{name} changed"
+
+
+def test_liteship_debug_shows_the_whole_chain(fixture_bundles, tmp_path):
+    """LITESHIP_DEBUG=1: the traceback with the causes `raise ... from None` hides, then the same one line."""
+    (tmp_path / "empty.npy").write_bytes(b"")
+    args = ["run", "model", fixture_bundles / "classifier-fp32", "--input", tmp_path / "empty.npy"]
+    plain = run(args, tmp_path)
+    debug = run(args, tmp_path, env=cli_env(tmp_path, LITESHIP_DEBUG="1"))
+    assert plain.returncode == debug.returncode == 1
+    assert "Traceback" not in plain.stderr
+    assert "Traceback" in debug.stderr and "EOFError" in debug.stderr  # numpy's, hidden by `from None`
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip().splitlines()[-1]
+
+
+def test_a_full_tmpdir_is_one_line(tmp_path):
+    """TensorFlow's SaveV2 reports a full $TMPDIR as ResourceExhaustedError; the CLI says it in one line."""
+    keras = pytest.importorskip("keras")
+    import subprocess
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((200,)), keras.layers.Dense(3000), keras.layers.Dense(2)])
+    model.save(tmp_path / "m.keras")  # ~2.4 MB of weights: more than the 1 MiB $TMPDIR below holds
+    small = tmp_path / "small-tmp"
+    small.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        env = cli_env(tmp_path, TMPDIR=small)
+        result = run(["convert", "keras", tmp_path / "m.keras", "--out", tmp_path / "b"], tmp_path, env=env)
+        assert_failed_cleanly(result, exit_code=1)
+        assert "space" in result.stderr.lower() or "resource" in result.stderr.lower(), result.stderr
+        print(result.stderr.strip().splitlines()[-1])
+        assert not list(small.glob("liteship-*"))  # ours; TensorFlow's autograph leaves its own files there
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
