@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -10,13 +11,40 @@ from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
 
 from liteship.convert.quant import SUFFIXES, Quant
 from liteship.errors import ConvertError
-from liteship.units import size_text
 
 QUANT_CHOICES = [q.value for q in Quant]
 
 
 def progress(message: str) -> None:
     click.echo(f"[liteship] {message}", err=True)
+
+
+def summary(out, *, quant: str, seconds: float) -> None:
+    """The line every converter ends with (stderr): where, how big, which mode, how long, peak RSS; and the bundle
+    path alone on stdout, for scripts."""
+    from liteship.runtime.bench import peak_rss_bytes
+    from liteship.units import memory_text, size_text
+
+    model = Path(out) / "model.tflite"
+    size = size_text(model.stat().st_size) if model.is_file() else "?"
+    rss = peak_rss_bytes()
+    progress(f"wrote {out}: {size} model, {quant}, {seconds:.1f} s, "
+             f"peak RSS {memory_text(rss) if rss else 'unknown'}")
+    click.echo(str(out))
+
+
+def calibration_meter():
+    """A progress callback for representative_dataset: count, rate, ETA of the calibration samples."""
+    from liteship.progress import Meter
+
+    meter = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal meter
+        meter = meter or Meter("calibrating", total, unit="samples")
+        meter(done)
+
+    return update
 
 
 def default_out(source: Path, quant: Quant) -> Path:
@@ -82,7 +110,8 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
 
             return preprocess(path, preprocessing)
 
-        rep = representative_dataset(calibration, input_spec, preprocess=decode_image if preprocessing else None)
+        rep = representative_dataset(calibration, input_spec, preprocess=decode_image if preprocessing else None,
+                                     progress=calibration_meter())
         progress(f"calibrating on {rep.num_samples} samples from {calibration}")
     elif calibration is not None:
         progress(f"note: --calibration is ignored for --quant {quant.value}")
@@ -92,7 +121,7 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
     progress(f"converting {source} ({quant.value}, signature {key})")
     data, report = convert_saved_model(saved_model, quant, signature_keys=[key], representative_dataset=rep,
                                        io_type=io_type, allow_tf_ops=allow_tf_ops)
-    progress(f"converted in {report['seconds']:.1f} s: {size_text(report['size_bytes'])}, ops "
+    progress(f"converted in {report['seconds']:.1f} s, ops "
              + ", ".join(f"{k} x{v}" for k, v in report["op_counts"].items()))
     config = {"num_labels": len(label_list) if label_list else None}
     return write_bundle(
@@ -135,12 +164,13 @@ def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, label
     """Convert a SavedModel folder to a bundle."""
     from liteship.convert.tflite import check_saved_model
 
+    started = time.perf_counter()
     check_saved_model(path)
     q = Quant.parse(quant)
     result = convert_to_bundle(path, source=path, out=out or default_out(path, q), quant=q,
                                calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
                                labels=labels, signature=signature, mean=mean, std=std)
-    click.echo(str(result))
+    summary(result, quant=q.value, seconds=time.perf_counter() - started)
 
 
 @click.command(cls=MultiValueCommand)
@@ -152,6 +182,7 @@ def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, si
 
     from liteship.convert.bundle import check_out_dir
 
+    started = time.perf_counter()
     q = Quant.parse(quant)
     if not path.exists():
         raise ConvertError(f"{path} does not exist")
@@ -163,4 +194,4 @@ def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, si
         result = convert_to_bundle(saved_model, source=path, out=out or default_out(path, q), quant=q,
                                    calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
                                    labels=labels, signature=signature, mean=mean, std=std)
-    click.echo(str(result))
+    summary(result, quant=q.value, seconds=time.perf_counter() - started)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from liteship.options import POSITIVE_INT
@@ -42,17 +44,18 @@ def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_typ
     from pathlib import Path
 
     from liteship.convert.bundle import check_out_dir
-    from liteship.convert.cli import default_out
+    from liteship.convert.cli import default_out, summary
     from liteship.convert.quant import Quant
 
     if out_dir is None:
         out_dir = str(default_out(Path(source), Quant.parse(quant)))
     check_out_dir(out_dir)
 
+    started = time.perf_counter()
     out = export_bit(source, out_dir, variant=variant, quant=quant, calibration=calibration, labels=labels,
                      image_size=image_size, io_type=io_type, input_range=input_range,
                      calibration_limit=calibration_limit, groupnorm=groupnorm, progress=lambda message: click.echo(message, err=True))
-    click.echo(str(out))
+    summary(out, quant=quant, seconds=time.perf_counter() - started)
 
 
 command = bit

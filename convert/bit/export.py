@@ -187,8 +187,10 @@ def calibration_dataset(folder: str | Path, preprocessing: dict, *, limit: int |
 
     height, width = preprocessing["image_size"]
     spec = {"name": "image", "shape": [1, height, width, 3], "dtype": "float32"}
+    from liteship.convert.cli import calibration_meter
+
     return representative_dataset(folder, spec, preprocess=lambda path: preprocess(path, preprocessing),
-                                  limit=limit)
+                                  limit=limit, progress=calibration_meter())
 
 
 def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1", quant: str | Quant = "fp32",

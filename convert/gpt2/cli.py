@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from liteship.options import POSITIVE_INT
-from liteship.units import memory_text, size_text
 
 
 @click.command("gpt2")
@@ -24,7 +23,7 @@ def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     from pathlib import Path
 
     from liteship.convert.bundle import check_out_dir
-    from liteship.convert.cli import default_out
+    from liteship.convert.cli import default_out, summary
     from liteship.convert.gpt2.export import export
     from liteship.convert.quant import Quant
 
@@ -34,8 +33,7 @@ def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     check_tokenizer(checkpoint_dir)
     report = export(checkpoint_dir, out_dir, quant=quant, max_context=max_context, prefill_len=prefill_len,
                     progress=lambda msg: click.echo(msg, err=True))
-    click.echo(f"wrote {report.bundle} ({size_text(report.tflite_bytes)} model, {report.quantization}) in "
-               f"{report.seconds:.1f} s, peak RSS {memory_text(report.peak_rss_bytes)}")
+    summary(report.bundle, quant=report.quantization, seconds=report.seconds)
 
 
 def check_tokenizer(checkpoint_dir) -> None:
