@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 from liteship.errors import BundleError
-from liteship.runtime.files import atomic_output, json_kind, read_json, require
+from liteship.runtime.files import atomic_output, json_kind, read_json, require, sweep_stale
 from liteship.runtime.tflite_file import read_model, sha256_file
 
 SCHEMA = "liteship.bundle/1"
@@ -36,7 +36,8 @@ def _extract(archive: Path) -> Path:
     if (dest / MANIFEST_NAME).is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+    sweep_stale(dest.parent, ".extract-")  # what a killed extraction left
+    tmp = Path(tempfile.mkdtemp(prefix=f".extract-{os.getpid()}-", dir=dest.parent))
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:

@@ -32,6 +32,7 @@ def describe(path: str | Path) -> dict:
         "quantization": manifest.get("quantization", "unknown"),
         "io_type": manifest.get("io_type"),
         "signatures": info.signature_specs(),
+        "signature_defs": bool(info.signatures),  # False: "serving_default" above is subgraph 0's inputs/outputs
         "op_counts": info.op_counts(),
         "subgraphs": len(info.subgraphs),
         "tensors": sum(len(sg.tensors) for sg in info.subgraphs),
@@ -70,7 +71,9 @@ def inspect(model: Path, as_json: bool, verify: bool) -> None:
     if m.get("source", {}).get("sha256"):
         click.echo(f"source {m['source'].get('path', '?')} sha256 {m['source']['sha256'][:16]}...")
     for key, sig in d["signatures"].items():
-        click.echo(f"signature {key}")
+        click.echo(f"signature {key}" if d["signature_defs"] else
+                   "no signatures (SignatureDefs) in the file; subgraph 0's inputs and outputs (run model needs "
+                   "signatures):")
         for spec in sig["inputs"]:
             click.echo(f"  in   {_fmt_spec(spec)}")
         for spec in sig["outputs"]:

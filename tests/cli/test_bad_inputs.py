@@ -86,6 +86,15 @@ def tampered_zip(tmp, fx):
                 zf.write(f, f"b/{f.relative_to(bundle)}")
 
 
+def lone_tflite_without_signatures(tmp, fx):
+    """The fixture model with its SignatureDefs removed (what older converters and other tools produce)."""
+    fu = pytest.importorskip("tensorflow.lite.tools.flatbuffer_utils")
+    model = fu.convert_bytearray_to_object(bytearray((fx / "classifier-fp32" / "model.tflite").read_bytes()))
+    model.signatureDefs = []
+    (tmp / "nosig.tflite").write_bytes(bytes(fu.convert_object_to_bytearray(model)))
+    np.save(tmp / "x.npy", np.zeros((12, 12, 3), np.float32))
+
+
 def set_key(key, value):
     def change(d):
         d[key] = value
@@ -150,6 +159,8 @@ CASES = [
          ("--out", "mine"), setup=not_a_bundle, keep=("mine",)),
     Case("out-is-a-file", ("convert", "savedmodel", "{fx}/classifier-savedmodel", "--out", "{tmp}/afile"),
          ("--out", "afile"), setup=arrays, keep=("afile",)),
+    Case("lone-tflite-without-signatures", ("run", "model", "{tmp}/nosig.tflite", "--input", "{tmp}/x.npy"),
+         ("nosig.tflite", "signatures"), setup=lone_tflite_without_signatures),
     Case("pack-unknown-suffix", ("pack", "{fx}/classifier-fp32", "{tmp}/b.rar"), ("b.rar",)),
     # Out-of-range options: usage errors, exit 2, naming the option
     Case("temperature-nan", (*GPT2, "--temperature", "nan"), ("--temperature",), exit_code=2),
@@ -218,3 +229,12 @@ def test_a_full_tmpdir_is_one_line(tmp_path):
         assert not list(small.glob("liteship-*"))  # ours; TensorFlow's autograph leaves its own files there
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_inspect_says_a_lone_tflite_has_no_signatures(fixture_bundles, tmp_path):
+    lone_tflite_without_signatures(tmp_path, fixture_bundles)
+    result = run(["inspect", tmp_path / "nosig.tflite"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no signatures (SignatureDefs)" in result.stdout and "signature serving_default" not in result.stdout
+    result = run(["inspect", fixture_bundles / "classifier-fp32"], tmp_path)
+    assert "signature serving_default" in result.stdout
