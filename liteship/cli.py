@@ -116,13 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     Called with ``argv`` (from tests) it raises SystemExit and leaves the caller's SIGINT handler as it was."""
     import signal
 
-    previous = signal.getsignal(signal.SIGINT)
+    previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     install_interrupt_handler()
     try:
         code = _run(argv)
     finally:
         if argv is not None:
             signal.signal(signal.SIGINT, previous)
+            sys.unraisablehook = previous_hook
     if argv is None:
         _exit_now(code)
     sys.exit(code)
