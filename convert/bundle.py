@@ -10,7 +10,7 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Callable, Mapping, Union
 
 import liteship
 from liteship.convert.quant import Quant
@@ -79,12 +79,15 @@ def _readable_by_all(root: Path) -> None:
 def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, *, family: str, task: str,
                  quantization: "Quant | str", io_type: str = "float32", preprocessing: dict | None = None,
                  config: dict | None = None, assets: Mapping[str, tuple[str, AssetSource]] | None = None,
-                 source: dict | None = None, conversion: dict | None = None, overwrite: bool = True) -> Path:
+                 source: dict | None = None, conversion: dict | None = None, overwrite: bool = True,
+                 check: Callable[[Path], None] | None = None) -> Path:
     """Writes the bundle folder ``out_dir`` and returns it.
 
     ``assets`` maps a role to (relative path inside the bundle, source file or bytes), e.g.
     ``{"labels": ("assets/labels.txt", b"cat\\ndog\\n")}``. Everything is written into a temporary sibling folder
-    and renamed into place when complete, so a failure leaves no partial bundle and an old bundle intact."""
+    and renamed into place when complete, so a failure leaves no partial bundle and an old bundle intact.
+    ``check``, if given, is called with that finished temporary folder before the rename: what it raises discards
+    the new bundle and keeps the old one."""
     out_dir = check_out_dir(out_dir, overwrite=overwrite)
     quant = Quant.parse(quantization)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +142,8 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _readable_by_all(tmp)
+        if check is not None:
+            check(tmp)
 
         check_interrupted()  # a Ctrl-C swallowed inside the converter must still keep the old bundle
         with signals_deferred():  # the two renames are one step: never stop between them

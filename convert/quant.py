@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from enum import Enum
 from typing import Callable
 
@@ -14,6 +16,7 @@ class Quant(str, Enum):
     DYNAMIC_INT8 = "dynamic-int8"  # int8 weights, activations quantized on the fly: no data needed
     INT8 = "int8"                  # full-integer int8, calibrated on a representative dataset
     INT8X16 = "int8x16"            # int8 weights, int16 activations: calibrated, more accurate, fewer delegates
+    INT4 = "int4"                  # GPT-2: int4 weights (per channel), activations quantized to int8 on the fly
 
     @classmethod
     def parse(cls, text: "str | Quant") -> "Quant":
@@ -58,6 +61,39 @@ def _int8(converter, rep) -> None:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 
 
+def _int4(converter, rep) -> None:
+    raise ConvertError("--quant int4 is for GPT-2 (liteship convert gpt2); other models: dynamic-int8 or int8")
+
+
+# One scale per row of a weight (CHANNELWISE) or per 32 weights of a row (BLOCKWISE_32); XNNPACK has kernels for
+# both. Per row keeps the tied LM head a table the runtime reads rows from (runtime/token_table.py); per block
+# would need a second, int8 token table in the bundle.
+INT4_GRANULARITY = "CHANNELWISE"
+
+
+def int4_weights(tflite: bytes) -> bytes:
+    """A float32 model's weights as int4, one symmetric scale per output channel, with int8 activations quantized
+    at run time (XNNPACK's dynamically quantized int4 FULLY_CONNECTED), by ai-edge-quantizer, the LiteRT quantizer.
+    Applied after conversion: the TFLite converter has no int4 recipe."""
+    try:
+        from ai_edge_quantizer import quantizer
+    except ImportError:
+        raise ConvertError("--quant int4 needs ai-edge-quantizer (pip install 'liteship[convert]')") from None
+    from ai_edge_quantizer import qtyping, recipe_manager
+
+    recipes = recipe_manager.RecipeManager()
+    recipes.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=4,
+                               granularity=getattr(qtyping.QuantGranularity, INT4_GRANULARITY))
+    q = quantizer.Quantizer(bytearray(tflite))
+    q.load_quantization_recipe(recipes.get_quantization_recipe())
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # sizes, progress
+            return bytes(q.quantize().quantized_model)
+    except Exception as exc:  # the quantizer raises ValueError/RuntimeError/KeyError for what it cannot quantize
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConvertError(f"int4 quantization failed: {first}") from None
+
+
 def _int8x16(converter, rep) -> None:
     import tensorflow as tf
 
@@ -74,6 +110,7 @@ RECIPES: dict[Quant, Callable] = {
     Quant.DYNAMIC_INT8: _dynamic_int8,
     Quant.INT8: _int8,
     Quant.INT8X16: _int8x16,
+    Quant.INT4: _int4,
 }
 
 SUFFIXES: dict[Quant, str] = {
@@ -82,6 +119,7 @@ SUFFIXES: dict[Quant, str] = {
     Quant.DYNAMIC_INT8: "dyn-int8",
     Quant.INT8: "int8",
     Quant.INT8X16: "int8x16",
+    Quant.INT4: "int4",
 }
 
 

@@ -4,9 +4,11 @@ Specs: ``adb`` (``$ANDROID_SERIAL``, else the first USB phone), ``adb:SERIAL`` (
 ``adb tcpip 5555`` on the phone). The host's key is the one the Android SDK uses, ``~/.android/adbkey`` (made if
 absent, kept 0600), so a phone that already trusts this computer's ``adb`` trusts liteship too.
 
-adb's ``shell:`` service (protocol v1, the one adb-shell speaks) returns one merged output stream and no exit status,
-so :meth:`AndroidTarget.run` wraps every command: stderr goes to a file on the phone that is printed after a marker
-line carrying ``$?``.
+Commands use adbd's shell protocol v2 (``shell,v2,raw:``, Android 7+): stdout, stderr and the exit status come
+back as separate packets, and nothing is written on the phone to run a command (a full /data still answers).
+adb-shell speaks only v1 (``shell:``: one merged stream, no exit status), so v2 is framed here over its stream
+API; an adbd that refuses v2 gets the v1 fallback: stderr goes to a file on the phone that is printed after a
+marker line carrying ``$?``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 import socket
 import stat
+import struct
 import tempfile
 import threading
 import uuid
@@ -33,6 +36,12 @@ DEFAULT_WORKDIR = "/data/local/tmp/liteship"
 PHONE_TMP = "/data/local/tmp"  # the one folder the shell user may always write on an Android phone
 DEFAULT_KEY = "~/.android/adbkey"  # the Android SDK's key: a phone that trusts `adb` here trusts us
 MAX_INLINE_COMMAND = 3000  # bytes of command sent inline in the OPEN message (adbd before Android 7: 4 KiB max)
+V2_OPEN_WAIT_S = 5.0  # how long an adbd gets to accept a shell v2 stream before liteship falls back to v1
+
+# Shell protocol v2 (AOSP system/core/adb/shell_protocol.h): each packet is a 1-byte id, a little-endian uint32
+# length, then that many bytes. The exit packet carries one byte, the status.
+V2_HEADER = struct.Struct("<BI")
+V2_STDOUT, V2_STDERR, V2_EXIT = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -237,6 +246,7 @@ class AndroidTarget(ShellTarget):
         self._workdir = workdir
         self._device = None
         self._lock = threading.RLock()
+        self._shell_v2: bool | None = None  # None: not tried yet on this phone
 
     @classmethod
     def from_spec(
@@ -364,21 +374,71 @@ class AndroidTarget(ShellTarget):
         limit = float(timeout if timeout is not None else self.timeouts.command_s)
         what = f"`{_short(command)}`"
         marker = f"LITESHIP{uuid.uuid4().hex[:16]}"
-        errfile = f"{PHONE_TMP}/.liteship-stderr-{marker}"
         infile = f"{PHONE_TMP}/.liteship-stdin-{marker}"
+        cleanup = []
         if stdin is not None:
             self._push_bytes(stdin, infile, timeout=limit)
-        scriptfile = ""
+            command = f"( {command}\n) <{infile}"
+            cleanup.append(infile)
         if len(command.encode()) > MAX_INLINE_COMMAND:
             # The command travels in one OPEN message; old adbd accepts 4 KiB there. Long scripts go as a file.
             scriptfile = f"{PHONE_TMP}/.liteship-script-{marker}.sh"
             self._push_bytes(command.encode(), scriptfile, timeout=limit)
             command = f"sh {scriptfile}"
+            cleanup.append(scriptfile)
+        if cleanup:
+            command = f"{command}\n__rc=$?; rm -f {' '.join(cleanup)}; exit $__rc"
+        if self._shell_v2 is not False:
+            result = self._call(what, limit, lambda dev: self._run_v2(dev, command, limit))
+            if result is not None:
+                return result
+        return self._execute_v1(command, what, marker, limit)
+
+    def _run_v2(self, dev, command: str, limit: float) -> CommandResult | None:
+        """One command over shell protocol v2, or None when this adbd does not speak it (then v1 is used).
+
+        adb-shell 0.4.4 has no v2: this reaches its stream primitives ``_open`` and ``_read_until_close`` (checked
+        on 0.4.4), the only private access to it here."""
+        first = self._shell_v2 is None
+        try:
+            wait = min(V2_OPEN_WAIT_S, limit) if first else limit
+            stream = dev._open(b"shell,v2,raw:" + command.encode(), wait if first else None, wait, limit)
+        except Exception as exc:  # noqa: BLE001 - an old adbd answers CLSE, which adb-shell reports as a timeout
+            refused = {"AdbTimeoutError", "TcpTimeoutException", "InvalidCommandError", "InvalidResponseError"}
+            if first and _exception_names(exc) & refused:
+                log.info("%s: no shell protocol v2; falling back to v1", self.name)
+                self._shell_v2 = False
+                self.close()  # the refused stream's state is unknown
+                return None
+            raise
+        self._shell_v2 = True
+        stream.read_timeout_s = limit
+        stream.transport_timeout_s = limit  # a benchmark may print nothing for minutes
+        out, err, status, buffer = bytearray(), bytearray(), None, b""
+        for chunk in dev._read_until_close(stream):
+            buffer += chunk
+            while len(buffer) >= V2_HEADER.size:
+                kind, length = V2_HEADER.unpack_from(buffer)
+                if len(buffer) < V2_HEADER.size + length:
+                    break
+                body = buffer[V2_HEADER.size : V2_HEADER.size + length]
+                buffer = buffer[V2_HEADER.size + length :]
+                if kind == V2_STDOUT:
+                    out += body
+                elif kind == V2_STDERR:
+                    err += body
+                elif kind == V2_EXIT and body:
+                    status = body[0]
+        if status is None:
+            raise DeviceError(f"{self.name}: `{_short(command)}` ended without an exit status (the shell died)")
+        return CommandResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    def _execute_v1(self, command: str, what: str, marker: str, limit: float) -> CommandResult:
+        errfile = f"{PHONE_TMP}/.liteship-stderr-{marker}"
         # shell v1 has no exit status and merges stderr: stdout, then "\n<marker><rc><marker>\n", then stderr.
         wrapped = (
-            f"( {command}\n) <{infile if stdin is not None else '/dev/null'} 2>{errfile}; __rc=$?; "
-            f"printf '\\n{marker}%d{marker}\\n' \"$__rc\"; cat {errfile} 2>/dev/null; "
-            f"rm -f {errfile} {infile} {scriptfile}"
+            f"( {command}\n) </dev/null 2>{errfile}; __rc=$?; "
+            f"printf '\\n{marker}%d{marker}\\n' \"$__rc\"; cat {errfile} 2>/dev/null; rm -f {errfile}"
         )
         out = self._call(
             what,

@@ -61,8 +61,12 @@ class BenchSettings:
     signature: str | None = None
     backend: str = "auto"                    # python runner: which interpreter package (see runtime.interpreter)
     delegate: str | None = None              # python runner: passed on; benchmark_model: one of its --use_* flags
+    benchmark_args: tuple[str, ...] = ()     # benchmark_model: the user's own --name=value flags, passed through
+    op_profiling: bool = False               # benchmark_model: --enable_op_profiling, top op types in the result
+    contexts: tuple[int, ...] = (128, 512, 1024)  # benchmark_model on GPT-2: decode timed at these cache sizes
     workdir: str | None = None               # default: the target's own default_workdir()
-    timeout_s: float = 1800.0                # for the benchmark command itself
+    timeout_s: float = 1800.0                # for the benchmark command itself (plus duration_s)
+    duration_s: float | None = None          # python runner: also run back to back this long (runtime/sustained.py)
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0:
@@ -76,8 +80,17 @@ class BenchSettings:
         if self.benchmark_binary and self.delegate and self.delegate not in BENCHMARK_MODEL_DELEGATE_FLAGS:
             raise DeviceError(f"benchmark_model knows the delegates {', '.join(BENCHMARK_MODEL_DELEGATE_FLAGS)}, "
                               f"not {self.delegate!r}")
+        if self.benchmark_binary and self.duration_s:
+            raise DeviceError("--duration needs liteship's Python runner; benchmark_model has no sustained mode")
         if self.benchmark_binary and self.backend != "auto":
             raise DeviceError("--backend chooses liteship's Python interpreter; it does not apply to benchmark_model")
+        if (self.benchmark_args or self.op_profiling) and not self.benchmark_binary:
+            raise DeviceError("--benchmark-arg and --op-profiling apply to benchmark_model: add --benchmark-binary")
+        if self.benchmark_binary:
+            from .benchmark_model import check_benchmark_model_flag
+
+            for arg in self.benchmark_args:
+                check_benchmark_model_flag(arg)
 
     @property
     def runner(self) -> str:
@@ -172,16 +185,39 @@ class _Run:
 
         model = self._place_bundle(target, workdir, local)
         script, tool = self._place_runner(target, workdir, local)
-        files = _RunFiles(f"{workdir}/results", f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}")
-        command = self._python_command(python, tool, model, files.json, local) if s.runner == "python" \
-            else self._benchmark_model_command(tool, model)
+        if s.runner == "python":
+            files = self._files(workdir)
+            command = self._python_command(python, tool, model, files.json, local)
+            run, json_text, output = self._run_under_run_bench(target, script, files, command)
+            bench = self._python_result(json_text, output)
+        else:
+            phases = self._gpt2_phases()
+            if phases:
+                bench = self._benchmark_gpt2(target, script, workdir, tool, model, phases)
+                run = self.entry["run"]
+            else:
+                files = self._files(workdir)
+                run, _, output = self._run_under_run_bench(target, script, files,
+                                                           self._benchmark_model_command(tool, model))
+                bench = self._benchmark_model_result(output)
+        if bench.get("peak_rss_bytes") is None:  # benchmark_model may print none; run_bench.sh sampled VmHWM
+            bench["peak_rss_bytes"] = run.get("peak_rss_bytes")
+        self.entry["bench"] = bench
 
+    def _files(self, workdir: str) -> "_RunFiles":
+        return _RunFiles(f"{workdir}/results", f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}")
+
+    def _run_under_run_bench(self, target: Target, script: str, files: "_RunFiles",
+                             command: list[str]) -> tuple[dict, str, str]:
+        """One command under run_bench.sh -> (its result, the runner's JSON text, the command's output)."""
+        s = self.settings
         self.say(f"{self.spec}: running the {s.runner} benchmark ({s.runs} runs, cores={s.cores})")
         _, run_bench_argv, parse_result = _run_bench_tools()
         argv = run_bench_argv(script, files.result, command, output=files.output, cores=s.cores,
                               cool_below_c=s.cool_below_c)
         try:
-            target.shell(f"mkdir -p {quote(files.folder)} || exit 1\n{join(argv)}\n", timeout=s.timeout_s + 300)
+            target.shell(f"mkdir -p {quote(files.folder)} || exit 1\n{join(argv)}\n",
+                         timeout=s.timeout_s + 300 + (s.duration_s or 0))
             run_text, json_text, output = files.collect(target)
         except BaseException:
             files.remove(target)
@@ -191,11 +227,51 @@ class _Run:
         if run["status"] != 0:
             detail = _error_line(output) or f"exit status {run['status']}"
             raise DeviceError(f"{self.spec}: the {s.runner} benchmark failed: {detail}")
-        bench = self._python_result(json_text, output) if s.runner == "python" \
-            else self._benchmark_model_result(output)
-        if bench.get("peak_rss_bytes") is None:  # benchmark_model may print none; run_bench.sh sampled VmHWM
-            bench["peak_rss_bytes"] = run.get("peak_rss_bytes")
-        self.entry["bench"] = bench
+        return run, json_text, output
+
+    def _gpt2_phases(self) -> list:
+        """benchmark_model phases for a GPT-2 bundle (prefill, decode at each context), unless the user chose a
+        signature (then that signature alone, as for any model)."""
+        from liteship.runtime.bundle import Bundle
+
+        from .benchmark_model import gpt2_phases
+
+        if self.settings.signature or self.bundle.suffix == ".tflite":
+            return []
+        bundle = Bundle.open(self.bundle, verify=False)
+        if bundle.family != "gpt2":
+            return []
+        return gpt2_phases(bundle.model_path, bundle.config, self.settings.contexts)
+
+    def _benchmark_gpt2(self, target: Target, script: str, workdir: str, tool: str, model: str,
+                        phases: list) -> dict:
+        """Each phase under run_bench.sh; per-call times become tok/s. The result is decode's at the largest
+        context, with a ``generation`` block for all of them."""
+        results = []
+        for phase in phases:
+            self.say(f"{self.spec}: {phase.name} at a {phase.context}-slot context")
+            command = self._benchmark_model_command(tool, model, signature=phase.signature, inputs=phase.input_flags)
+            _, _, output = self._run_under_run_bench(target, script, self._files(workdir), command)
+            results.append((phase, self._benchmark_model_result(output)))
+
+        def tok_s(phase, bench) -> float:
+            return round(phase.tokens / (bench["latency_ms"]["mean"] / 1e3), 3)
+
+        prefill = [(p, b) for p, b in results if p.name == "prefill"]
+        decodes = [(p, b) for p, b in results if p.name == "decode"]
+        last_phase, bench = decodes[-1]
+        bench = dict(bench)
+        bench["generation"] = {
+            "runner": "benchmark_model",
+            "prefill_tokens": prefill[0][0].tokens if prefill else None,
+            "prefill_tok_s": tok_s(*prefill[0]) if prefill else None,
+            "decode_tokens": 1,
+            "decode_tok_s": tok_s(last_phase, bench),
+            "context": last_phase.context,
+            "decode_by_context": [{"context": p.context, "tok_s": tok_s(p, b), "latency_ms": b["latency_ms"]}
+                                  for p, b in decodes],
+        }
+        return bench
 
     def _check_python(self, facts: dict, python: str) -> None:
         if not facts["python"]:
@@ -242,24 +318,32 @@ class _Run:
         command = [python, "-m", "liteship.runtime.bench"] if local else [python, runtime_zip, "bench"]
         command += [model, "--json", json_file, "--runs", str(s.runs), "--warmup", str(s.warmup)]
         for flag, value in (("--threads", s.threads), ("--signature", s.signature), ("--delegate", s.delegate),
+                            ("--duration", s.duration_s),
                             ("--backend", None if s.backend == "auto" else s.backend)):
             if value:
                 command += [flag, str(value)]
         return command
 
-    def _benchmark_model_command(self, binary: str, model: str) -> list[str]:
+    def _benchmark_model_command(self, binary: str, model: str, *, signature: str | None = None,
+                                 inputs: tuple[str, ...] = ()) -> list[str]:
+        from .benchmark_model import benchmark_model_argv
+
         s = self.settings
         graph = model if model.endswith(".tflite") else f"{model}/model.tflite"
-        # --min_secs=0: stop after exactly --num_runs runs (the tool otherwise also runs for >= 1 s).
-        command = [binary, f"--graph={graph}", f"--num_runs={s.runs}", f"--warmup_runs={s.warmup}",
-                   "--min_secs=0", "--warmup_min_secs=0"]
-        if s.threads:
-            command.append(f"--num_threads={s.threads}")
-        if s.signature:
-            command.append(f"--signature_to_run_for={s.signature}")
-        if s.delegate:
-            command.append(BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate])
-        return command
+        return benchmark_model_argv(binary, graph, runs=s.runs, warmup=s.warmup, threads=s.threads,
+                                    signature=signature or s.signature or self._default_signature(), inputs=inputs,
+                                    op_profiling=s.op_profiling, extra=s.benchmark_args,
+                                    delegate_flag=BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate] if s.delegate else None)
+
+    def _default_signature(self) -> str | None:
+        """With several signatures (GPT-2's prefill and decode) benchmark_model refuses to pick one: name the one
+        the Python runner would time. A lone signature needs no flag."""
+        from liteship.runtime.bench import default_signature
+        from liteship.runtime.tflite_file import read_model
+
+        path = self.bundle if self.bundle.suffix == ".tflite" else self.bundle / "model.tflite"
+        keys = [sig.key for sig in read_model(path).signatures]
+        return default_signature(keys) if len(keys) > 1 else None
 
     def _python_result(self, json_text: str, output: str) -> dict:
         try:
@@ -272,6 +356,9 @@ class _Run:
         from .benchmark_model import parse_benchmark_model_output
 
         bench = parse_benchmark_model_output(output)
+        if bench["ignored_flags"]:
+            raise DeviceError(f"{self.spec}: this benchmark_model does not know {' '.join(bench['ignored_flags'])} "
+                              f"and ran without it; drop the flag or use a newer build")
         if (bench.get("latency_ms") or {}).get("mean") is None:
             raise DeviceError(f"{self.spec}: benchmark_model printed no timings: "
                               f"{_error_line(output) or 'empty output'}")

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
@@ -53,9 +55,61 @@ _PATTERNS = {
     "peak": re.compile(rf"[Pp]eak memory footprint \(MB\) via periodic monitoring:\s*({_NUM})"),
     "vmrss": re.compile(rf"VmRSS\s*:\s*({_NUM})\s*MB"),
     "signature_key": re.compile(r"#> Signature key:\s*(\S+)"),
+    "unconsumed": re.compile(r"Unconsumed cmdline flags:\s*(.*)$"),
     "error": re.compile(r"^(?:ERROR|E\d{4}|F\d{4})\b[: ]"),
 }
 _TIMING_FIELD = re.compile(rf"(Init|First inference|Warmup \(avg\)|Inference \(avg\)|Warmup|Inference):\s*({_NUM})")
+
+
+# Every flag the official binary accepts, with its type: BenchmarkModel::GetFlags (benchmark_model.cc),
+# BenchmarkTfLiteModel::GetFlags (benchmark_tflite_model.cc) and the delegate providers' CreateFlags
+# (tools/delegates/default_execution_provider.cc, xnnpack_, gpu_, nnapi_, hexagon_, external_delegate_provider.cc),
+# as of TensorFlow 2.16 / LiteRT 1.x. The binary WARNs about a flag it does not know and runs without it, so
+# liteship refuses one here instead (and treats that warning in a log as a failed run).
+BENCHMARK_MODEL_FLAGS: dict[str, type] = {
+    # benchmark_model.cc
+    "num_runs": int, "min_secs": float, "max_secs": float, "run_delay": float, "run_frequency": float,
+    "num_threads": int, "use_caching": bool, "benchmark_name": str, "output_prefix": str, "warmup_runs": int,
+    "warmup_min_secs": float, "verbose": bool, "dry_run": bool, "report_peak_memory_footprint": bool,
+    "memory_footprint_check_interval_ms": int,
+    # benchmark_tflite_model.cc
+    "graph": str, "signature_to_run_for": str, "list_signatures": bool, "input_layer": str,
+    "input_layer_shape": str, "input_layer_value_range": str, "input_layer_value_files": str, "allow_fp16": bool,
+    "require_full_delegation": bool, "enable_op_profiling": bool, "op_profiling_output_mode": str,
+    "op_profiling_output_file": str, "max_profiling_buffer_entries": int,
+    "allow_dynamic_profiling_buffer_increase": bool, "profiling_output_csv_file": str,
+    "print_preinvoke_state": bool, "print_postinvoke_state": bool, "release_dynamic_tensors": bool,
+    "optimize_memory_for_large_tensors": int, "disable_delegate_clustering": bool,
+    "enable_builtin_cast_constant_cache": bool, "output_filepath": str, "tensor_name_display_length": int,
+    "tensor_type_display_length": int, "alloc_type_display_length": int,
+    # delegate providers
+    "help": bool, "max_delegated_partitions": int, "min_nodes_per_partition": int, "delegate_serialize_dir": str,
+    "delegate_serialize_token": str, "first_delegate_node_index": int, "last_delegate_node_index": int,
+    "use_xnnpack": bool, "xnnpack_force_fp16": bool, "use_gpu": bool, "gpu_precision_loss_allowed": bool,
+    "gpu_experimental_enable_quant": bool, "gpu_backend": str, "use_nnapi": bool, "nnapi_accelerator_name": str,
+    "nnapi_execution_preference": str, "disable_nnapi_cpu": bool, "nnapi_allow_fp16": bool, "use_hexagon": bool,
+    "hexagon_profiling": bool, "external_delegate_path": str, "external_delegate_options": str,
+}
+
+
+def check_benchmark_model_flag(arg: str) -> str:
+    """``--name=value`` as benchmark_model parses it, or a DeviceError naming what is wrong with ``arg``."""
+    from liteship.errors import DeviceError
+
+    match = re.fullmatch(r"--([a-z0-9_]+)=(.*)", arg, flags=re.S)
+    if not match:
+        raise DeviceError(f"--benchmark-arg {arg!r}: write --name=value, as benchmark_model takes its flags")
+    name, value = match.groups()
+    kind = BENCHMARK_MODEL_FLAGS.get(name)
+    if kind is None:
+        raise DeviceError(f"--benchmark-arg {arg!r}: benchmark_model has no flag --{name} (it would ignore it)")
+    ok = {bool: lambda v: v in ("true", "false", "1", "0"),
+          int: lambda v: re.fullmatch(r"[-+]?\d+", v) is not None,
+          float: lambda v: re.fullmatch(_NUM, v) is not None,
+          str: lambda v: True}[kind](value)
+    if not ok:
+        raise DeviceError(f"--benchmark-arg {arg!r}: --{name} takes a {kind.__name__}")
+    return arg
 
 
 def benchmark_model_argv(
@@ -66,24 +120,103 @@ def benchmark_model_argv(
     warmup: int = 5,
     threads: int | None = None,
     signature: str | None = None,
-    xnnpack: bool = True,
+    delegate_flag: str | None = None,
     peak_memory: bool = True,
+    op_profiling: bool = False,
+    inputs: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """The command line for benchmark_model that does exactly ``warmup`` + ``runs`` runs.
+    """The command line for benchmark_model that does exactly ``warmup`` + ``runs`` runs: the one builder, the one
+    ``liteship bench --benchmark-binary`` runs.
 
     The tool's defaults keep running for ``warmup_min_secs`` (0.5 s) and ``min_secs`` (1 s) beyond the counts; both
     are set to 0 so the counts mean what they say. ``--report_peak_memory_footprint`` samples memory from a thread
     every 50 ms, which costs a little speed on small cores: pass ``peak_memory=False`` for pure latency runs.
+    ``op_profiling`` adds ``--enable_op_profiling`` (per-op times, summed by op type in the log); ``extra`` are the
+    user's own ``--name=value`` flags, checked against the binary's flag list and put last, so they win.
     """
     argv = [binary, f"--graph={graph}", f"--num_runs={runs}", f"--warmup_runs={warmup}", "--min_secs=0",
-            "--warmup_min_secs=0", f"--use_xnnpack={'true' if xnnpack else 'false'}"]
+            "--warmup_min_secs=0"]
+    if delegate_flag:
+        argv.append(delegate_flag)
     if threads is not None:
         argv.append(f"--num_threads={threads}")
     if signature:
         argv.append(f"--signature_to_run_for={signature}")
     if peak_memory:
         argv.append("--report_peak_memory_footprint=true")
+    if op_profiling:
+        argv.append("--enable_op_profiling=true")
+    argv += list(inputs)  # --input_layer* from gpt2_phases
+    argv += [check_benchmark_model_flag(arg) for arg in extra]
+    for arg in argv[1:]:
+        check_benchmark_model_flag(arg)
     return argv
+
+
+DEFAULT_CONTEXTS = (128, 512, 1024)  # cache slots a GPT-2 decode step is timed at (capped below max_context)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One benchmark_model invocation of a GPT-2 bundle: a signature at a stated context, its inputs spelled out."""
+
+    name: str               # "prefill" or "decode"
+    signature: str
+    tokens: int             # tokens one call handles: prefill_len, or 1 for a decode step
+    context: int            # cache slots the call attends over
+    input_flags: tuple[str, ...]
+
+
+def gpt2_phases(model_path: str | Path, config: dict, contexts: tuple[int, ...] = DEFAULT_CONTEXTS) -> list[Phase]:
+    """Prefill, then one decode step per context, for a GPT-2 bundle (manifest ``config``: max_context C,
+    prefill_len P; signature inputs as runtime/generate.py documents them).
+
+    benchmark_model matches --input_layer to the subgraph's inputs by position (a name that differs only WARNs)
+    and rejects a -1 in --input_layer_shape, so every input is listed in subgraph order with a full shape: decode's
+    open cache dimension becomes the context S (k_i, v_i: [H, S, hd]) and S + 1 for the mask ([1, S + 1]). Inputs
+    are named by their signature names, not tensor names: --input_layer_value_range separates its items with ':',
+    which tensor names like ``decode_position:0`` contain. Integer inputs get a valid value: decode's position is
+    S, prefill's positions lie in [0, P). Float inputs (embeddings, mask) are filled with random numbers by the tool,
+    which changes no timing.
+    """
+    from liteship.errors import DeviceError
+    from liteship.runtime.tflite_file import read_model
+
+    C, P = int(config["max_context"]), int(config["prefill_len"])
+    model = read_model(model_path)
+    signatures = {sig.key: sig for sig in model.signatures}
+    missing = {"prefill", "decode"} - set(signatures)
+    if missing:
+        raise DeviceError(f"{model_path}: a GPT-2 bundle needs the signatures prefill and decode; "
+                          f"{', '.join(sorted(missing))} missing")
+
+    def flags(key: str, slots: int | None, position: tuple[int, int]) -> tuple[str, ...]:
+        sig = signatures[key]
+        subgraph = model.subgraphs[sig.subgraph]
+        by_index = {index: name for name, index in sig.inputs.items()}
+        names, shapes, ranges = [], [], []
+        for index in subgraph.inputs:
+            name, tensor = by_index[index], subgraph.tensors[index]
+            shape = list(tensor.shape)
+            if -1 in shape:
+                if slots is None:
+                    raise DeviceError(f"{model_path}: {key} input {name} has an open dimension {shape}")
+                shape = [(slots + 1 if name == "mask" else slots) if d == -1 else d for d in shape]
+            names.append(name)
+            shapes.append(",".join(str(d) for d in shape))
+            if tensor.dtype.startswith("int"):
+                ranges.append(f"{name},{position[0]},{position[1]}")
+        out = [f"--input_layer={','.join(names)}", f"--input_layer_shape={':'.join(shapes)}"]
+        if ranges:
+            out.append(f"--input_layer_value_range={':'.join(ranges)}")
+        return tuple(out)
+
+    phases = [Phase("prefill", "prefill", P, C, flags("prefill", None, (0, P - 1)))]
+    chosen = sorted({c for c in contexts if 0 < c < C} or {C - 1})
+    for S in chosen:
+        phases.append(Phase("decode", "decode", 1, S, flags("decode", S, (S, S))))
+    return phases
 
 
 def _num(text: str) -> float | None:
@@ -109,13 +242,44 @@ def _parse_stat(line: str) -> dict[str, Any] | None:
     return stat
 
 
+_OP_ROW = re.compile(rf"^\s*(?P<op>[A-Za-z0-9_:./ -]+?)\s+(?P<count>\d+)\s+(?P<ms>{_NUM})\s+(?P<pct>{_NUM})%\s+")
+
+
+def parse_op_summary(text: str, top: int = 10) -> list[dict[str, Any]]:
+    """The "Summary by node type" table --enable_op_profiling prints (profile_summarizer / StatsCalculator), for
+    the regular runs when the log has one per phase -> the ``top`` op types by average time per run::
+
+        ============================== Summary by node type ==============================
+                     [Node type]    [count]    [avg ms]     [avg %]     [cdf %]   [mem KB]  [times called]
+                 FULLY_CONNECTED         48       5.423     60.123%     60.123%      0.000        48
+    """
+    sections = text.split("Operator-wise Profiling Info for Regular Benchmark Runs")
+    body = sections[-1]
+    if "Summary by node type" not in body:
+        return []
+    rows = []
+    for line in body.split("Summary by node type", 1)[1].splitlines()[1:]:
+        if line.strip().startswith("[Node type]") or not line.strip():
+            continue
+        line = re.sub(r"^(?:INFO|WARN)\s*:\s*", "", line.strip())
+        match = _OP_ROW.match(line)
+        if not match:
+            if rows:
+                break  # the table ended
+            continue
+        rows.append({"op": match["op"].strip(), "count": int(match["count"]), "avg_ms": float(match["ms"]),
+                     "percent": float(match["pct"])})
+    return sorted(rows, key=lambda r: -r["avg_ms"])[:top]
+
+
 def parse_benchmark_model_output(text: str) -> dict[str, Any]:
     """benchmark_model's log -> liteship.bench/1 fields; None wherever the log does not say.
 
     Returns ``init_ms``, ``first_inference_ms``, ``warmup_runs``, ``warmup_avg_ms``, ``runs``, ``latency_ms``
     (mean/std/min/max; p50/p90/p99 are None and ``samples`` is empty because the tool prints no per-run times),
     ``peak_rss_bytes``, ``memory_mb`` (the tool's own memory lines), ``model_size_bytes``, ``signature``,
-    ``threads``, ``graph``, ``errors`` (ERROR lines) and ``signatures_available`` (listed on a signature error).
+    ``threads``, ``graph``, ``errors`` (ERROR lines), ``signatures_available`` (listed on a signature error),
+    ``ignored_flags`` (the flags the binary warned it did not consume) and ``top_ops`` (see parse_op_summary).
     """
     found: dict[str, Any] = {}
     stats: list[dict[str, Any]] = []
@@ -134,7 +298,8 @@ def parse_benchmark_model_output(text: str) -> dict[str, Any]:
         if stat is not None:
             stats.append(stat)
             continue
-        for name in ("init_ms", "model_mb", "graph", "signature", "threads", "timings", "old_timings", "peak", "vmrss"):
+        for name in ("init_ms", "model_mb", "graph", "signature", "threads", "timings", "old_timings", "peak", "vmrss",
+                     "unconsumed"):
             match = _PATTERNS[name].search(body)
             if match and name not in found:
                 found[name] = match.group(1)
@@ -204,4 +369,6 @@ def parse_benchmark_model_output(text: str) -> dict[str, Any]:
         "graph": found.get("graph") or None,
         "errors": errors,
         "signatures_available": signature_keys,
+        "ignored_flags": found["unconsumed"].split() if found.get("unconsumed") else [],
+        "top_ops": parse_op_summary(text),
     }

@@ -121,7 +121,16 @@ def kinds() -> None:
 @click.option("--delegate", default=None,
               help="liteship runner: a delegate (e.g. edgetpu or a .so path); "
                    "benchmark_model: xnnpack, gpu, nnapi or hexagon.")
+@click.option("--benchmark-arg", "benchmark_args", multiple=True, metavar="--NAME=VALUE",
+              help="benchmark_model: one more of its own flags, passed through (repeat; checked against its list).")
+@click.option("--context", "contexts", type=POSITIVE_INT, multiple=True, metavar="SLOTS",
+              help="benchmark_model on GPT-2: time a decode step at this many cache slots (repeat; default 128, "
+                   "512 and 1024, below the bundle's max context).")
+@click.option("--op-profiling", is_flag=True,
+              help="benchmark_model: --enable_op_profiling; the report lists the op types taking the most time.")
 @click.option("--workdir", default=None, help="Working folder on the devices (default: each target's own).")
+@click.option("--duration", default=None, metavar="TIME",
+              help="Also run back to back for TIME (90s, 10m, 1h), recording throughput and temperature over time.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
               is_flag=False, flag_value="-",
               help="Print all results (liteship.device-bench/1) as JSON on stdout, the report on stderr, like the "
@@ -132,14 +141,16 @@ def kinds() -> None:
               help="Write the Markdown report to this file.")
 @adb_options
 def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
-          python, signature, backend, delegate, workdir, json_out, json_file, report_out, adb_key, adb_auth_timeout,
-          adb_timeout) -> None:
+          python, signature, backend, delegate, benchmark_args, contexts, op_profiling, workdir, duration, json_out,
+          json_file, report_out, adb_key, adb_auth_timeout, adb_timeout) -> None:
     """Benchmark BUNDLE on this host or on phones and boards: init, first inference, latency percentiles,
     peak memory, GPT-2 tok/s, with the device's facts.
 
     With several --device options the devices run in parallel; one failing device does not lose the others'
     results (the command then exits 1 after writing them).
     """
+    from liteship.runtime.sustained import parse_duration
+
     from .bench import BenchSettings, bench_targets, write_json_atomic
     from .report import markdown_report
 
@@ -153,7 +164,10 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
                              benchmark_binary=benchmark_binary, python=python, signature=signature,
-                             backend=backend, delegate=delegate, workdir=workdir)
+                             backend=backend, delegate=delegate, benchmark_args=tuple(benchmark_args),
+                             op_profiling=op_profiling, workdir=workdir,
+                             duration_s=parse_duration(duration) if duration else None,
+                             **({"contexts": tuple(contexts)} if contexts else {}))
     document = bench_targets(bundle, list(devices) or ["local"], settings, progress=_progress,
                              target_options=target_options(adb_key, adb_auth_timeout, adb_timeout))
     report = markdown_report(document)

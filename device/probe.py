@@ -2,7 +2,8 @@
 
 The script sticks to what toybox (Android), busybox (small boards) and coreutils all have: ``cat``, ``head``, ``tr``,
 ``df -Pk``, ``uname``, ``getprop`` where it exists. Every probe is optional: a missing file prints nothing and the
-field is ``None``.
+field is ``None``. Like android_bench/run_bench.sh, it reads cpufreq and thermal zones under ``$LITESHIP_SYSFS``
+(default ``/sys``), so both see the same tree on a board that mounts sysfs elsewhere, and in tests.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ for mod, dist in (("numpy", "numpy"), ("ai_edge_litert", "ai-edge-litert"), ("tf
 """
 
 _SCRIPT = r"""
+LS_SYSFS=${LITESHIP_SYSFS:-/sys}
 kv() { printf '%s=%s\n' "$1" "$2"; }
 one() { [ -r "$1" ] && tr -d '\000' < "$1" 2>/dev/null | head -n 1; }
 kv uname.s "$(uname -s 2>/dev/null)"
@@ -54,8 +56,8 @@ if [ -r /proc/cpuinfo ]; then
   kv cpuinfo.hardware "$(grep -i -m 1 '^hardware' /proc/cpuinfo | cut -d: -f2-)"
   kv cpuinfo.model "$(grep -i -m 1 -e '^model name' -e '^cpu model' /proc/cpuinfo | cut -d: -f2-)"
 fi
-kv cpu.online "$(cat /sys/devices/system/cpu/online 2>/dev/null)"
-for c in /sys/devices/system/cpu/cpu[0-9]*; do
+kv cpu.online "$(cat "$LS_SYSFS/devices/system/cpu/online" 2>/dev/null)"
+for c in "$LS_SYSFS"/devices/system/cpu/cpu[0-9]*; do
   [ -d "$c" ] || continue
   n=${c##*/cpu}
   kv "cpu.$n.max_khz" "$(cat "$c/cpufreq/cpuinfo_max_freq" 2>/dev/null)"
@@ -66,7 +68,7 @@ kv mem.total_kb "$(grep -m 1 '^MemTotal:' /proc/meminfo 2>/dev/null | tr -s ' ' 
 kv mem.available_kb "$(grep -m 1 '^MemAvailable:' /proc/meminfo 2>/dev/null | tr -s ' ' | cut -d' ' -f2)"
 mkdir -p "$LS_WORKDIR" 2>/dev/null
 kv df "$(df -Pk "$LS_WORKDIR" 2>/dev/null | tail -n 1)"
-for z in /sys/class/thermal/thermal_zone[0-9]*; do
+for z in "$LS_SYSFS"/class/thermal/thermal_zone[0-9]*; do
   [ -d "$z" ] || continue
   n=${z##*thermal_zone}
   kv "thermal.$n.type" "$(cat "$z/type" 2>/dev/null)"

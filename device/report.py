@@ -97,7 +97,12 @@ def markdown_report(document: dict) -> str:
         notes = [(e["target"], e["run"]["pin_note"]) for e in ok if (e.get("run") or {}).get("pin_note")]
         for target, note in notes:
             lines.append(f"- {target}: {note}")
-        if gen or notes:
+        profiled = [e for e in ok if e["bench"].get("top_ops")]
+        for entry in profiled:  # benchmark_model --enable_op_profiling: where the time of one run goes, by op type
+            ops = ", ".join(f"{o['op']} {_f(o['avg_ms'], 3)} ms ({_f(o['percent'], 1)}%)"
+                            for o in entry["bench"]["top_ops"][:5])
+            lines.append(f"- {entry['target']}: top ops per run: {ops}")
+        if gen or notes or profiled:
             lines.append("")
     if failed:
         lines.append("## Failed")

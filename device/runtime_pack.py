@@ -24,13 +24,13 @@ from .base import Target, quote
 # Fixed so that the same sources always give the same bytes (zip's earliest representable date).
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
-_MAIN = '''"""liteship runtime zipapp: python3 liteship-runtime.pyz bench BUNDLE [--json -] [...]"""
+_MAIN = '''"""liteship runtime zipapp: python3 liteship-runtime.pyz bench BUNDLE [...] | eval gpt2|bit BUNDLE DATA"""
 import sys
 
 
 def main():
     args = sys.argv[1:]
-    commands = ("bench", "version")
+    commands = ("bench", "eval", "version")
     if not args or args[0] not in commands:
         sys.stderr.write("usage: python3 %s {%s} ...\\n" % (sys.argv[0], ",".join(commands)))
         return 2
@@ -38,6 +38,9 @@ def main():
         import liteship
         print(liteship.__version__)
         return 0
+    if args[0] == "eval":
+        from liteship.runtime.device_eval import main as eval_main
+        return eval_main(args[1:])
     from liteship.runtime.bench import main as bench_main
     return bench_main(args[1:])
 

@@ -4,9 +4,13 @@
   liteship demo                          build, convert, run and bench a small classifier on this host
   liteship convert savedmodel|keras|gpt2|bit SOURCE --quant MODE --out BUNDLE
   liteship run model|gpt2|bit BUNDLE ...
+  liteship eval bit|gpt2 BUNDLE DATA [--reference BUNDLE] [--device TARGET]
   liteship inspect BUNDLE_OR_TFLITE
   liteship pack BUNDLE BUNDLE.zip
   liteship bench BUNDLE [--device TARGET ...]
+  liteship check SOURCE_OR_BUNDLE... --budget budget.toml [--device TARGET ...]
+  liteship report RESULTS... --html report.html [--md report.md]
+  liteship compare OLD.json NEW.json     exit 1 on a regression (bootstrap interval over the per-run latencies)
   liteship device probe|push ...
 """
 
@@ -41,6 +45,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     },
     "eval": {
         "bit": "liteship.runtime.image_cli:eval_command",
+        "gpt2": "liteship.runtime.text_cli:eval_command",
     },
     "device": {
         "probe": "liteship.device.cli:probe",
@@ -52,12 +57,15 @@ TOP_LEVEL: dict[str, str] = {
     "inspect": "liteship.runtime.cli:inspect",
     "pack": "liteship.runtime.cli:pack",
     "bench": "liteship.device.cli:bench",
+    "check": "liteship.device.gate_cli:check",
+    "report": "liteship.device.gate_cli:report",
+    "compare": "liteship.device.gate_cli:compare",
     "demo": "liteship.demo:command",
 }
 GROUP_HELP = {
     "convert": "Checkpoint -> .tflite bundle (fp32, fp16, dynamic-int8, int8, int8x16).",
     "run": "Run a bundle on this machine (no TensorFlow needed).",
-    "eval": "Measure a bundle's accuracy on labeled data.",
+    "eval": "Measure a bundle's quality: accuracy on labeled data, perplexity on text.",
     "device": "Phones (adb) and boards (SSH): probe them, push bundles.",
 }
 

@@ -315,6 +315,83 @@ def format_bit(rows: list[dict]) -> str:
 
 PARTS = ("classifier", "gpt2", "bit")
 
+# The demo's budget (liteship check): what its models must meet on this host, a shared 2-core machine, so the
+# speed limits are loose; the quality limits are the ones a release would use.
+DEMO_BUDGET = """\
+max_file_size_mb = 20             # the GPT-2 fp32 file is ~15 MB
+max_p90_ms = 50
+max_init_ms = 5000
+max_peak_rss_mb = 2000
+max_accuracy_drop_pct = 2         # digits: held-out accuracy points lost against fp32
+max_perplexity_increase_pct = 10  # GPT-2: on stdlib docstrings it never saw
+min_agreement_pct = 90
+min_decode_tok_s = 50             # GPT-2 only, like the perplexity limit; accuracy applies to the digits only
+"""
+
+
+def write_labeled_digits(folder: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    """Held-out digits as PNG files in class folders, the layout `liteship check --data` reads."""
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(x, y)):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(image[..., 0] * 255).astype(np.uint8), mode="L").save(folder / str(label) / f"{i}.png")
+    return folder
+
+
+def held_out_text() -> str:
+    """Text the demo GPT-2 never trained on (it learned pydoc_data.topics): docstrings of stdlib modules."""
+    import argparse
+    import functools
+    import json as json_module
+    import textwrap
+
+    return "\n\n".join(m.__doc__ for m in (json_module, argparse, textwrap, functools))
+
+
+def budget_check(workdir: Path, parts: list[str], *, threads: int | None, runs: int) -> str:
+    """`liteship check` of the demo's bundles on this host, then `liteship report`: the tables, as text."""
+    from liteship.device.bench import BenchSettings
+    from liteship.device.budget import load_budget
+    from liteship.device.budget_table import failures, format_text
+    from liteship.device.check import run_check
+    from liteship.device.gate_cli import BudgetExceeded
+    from liteship.device.html_report import render_html, render_markdown
+
+    _write_atomic(workdir / "budget.toml", DEMO_BUDGET)
+    budget = load_budget(workdir / "budget.toml")
+    settings = BenchSettings(runs=runs, warmup=5, threads=threads)
+    checks = []
+    if "classifier" in parts:
+        _, x_test, _, y_test = digits_dataset()
+        data = write_labeled_digits(workdir / "classifier" / "held-out", x_test, y_test)
+        bundles = [workdir / "classifier" / f"digits-{SUFFIXES[Quant.parse(q)]}" for q in ("fp32", "dynamic-int8",
+                                                                                            "int8")]
+        checks.append(("classifier", bundles, data))
+    if "gpt2" in parts:
+        data = workdir / "gpt2" / "held-out.txt"
+        _write_atomic(data, held_out_text())
+        checks.append(("gpt2", [workdir / "gpt2" / f"gpt2-{SUFFIXES[Quant.parse(q)]}" for q in ("fp32",
+                                                                                               "dynamic-int8")], data))
+    tables, results, failed = [], [], []
+    for name, bundles, data in checks:
+        click.echo(f"[liteship] liteship check {name} bundles --budget {workdir / 'budget.toml'} --data {data}",
+                   err=True)
+        doc = run_check([str(b) for b in bundles], budget, devices=["local"], quants=[], settings=settings,
+                        results_dir=workdir / f"check-{name}", data=data,
+                        progress=lambda m: click.echo(f"[liteship] {m}", err=True))
+        results.append(workdir / f"check-{name}")
+        tables.append(f"## Budget check: {name}\n\n" + format_text(doc))
+        failed += failures(doc)
+    if results:
+        _write_atomic(workdir / "report.html", render_html(results))
+        _write_atomic(workdir / "report.md", render_markdown(results))
+    text = "\n\n".join(tables)
+    if failed:
+        click.echo(text)
+        raise BudgetExceeded("the demo's models are over its budget: " + "; ".join(failed))
+    return text
+
 
 @click.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("liteship-demo"), show_default=True,
@@ -348,6 +425,9 @@ def command(workdir: Path, only: str, epochs: int, gpt2_seconds: float, runs: in
     _write_atomic(workdir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     _write_atomic(workdir / "results.md", report)
     click.echo(report)
+    if "classifier" in parts or "gpt2" in parts:
+        click.echo(budget_check(workdir, parts, threads=threads, runs=runs) + "\n")
+        click.echo(f"the HTML report of the budget check: {workdir / 'report.html'} (Markdown: report.md)")
     click.echo(f"bundles, results.json and results.md are in {workdir}/")
 
 

@@ -27,6 +27,12 @@ SCHEMA = "liteship.bench/1"
 PREFERRED_SIGNATURES = ("decode", "serving_default")
 
 
+def default_signature(keys: list[str]) -> str | None:
+    """The signature timed when none is asked for (here and by benchmark_model on a device): decode, else
+    serving_default, else the first."""
+    return next((k for k in PREFERRED_SIGNATURES if k in keys), keys[0] if keys else None)
+
+
 def peak_rss_bytes() -> int | None:
     """Peak resident set size of this process so far (VmHWM), or None where the OS does not say."""
     try:
@@ -96,7 +102,7 @@ def synthetic_inputs(details: dict, seed: int = 0) -> dict:
 
 def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, threads: int | None = None,
               backend: str = "auto", delegate: str | None = None, use_xnnpack: bool = True,
-              signature: str | None = None, generation: bool = True) -> dict:
+              signature: str | None = None, generation: bool = True, duration_s: float | None = None) -> dict:
     """Times one signature of a bundle or .tflite with synthetic inputs. GPT-2 bundles also get a
     ``generation`` block (prefill and decode tok/s) from liteship.runtime.generate."""
     if runs < 1 or warmup < 0:
@@ -107,7 +113,7 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
                                 use_xnnpack=use_xnnpack)
     keys = list(interp.get_signature_list())
     if signature is None:
-        signature = next((k for k in PREFERRED_SIGNATURES if k in keys), keys[0] if keys else None)
+        signature = default_signature(keys)
     if signature is None:
         raise RuntimeLiteshipError(f"{bundle.model_path}: the model has no signatures to run")
     if signature not in keys:
@@ -140,11 +146,17 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         "runs": runs,
         "latency_ms": percentiles(samples),
     }
+    if duration_s:  # throughput and temperature over time
+        from functools import partial
+
+        from liteship.runtime.sustained import sustained_runs
+        result["sustained"] = sustained_runs(partial(runner, **inputs), duration_s)
     del runner, interp
     if generation and bundle.family == "gpt2":
         from liteship.runtime.generate import benchmark_generation
 
-        result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend)  # already verified
+        contexts = [c for c in (32, 128, 512, 1024) if c < int(bundle.config.get("max_context", 0))]  # report's plot
+        result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend, contexts=contexts)
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["host"] = host_facts()
     result["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -185,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-xnnpack", action="store_true")
     parser.add_argument("--signature", default=None)
     parser.add_argument("--no-generation", action="store_true", help="skip the GPT-2 tok/s measurement")
+    parser.add_argument("--duration", type=float, default=None, help="also run back to back for SECONDS")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="write JSON to PATH (or stdout with no PATH)")
     args = parser.parse_args(argv)
     try:
         result = benchmark(args.model, runs=args.runs, warmup=args.warmup, threads=args.threads,
                            backend=args.backend, delegate=args.delegate, use_xnnpack=not args.no_xnnpack,
-                           signature=args.signature, generation=not args.no_generation)
+                           signature=args.signature, generation=not args.no_generation, duration_s=args.duration)
     except LiteshipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

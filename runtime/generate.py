@@ -10,8 +10,9 @@ size hd, static context C (manifest config "max_context"), prefill chunk P ("pre
   decode:  embeds[1, E], position[1], mask[1, S+1], k_i[H, S, hd], v_i[H, S, hd]
            -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
 
-`embeds` are token embedding rows, read (and for int8 dequantized, one row at a time) from the tied LM head's weight
-tensor inside the .tflite itself, through a zero-copy view: the table is stored once and never dequantized whole.
+`embeds` are token embedding rows, read (and for int8 dequantized, one row at a time) by runtime.token_table: from
+the tied LM head's weight inside the .tflite itself through a memory map (the table is stored once and never
+dequantized whole), or from the bundle's own copy where conversion found the converter had rewritten that weight.
 
 What is cached: for every token already seen at position p < C, its K and V (row p of each head in k_i / v_i);
 mask[.., p] is 0 for filled slots and -1e9 for empty ones. The last P columns of a prefill mask (the last column of
@@ -30,6 +31,7 @@ import numpy as np
 
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.bench import peak_rss_bytes
+from liteship.runtime.token_table import TokenTable
 
 MASK_EMPTY = np.float32(-1e9)
 
@@ -47,38 +49,6 @@ def _tensor_details(interp, subgraph: int) -> list[dict]:
             except ValueError:  # a temporary tensor without a name: get_tensor_details skips those too
                 continue
         return details
-
-
-class TokenTable:
-    """Token embedding rows from the LM head's [V, E] weight inside the model (int8 per-row scaled, fp16 or fp32)."""
-
-    PREFERENCE = (np.int8, np.float16, np.float32)  # constant weights first; a float32 [V, E] may be a DEQUANTIZE output
-
-    def __init__(self, interp, subgraph: int, vocab: int, width: int):
-        found = {}
-        for d in _tensor_details(interp, subgraph):
-            if list(d["shape"]) == [vocab, width]:
-                found.setdefault(np.dtype(d["dtype"]).type, []).append(d)
-        kind = next((k for k in self.PREFERENCE if len(found.get(k, ())) == 1), None)
-        if kind is None:
-            raise RuntimeLiteshipError(f"the model has no single [{vocab}, {width}] token table (found "
-                                       f"{ {np.dtype(k).name: len(v) for k, v in found.items()} })")
-        d = found[kind][0]
-        self.table = interp._interpreter.tensor(interp, d["index"], subgraph)  # a view into the model's weights
-        q = d["quantization_parameters"]
-        self.scale = None
-        if kind is np.int8:
-            if q["quantized_dimension"] != 0 or np.any(q["zero_points"]):
-                raise RuntimeLiteshipError("the int8 token table is not symmetric per-row; cannot look rows up")
-            scales = np.asarray(q["scales"], np.float32)
-            self.scale = scales if scales.size == vocab else np.full(vocab, scales[0], np.float32)
-
-    def rows(self, ids: np.ndarray, out: np.ndarray) -> None:
-        """out[:len(ids)] = embedding rows of ids (float32)."""
-        rows = self.table[ids].astype(np.float32)  # (n, E)
-        if self.scale is not None:
-            rows *= self.scale[ids][:, None]
-        out[: len(ids)] = rows
 
 
 class _SignatureBuffers:
@@ -185,7 +155,7 @@ class KVCacheSession:
         self.interp.allocate_tensors()  # applies the default (XNNPACK) delegate to every subgraph
         self._decode.allocate()
         self._prefill.allocate()
-        self.tokens = TokenTable(self.interp, self._decode._sub, self.vocab_size, int(cfg["model"]["n_embd"]))
+        self.tokens = TokenTable.from_bundle(self.bundle)
         P = self.prefill_len
         self._prefill_self_mask = np.triu(np.full((P, P), MASK_EMPTY, np.float32), k=1)  # (P, P): t sees <= t
         self._decode_cache = self._decode.cache(self.n_layer)

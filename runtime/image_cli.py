@@ -75,10 +75,14 @@ def _print_table(predictions) -> None:
 @click.argument("labeled_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--reference", type=click.Path(exists=True), default=None,
               help="A second bundle (e.g. the fp32 one) to compare top-1 agreement and accuracy with.")
+@click.option("--device", "device", default=None, metavar="TARGET",
+              help="Run the evaluation on this device (ssh:..., adb:...) with its runtime (it needs Pillow there); "
+                   "the bundle, the images and a reference bundle are pushed. Default: this host.")
+@click.option("--python", "python", default=None, help="With --device: the device's Python (default python3).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--threads", type=Threads(), default=None, help="Interpreter threads.")
 @click.option("--backend", default="auto", show_default=True, help="Interpreter backend.")
-def eval_command(bundle, labeled_dir, reference, as_json, threads, backend):
+def eval_command(bundle, labeled_dir, reference, device, python, as_json, threads, backend):
     """Accuracy of BUNDLE on LABELED_DIR, a folder of class folders.
 
     Images sit in LABELED_DIR/<label>/, each folder named by one of the bundle's labels.
@@ -88,16 +92,23 @@ def eval_command(bundle, labeled_dir, reference, as_json, threads, backend):
     from liteship.runtime.classify import evaluate
     from liteship.runtime.images import iter_files
 
-    total = sum(len(iter_files(p)) for p in _class_dirs(labeled_dir)) * (2 if reference else 1)
-    with click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
-        result = evaluate(bundle, labeled_dir, reference_bundle=reference, threads=threads, backend=backend,
-                          progress=lambda _: bar.update(1))
+    if device and device != "local":
+        from liteship.device.remote_eval import eval_on_device
+
+        result = eval_on_device(device, "bit", bundle, labeled_dir, reference=reference, threads=threads,
+                                python=python, progress=lambda message: click.echo(message, err=True))
+    else:
+        total = sum(len(iter_files(p)) for p in _class_dirs(labeled_dir)) * (2 if reference else 1)
+        with click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
+            result = evaluate(bundle, labeled_dir, reference_bundle=reference, threads=threads, backend=backend,
+                              progress=lambda _: bar.update(1))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     for skip in result["skipped"]:
         click.echo(f"skipped {skip['reason']}", err=True)
-    click.echo(f"bundle      {result['bundle']} ({result['quantization']})")
+    click.echo(f"bundle      {result['bundle']} ({result['quantization']})"
+               + (f" on {result['target']}" if result.get("target") else ""))
     click.echo(f"images      {result['images']} ({len(result['skipped'])} skipped)")
     click.echo(f"accuracy    {_percent(result['accuracy'])}  (top-5 {_percent(result['top5_accuracy'])})")
     if "reference" in result:

@@ -228,8 +228,8 @@ class Preprocessing:
             resized = resize(pixels, self.image_size)  # (H, W, 3)
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
-        if self.channels == "L":
-            mean, std = mean[:1], std[:1]  # one channel: the first mean/std value
+        if self.channels == "L":  # one grey channel, as the converter writes for (H, W, 1) inputs
+            mean, std = mean[:1], std[:1]  # the first mean/std value
         normalized = (resized / np.float32(255.0) - mean) / std
         normalized = normalized[..., _CHANNEL_ORDERS[self.channels]]
         return np.ascontiguousarray(_LAYOUTS[self.layout](normalized), dtype=np.float32)
@@ -283,6 +283,7 @@ def _bilinear_taps(in_size: int, out_size: int) -> tuple[tuple[np.ndarray, np.nd
 RESIZERS = {"bilinear": resize_bilinear}
 _CROPS = frozenset({"none", "center"})
 _CHANNEL_ORDERS = {"RGB": [0, 1, 2], "BGR": [2, 1, 0], "L": [0]}
+# RGB -> grey with Pillow's own "L" weights (ITU-R 601-2 luma): a grey PNG decoded to RGB comes back unchanged.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 _LAYOUTS = {"NHWC": lambda hwc: hwc, "NCHW": lambda hwc: np.transpose(hwc, (2, 0, 1))}
 

@@ -38,7 +38,7 @@ SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS, SUBGRAPH_OPERATORS, SUBGRAP
 TENSOR_SHAPE, TENSOR_TYPE, TENSOR_BUFFER, TENSOR_NAME, TENSOR_QUANTIZATION = 0, 1, 2, 3, 4
 TENSOR_SHAPE_SIGNATURE = 7
 QUANT_SCALE, QUANT_ZERO_POINT, QUANT_DIMENSION = 2, 3, 6
-OPERATOR_OPCODE_INDEX = 0
+OPERATOR_OPCODE_INDEX, OPERATOR_INPUTS, OPERATOR_OUTPUTS = 0, 1, 2
 BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
 METADATA_NAME, METADATA_BUFFER = 0, 1
 TENSORMAP_NAME, TENSORMAP_INDEX = 0, 1
@@ -116,6 +116,7 @@ class TensorInfo:
     buffer: int
     scale: list[float] = field(default_factory=list)
     zero_point: list[int] = field(default_factory=list)
+    quantized_dimension: int = 0
 
     def spec(self) -> dict:
         quant = None
@@ -133,6 +134,8 @@ class SubgraphInfo:
     inputs: list[int]
     outputs: list[int]
     op_codes: list[int]  # index into TFLiteModel.operator_names, one per operator
+    op_inputs: list[list[int]] = field(default_factory=list)  # tensor indices per operator (-1: optional, absent)
+    op_outputs: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -152,6 +155,23 @@ class TFLiteModel:
     subgraphs: list[SubgraphInfo]
     signatures: list[SignatureInfo]
     metadata: dict[str, bytes]
+    buffer_extents: list[tuple[int, int]] = field(default_factory=list)  # (file offset, length) per buffer
+
+    def producer(self, subgraph: int, tensor: int) -> tuple[str, list[int]] | None:
+        """(operator name, input tensor indices) of the operator whose output is ``tensor``; None for a model
+        input or a constant."""
+        sg = self.subgraphs[subgraph]
+        for code, inputs, outputs in zip(sg.op_codes, sg.op_inputs, sg.op_outputs):
+            if tensor in outputs:
+                return self.operator_names[code], inputs
+        return None
+
+    def tensor_extent(self, subgraph: int, tensor: int) -> tuple[int, int] | None:
+        """(file offset, length) of a constant tensor's data; None for a tensor without data."""
+        buffer = self.subgraphs[subgraph].tensors[tensor].buffer
+        if 0 < buffer < len(self.buffer_extents) and self.buffer_extents[buffer][1]:
+            return self.buffer_extents[buffer]
+        return None
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -225,6 +245,7 @@ def _parse(buf, size: int, label: str) -> TFLiteModel:
         op_names.append(name)
     subgraphs = []
     for sg in model.tables(MODEL_SUBGRAPHS):
+        operators = sg.tables(SUBGRAPH_OPERATORS)
         tensors = []
         for i, t in enumerate(sg.tables(SUBGRAPH_TENSORS)):
             tflite_type, np_name = TENSOR_TYPES.get(t.scalar(TENSOR_TYPE, "b", 0), ("UNKNOWN", ""))
@@ -238,13 +259,16 @@ def _parse(buf, size: int, label: str) -> TFLiteModel:
                 buffer=t.scalar(TENSOR_BUFFER, "I", 0),
                 scale=q.scalars(QUANT_SCALE, "f") if q else [],
                 zero_point=q.scalars(QUANT_ZERO_POINT, "q") if q else [],
+                quantized_dimension=q.scalar(QUANT_DIMENSION, "i", 0) if q else 0,
             ))
         subgraphs.append(SubgraphInfo(
             name=sg.string(SUBGRAPH_NAME) or "",
             tensors=tensors,
             inputs=sg.scalars(SUBGRAPH_INPUTS, "i"),
             outputs=sg.scalars(SUBGRAPH_OUTPUTS, "i"),
-            op_codes=[op.scalar(OPERATOR_OPCODE_INDEX, "I", 0) for op in sg.tables(SUBGRAPH_OPERATORS)],
+            op_codes=[op.scalar(OPERATOR_OPCODE_INDEX, "I", 0) for op in operators],
+            op_inputs=[op.scalars(OPERATOR_INPUTS, "i") for op in operators],
+            op_outputs=[op.scalars(OPERATOR_OUTPUTS, "i") for op in operators],
         ))
     signatures = []
     for sd in model.tables(MODEL_SIGNATURE_DEFS):
@@ -255,11 +279,13 @@ def _parse(buf, size: int, label: str) -> TFLiteModel:
             outputs={m.string(TENSORMAP_NAME): m.scalar(TENSORMAP_INDEX, "I", 0) for m in sd.tables(SIGNATURE_OUTPUTS)},
         ))
     buffers = model.tables(MODEL_BUFFERS)
+    extents = []
     for b in buffers:  # a cut-off file usually loses weights at the end: check every buffer's extent
         offset = b.scalar(BUFFER_OFFSET, "Q", 0)
         start, n = (offset, b.scalar(BUFFER_SIZE, "Q", 0)) if offset > 1 else b.vector(BUFFER_DATA)
         if start + n > size:
             raise BundleError(f"{label}: truncated TFLite model (a weight buffer ends past the end of the file)")
+        extents.append((start, n))
     metadata = {}
     for md in model.tables(MODEL_METADATA):
         index = md.scalar(METADATA_BUFFER, "I", 0)
@@ -273,6 +299,7 @@ def _parse(buf, size: int, label: str) -> TFLiteModel:
         subgraphs=subgraphs,
         signatures=signatures,
         metadata=metadata,
+        buffer_extents=extents,
     )
 
 

@@ -61,12 +61,46 @@ def hf_config(cfg: GPT2Config):
         initializer_range=INIT_RANGE)
 
 
-def torch_model(cfg: GPT2Config, seed: int = 0):
+def torch_model(cfg: GPT2Config, seed: int = 0, *, trained_like: bool = True):
+    """transformers' GPT-2 with random weights; ``trained_like`` (the default) gives them trained statistics."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
-    return transformers.GPT2LMHeadModel(hf_config(cfg)).eval()
+    model = transformers.GPT2LMHeadModel(hf_config(cfg)).eval()
+    if trained_like:
+        make_trained_like(model, seed)
+    return model
+
+
+# Freshly initialised GPT-2 weights hide bugs: LayerNorm weights all 1 and biases all 0 make a missing or misplaced
+# LayerNorm affine invisible, zero linear biases hide a dropped bias, and near-uniform attention makes a wrong mask or
+# cache slot change little. Trained models have none of that: their LayerNorm scales spread around (and away from)
+# 1, biases are non-zero, and attention heads look at a few positions. These are the statistics tests get.
+LN_SCALE_SPREAD, LN_BIAS_STD, LINEAR_BIAS_STD = 0.5, 0.3, 0.2
+QK_GAIN = 2.0  # multiplies both q and k: attention logits x4, so each head's softmax is peaked (see the test)
+
+
+def make_trained_like(model, seed: int = 0) -> None:
+    """Give a transformers GPT-2 trained-looking weights in place: LayerNorm scales 1 +- 0.5 (a few near 0 or
+    negative, as in real checkpoints) and biases, non-zero linear biases, and q/k scaled so attention is peaked."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def normal(t, std):
+        return torch.randn(t.shape, generator=g) * std
+
+    with torch.no_grad():
+        for name, p in model.transformer.named_parameters():
+            if ".ln_" in f".{name}" and name.endswith("weight"):
+                p.copy_(1.0 + normal(p, LN_SCALE_SPREAD))
+            elif name.endswith("bias"):  # LayerNorm shifts and every linear bias
+                p.copy_(normal(p, LN_BIAS_STD if ".ln_" in f".{name}" else LINEAR_BIAS_STD))
+        E = model.config.n_embd
+        for block in model.transformer.h:
+            block.attn.c_attn.weight[:, :2 * E] *= QK_GAIN  # Conv1D weight is [in, out]: columns q | k | v
+            block.attn.c_attn.bias[:2 * E] *= QK_GAIN
 
 
 def write_tokenizer(folder: Path, cfg: GPT2Config, added: list[str] = ()) -> None:
@@ -119,14 +153,15 @@ def state_dict_numpy(model) -> dict:
 
 
 def make_checkpoint(folder: Path, cfg: GPT2Config | None = None, *, fmt: str = "safetensors", added: list[str] = (),
-                    seed: int = 0):
-    """Write a GPT-2 checkpoint folder; returns the torch model it holds. fmt: safetensors | sharded | bin | h5."""
+                    seed: int = 0, trained_like: bool = True):
+    """Write a GPT-2 checkpoint folder; returns the torch model it holds. fmt: safetensors | sharded | bin | h5.
+    ``trained_like=False`` keeps transformers' fresh initialisation (LayerNorm 1 and 0, zero biases)."""
     import torch
 
     cfg = cfg or tiny()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = torch_model(cfg, seed)
+    model = torch_model(cfg, seed, trained_like=trained_like)
     if fmt == "safetensors":
         model.save_pretrained(folder)
     elif fmt == "sharded":
@@ -149,6 +184,26 @@ def torch_logits(model, ids) -> np.ndarray:
 
     with torch.no_grad():
         return model(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+def torch_greedy(model, ids, n):
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)[0].tolist()
+    return out[len(ids):]
+
+
+def liteship_run(bundle, ids, n):
+    """(ids + n greedy tokens, logits of every position but the last from prefill and decode, the n tokens)."""
+    from liteship.runtime.generate import KVCacheSession, TextGenerator
+
+    tokens = list(TextGenerator(bundle).generate_ids(ids, n, temperature=0, stop_on_eos=False))
+    s = KVCacheSession(bundle)
+    seq = ids + tokens
+    logits = np.concatenate([s.prefill(ids)] + [s.decode(t)[None] for t in tokens[:-1]])
+    return seq, logits, tokens
 
 
 # ---- bundles shared by the export and runtime tests -----------------------------------------------------------
@@ -200,3 +255,43 @@ def gpt2_bundles(tmp_path_factory, quants=("fp32",)) -> Path:
 
             export(root / "gpt2-checkpoint", root / f"gpt2-{q}", quant=q, **BUNDLE_OPTIONS)
     return root
+
+
+def make_trained_checkpoint(folder: Path, *, steps: int = 300, seed: int = 0):
+    """A GPT-2 checkpoint folder trained here on Python's own documentation (pydoc_data.topics, as
+    benchmarks/quality_gpt2.py does, at its --quick size): the weights a real fine-tune leaves, with a tokenizer
+    trained on the same text. Returns (torch model, the token ids of a held-back sentence)."""
+    import shutil
+
+    import torch
+    import transformers
+
+    from liteship.runtime.tokenizer import ByteLevelBPETokenizer
+    from tests.gpt2_tokenizer_fixture import make_tokenizer_files, pydoc_texts
+
+    folder = Path(folder)
+    texts = pydoc_texts()
+    files = make_tokenizer_files(folder / "tokenizer", vocab_size=512, texts=texts[1:])
+    tok = ByteLevelBPETokenizer.from_tokenizer_json(files["tokenizer_json"])
+    stream = np.concatenate([np.asarray(tok.encode(t) + [tok.eos_token_id], np.int64) for t in texts[1:]])
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=tok.vocab_size,
+                                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = transformers.GPT2LMHeadModel(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    model.train()
+    for _ in range(steps):
+        starts = rng.integers(0, len(stream) - 64, size=8)
+        batch = torch.from_numpy(np.stack([stream[s:s + 64] for s in starts]))  # (8, 64)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(folder)
+    for role in ("vocab", "merges", "tokenizer_json"):
+        shutil.copyfile(files[role], folder / files[role].name)
+    held_back = tok.encode(texts[0])  # the first topic is not in the training text
+    return model, held_back

@@ -11,8 +11,8 @@ from liteship.options import POSITIVE_INT
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "-o", "--output", "out_dir", type=click.Path(path_type=str), default=None,
               help="Bundle folder to write (default: CHECKPOINT_DIR-MODE in the current folder).")
-@click.option("--quant", type=click.Choice(["fp32", "fp16", "dynamic-int8"]), default="fp32", show_default=True,
-              help="Quantization mode.")
+@click.option("--quant", type=click.Choice(["fp32", "fp16", "dynamic-int8", "int4"]), default="fp32",
+              show_default=True, help="Quantization mode.")
 @click.option("--max-context", type=POSITIVE_INT, default=None,
               help="Longest sequence (prompt + generated) the bundle can hold [default: the model's n_positions].")
 @click.option("--prefill-len", type=POSITIVE_INT, default=None,

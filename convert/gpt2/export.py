@@ -13,12 +13,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from liteship.convert.gpt2.config import GPT2Config
+from liteship.convert.quant import Quant
+from liteship.errors import ConvertError, RuntimeLiteshipError
 from liteship.runtime.bench import peak_rss_bytes
-from liteship.errors import ConvertError
 from liteship.runtime.files import read_json, require, work_dir
 
 SIGNATURES = ("prefill", "decode")
+GPT2_QUANTS = (Quant.FP32, Quant.FP16, Quant.DYNAMIC_INT8, Quant.INT4)
 DEFAULT_PREFILL_LEN = 128
 CACHE_LAYOUT = {"k": "H,C,hd", "v": "H,C,hd", "mask_empty": -1e9}
 
@@ -86,6 +90,37 @@ def generation_defaults(ckpt: Path) -> dict:
     return out
 
 
+def token_table_source(tflite: bytes, wte, assets: dict, say) -> str:
+    """Where the runtime will read token embeddings: "lm_head" when the converted head weight still equals wte,
+    else "asset", adding the bundle's own copy of the table to ``assets`` (convert/gpt2/token_table.py says why)."""
+    from liteship.convert.gpt2.token_table import mismatch, own_copy
+    from liteship.runtime.token_table import INT4, TokenTable
+
+    try:
+        head = TokenTable.from_model(tflite, *wte.shape)
+    except RuntimeLiteshipError as exc:  # e.g. blockwise int4: scales per block of a row, not one per row
+        say(f"the LM head weight is no table the runtime reads ({exc}); the bundle keeps an int8 token table")
+        assets.update(own_copy(wte, np.dtype(np.int8)))
+        return "asset"
+    problem = mismatch(head, wte)
+    if problem is None:
+        return "lm_head"
+    say(f"{problem}; the bundle keeps its own copy of the token table")
+    assets.update(own_copy(wte, np.dtype(np.int8) if head.dtype == INT4 else head.dtype))
+    return "asset"
+
+
+def check_token_table(folder: Path, wte) -> None:
+    """The finished bundle's token table, read as the runtime reads it, equals wte (else nothing is written)."""
+    from liteship.convert.gpt2.token_table import mismatch
+    from liteship.runtime.bundle import Bundle
+    from liteship.runtime.token_table import TokenTable
+
+    problem = mismatch(TokenTable.from_bundle(Bundle.open(folder, verify=False)), wte)
+    if problem is not None:
+        raise ConvertError(f"the converted bundle's token table is wrong: {problem}")
+
+
 def build_saved_model(cfg: GPT2Config, params: dict, out_dir: Path, *, max_context: int, prefill_len: int) -> None:
     import tensorflow as tf
 
@@ -96,9 +131,14 @@ def build_saved_model(cfg: GPT2Config, params: dict, out_dir: Path, *, max_conte
 
 
 def convert_to_tflite(saved_model_dir: Path, quant) -> tuple[bytes, dict]:
-    """The prefill and decode signatures, converted together so they share one set of weights in the file."""
+    """The prefill and decode signatures, converted together so they share one set of weights in the file.
+    int4 quantizes the float32 model's weights afterwards (the converter has no int4 recipe)."""
+    from liteship.convert.quant import Quant, int4_weights
     from liteship.convert.tflite import convert_saved_model
 
+    if quant is Quant.INT4:
+        tflite, report = convert_saved_model(saved_model_dir, Quant.FP32, signature_keys=list(SIGNATURES))
+        return int4_weights(tflite), report
     return convert_saved_model(saved_model_dir, quant, signature_keys=list(SIGNATURES))
 
 
@@ -107,12 +147,11 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     """Convert the checkpoint folder ``ckpt`` to a bundle at ``out_dir``; returns what it took."""
     from liteship.convert.bundle import hash_source, write_bundle
     from liteship.convert.gpt2.weights import load_checkpoint
-    from liteship.convert.quant import Quant
 
     say = progress or (lambda msg: None)
     quant = Quant.parse(quant)
-    if quant not in (Quant.FP32, Quant.FP16, Quant.DYNAMIC_INT8):
-        raise ConvertError(f"GPT-2 supports --quant fp32, fp16 or dynamic-int8, not {quant.value} "
+    if quant not in GPT2_QUANTS:
+        raise ConvertError(f"GPT-2 supports --quant fp32, fp16, dynamic-int8 or int4, not {quant.value} "
                            "(full-integer attention needs calibration liteship does not do for text)")
     ckpt = Path(ckpt)
     start = time.perf_counter()
@@ -132,12 +171,14 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     try:
         say(f"building the TensorFlow graph (max_context={C}, prefill_len={P})")
         build_saved_model(cfg, params, work / "saved_model", max_context=C, prefill_len=P)
+        wte = params["wte.weight"]  # (V, E): what the runtime's token table must hold
         del params
         gc.collect()
         say(f"converting to TFLite ({quant.value})")
         tflite, report = convert_to_tflite(work / "saved_model", quant)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    config["token_table"] = token_table_source(tflite, wte, assets, say)
     say("writing the bundle")
     seconds = time.perf_counter() - start
     rss = peak_rss_bytes()  # of this process: the converter runs here
@@ -145,5 +186,6 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
                           config=config, assets=assets, source=source,
                           conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss,
-                                      "flex_ops": report["flex_ops"], "pruning": None})
+                                      "flex_ops": report["flex_ops"], "pruning": None},
+                          check=lambda folder: check_token_table(folder, wte))
     return ExportReport(Path(bundle), seconds, rss, len(tflite), quant.value)

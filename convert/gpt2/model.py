@@ -24,7 +24,8 @@ Why this layout (measured, see docs/gpt2_kv_cache.md):
 - The token embedding table exists once, as the tied LM head's FULLY_CONNECTED weight. The runtime looks token rows
   up in that very tensor (dequantizing one row) and passes them in as `embeds`: a GATHER in the graph made the
   dynamic-int8 converter store a second, per-tensor int8 copy of the 50257 x 768 table (and older recipes a
-  whole-table DEQUANTIZE per step).
+  whole-table DEQUANTIZE per step). The converter must therefore leave that weight as it is: see
+  _final_layer_norm, and the check in export.
 """
 
 from __future__ import annotations
@@ -108,6 +109,17 @@ class GPT2TF(tf.Module):
         var = tf.reduce_mean(tf.square(xc), axis=-1, keepdims=True)
         return xc * tf.math.rsqrt(var + self.cfg.layer_norm_epsilon) * self._w(prefix + ".weight") + self._w(prefix + ".bias")
 
+    def _final_layer_norm(self, x):
+        """ln_f, with its scale applied before the normalising rsqrt rather than after it. The LM head's weight is
+        the token table the runtime reads embeddings from (runtime/token_table.py), and TFLite folds a constant
+        multiplier that directly precedes a FULLY_CONNECTED into its weight: a uniform ln_f scale (1.5 everywhere,
+        or every parameter of a model scaled) became part of every token row. Here no constant directly precedes
+        the head, so nothing is folded into it; export still checks the table (convert/gpt2/token_table.py)."""
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        xc = x - mean
+        var = tf.reduce_mean(tf.square(xc), axis=-1, keepdims=True)
+        return (xc * self._w("ln_f.weight")) * tf.math.rsqrt(var + self.cfg.layer_norm_epsilon) + self._w("ln_f.bias")
+
     def _linear(self, x, prefix):
         return tf.matmul(x, self._w(prefix + ".weight"), transpose_b=True) + self._w(prefix + ".bias")
 
@@ -143,7 +155,7 @@ class GPT2TF(tf.Module):
             x, k, v = self._block(i, x, k_caches[i], v_caches[i], mask)
             ks.append(k)
             vs.append(v)
-        x = self._layer_norm(x, "ln_f")
+        x = self._final_layer_norm(x)
         logits = tf.matmul(x, wte, transpose_b=True)  # (T, V): the LM head is the tied token embedding
         return {"logits": logits, "k_new": tf.stack(ks), "v_new": tf.stack(vs)}  # k/v: (L, H, T, hd)
 

@@ -63,9 +63,12 @@ def test_fp32_greedy_continuation_is_token_for_token_pytorchs(tmp_path_factory):
     # layers we observed max |diff| = 1.0e-3 x max|logit| and rms 8e-4 x std(logits). Bounds: 10x that.
     ("fp16", 1e-2, 1e-2, 1.0),
     # dynamic-int8: per-channel int8 weights plus int8 activations quantized at run time, each rounding by up to
-    # half a step (~0.4% of the range), compounded over 9 matrix products; observed max 4.7% and rms 3%, top-1
-    # agreement 93% (random weights make near-ties). Bounds: 2x the observed error, far below a broken model's ~100%.
-    ("dynamic-int8", 0.10, 0.06, 0.8),
+    # half a step (~0.4% of the range), compounded over 9 matrix products. With trained-like weights attention is
+    # peaked (q and k x2, so their rounding errors reach the attention logits x4) and one position can switch which
+    # key it attends to: observed max 15% (at one position), rms 4.8%, top-1 agreement 97% (fresh-init weights gave
+    # 4.7%, 3% and 93%). Bounds: the max at 1.7x observed, rms and top-1 kept where they were; a broken cache slot,
+    # mask or table moves logits by ~100%.
+    ("dynamic-int8", 0.25, 0.06, 0.8),
 ])
 def test_quantized_logits_within_stated_tolerance(tmp_path_factory, quant, max_rel, rms_rel, top1):
     root = gpt2_bundles(tmp_path_factory, quants=(quant,))
@@ -136,7 +139,7 @@ def test_bad_options_are_refused(tmp_path_factory, tmp_path):
         export(ckpt, tmp_path / "x", max_context=65)
     with pytest.raises(ConvertError, match=r"--prefill-len 20 must be between 1 and --max-context \(16\)"):
         export(ckpt, tmp_path / "x", max_context=16, prefill_len=20)
-    with pytest.raises(ConvertError, match="GPT-2 supports --quant fp32, fp16 or dynamic-int8, not int8"):
+    with pytest.raises(ConvertError, match="GPT-2 supports --quant fp32, fp16, dynamic-int8 or int4, not int8"):
         export(ckpt, tmp_path / "x", quant="int8")
     assert not (tmp_path / "x").exists()
 

@@ -130,3 +130,31 @@ def _private_caches(tmp_path_factory, monkeypatch):
 def _no_device_marker_without_device(request):
     if request.node.get_closest_marker("device") and not os.environ.get("LITESHIP_TEST_DEVICE"):
         pytest.skip("set LITESHIP_TEST_DEVICE=ssh:... or adb:... to run against a real device")
+
+
+# --- the real adbd phone (tests/device/real_adbd.py; owned by the Android tests) ------------------------------
+
+
+@pytest.fixture
+def real_adbd(tmp_path):
+    """real_adbd(**options) -> a started RealAdbd (AOSP adbd in its own namespaces), stopped after the test.
+
+    Without the binary (or without root) the tests skip with the reason - except in CI (CI=true), where .ci/run
+    builds it with .ci/adbd-build and a skip would hide a broken setup."""
+    from real_adbd import RealAdbd, missing_requirements
+
+    why = missing_requirements()
+    if why:
+        if _in_ci():
+            pytest.fail(f"CI=true but the real adbd phone cannot run: {why}")
+        pytest.skip(why)
+    started = []
+
+    def make(**options) -> RealAdbd:
+        phone = RealAdbd(tmp_path / f"real-adbd-{len(started)}", **options).start()
+        started.append(phone)
+        return phone
+
+    yield make
+    for phone in started:
+        phone.stop()

@@ -1,15 +1,15 @@
-"""AndroidTarget against the loopback adbd (tests/device/adbd.py): adb-shell speaking the real wire protocol over
-real TCP to a device whose shell commands really run, in a sandbox standing for the phone's storage.
+"""AndroidTarget against a real phone's adbd: AOSP adbd built from Debian's source (.ci/adbd-build), run by
+tests/device/real_adbd.py as a phone runs it (its own namespaces, uid 2000, mksh and busybox, /data a small tmpfs),
+reached by adb-shell over real TCP through a proxy the tests control.
 
-Covers the key (made, 0600, accepted or denied on the phone), run/put/get, then probe, push and the android_bench
-script end to end through D1's generic device code, and the faults: a connection dropped mid-push, a corrupted
-file, a full disk, a slow device hitting its timeout.
+Covers the key (made, 0600, trusted or left pending on the phone's prompt), run/put/get, then probe, push and the
+android_bench script end to end through the generic device code, and the faults: a connection cut mid-push, a full
+/data, a slow link, a command timing out. A corrupted file is the one fault a real adbd cannot produce; that test
+keeps the loopback fake (tests/device/adbd.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import stat
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from adbd import FakeAdbd, make_sysfs
+from fake_benchmark_model import MKSH_FAKE
+from real_adbd import make_sysfs
 from liteship.device.android import (
     AdbAddress,
     AndroidTarget,
@@ -37,6 +38,9 @@ from liteship.errors import DeviceError
 
 WORKDIR = "/data/local/tmp/liteship"
 ALLOWED = sorted(os.sched_getaffinity(0))
+PROPS = {"ro.product.manufacturer": "Google", "ro.product.model": "Pixel 7", "ro.board.platform": "gs201",
+         "ro.product.cpu.abi": "arm64-v8a", "ro.build.version.release": "14", "ro.build.version.sdk": "34"}
+MEMINFO = "MemTotal:        7833600 kB\nMemFree:          812345 kB\nMemAvailable:    3145728 kB\n"
 
 
 @pytest.fixture(scope="session")
@@ -45,19 +49,20 @@ def adb_key(tmp_path_factory) -> Path:
     return ensure_adb_key(tmp_path_factory.mktemp("android") / "adbkey")
 
 
+def public(key: Path) -> Path:
+    return Path(str(key) + ".pub")
+
+
 @pytest.fixture
-def phone(tmp_path, adb_key):
-    """A phone that already trusts the test key; its "/sys" for run_bench.sh is a made-up big.LITTLE tree."""
+def phone(tmp_path, adb_key, real_adbd):
+    """A phone that already trusts the test key; its /sys is a made-up big.LITTLE tree over this machine's CPUs
+    (so pinning really happens) and its /proc/meminfo says 7.5 GiB."""
     sysfs = make_sysfs(tmp_path / "phone-sys", {c: 1_800_000 for c in ALLOWED[:-1]} | {ALLOWED[-1]: 2_803_200},
                        {"cpu-0-0-usr": 38000, "battery": 29000})
-    props = {"ro.product.manufacturer": "Google", "ro.product.model": "Pixel 7", "ro.board.platform": "gs201",
-             "ro.product.cpu.abi": "arm64-v8a", "ro.build.version.release": "14", "ro.build.version.sdk": "34"}
-    with FakeAdbd(tmp_path / "phone", props=props, env={"LITESHIP_SYSFS": str(sysfs)}) as adbd:
-        adbd.authorize_key_file(Path(str(adb_key) + ".pub"))
-        yield adbd
+    return real_adbd(sysfs=sysfs, meminfo=MEMINFO, props=PROPS, keys=[public(adb_key)])
 
 
-def connect(adbd: FakeAdbd, adb_key: Path, **options) -> AndroidTarget:
+def connect(adbd, adb_key: Path, **options) -> AndroidTarget:
     options = {"auth_timeout_s": 2, "transport_timeout_s": 5, "read_timeout_s": 10} | options
     return open_target(adbd.spec, adb_key=str(adb_key), **options)
 
@@ -69,7 +74,7 @@ def android(phone, adb_key):
     target.close()
 
 
-def on_phone(adbd: FakeAdbd, phone_path: str) -> Path:
+def on_phone(adbd, phone_path: str) -> Path:
     return adbd.host_path(phone_path)
 
 
@@ -117,28 +122,35 @@ def test_key_is_created_private_and_tightened(tmp_path, monkeypatch):
     assert key.read_bytes() == before  # tightened, not replaced: the phone's trust in it stays valid
 
 
-def test_first_connection_asks_the_phone_then_the_key_is_trusted(tmp_path, adb_key):
-    with FakeAdbd(tmp_path / "phone") as adbd:
-        first = connect(adbd, adb_key)
-        assert first.run(["echo", "hi"]).stdout == "hi\n"
-        first.close()
-        assert len(adbd.stats.prompts) == 1
-        assert adbd.stats.prompts[0].split()[0] == Path(str(adb_key) + ".pub").read_text().split()[0]
-        second = connect(adbd, adb_key)
-        assert second.run(["true"]).returncode == 0
-        second.close()
-        assert len(adbd.stats.prompts) == 1  # the signature was accepted; no second prompt
-        assert adbd.stats.connections == 2
-
-
-def test_denied_key_says_to_allow_usb_debugging(tmp_path, adb_key):
-    with FakeAdbd(tmp_path / "phone") as adbd:
-        adbd.faults.deny_new_keys = True
-        target = connect(adbd, adb_key, auth_timeout_s=0.5)
+def test_untrusted_key_waits_on_the_prompt_then_fails_in_one_line(tmp_path, adb_key, real_adbd):
+    """A real adbd shows one "Allow USB debugging?" prompt and keeps it pending; later connections with an unknown
+    key are skipped ("prompt currently pending"). Each try must end within --adb-auth-timeout with one clear line,
+    and once the user allows the key (adb_keys) the next connection works."""
+    phone = real_adbd()
+    for _ in range(2):
+        target = connect(phone, adb_key, auth_timeout_s=1)
+        started = time.monotonic()
         with pytest.raises(DeviceError, match='tap Allow on the "Allow USB debugging\\?" prompt') as info:
             target.run(["true"])
-        assert str(adb_key) in str(info.value) and "PRIVATE" not in str(info.value)
-        assert len(adbd.stats.prompts) == 1
+        assert time.monotonic() - started < 1 + 3  # the auth timeout, plus the handshake
+        message = str(info.value)
+        assert "\n" not in message and str(adb_key) in message and "PRIVATE" not in message
+        assert "within 1s" in message
+    log = phone.log()
+    assert log.count("prompting user for adb authentication") == 1
+    assert "prompt currently pending, skipping" in log
+    phone.authorize_key_file(public(adb_key))
+    trusted = connect(phone, adb_key)
+    assert trusted.run(["id", "-u"]).stdout == "2000\n"
+    trusted.close()
+
+
+def test_a_trusted_key_connects_without_a_prompt(phone, adb_key):
+    target = connect(phone, adb_key)
+    assert target.run(["echo", "hi"]).stdout == "hi\n"
+    target.close()
+    assert "adb client authorized" in phone.log()
+    assert "prompting user" not in phone.log()
 
 
 def test_nothing_listening_is_a_clear_error(adb_key):
@@ -203,6 +215,27 @@ def test_run_quotes_every_argument_and_keeps_exit_status_and_stderr_apart(androi
     assert android.run(["cat"], stdin=b"line 1\nline 2\n").stdout == "line 1\nline 2\n"
 
 
+def test_a_full_data_still_answers_with_stderr_and_status(android, phone):
+    """Regression: the shell v1 wrapper sent stderr through a file in /data/local/tmp, so on a full phone every
+    command lost its stderr. Shell protocol v2 brings it back as its own stream, writing nothing on the phone."""
+    fill(phone, 0)
+    result = android.run(["sh", "-c", "echo out; echo err >&2; exit 2"], check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "out\n", "err\n")
+    assert sorted(p.name for p in on_phone(phone, "/data/local/tmp").iterdir()) == []
+
+
+def test_an_adbd_without_shell_v2_gets_the_v1_wrapper(android, phone):
+    """adbd before Android 7 refuses "shell,v2" (the proxy answers CLSE as it would): liteship falls back to
+    shell v1 once per connection and still reports the exit status and stderr apart."""
+    phone.faults.refuse_services = (b"shell,v2",)
+    started = time.monotonic()
+    result = android.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert android.run(["cat"], stdin=b"line 1\n").stdout == "line 1\n"
+    assert time.monotonic() - started < 15  # one wait for the refused v2 stream, not one per command
+    assert sorted(p.name for p in on_phone(phone, "/data/local/tmp").iterdir()) == []
+
+
 def test_long_scripts_go_as_a_file(android, phone):
     script = "x=0\n" + "x=$((x + 1))\n" * 2000 + 'echo "$x"\n'  # ~26 KB, far over one OPEN message
     assert android.shell(script).stdout == "2000\n"
@@ -258,35 +291,55 @@ def test_large_writes_are_sent_whole(phone, adb_key, tmp_path):
     target.close()
 
 
-def test_slow_device_hits_the_timeout_and_the_next_call_reconnects(android, phone):
+def test_command_timing_out_is_killed_and_the_next_call_reconnects(android, phone):
     with pytest.raises(DeviceError, match=r"`sleep 3; touch /data/local/tmp/late` timed out after 0.5s"):
         android.shell("sleep 3; touch /data/local/tmp/late", timeout=0.5)
     assert android.run(["echo", "back"]).stdout == "back\n"  # a fresh connection
-    phone.faults.reply_delay_s = 1.0  # now every message from the phone is late
+    time.sleep(3.5)
+    # adbd hung up on the command with its connection (SIGHUP): it never finished
+    assert not on_phone(phone, "/data/local/tmp/late").exists()
+    assert android.run(["sh", "-c", "ps -o args | grep -c '[s]leep 3'"], check=False).stdout.strip() == "0"
+
+
+def test_slow_link_hits_the_timeout(android, phone):
+    android.run(["true"])
+    phone.faults.delay_s = 1.0  # now every answer from the phone is late
     with pytest.raises(DeviceError, match="timed out after 0.3s"):
         android.run(["true"], timeout=0.3)
-    phone.faults.reply_delay_s = 0.0
-    time.sleep(3)
-    assert not on_phone(phone, "/data/local/tmp/late").exists()  # adbd killed it with the dropped connection
+    phone.faults.delay_s = 0.0
+    assert android.run(["echo", "back"]).stdout == "back\n"
 
 
 # --- probe, push, bench through the generic device code -------------------------------------------------------
 
 
-def test_probe(android):
-    from liteship.device.probe import probe
+def test_probe_reports_the_phone_not_the_host(tmp_path, adb_key, real_adbd):
+    """Every fact comes from the device: a three-cluster CPU tree in its /sys, 7.5 GiB in its /proc/meminfo, the
+    size of its /data, its properties, its tools (mksh, busybox, no python3)."""
+    from liteship.device.probe import format_probe, probe
 
-    facts = probe(android)
-    text = json.dumps(facts)
-    for expected in ("Pixel 7", "arm64-v8a", "gs201", "14"):
-        assert expected in text, (expected, facts)
+    clusters = {0: 1_800_000, 1: 1_800_000, 2: 1_800_000, 3: 1_800_000, 4: 2_350_000, 5: 2_350_000,
+                6: 2_350_000, 7: 2_850_000}
+    sysfs = make_sysfs(tmp_path / "sys", clusters, {"skin": 31000})
+    phone = real_adbd(sysfs=sysfs, meminfo=MEMINFO, props=PROPS, data_size="24m", keys=[public(adb_key)])
+    with connect(phone, adb_key) as target:
+        facts = probe(target)
+    assert facts["model"] == "Google Pixel 7" and facts["soc"] == "gs201" and facts["abi"] == "arm64-v8a"
+    assert facts["os"] == "Android 14 (SDK 34)"
+    assert facts["cpu"]["cores"] == 8 and facts["cpu"]["max_khz"] == list(clusters.values())
+    assert facts["memory"] == {"total_bytes": 7833600 * 1024, "available_bytes": 3145728 * 1024}
+    assert facts["storage"]["total_bytes"] == 24 * 1024 * 1024 and facts["storage"]["path"] == WORKDIR
+    assert facts["python"] is None and "python3" not in facts["tools"]
+    assert facts["tools"]["sh"] == "/system/bin/sh" and facts["tools"]["busybox"] == "/system/bin/busybox"
+    assert facts["thermal"] == [{"zone": 0, "type": "skin", "temp_c": 31.0}]
+    assert "8 cores" in format_probe(facts)
 
 
-def bundle_on_phone(phone: FakeAdbd, name: str) -> Path:
+def bundle_on_phone(phone, name: str) -> Path:
     return on_phone(phone, f"{WORKDIR}/bundles/{name}")
 
 
-def partials(phone: FakeAdbd) -> list[str]:
+def partials(phone) -> list[str]:
     bundles = on_phone(phone, f"{WORKDIR}/bundles")
     return sorted(p.name for p in bundles.iterdir() if p.name.startswith(".")) if bundles.exists() else []
 
@@ -299,74 +352,132 @@ def test_push_installs_a_verified_bundle(android, phone, tiny_bundle):
     assert result.remote_path == f"{WORKDIR}/bundles/{tiny_bundle.name}"
     for f in tiny_bundle.rglob("*"):
         if f.is_file():
-            assert (installed / f.relative_to(tiny_bundle)).read_bytes() == f.read_bytes()
-    sends = len(phone.stats.sends)
+            copy = installed / f.relative_to(tiny_bundle)
+            assert copy.read_bytes() == f.read_bytes()
+            assert copy.stat().st_uid == 2000  # written by the shell user, as on a phone
+    stamps = {p: p.stat().st_mtime_ns for p in installed.rglob("*")}
     again = push_bundle(android, tiny_bundle)
-    assert again.unchanged and len(phone.stats.sends) == sends  # same hashes on the phone: nothing sent
+    assert again.unchanged and again.sent == [] and again.bytes_sent == 0  # same hashes on the phone
+    assert {p: p.stat().st_mtime_ns for p in installed.rglob("*")} == stamps
     assert partials(phone) == []
 
 
 def test_connection_dropped_mid_push_leaves_no_partial_bundle(android, phone, tiny_bundle):
     from liteship.device.push import push_bundle
 
-    phone.faults.drop_after_send_bytes = 1000
+    phone.faults.cut_after_marker, phone.faults.cut_after_upload_bytes = b"DATA", 1  # the first file's data
     lost = r"connection lost during push to .*/\.tiny-classifier\.partial-.*closed the connection"
     with pytest.raises(DeviceError, match=lost):
         push_bundle(android, tiny_bundle)
-    assert phone.stats.drops == 1
+    assert phone.stats.cuts == 1
     assert not bundle_on_phone(phone, tiny_bundle.name).exists()
     assert partials(phone) == []  # push's clean-up reconnected and removed the partial folder
-    phone.faults.drop_after_send_bytes = None
     push_bundle(android, tiny_bundle)
     assert bundle_on_phone(phone, tiny_bundle.name).is_dir()
 
 
 def test_corrupted_file_fails_verification_and_is_rolled_back(android, phone, tiny_bundle):
+    """A file's bytes change on the way (the proxy flips one and fixes the message checksum): the device-side
+    sha256 check catches it and the partial folder goes."""
     from liteship.device.push import push_bundle
 
-    phone.faults.corrupt_sends = 1
+    phone.faults.corrupt_files = 1
     with pytest.raises(DeviceError, match="failed its sha256 check on the device"):
         push_bundle(android, tiny_bundle)
+    assert phone.stats.corrupted == 1
     assert not bundle_on_phone(phone, tiny_bundle.name).exists() and partials(phone) == []
+    push_bundle(android, tiny_bundle)
+    assert bundle_on_phone(phone, tiny_bundle.name).is_dir()
 
 
-def test_full_disk_is_a_clear_error(android, phone, tiny_bundle):
+def fill(phone, leave_bytes: int) -> None:
+    """Fill the phone's /data (a tmpfs) until at most ``leave_bytes`` are free."""
+    st = os.statvfs(on_phone(phone, "/data"))
+    free = st.f_bavail * st.f_frsize
+    with open(on_phone(phone, "/data/filler"), "ab") as f:
+        f.write(b"\0" * max(0, free - leave_bytes))
+
+
+def test_full_data_is_refused_before_sending(android, phone, tiny_bundle):
     from liteship.device.push import push_bundle
 
-    phone.faults.quota_bytes = phone.used_bytes() + 1000
-    with pytest.raises(DeviceError, match="No space left on device; the device is full"):
+    android.run(["mkdir", "-p", f"{WORKDIR}/bundles"])
+    fill(phone, 8192)
+    with pytest.raises(DeviceError, match=r"not enough free space in .*/bundles.*MB free"):
         push_bundle(android, tiny_bundle)
     assert not bundle_on_phone(phone, tiny_bundle.name).exists() and partials(phone) == []
 
 
-def test_bench_end_to_end_with_run_bench_sh(android, phone, tiny_bundle):
-    """Push the bundle and run_bench.sh, run liteship's Python runner under it pinned to the big core, read the
-    result file and the runner's JSON back. (The phone's "python" is this venv's, as on a board with Python.)"""
+def test_data_filling_up_during_the_push_is_a_clear_error(android, phone, tiny_bundle, monkeypatch):
+    """The space check passed, then /data filled up under the push: the write itself fails (ENOSPC from the
+    real adbd) and the partial folder is removed."""
+    import liteship.device.push as push
+
     from liteship.device.push import push_bundle
 
-    remote_bundle = push_bundle(android, tiny_bundle).remote_path
-    script = f"{WORKDIR}/run_bench.sh"
-    android.put(run_bench_script(), script)
-    result_path, output_path = f"{WORKDIR}/results/r1.txt", f"{WORKDIR}/results/r1.json"
-    android.run(["mkdir", "-p", f"{WORKDIR}/results"])
-    runner = [sys.executable, "-m", "liteship.runtime.bench", remote_bundle, "--runs", "5", "--warmup", "1",
-              "--json", output_path]
-    argv = run_bench_argv(script, result_path, runner, output=f"{WORKDIR}/results/r1.log", cores="big",
-                          cool_below_c=90, cool_max_wait_s=5, sample_interval_s=0.05)
-    android.run(argv, timeout=120)
+    real_parse = push._parse_df_free
 
-    local = phone.sandbox.parent / "r1.txt"
-    android.get(result_path, local)
-    r = parse_run_bench_result(local.read_text())
-    log = android.run(["cat", f"{WORKDIR}/results/r1.log"]).stdout
-    assert r["status"] == 0, log
+    def fill_after_the_check(line):
+        free = real_parse(line)
+        fill(phone, 0)
+        return free
+
+    monkeypatch.setattr(push, "_parse_df_free", fill_after_the_check)
+    with pytest.raises(DeviceError, match="No space left on device; the device is full"):
+        push_bundle(android, tiny_bundle)
+    on_phone(phone, "/data/filler").unlink()
+    assert not bundle_on_phone(phone, tiny_bundle.name).exists() and partials(phone) == []
+
+
+@pytest.fixture
+def fake_benchmark_model(tmp_path) -> Path:
+    binary = tmp_path / "benchmark_model"
+    binary.write_text(MKSH_FAKE)
+    binary.chmod(0o755)
+    return binary
+
+
+def test_run_bench_sh_under_the_phones_mksh(android, phone):
+    """run_bench.sh on the phone as liteship runs it (`sh run_bench.sh`, sh being mksh there), pinned to the big
+    core of the phone's /sys, sampling the command's peak memory."""
+    script = f"{WORKDIR}/run_bench.sh"
+    android.run(["mkdir", "-p", f"{WORKDIR}/results"])
+    android.put(run_bench_script(), script)
+    assert android.run(["sh", "-c", 'echo "$KSH_VERSION"']).stdout.startswith("@(#)MIRBSD KSH")
+    result_path = f"{WORKDIR}/results/r1.txt"
+    command = ["sh", "-c", "x=$(head -c 3000000 /dev/zero | tr '\\0' a); sleep 0.5; echo ${#x}"]
+    argv = run_bench_argv(script, result_path, command, output=f"{WORKDIR}/results/r1.log", cores="big",
+                          cool_below_c=90, cool_max_wait_s=5, sample_interval_s=0.05)
+    android.run(argv, timeout=60)
+    r = parse_run_bench_result(on_phone(phone, result_path).read_text())
+    assert r["status"] == 0 and android.run(["cat", f"{WORKDIR}/results/r1.log"]).stdout == "3000000\n"
     if len(ALLOWED) > 1:
         assert r["pinned"] and r["cpus"] == [ALLOWED[-1]]
     assert r["thermal_before"][0] == {"zone": "thermal_zone0", "type": "cpu-0-0-usr", "temp_c": 38.0}
-    assert r["peak_rss_bytes"] > 10 * 1024 * 1024  # a Python process with numpy and an interpreter loaded
-    bench = json.loads(android.run(["cat", output_path]).stdout)
-    assert bench["schema"] == "liteship.bench/1" and bench["runs"] == 5
-    assert bench["model"]["sha256"] == hashlib.sha256((tiny_bundle / "model.tflite").read_bytes()).hexdigest()
+    assert r["peak_rss_bytes"] > 3_000_000  # the shell held a 3 MB string
+
+
+def test_benchmark_model_runner_end_to_end(phone, adb_key, tiny_bundle, fake_benchmark_model, tmp_path, monkeypatch):
+    """The runner a phone without python uses: bundle pushed, benchmark_model pushed and cached by hash, run
+    under run_bench.sh pinned to the big core, its log parsed."""
+    from liteship.device.bench import BenchSettings, bench_targets
+
+    monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
+    settings = BenchSettings(runs=5, warmup=1, cores="big", cool_below_c=90, benchmark_binary=str(fake_benchmark_model),
+                             op_profiling=True, benchmark_args=("--use_caching=true",))
+    options = {"adb_key": str(adb_key), "auth_timeout_s": 2}
+    [entry] = bench_targets(tiny_bundle, [phone.spec], settings, target_options=options)["results"]
+    assert entry["ok"], entry["error"]
+    assert entry["runner"] == "benchmark_model" and entry["device"]["python"] is None
+    bench = entry["bench"]
+    assert bench["runs"] == 5 and bench["latency_ms"]["mean"] > 0
+    assert bench["top_ops"][0]["op"] == "SHA256" and bench["top_ops"][0]["avg_ms"] > 0
+    assert "--report_peak_memory_footprint=true" in entry["run"]["command"]
+    assert entry["run"]["status"] == 0 and entry["run"]["peak_rss_bytes"] > 0
+    if len(ALLOWED) > 1:
+        assert entry["run"]["pinned"] and entry["run"]["cpus"] == [ALLOWED[-1]]
+    [cached] = on_phone(phone, f"{WORKDIR}/bin").glob("benchmark_model-*")
+    assert cached.read_bytes() == fake_benchmark_model.read_bytes()
 
 
 @pytest.mark.device
@@ -392,22 +503,19 @@ def test_real_phone(tmp_path):
         phone.run(["rm", "-rf", workdir])
 
 
-def test_bench_targets_on_two_phones_one_refusing(phone, adb_key, tiny_bundle, tmp_path, monkeypatch):
-    """D1's orchestration over two adb targets at once: the trusting phone gives a full result pinned to its big
-    core; the one whose user taps Deny gives an error entry, and neither loses the other's result."""
+def test_bench_targets_on_two_phones_one_refusing(phone, adb_key, tiny_bundle, fake_benchmark_model, tmp_path,
+                                                 monkeypatch, real_adbd):
+    """The orchestration over two real phones at once: the trusting phone gives a full result; the one that never
+    answers its prompt gives an error entry, and neither loses the other's result."""
     from liteship.device.bench import BenchSettings, bench_targets
 
     monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
-    with FakeAdbd(tmp_path / "phone-2") as refusing:
-        refusing.faults.deny_new_keys = True
-        settings = BenchSettings(runs=5, warmup=1, python=sys.executable, cores="big", cool_below_c=90)
-        options = {"adb_key": str(adb_key), "auth_timeout_s": 1}
-        doc = bench_targets(tiny_bundle, [phone.spec, refusing.spec], settings, target_options=options)
+    refusing = real_adbd()
+    settings = BenchSettings(runs=5, warmup=1, cores="big", benchmark_binary=str(fake_benchmark_model))
+    options = {"adb_key": str(adb_key), "auth_timeout_s": 1}
+    doc = bench_targets(tiny_bundle, [phone.spec, refusing.spec], settings, target_options=options)
     good, bad = doc["results"]
     assert good["ok"], good["error"]
     assert good["kind"] == "android" and good["device"]["kind"] == "android"
-    assert good["bench"]["schema"] == "liteship.bench/1" and good["bench"]["runs"] == 5
-    assert good["run"]["status"] == 0 and good["run"]["peak_rss_bytes"] > 0
-    if len(ALLOWED) > 1:
-        assert good["run"]["pinned"] and good["run"]["cpus"] == [ALLOWED[-1]]
+    assert good["bench"]["runs"] == 5 and good["run"]["status"] == 0
     assert not bad["ok"] and "Allow USB debugging" in bad["error"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from adbd import make_sysfs
+from real_adbd import make_sysfs
 from liteship.device.android import parse_run_bench_result, run_bench_argv, run_bench_script
 
 SCRIPT = run_bench_script()
@@ -96,3 +96,20 @@ def test_bad_arguments_exit_2_without_a_result(tmp_path, args, message):
     proc = subprocess.run(["sh", str(SCRIPT), "--result", str(result), *args], capture_output=True, text=True)
     assert proc.returncode == 2 and message in proc.stderr
     assert not result.exists()
+
+
+def test_the_probe_reads_the_same_sysfs_override(shell, tmp_path):
+    """Regression: the probe read /sys whatever LITESHIP_SYSFS said, so on a board with sysfs elsewhere (and in
+    the fixture phone) it reported other CPUs and zones than run_bench.sh pinned and read."""
+    from liteship.device.probe import parse_probe_output, probe_script, summarize
+
+    sysfs = make_sysfs(tmp_path / "sys", {0: 1_800_000, 1: 1_800_000, 2: 2_400_000}, {"skin": 33000})
+    env = dict(os.environ, LITESHIP_SYSFS=str(sysfs))
+    out = subprocess.run(shell + ["-c", probe_script(str(tmp_path / "wd"), "no-python")], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    facts = summarize(parse_probe_output(out), target="t", kind="ssh", workdir=str(tmp_path / "wd"))
+    assert facts["cpu"]["max_khz"] == [1_800_000, 1_800_000, 2_400_000]
+    assert facts["thermal"] == [{"zone": 0, "type": "skin", "temp_c": 33.0}]
+    proc, result = run(shell, tmp_path, ["true"], sysfs=sysfs, cores="big")
+    assert proc.returncode == 0, proc.stderr
+    assert parse_run_bench_result(result.read_text())["thermal_before"][0]["type"] == "skin"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import sys
@@ -14,46 +15,7 @@ from liteship.device.bench import SCHEMA, BenchSettings, bench_targets, write_js
 from liteship.device.report import markdown_report
 from liteship.errors import DeviceError
 
-# A stand-in for TFLite's benchmark_model (there is no binary for this host in the repo): it really runs the
-# model --num_runs times with LiteRT, timing each run, and prints its log in benchmark_model's own format
-# (benchmark_model.cc / stats_calculator.h), so the runner's flags, caching and parsing are exercised for real.
-FAKE_BENCHMARK_MODEL = r'''#!{python}
-import sys, time
-import numpy as np
-from ai_edge_litert.interpreter import Interpreter
-flags = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-known = {{"graph", "num_runs", "warmup_runs", "num_threads", "min_secs", "warmup_min_secs", "signature_to_run_for"}}
-unknown = set(flags) - known
-if unknown:
-    print("ERROR: Unconsumed cmdline flags: " + " ".join(sorted(unknown)))
-    sys.exit(1)
-print("INFO: STARTING!")
-print("INFO: Graph: [%s]" % flags["graph"])
-print("INFO: Num threads: [%s]" % flags.get("num_threads", "-1"))
-t0 = time.perf_counter()
-interp = Interpreter(model_path=flags["graph"], num_threads=int(flags.get("num_threads", 1)))
-runner = interp.get_signature_runner()
-init_us = (time.perf_counter() - t0) * 1e6
-print("INFO: Initialized session in %.3fms." % (init_us / 1e3))
-inputs = {{k: np.zeros(d["shape"], d["dtype"]) for k, d in runner.get_input_details().items()}}
-def times(n):
-    out = []
-    for _ in range(n):
-        t = time.perf_counter(); runner(**inputs); out.append((time.perf_counter() - t) * 1e6)
-    return out
-def stat(v):
-    a = np.array(v)
-    return "count=%d first=%d curr=%d min=%d max=%d avg=%g std=%d" % (len(a), a[0], a[-1], a.min(), a.max(), a.mean(), a.std())
-w = times(max(1, int(flags.get("warmup_runs", 1))))
-print("INFO: Running benchmark for at least %s iterations and at least 0 seconds" % flags.get("warmup_runs"))
-print("INFO: " + stat(w))
-r = times(int(flags["num_runs"]))
-print("INFO: Running benchmark for at least %s iterations and at least 0 seconds" % flags["num_runs"])
-print("INFO: " + stat(r))
-print("INFO: Inference timings in us: Init: %d, First inference: %d, Warmup (avg): %g, Inference (avg): %g"
-      % (init_us, w[0], np.mean(w), np.mean(r)))
-'''
-
+from fake_benchmark_model import python_fake
 
 def _settings(**kw) -> BenchSettings:
     return BenchSettings(**{"runs": 5, "warmup": 1, **kw})
@@ -116,7 +78,7 @@ def test_missing_python_on_the_device_is_the_entry_error(ssh_env, tiny_bundle, t
 
 def test_benchmark_model_runner_pushes_once_and_parses(ssh_env, tiny_bundle, tmp_path):
     binary = tmp_path / "benchmark_model"
-    binary.write_text(FAKE_BENCHMARK_MODEL.format(python=sys.executable))
+    binary.write_text(python_fake(sys.executable))
     binary.chmod(0o755)
     workdir = tmp_path / "wd"
     settings = _settings(benchmark_binary=str(binary), threads=1, workdir=str(workdir), runs=7)
@@ -133,6 +95,51 @@ def test_benchmark_model_runner_pushes_once_and_parses(ssh_env, tiny_bundle, tmp
     stamp = cached.stat().st_mtime_ns
     [again] = bench_targets(tiny_bundle, ["ssh:board"], settings)["results"]
     assert again["ok"] and cached.stat().st_mtime_ns == stamp
+
+
+def test_benchmark_model_flags_pass_through_and_op_profiling_reaches_the_report(ssh_env, tiny_bundle, tmp_path):
+    binary = tmp_path / "benchmark_model"
+    binary.write_text(python_fake(sys.executable))
+    binary.chmod(0o755)
+    settings = _settings(benchmark_binary=str(binary), workdir=str(tmp_path / "wd"), op_profiling=True,
+                         benchmark_args=("--use_caching=true", "--max_secs=100"))
+    doc = bench_targets(tiny_bundle, ["ssh:board"], settings)
+    [entry] = doc["results"]
+    assert entry["ok"], entry["error"]
+    command = entry["run"]["command"]
+    for flag in ("--report_peak_memory_footprint=true", "--enable_op_profiling=true", "--use_caching=true",
+                 "--max_secs=100"):
+        assert flag in command
+    ops = entry["bench"]["top_ops"]
+    assert ops and {o["op"] for o in ops} <= {"FULLY_CONNECTED", "ADD", "SOFTMAX", "DELEGATE"}
+    assert sum(o["percent"] for o in ops) == pytest.approx(100, abs=0.1)
+    assert "top ops per run: " in markdown_report(doc) and ops[0]["op"] in markdown_report(doc)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--use_gpu_please=true", "benchmark_model has no flag --use_gpu_please"),
+    ("--use_caching=yes", "--use_caching takes a bool"),
+    ("--num_runs=ten", "--num_runs takes a int"),
+    ("use_caching=true", "write --name=value"),
+])
+def test_a_flag_the_real_binary_would_not_take_is_refused_up_front(tmp_path, arg, message):
+    binary = tmp_path / "benchmark_model"
+    binary.write_text("")
+    with pytest.raises(DeviceError, match=re.escape(message)):
+        _settings(benchmark_binary=str(binary), benchmark_args=(arg,))
+    with pytest.raises(DeviceError, match="apply to benchmark_model"):
+        _settings(benchmark_args=("--use_caching=true",))
+
+
+def test_a_binary_that_ignores_a_flag_fails_the_run(ssh_env, tiny_bundle, tmp_path):
+    """An older benchmark_model without a flag liteship passes WARNs and runs without it: not a valid result."""
+    binary = tmp_path / "benchmark_model"
+    binary.write_text(python_fake(sys.executable).replace("'enable_op_profiling': 'bool', ", ""))
+    binary.chmod(0o755)
+    settings = _settings(benchmark_binary=str(binary), workdir=str(tmp_path / "wd"), op_profiling=True)
+    [entry] = bench_targets(tiny_bundle, ["ssh:board"], settings)["results"]
+    assert not entry["ok"]
+    assert "does not know --enable_op_profiling=true and ran without it" in entry["error"]
 
 
 def test_benchmark_model_failure_is_reported(ssh_env, tiny_bundle, tmp_path):
@@ -265,7 +272,7 @@ def test_bench_cli_json_to_stdout(tiny_bundle, tmp_path):
 
 def test_benchmark_model_runner_on_the_local_target(tiny_bundle, tmp_path):
     binary = tmp_path / "benchmark_model"
-    binary.write_text(FAKE_BENCHMARK_MODEL.format(python=sys.executable))
+    binary.write_text(python_fake(sys.executable))
     binary.chmod(0o755)
     settings = _settings(benchmark_binary=str(binary), workdir=str(tmp_path / "wd"), runs=4)
     [entry] = bench_targets(tiny_bundle, ["local"], settings)["results"]
@@ -280,3 +287,75 @@ def test_long_runs_come_back_whole(tiny_bundle, tmp_path):
     [entry] = bench_targets(tiny_bundle, ["local"], _settings(runs=30000, warmup=0, workdir=str(tmp_path)))["results"]
     assert entry["ok"], entry["error"]
     assert len(entry["bench"]["latency_ms"]["samples"]) == 30000
+
+
+def make_two_signature_bundle(out_dir: Path, work: Path) -> Path:
+    """A bundle whose model has two signatures, "encode" and "decode", as a GPT-2 bundle has prefill and decode."""
+    import numpy as np
+    import tensorflow as tf
+
+    from liteship.convert.bundle import write_bundle
+
+    class Two(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+        def encode(self, x):
+            return {"y": tf.matmul(x, self.w)}
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+        def decode(self, x):
+            return {"y": tf.nn.relu(tf.matmul(x, self.w) + 1.0)}
+
+    two = Two()
+    tf.saved_model.save(two, str(work), signatures={"encode": two.encode, "decode": two.decode})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(work), signature_keys=["encode", "decode"])
+    return write_bundle(out_dir, converter.convert(), family="classifier", task="classification",
+                        quantization="fp32")
+
+
+def test_benchmark_model_is_told_which_signature_of_several(ssh_env, tmp_path):
+    """Regression: with two signatures and no --signature_to_run_for benchmark_model refuses to run; liteship now
+    names the one its Python runner would time (decode), or the one asked for."""
+    bundle = make_two_signature_bundle(tmp_path / "two-signatures", tmp_path / "saved")
+    binary = tmp_path / "benchmark_model"
+    binary.write_text(python_fake(sys.executable))
+    binary.chmod(0o755)
+    settings = _settings(benchmark_binary=str(binary), workdir=str(tmp_path / "wd"))
+    [entry] = bench_targets(bundle, ["ssh:board"], settings)["results"]
+    assert entry["ok"], entry["error"]
+    assert entry["bench"]["signature"] == "decode"
+    [entry] = bench_targets(bundle, ["ssh:board"], _settings(benchmark_binary=str(binary), signature="encode",
+                                                             workdir=str(tmp_path / "wd")))["results"]
+    assert entry["ok"] and entry["bench"]["signature"] == "encode"
+
+
+@pytest.mark.slow  # builds the tiny GPT-2 bundles (torch reference + conversion) when no other test did
+def test_benchmark_model_times_gpt2_prefill_and_decode_at_stated_contexts(tmp_path_factory, tmp_path):
+    """A GPT-2 bundle under benchmark_model: one run for prefill and one per decode context, each with every input
+    of its subgraph spelled out (the open cache dimension filled in, a valid position), turned into tok/s."""
+    from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
+
+    bundle = gpt2_bundles(tmp_path_factory) / "gpt2-fp32"
+    binary = tmp_path / "benchmark_model"
+    binary.write_text(python_fake(sys.executable))
+    binary.chmod(0o755)
+    settings = _settings(benchmark_binary=str(binary), workdir=str(tmp_path / "wd"), contexts=(16, 48, 4096))
+    doc = bench_targets(bundle, ["local"], settings)
+    [entry] = doc["results"]
+    assert entry["ok"], entry["error"]
+    gen = entry["bench"]["generation"]
+    C, P = BUNDLE_OPTIONS["max_context"], BUNDLE_OPTIONS["prefill_len"]
+    assert [d["context"] for d in gen["decode_by_context"]] == [16, 48]  # 4096 is past the bundle's context
+    assert gen["prefill_tokens"] == P and gen["prefill_tok_s"] > 0 and gen["decode_tok_s"] > 0
+    assert gen["context"] == 48 and entry["bench"]["signature"] == "decode"
+    for d in gen["decode_by_context"]:
+        assert d["tok_s"] == pytest.approx(1e3 / d["latency_ms"]["mean"], rel=1e-3)
+    command = entry["run"]["command"]  # the last run: decode at 48 slots
+    assert "--signature_to_run_for=decode" in command and "--input_layer_value_range=position,48,48" in command
+    shapes = dict(zip(re.search(r"--input_layer=(\S+)", command)[1].split(","),
+                      re.search(r"--input_layer_shape=(\S+)", command)[1].split(":")))
+    assert shapes["mask"] == "1,49" and shapes["k_0"].split(",")[1] == "48" and shapes["position"] == "1"
+    assert f"prefill {gen['prefill_tok_s']:.1f} tok/s over {P} tokens" in markdown_report(doc)
+    assert C > 48

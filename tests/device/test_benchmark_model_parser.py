@@ -170,6 +170,53 @@ def test_command_line_asks_for_exact_counts_and_the_signature():
                                 threads=4, signature="decode")
     assert argv[0].endswith("benchmark_model")
     for flag in ("--graph=/x/model.tflite", "--num_runs=20", "--warmup_runs=2", "--min_secs=0", "--warmup_min_secs=0",
-                 "--num_threads=4", "--signature_to_run_for=decode", "--report_peak_memory_footprint=true",
-                 "--use_xnnpack=true"):
+                 "--num_threads=4", "--signature_to_run_for=decode", "--report_peak_memory_footprint=true"):
         assert flag in argv
+
+
+PROFILED = MODERN.replace("INFO: Inference timings in us:", """\
+WARN: Unconsumed cmdline flags: --use_caching_please=true
+INFO: Operator-wise Profiling Info for Regular Benchmark Runs:
+============================== Run Order ==============================
+\t             [node type]\t  [first]\t  [avg ms]\t      [%]\t    [cdf%]\t  [mem KB]\t[times called]\t[Name]
+\t         FULLY_CONNECTED\t    0.100\t     0.120\t  60.000%\t  60.000%\t     0.000\t        1\t[fc]
+
+============================== Summary by node type ==============================
+\t             [Node type]\t  [count]\t  [avg ms]\t    [avg %]\t    [cdf %]\t  [mem KB]\t[times called]
+\t         FULLY_CONNECTED\t       48\t     5.423\t    60.123%\t    60.123%\t     0.000\t       48
+\t                 SOFTMAX\t       12\t     2.100\t    23.281%\t    83.404%\t     0.000\t       12
+\t                     ADD\t       24\t     1.497\t    16.596%\t   100.000%\t     0.000\t       24
+
+Timings (microseconds): count=58 first=17178 curr=17147 min=16880 max=18118 avg=17223.6 std=172
+Memory (bytes): count=0
+3 nodes observed
+
+INFO: Inference timings in us:""")
+
+
+def test_op_profiling_and_ignored_flags_are_read():
+    r = parse_benchmark_model_output(PROFILED)
+    assert [o["op"] for o in r["top_ops"]] == ["FULLY_CONNECTED", "SOFTMAX", "ADD"]
+    assert r["top_ops"][0] == {"op": "FULLY_CONNECTED", "count": 48, "avg_ms": 5.423, "percent": 60.123}
+    assert r["ignored_flags"] == ["--use_caching_please=true"]
+    assert r["runs"] == 58 and r["latency_ms"]["mean"] == pytest.approx(17.2236)  # the profile's Timings line aside
+    assert parse_benchmark_model_output(MODERN)["top_ops"] == []
+
+
+def test_liteship_flag_table_matches_the_one_read_from_the_sources():
+    """liteship's flag list (device/benchmark_model.py) against the tests' own reading of the same sources."""
+    from fake_benchmark_model import REAL_FLAGS
+
+    from liteship.device.benchmark_model import BENCHMARK_MODEL_FLAGS
+
+    kinds = {bool: "bool", int: "int32", float: "float", str: "string"}
+    assert {name: kinds[kind] for name, kind in BENCHMARK_MODEL_FLAGS.items()} == REAL_FLAGS
+
+
+def test_extra_flags_go_last_and_unknown_ones_are_refused():
+    from liteship.errors import DeviceError
+
+    argv = benchmark_model_argv("bm", "/x/model.tflite", op_profiling=True, extra=("--num_threads=2",))
+    assert argv[-2:] == ["--enable_op_profiling=true", "--num_threads=2"]
+    with pytest.raises(DeviceError, match="has no flag --warmup_seconds"):
+        benchmark_model_argv("bm", "/x/model.tflite", extra=("--warmup_seconds=1",))

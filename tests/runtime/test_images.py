@@ -265,6 +265,18 @@ def test_layout_and_channel_order():
     np.testing.assert_allclose(out[:, 0, 0], [30, 20, 10])
 
 
+def test_grey_channel_for_single_channel_models(tmp_path):
+    """The converter writes channels "L" for (H, W, 1) image inputs (a digits CNN); the runtime refused it."""
+    spec = Preprocessing.from_manifest({"image_size": [2, 2], "mean": [0.5], "std": [0.25], "channels": "L"})
+    grey = np.array([[0, 51], [102, 255]], np.uint8)
+    Image.fromarray(grey, mode="L").save(tmp_path / "g.png")
+    out = preprocess(tmp_path / "g.png", spec)
+    assert out.shape == (2, 2, 1)
+    np.testing.assert_allclose(out[..., 0], (grey / 255.0 - 0.5) / 0.25, rtol=1e-6)  # a grey file is unchanged
+    colour = spec(load_image(np.full((2, 2, 3), [255, 0, 0], np.uint8)))  # pure red: Pillow's luma 0.299
+    np.testing.assert_allclose(colour[..., 0], (0.299 - 0.5) / 0.25, rtol=1e-5)
+
+
 @pytest.mark.parametrize("block,message", [
     (None, "no 'preprocessing'"),
     ({"mean": [0] * 3, "std": [1] * 3}, "image_size"),
