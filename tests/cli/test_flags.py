@@ -24,11 +24,11 @@ def test_bench_json_is_a_flag_like_elsewhere_and_still_takes_a_file(fixture_bund
 
 
 def test_quant_is_a_checked_choice_in_every_converter(fixture_bundles, tmp_path):
-    for args in (["convert", "gpt2", fixture_bundles / "gpt2-checkpoint", "--quant", "int4"],
-                 ["convert", "bit", tmp_path / "x.npz", "--quant", "int4"],
-                 ["convert", "savedmodel", fixture_bundles / "classifier-savedmodel", "--quant", "int4"]):
+    for args in (["convert", "gpt2", fixture_bundles / "gpt2-checkpoint", "--quant", "int3"],
+                 ["convert", "bit", tmp_path / "x.npz", "--quant", "int3"],
+                 ["convert", "savedmodel", fixture_bundles / "classifier-savedmodel", "--quant", "int3"]):
         result = run(args, tmp_path)
-        assert_failed_cleanly(result, exit_code=2, names=("--quant", "int4"))
+        assert_failed_cleanly(result, exit_code=2, names=("--quant", "int3"))
 
 
 def test_mean_and_std_take_three_values_after_one_flag(fixture_bundles, tmp_path):
