@@ -26,7 +26,7 @@ import tempfile
 import click
 
 from liteship import __version__
-from liteship.errors import (check_interrupted, debug_enabled, describe, install_interrupt_handler,
+from liteship.errors import (EXIT_INTERRUPTED, check_interrupted, debug_enabled, describe, install_interrupt_handler,
                              interrupt_locations, was_interrupted)
 
 # The one CLI tree. Each group maps to a package; each command lives in its stage's own module and is imported
@@ -217,6 +217,8 @@ def _exit_now(code: int) -> None:
 def report(exc: BaseException) -> int:
     """Prints ``exc`` the way the CLI promises and returns the exit code."""
     code, message = describe(exc)
+    if was_interrupted():  # a Ctrl-C that a library turned into its own error (pybind11, TF's loaders) is still one
+        code, message = EXIT_INTERRUPTED, "interrupted"
     if debug_enabled():
         _print_chain(exc)
     elif isinstance(exc, click.exceptions.UsageError) and exc.ctx is not None:

@@ -36,10 +36,12 @@ def convert_and_interrupt(fixture_bundles, tmp_path, when):
     return "interrupted"
 
 
-@pytest.mark.parametrize("marker", ["[liteship] converting", "[liteship] converted"])
-def test_ctrl_c_at_each_stage_keeps_the_old_bundle(marker, fixture_bundles, tmp_path):
+@pytest.mark.parametrize("marker, outcomes", [("[liteship] converting", {"interrupted"}),
+                                               # the bundle is written milliseconds after this line: either is right
+                                               ("[liteship] converted", {"interrupted", "finished"})])
+def test_ctrl_c_at_each_stage_keeps_the_old_bundle(marker, outcomes, fixture_bundles, tmp_path):
     outcome = convert_and_interrupt(fixture_bundles, tmp_path, when=lambda err: marker in err)
-    assert outcome == "interrupted"
+    assert outcome in outcomes
 
 
 @pytest.mark.slow
