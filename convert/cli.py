@@ -12,7 +12,7 @@ from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
 from liteship.convert.quant import SUFFIXES, Quant
 from liteship.errors import ConvertError
 
-QUANT_CHOICES = [q.value for q in Quant]
+QUANT_CHOICES = [q.value for q in Quant if q is not Quant.INT4]  # int4 is GPT-2 only (convert gpt2)
 
 
 def progress(message: str) -> None:
