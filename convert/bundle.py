@@ -14,8 +14,9 @@ from typing import Callable, Mapping, Union
 
 import liteship
 from liteship.convert.quant import Quant
-from liteship.errors import ConvertError
+from liteship.errors import ConvertError, check_interrupted, signals_deferred
 from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME, SCHEMA
+from liteship.runtime.files import PARTIAL_SUFFIX, current_umask, sweep_partials, sweep_stale, sweep_work_dirs
 from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, embed_metadata, read_model, sha256_file
 
 AssetSource = Union[str, os.PathLike, bytes]
@@ -45,6 +46,36 @@ def library_versions() -> dict:
     return versions
 
 
+def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool = True, option: str = "--out") -> Path:
+    """Refuses, before any conversion work, an output that write_bundle could not replace: a file, a folder that
+    is not a bundle, or a place that cannot be written."""
+    out_dir = Path(out_dir)
+    sweep_work_dirs()  # every conversion cleans up after killed ones, whatever their kind
+    if out_dir.exists() and not overwrite:
+        raise ConvertError(f"{option} {out_dir}: already exists")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConvertError(f"{option} {out_dir}: is a file, not a bundle folder")
+    if out_dir.is_dir() and not (out_dir / MANIFEST_NAME).is_file() and any(out_dir.iterdir()):
+        raise ConvertError(f"{option} {out_dir}: exists and is not a liteship bundle; refusing to replace it")
+    ancestor = out_dir.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConvertError(f"{option} {out_dir}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConvertError(f"{option} {out_dir}: {ancestor} is not writable")
+    return out_dir
+
+
+def _readable_by_all(root: Path) -> None:
+    """Bundle files get the modes a plain new file and folder get under the umask (0644/0755 under 0022), so
+    another user on a board can read them: mkdtemp and mkstemp make them private."""
+    umask = current_umask()
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, *, family: str, task: str,
                  quantization: "Quant | str", io_type: str = "float32", preprocessing: dict | None = None,
                  config: dict | None = None, assets: Mapping[str, tuple[str, AssetSource]] | None = None,
@@ -57,14 +88,12 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
     and renamed into place when complete, so a failure leaves no partial bundle and an old bundle intact.
     ``check``, if given, is called with that finished temporary folder before the rename: what it raises discards
     the new bundle and keeps the old one."""
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir, overwrite=overwrite)
     quant = Quant.parse(quantization)
-    if out_dir.exists() and not overwrite:
-        raise ConvertError(f"{out_dir} already exists")
-    if out_dir.exists() and not (out_dir / MANIFEST_NAME).is_file() and any(out_dir.iterdir()):
-        raise ConvertError(f"{out_dir} exists and is not a liteship bundle; refusing to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    sweep_partials(out_dir)
+    sweep_stale(out_dir.parent, f".{out_dir.name}.old-")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}-", suffix=PARTIAL_SUFFIX, dir=out_dir.parent))
     try:
         raw_model = tmp / "raw.tflite"
         if isinstance(tflite, (bytes, bytearray)):
@@ -112,16 +141,21 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
             for p in sorted(tmp.rglob("*")) if p.is_file()
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _readable_by_all(tmp)
         if check is not None:
             check(tmp)
 
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
+        check_interrupted()  # a Ctrl-C swallowed inside the converter must still keep the old bundle
+        with signals_deferred():  # the two renames are one step: never stop between them
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+                os.replace(out_dir, old)
+                os.replace(tmp, out_dir)
+            else:
+                old = None
+                os.replace(tmp, out_dir)
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
         return out_dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -97,14 +97,18 @@ def spread(items: list, limit: int | None) -> list:
 
 
 def representative_dataset(source: str | Path, input_spec: dict, *, preprocess: Callable | None = None,
-                           limit: int | None = None) -> Callable[[], Iterator[list[np.ndarray]]]:
+                           limit: int | None = None, progress: Callable[[int, int], None] | None = None
+                           ) -> Callable[[], Iterator[list[np.ndarray]]]:
     """The callable TFLiteConverter.representative_dataset wants. Samples are loaded (and checked) now, so a bad
-    calibration set fails before conversion starts."""
+    calibration set fails before conversion starts. ``progress(done, total)`` is called as the converter
+    consumes them (calibration is the slow part of an int8 conversion)."""
     samples = collect_samples(source, input_spec, preprocess=preprocess, limit=limit)
 
     def generate() -> Iterator[list[np.ndarray]]:
-        for sample in samples:
+        for i, sample in enumerate(samples):
             yield [sample]
+            if progress is not None:
+                progress(i + 1, len(samples))
 
     generate.num_samples = len(samples)  # type: ignore[attr-defined]
     return generate

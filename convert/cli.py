@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
+from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
+
 from liteship.convert.quant import SUFFIXES, Quant
 from liteship.errors import ConvertError
 
-QUANT_CHOICES = [q.value for q in Quant]
+QUANT_CHOICES = [q.value for q in Quant if q is not Quant.INT4]  # int4 is GPT-2 only (convert gpt2)
 
 
 def progress(message: str) -> None:
     click.echo(f"[liteship] {message}", err=True)
+
+
+def summary(out, *, quant: str, seconds: float) -> None:
+    """The line every converter ends with (stderr): where, how big, which mode, how long, peak RSS; and the bundle
+    path alone on stdout, for scripts."""
+    from liteship.runtime.bench import peak_rss_bytes
+    from liteship.units import memory_text, size_text
+
+    model = Path(out) / "model.tflite"
+    size = size_text(model.stat().st_size) if model.is_file() else "?"
+    rss = peak_rss_bytes()
+    progress(f"wrote {out}: {size} model, {quant}, {seconds:.1f} s, "
+             f"peak RSS {memory_text(rss) if rss else 'unknown'}")
+    click.echo(str(out))
+
+
+def calibration_meter():
+    """A progress callback for representative_dataset: count, rate, ETA of the calibration samples."""
+    from liteship.progress import Meter
+
+    meter = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal meter
+        meter = meter or Meter("calibrating", total, unit="samples")
+        meter(done)
+
+    return update
 
 
 def default_out(source: Path, quant: Quant) -> Path:
@@ -36,15 +67,36 @@ def image_preprocessing(input_spec: dict, mean: tuple[float, ...], std: tuple[fl
             "channels": "RGB" if channels == 3 else "L", "layout": "NHWC"}
 
 
+def read_labels(path: Path) -> list[str]:
+    """One class name per line (blank lines skipped), UTF-8 text; raises ConvertError naming the file."""
+    if not path.is_file():
+        raise ConvertError(f"--labels {path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConvertError(f"--labels {path}: not UTF-8 text (byte {exc.start}); give one label per line") from None
+    if "\0" in text:
+        raise ConvertError(f"--labels {path}: a binary file, not one label per line")
+    found = [line.strip() for line in text.splitlines() if line.strip()]
+    if not found:
+        raise ConvertError(f"--labels {path}: no labels in it")
+    return found
+
+
 def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quant, calibration: Path | None,
                       io_type: str, allow_tf_ops: bool, labels: Path | None, signature: str | None,
                       mean: tuple[float, ...], std: tuple[float, ...], family: str = "classifier") -> Path:
     """SavedModel -> bundle, with progress on stderr. Shared by the savedmodel and keras commands."""
-    from liteship.convert.bundle import hash_source, write_bundle
+    from liteship.convert.bundle import check_out_dir, hash_source, write_bundle
     from liteship.convert.calibration import representative_dataset
     from liteship.convert.tflite import convert_saved_model, saved_model_signature
 
+    check_out_dir(out)
+    label_list = read_labels(labels) if labels is not None else None
     key, input_spec = saved_model_signature(saved_model, signature)
+    classes = input_spec.pop("output_classes", None) if input_spec else None
+    if label_list is not None and classes is not None and len(label_list) != classes:
+        raise ConvertError(f"--labels {labels}: {len(label_list)} labels, but the model has {classes} classes")
     preprocessing = image_preprocessing(input_spec, mean, std) if input_spec else {}
     rep = None
     if quant.needs_calibration:
@@ -58,21 +110,18 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
 
             return preprocess(path, preprocessing)
 
-        rep = representative_dataset(calibration, input_spec, preprocess=decode_image if preprocessing else None)
+        rep = representative_dataset(calibration, input_spec, preprocess=decode_image if preprocessing else None,
+                                     progress=calibration_meter())
         progress(f"calibrating on {rep.num_samples} samples from {calibration}")
     elif calibration is not None:
         progress(f"note: --calibration is ignored for --quant {quant.value}")
     assets = {}
-    label_list = None
-    if labels is not None:
-        if not labels.is_file():
-            raise ConvertError(f"labels file {labels} does not exist")
-        label_list = [line.strip() for line in labels.read_text().splitlines() if line.strip()]
+    if label_list is not None:
         assets["labels"] = ("assets/labels.txt", ("\n".join(label_list) + "\n").encode())
     progress(f"converting {source} ({quant.value}, signature {key})")
     data, report = convert_saved_model(saved_model, quant, signature_keys=[key], representative_dataset=rep,
                                        io_type=io_type, allow_tf_ops=allow_tf_ops)
-    progress(f"converted in {report['seconds']:.1f} s: {report['size_bytes'] / 1e6:.3f} MB, ops "
+    progress(f"converted in {report['seconds']:.1f} s, ops "
              + ", ".join(f"{k} x{v}" for k, v in report["op_counts"].items()))
     config = {"num_labels": len(label_list) if label_list else None}
     return write_bundle(
@@ -88,7 +137,7 @@ def common_options(fn):
     options = [
         click.option("--quant", "quant", type=click.Choice(QUANT_CHOICES), default="fp32", show_default=True,
                      help="Quantization mode."),
-        click.option("--out", type=click.Path(path_type=Path), default=None,
+        click.option("--out", "-o", "--output", "out", type=click.Path(path_type=Path), default=None,
                      help="Bundle folder to write (default: SOURCE-MODE in the current folder)."),
         click.option("--calibration", type=click.Path(path_type=Path), default=None,
                      help="Folder of images or .npy/.npz arrays for int8/int8x16 calibration."),
@@ -98,43 +147,51 @@ def common_options(fn):
                      help="Keep ops with no TFLite builtin as Flex ops (the device then needs the Flex delegate)."),
         click.option("--labels", type=click.Path(path_type=Path), default=None, help="Labels, one per line."),
         click.option("--signature", default=None, help="SavedModel signature to convert (default serving_default)."),
-        click.option("--mean", type=float, multiple=True, default=(0.0,), show_default=True,
+        click.option("--mean", type=Number(float), multiple=True, default=(0.0,), show_default=True,
                      help="Image inputs: normalized = (pixel/255 - mean) / std; 1 or 3 values."),
-        click.option("--std", type=float, multiple=True, default=(1.0,), show_default=True),
+        click.option("--std", type=POSITIVE_FLOAT, multiple=True, default=(1.0,), show_default=True,
+                     help="1 or 3 values, each > 0."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-@click.command()
+@click.command(cls=MultiValueCommand)
 @click.argument("path", type=click.Path(path_type=Path))
 @common_options
 def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
     """Convert a SavedModel folder to a bundle."""
     from liteship.convert.tflite import check_saved_model
 
+    started = time.perf_counter()
     check_saved_model(path)
     q = Quant.parse(quant)
     result = convert_to_bundle(path, source=path, out=out or default_out(path, q), quant=q,
                                calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
                                labels=labels, signature=signature, mean=mean, std=std)
-    click.echo(str(result))
+    summary(result, quant=q.value, seconds=time.perf_counter() - started)
 
 
-@click.command()
+@click.command(cls=MultiValueCommand)
 @click.argument("path", type=click.Path(path_type=Path))
 @common_options
 def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
     """Convert a Keras model file (.keras, .h5) to a bundle."""
     from liteship.convert.tflite import keras_as_saved_model
 
+    from liteship.convert.bundle import check_out_dir
+
+    started = time.perf_counter()
     q = Quant.parse(quant)
     if not path.exists():
         raise ConvertError(f"{path} does not exist")
+    check_out_dir(out or default_out(path, q))
+    if labels is not None:
+        read_labels(labels)
     progress(f"loading {path}")
     with keras_as_saved_model(path) as saved_model:
         result = convert_to_bundle(saved_model, source=path, out=out or default_out(path, q), quant=q,
                                    calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
                                    labels=labels, signature=signature, mean=mean, std=std)
-    click.echo(str(result))
+    summary(result, quant=q.value, seconds=time.perf_counter() - started)

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 from liteship.convert.quant import Quant, apply_recipe
 from liteship.errors import ConvertError
+from liteship.runtime.files import work_dir
 from liteship.runtime.interpreter import native_stderr_captured
 from liteship.runtime.tflite_file import read_model
 
@@ -100,7 +101,8 @@ def check_saved_model(path: Path) -> None:
 
 
 def saved_model_signature(path: Path, signature_key: str | None = None) -> tuple[str, dict]:
-    """(signature key, input TensorSpec dict of its single input) of a SavedModel."""
+    """(signature key, input TensorSpec dict of its single input) of a SavedModel. The dict also holds
+    ``output_classes``: the last dimension of a single [batch, N] output, else None."""
     import tensorflow as tf
 
     try:
@@ -121,6 +123,10 @@ def saved_model_signature(path: Path, signature_key: str | None = None) -> tuple
         (name, spec), = specs.items()
         inputs = {"name": name, "shape": [-1 if d is None else int(d) for d in spec.shape],
                   "dtype": spec.dtype.name}
+        outputs = fn.structured_outputs
+        outputs = list(outputs.values()) if isinstance(outputs, dict) else [outputs]
+        shape = getattr(outputs[0], "shape", None) if len(outputs) == 1 else None
+        inputs["output_classes"] = int(shape[-1]) if shape is not None and shape.rank == 2 and shape[-1] else None
     return key, inputs
 
 
@@ -212,7 +218,7 @@ def export_keras_to_saved_model(model, out_dir: Path) -> None:
 def keras_as_saved_model(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary SavedModel made from a Keras model file; removed afterwards."""
     model = load_keras_model(Path(path))
-    tmp = Path(tempfile.mkdtemp(prefix="liteship-keras-"))
+    tmp = work_dir("keras")  # named with the pid; a later run sweeps it if this one is killed
     try:
         export_keras_to_saved_model(model, tmp / "saved_model")
         yield tmp / "saved_model"

@@ -314,8 +314,8 @@ class AndroidTarget(ShellTarget):
                 ) from None
             if names & {"ConnectionRefusedError"}:
                 raise DeviceError(
-                    f"{self.name}: nothing listens at {where}: enable wireless debugging or run `adb tcpip "
-                    f"{self.address.port}` with the phone on USB"
+                    f"{self.name}: nothing listens at {where}: with the phone on USB run `adb tcpip "
+                    f"{self.address.port}` (Android's 'Wireless debugging' pairing is not supported)"
                 ) from None
             if names & {"TcpTimeoutException", "AdbTimeoutError", "TimeoutError"}:
                 raise DeviceError(f"{self.name}: {where} did not answer within {t.transport_s:g}s") from None

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import click
 
+from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Number, Threads
+
 from liteship.errors import DeviceError
+from liteship.runtime.files import check_creatable
 
 TARGET_HELP = "local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL or adb:HOST:PORT"
 
@@ -26,9 +29,9 @@ def adb_options(fn):
     options = [
         click.option("--adb-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="adb private key (default ~/.android/adbkey; created 0600 if absent)."),
-        click.option("--adb-auth-timeout", type=float, default=None, metavar="S",
+        click.option("--adb-auth-timeout", type=POSITIVE_FLOAT, default=None, metavar="S",
                      help="Seconds to wait for 'Allow USB debugging?' to be accepted on the phone (default 60)."),
-        click.option("--adb-timeout", type=float, default=None, metavar="S",
+        click.option("--adb-timeout", type=POSITIVE_FLOAT, default=None, metavar="S",
                      help="Seconds one adb command may run when liteship sets no limit of its own (default 900)."),
     ]
     for option in reversed(options):
@@ -102,12 +105,12 @@ def kinds() -> None:
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--device", "-d", "devices", multiple=True, metavar="TARGET",
               help=f"Where to run ({TARGET_HELP}); repeat for several devices, run in parallel. Default: local.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: the runtime's).")
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", type=Threads(), default=None, help="Interpreter threads (default: the runtime's).")
+@click.option("--runs", type=POSITIVE_INT, default=50, show_default=True, help="Timed runs.")
+@click.option("--warmup", type=NON_NEGATIVE_INT, default=5, show_default=True, help="Untimed warm-up runs.")
 @click.option("--cores", type=click.Choice(["all", "big", "fastest"]), default="all", show_default=True,
               help="Pin to the big cores (faster than the slowest cluster) or the fastest cores only.")
-@click.option("--cool-below", type=click.IntRange(min=1), default=None, metavar="DEG_C",
+@click.option("--cool-below", type=Number(int, min=1, max=150), default=None, metavar="DEG_C",
               help="Wait until every thermal zone reads below DEG_C before running.")
 @click.option("--benchmark-binary", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The official benchmark_model binary for the device's ABI (pushed once, cached by hash).")
@@ -120,7 +123,7 @@ def kinds() -> None:
                    "benchmark_model: xnnpack, gpu, nnapi or hexagon.")
 @click.option("--benchmark-arg", "benchmark_args", multiple=True, metavar="--NAME=VALUE",
               help="benchmark_model: one more of its own flags, passed through (repeat; checked against its list).")
-@click.option("--context", "contexts", type=click.IntRange(min=1), multiple=True, metavar="SLOTS",
+@click.option("--context", "contexts", type=POSITIVE_INT, multiple=True, metavar="SLOTS",
               help="benchmark_model on GPT-2: time a decode step at this many cache slots (repeat; default 128, "
                    "512 and 1024, below the bundle's max context).")
 @click.option("--op-profiling", is_flag=True,
@@ -129,13 +132,17 @@ def kinds() -> None:
 @click.option("--duration", default=None, metavar="TIME",
               help="Also run back to back for TIME (90s, 10m, 1h), recording throughput and temperature over time.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
-              help="Write all results (liteship.device-bench/1) to this file ('-': stdout, the report to stderr).")
+              is_flag=False, flag_value="-",
+              help="Print all results (liteship.device-bench/1) as JSON on stdout, the report on stderr, like the "
+                   "other commands' --json; --json FILE (or -o FILE) writes them to FILE instead.")
+@click.option("--output", "-o", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON results to this file.")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the Markdown report to this file.")
 @adb_options
 def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, cool_below, benchmark_binary,
           python, signature, backend, delegate, benchmark_args, contexts, op_profiling, workdir, duration, json_out,
-          report_out, adb_key, adb_auth_timeout, adb_timeout) -> None:
+          json_file, report_out, adb_key, adb_auth_timeout, adb_timeout) -> None:
     """Benchmark BUNDLE on this host or on phones and boards: init, first inference, latency percentiles,
     peak memory, GPT-2 tok/s, with the device's facts.
 
@@ -146,6 +153,14 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
 
     from .bench import BenchSettings, bench_targets, write_json_atomic
     from .report import markdown_report
+
+    if json_file is not None:
+        if json_out is not None and str(json_out) != "-":
+            raise click.UsageError("give the JSON file once: --json FILE or -o FILE")
+        json_out = json_file
+    for out in (json_out, report_out):
+        if out is not None and str(out) != "-":
+            check_creatable(out, error=DeviceError)  # before any device time is spent
 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, cores=cores, cool_below_c=cool_below,
                              benchmark_binary=benchmark_binary, python=python, signature=signature,

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from liteship.errors import LiteshipError
+from liteship.options import SEED, Threads
 
 from .cli import TARGET_HELP, _progress, adb_options, target_options
 
@@ -40,7 +41,7 @@ def _quants(text: str) -> list[str]:
               help="Folder for check.json; a run that finds one resumes it.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per cell.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up runs.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads.")
+@click.option("--threads", type=Threads(), default=None, help="Interpreter threads.")
 @click.option("--cores", type=click.Choice(["all", "big", "fastest"]), default="all", show_default=True,
               help="Which cores the benchmark is pinned to.")
 @click.option("--cool-below", type=click.IntRange(min=1), default=None, metavar="DEG_C",
@@ -124,7 +125,7 @@ def report(results, html_out, md_out) -> None:
               help="Confidence of the bootstrap interval.")
 @click.option("--resamples", type=click.IntRange(min=100), default=2000, show_default=True,
               help="Bootstrap resamples per metric.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resampling (reproducible).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the resampling (reproducible).")
 @click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
 def compare(old, new, threshold, confidence, resamples, seed, as_json) -> None:
     """Compare two results (check.json or bench --json) per metric and device: exit 1 on a regression.

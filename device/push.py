@@ -19,8 +19,10 @@ one DeviceError. The installed bundle is only ever a complete, verified one.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,6 +30,8 @@ from typing import Callable
 
 from liteship.errors import BundleError, DeviceError
 from liteship.runtime.tflite_file import sha256_file
+from liteship.units import size_text
+
 
 from .base import Target, quote
 
@@ -207,17 +211,28 @@ def push_bundle(
     names = sorted(local.files)
     result = PushResult(target.name, final)
 
-    # 1. scan: one round trip.
+    # 1. scan: one round trip. It first takes the per-name lock, so a second push of this name waits its turn
+    # instead of sweeping the first one's partial folder.
+    lock = Lock(f"{bdir}/.{local.name}.lock")
     scan = (
         SHA256_FUNCTION
         + f"mkdir -p {quote(bdir)} || exit 3\n"
+        + lock.acquire_script()
         + f"rm -rf {quote(bdir + '/.' + local.name + '.partial-')}* {quote(bdir + '/.' + local.name + '.old-')}* "
         + "2>/dev/null\n"
         + 'echo "TOOL ${_lsh_tool:-none}"\n'
         + f'echo "DF $(df -Pk {quote(bdir)} 2>/dev/null | tail -n 1)"\n'
         + f"hash_files {quote(final)} {' '.join(quote(n) for n in names)}\n"
     )
-    out = target.shell(scan, timeout=120)
+    out = lock.take(target, scan, local.name)
+    try:
+        return _push_locked(target, local, out, result, bdir=bdir, final=final, names=names, say=say,
+                            started=started, min_bytes_per_s=min_bytes_per_s)
+    finally:
+        lock.release(target)
+
+
+def _push_locked(target, local, out, result, *, bdir, final, names, say, started, min_bytes_per_s):
     lines = out.stdout.splitlines()
     tool = next((l[5:] for l in lines if l.startswith("TOOL ")), "none")
     if tool == "none":
@@ -238,8 +253,8 @@ def push_bundle(
     # 2. space: the files to send, plus 64 KiB for directory blocks (linked files cost nothing).
     need = sum(local.files[n][1] for n in send) + (64 << 10)
     if free is not None and free < need:
-        raise DeviceError(f"{target.name}: not enough free space in {bdir}: the push needs {need / 1e6:.1f} MB, "
-                          f"{free / 1e6:.1f} MB free (delete old bundles or pick another --workdir)")
+        raise DeviceError(f"{target.name}: not enough free space in {bdir}: the push needs {size_text(need)}, "
+                          f"{size_text(free)} free (delete old bundles or pick another --workdir)")
 
     partial = f"{bdir}/.{local.name}.partial-{secrets.token_hex(4)}"
     try:
@@ -253,7 +268,7 @@ def push_bundle(
 
         for n in send:
             size = local.files[n][1]
-            say(f"{target.name}: sending {n} ({size / 1e6:.2f} MB)")
+            say(f"{target.name}: sending {n} ({size_text(size)})")
             target.put(local.sources[n], f"{partial}/{n}", timeout=60 + size / min_bytes_per_s)
             result.bytes_sent += size
         result.sent, result.reused = send, reuse
@@ -283,6 +298,72 @@ def push_bundle(
     result.seconds = time.monotonic() - started
     say(f"{target.name}: {local.name} installed at {final} ({len(send)} sent, {len(reuse)} unchanged)")
     return result
+
+
+# Pushes of this process that hold a lock: a lock naming this process but none of these was left by a push that
+# failed while the device was unreachable, and is stale.
+_ACTIVE_LOCKS: set[str] = set()
+LOCK_STALE_AFTER_S = 6 * 3600
+
+
+class Lock:
+    """A per-name lock folder on the device (``mkdir`` is atomic on every file system). Its ``owner`` file says
+    ``HOST PID TOKEN EPOCH``; a lock whose process is gone (same host) or that is older than six hours is stale."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.token = secrets.token_hex(8)
+        self.owner = f"{socket.gethostname()} {os.getpid()} {self.token}"
+        self.held = False
+
+    def acquire_script(self, force: bool = False) -> str:
+        q = quote(self.path)
+        return ((f"rm -rf {q}\n" if force else "")
+                + f"if mkdir {q} 2>/dev/null; then echo {quote(self.owner)} \"$(date +%s)\" > {q}/owner\n"
+                + f'else echo "LOCKED $(cat {q}/owner 2>/dev/null) NOW $(date +%s)"; exit 0; fi\n')
+
+    def take(self, target: Target, scan: str, name: str):
+        for attempt in range(2):
+            out = target.shell(scan, timeout=120)
+            locked = next((line for line in out.stdout.splitlines() if line.startswith("LOCKED")), None)
+            if locked is None:
+                self.held = True
+                _ACTIVE_LOCKS.add(self.token)
+                return out
+            if attempt == 0 and self._stale(locked):
+                scan = scan.replace(self.acquire_script(), self.acquire_script(force=True))
+                continue
+            raise DeviceError(f"{target.name}: another push of {name} is in progress (lock {self.path}); "
+                              "try again when it has finished")
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _stale(line: str) -> bool:
+        parts = line.split()  # LOCKED HOST PID TOKEN EPOCH NOW NOW_EPOCH
+        if len(parts) != 7 or not parts[2].isdigit():
+            return True  # a lock without a readable owner: its writer died between mkdir and echo
+        host, pid, token, since, now = parts[1], int(parts[2]), parts[3], parts[4], parts[6]
+        if host == socket.gethostname():
+            if pid == os.getpid():
+                return token not in _ACTIVE_LOCKS
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+        return since.isdigit() and now.isdigit() and int(now) - int(since) > LOCK_STALE_AFTER_S
+
+    def release(self, target: Target) -> None:
+        if not self.held:
+            return
+        _ACTIVE_LOCKS.discard(self.token)
+        q = quote(self.path)
+        try:  # only our own lock: a stale-lock takeover by another push must not be undone
+            target.shell(f'case "$(cat {q}/owner 2>/dev/null)" in *{self.token}*) rm -rf {q};; esac\n',
+                         timeout=30, check=False)
+        except Exception:  # best effort: an unreachable device keeps the lock; it is stale for the next push
+            pass
 
 
 def _cleanup(target: Target, partial: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from liteship.units import size_text
+
 # (header, how to get the cell from one successful result entry). One row per device.
 COLUMNS: tuple[tuple[str, Any], ...] = (
     ("device", lambda e: e["target"]),
@@ -15,10 +17,10 @@ COLUMNS: tuple[tuple[str, Any], ...] = (
     ("init ms", lambda e: _f(e["bench"].get("init_ms"), 1)),
     ("first ms", lambda e: _f(e["bench"].get("first_inference_ms"), 3)),
     ("mean ms", lambda e: _f(_lat(e, "mean"), 3)),
-    ("std", lambda e: _f(_lat(e, "std"), 3)),
-    ("p50", lambda e: _f(_lat(e, "p50"), 3)),
-    ("p90", lambda e: _f(_lat(e, "p90"), 3)),
-    ("p99", lambda e: _f(_lat(e, "p99"), 3)),
+    ("std ms", lambda e: _f(_lat(e, "std"), 3)),
+    ("p50 ms", lambda e: _f(_lat(e, "p50"), 3)),
+    ("p90 ms", lambda e: _f(_lat(e, "p90"), 3)),
+    ("p99 ms", lambda e: _f(_lat(e, "p99"), 3)),
     ("runs", lambda e: e["bench"].get("runs") or "-"),
     ("peak RSS MiB", lambda e: _f((e["bench"].get("peak_rss_bytes") or 0) / 2**20 or None, 1)),
     ("decode tok/s", lambda e: _f((e["bench"].get("generation") or {}).get("decode_tok_s"), 1)),
@@ -31,7 +33,7 @@ def _f(value: Any, digits: int) -> str:
 
 
 def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+    return size_text(n)
 
 
 def _lat(entry: dict, key: str) -> Any:

@@ -44,21 +44,21 @@ _SPEC = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^
 _SSH_FAILURES: tuple[tuple[str, str], ...] = (
     (
         r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed",
-        "the host key CHANGED since it was recorded in known_hosts and OpenSSH refuses to connect (a reinstalled "
-        "board, or someone in between); if the change is expected run `ssh-keygen -R {host}` and connect once "
-        "with `ssh {dest}` to record the new key",
+        "the host key CHANGED since it was recorded in known_hosts ({known_hosts}) and OpenSSH refuses to "
+        "connect (a reinstalled board, or someone in between); if the change is expected run `ssh-keygen -R {host} "
+        "-f {known_hosts}` and connect once with `ssh {dest}` to record the new key",
     ),
     (
         r"No \S+ host key is known for|Host key verification failed",
-        "the host key is not in known_hosts and BatchMode cannot ask; check and accept it once with `ssh {dest}` "
-        "(or `ssh-keyscan {keyscan} >> ~/.ssh/known_hosts`)",
+        "the host key is not in known_hosts ({known_hosts}) and BatchMode cannot ask; check and accept it once with `ssh {dest}` "
+        "(or `ssh-keyscan {keyscan} >> {known_hosts}`)",
     ),
     (
         r"Permission denied \(",
         "authentication refused ({line}); liteship never asks for a password: add your key to the board "
-        "(`ssh-copy-id {dest}`), load it in ssh-agent, or set IdentityFile in ~/.ssh/config",
+        "(`ssh-copy-id {dest}`), load it in ssh-agent, or set IdentityFile in {config}",
     ),
-    (r"Could not resolve hostname", "unknown host ({line}); check the name or the alias in ~/.ssh/config"),
+    (r"Could not resolve hostname", "unknown host ({line}); check the name or the alias in {config}"),
     (r"Connection refused", "connection refused ({line}); is sshd running on the board and the port right?"),
     (r"timed out|No route to host|Network is unreachable", "cannot reach the board ({line})"),
 )
@@ -183,22 +183,33 @@ class SSHTarget(ShellTarget):
         for pattern, message in _SSH_FAILURES:
             if re.search(pattern, stderr):
                 host, port, user = self._resolved()
-                # "connect once" goes through the user's own alias/options; known_hosts advice names the real host.
-                dest = f"-p {self.port} {self.destination}" if self.port else self.destination
+                # "connect once" goes through the user's own alias/options and config file; known_hosts advice
+                # names the real host and the known_hosts file that config uses (UserKnownHostsFile).
+                config_flag = f"-F {quote(self.config)} " if self.config else ""
+                dest = config_flag + (f"-p {self.port} {self.destination}" if self.port else self.destination)
                 keyscan = f"-p {port} {host}" if port != 22 else host
                 known = f"'[{host}]:{port}'" if port != 22 else host
-                return f"{self.name}: " + message.format(host=known, dest=dest, keyscan=keyscan, line=line)
+                known_hosts = quote((self._settings().get("userknownhostsfile") or "~/.ssh/known_hosts").split()[0])
+                return f"{self.name}: " + message.format(host=known, dest=dest, keyscan=keyscan, line=line,
+                                                         known_hosts=known_hosts,
+                                                         config=self.config or "~/.ssh/config")
         return f"{self.name}: ssh connection failed or dropped: {line}"
 
-    def _resolved(self) -> tuple[str, int, str]:
-        """Host name, port and user after ~/.ssh/config (``ssh -G``), so advice names what known_hosts holds."""
-        host, port, user = self.host, self.port or 22, self.user or ""
+    def _settings(self) -> dict:
+        """What ssh will use for this host (``ssh -G``: the config file, aliases, UserKnownHostsFile), lower-case keys."""
         try:
             out = subprocess.run(self.ssh_argv("")[:-2] + ["-G", self.host], capture_output=True, text=True,
                                  timeout=10).stdout
         except (OSError, subprocess.TimeoutExpired):
+            return {}
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    def _resolved(self) -> tuple[str, int, str]:
+        """Host name, port and user after ~/.ssh/config (``ssh -G``), so advice names what known_hosts holds."""
+        host, port, user = self.host, self.port or 22, self.user or ""
+        values = self._settings()
+        if not values:
             return host, port, user
-        values = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
         port_text = values.get("port", "")
         return (values.get("hostname", host), int(port_text) if port_text.isdigit() else port,
                 values.get("user", user))

@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from liteship.convert.quant import SUFFIXES, Quant
+from liteship.options import POSITIVE_FLOAT, POSITIVE_INT, Threads
 
 IMAGE_SIZE = 16  # digits are 8x8; 2x nearest upscale keeps them exact and gives the convolutions room
 
@@ -124,12 +125,12 @@ def run_demo(workdir: Path, *, epochs: int = 8, runs: int = 200, threads: int | 
 
 def format_rows(rows: list[dict]) -> str:
     fp32 = next((r for r in rows if r["mode"] == "fp32"), None)
-    lines = ["| model | size (KB) | size vs fp32 | held-out accuracy | p50 ms | p90 ms | init ms |",
+    lines = ["| model | size (kB) | size vs fp32 | held-out accuracy | p50 ms | p90 ms | init ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rel = f"{r['size_bytes'] / fp32['size_bytes']:.2f}x" if fp32 and "p50_ms" in r else ""
         timing = (f"{r['p50_ms']:.4f} | {r['p90_ms']:.4f} | {r['init_ms']:.2f}" if "p50_ms" in r else " | | ")
-        lines.append(f"| {r['mode']} | {r['size_bytes'] / 1024:.1f} | {rel} | {r['accuracy']:.4f} | {timing} |")
+        lines.append(f"| {r['mode']} | {r['size_bytes'] / 1e3:.1f} | {rel} | {r['accuracy']:.4f} | {timing} |")
     return "\n".join(lines)
 
 
@@ -396,10 +397,10 @@ def budget_check(workdir: Path, parts: list[str], *, threads: int | None, runs: 
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("liteship-demo"), show_default=True,
               help="Where the models, bundles and results go.")
 @click.option("--only", default=",".join(PARTS), show_default=True, help="Which models, comma-separated.")
-@click.option("--epochs", type=int, default=8, show_default=True, help="Classifier training epochs.")
-@click.option("--gpt2-seconds", type=float, default=60, show_default=True, help="GPT-2 training time.")
-@click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per bundle.")
-@click.option("--threads", type=int, default=None)
+@click.option("--epochs", type=POSITIVE_INT, default=8, show_default=True, help="Classifier training epochs.")
+@click.option("--gpt2-seconds", type=POSITIVE_FLOAT, default=60, show_default=True, help="GPT-2 training time.")
+@click.option("--runs", type=POSITIVE_INT, default=200, show_default=True, help="Timed runs per bundle.")
+@click.option("--threads", type=Threads(), default=None, help="Interpreter threads.")
 def command(workdir: Path, only: str, epochs: int, gpt2_seconds: float, runs: int, threads: int | None) -> None:
     """Build a classifier, a GPT-2 and a BiT here, convert each in every mode, run and bench them on this host."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tarfile
@@ -11,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from liteship.errors import BundleError
+from liteship.runtime.files import atomic_output, json_kind, read_json, require, sweep_stale
 from liteship.runtime.tflite_file import read_model, sha256_file
 
 SCHEMA = "liteship.bundle/1"
@@ -36,7 +36,8 @@ def _extract(archive: Path) -> Path:
     if (dest / MANIFEST_NAME).is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+    sweep_stale(dest.parent, ".extract-")  # what a killed extraction left
+    tmp = Path(tempfile.mkdtemp(prefix=f".extract-{os.getpid()}-", dir=dest.parent))
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
@@ -64,6 +65,32 @@ def _extract(archive: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _safe_relative(rel: str) -> bool:
+    p = Path(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts
+
+
+def check_manifest(manifest: dict, where: Path) -> None:
+    """The shape every reader of a manifest relies on; raises BundleError naming the file and the key."""
+    for key in ("signatures", "preprocessing", "config", "assets", "files"):
+        require(manifest, key, dict, str(where), error=BundleError, optional=key != "files")
+    for rel, entry in manifest["files"].items():
+        if not _safe_relative(rel):
+            raise BundleError(f"{where}: unsafe file name {rel!r} in 'files'")
+        if not isinstance(entry, dict):
+            raise BundleError(f"{where}: files[{rel!r}] must be a JSON object, not {json_kind(entry)}")
+        sha = require(entry, "sha256", str, f"{where}: files[{rel!r}]", error=BundleError)
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise BundleError(f"{where}: files[{rel!r}]['sha256'] is not a sha256 hex digest")
+        require(entry, "size", int, f"{where}: files[{rel!r}]", error=BundleError, minimum=0)
+    for role, rel in (manifest.get("assets") or {}).items():
+        if not isinstance(rel, str) or not _safe_relative(rel):
+            raise BundleError(f"{where}: asset {role!r} has an unsafe or non-text path {rel!r}")
+    for key, sig in (manifest.get("signatures") or {}).items():
+        if not isinstance(sig, dict) or not all(isinstance(sig.get(k, []), list) for k in ("inputs", "outputs")):
+            raise BundleError(f"{where}: signatures[{key!r}] must be an object with 'inputs' and 'outputs' lists")
+
+
 class Bundle:
     """A checked bundle. ``manifest`` is the dict from manifest.json (or the one embedded in a lone .tflite)."""
 
@@ -77,6 +104,10 @@ class Bundle:
             raise BundleError(f"{path}: no such bundle or model")
         if path.is_file() and path.suffix == ".tflite":
             manifest = read_model(path).manifest()
+            if manifest is not None and not isinstance(manifest, dict):
+                raise BundleError(f"{path}: its embedded manifest is {json_kind(manifest)}, not a JSON object")
+            if manifest is not None:
+                check_manifest(dict(manifest, files=manifest.get("files") or {}), path)
             if manifest is None:
                 # A plain .tflite from elsewhere: describe it from the flatbuffer itself.
                 info = read_model(path)
@@ -88,12 +119,10 @@ class Bundle:
         manifest_path = path / MANIFEST_NAME
         if not manifest_path.is_file():
             raise BundleError(f"{path}: no {MANIFEST_NAME}; not a liteship bundle")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+        manifest = read_json(manifest_path, error=BundleError)
         if manifest.get("schema") != SCHEMA:
             raise BundleError(f"{path}: bundle schema {manifest.get('schema')!r} is not {SCHEMA!r}")
+        check_manifest(manifest, manifest_path)
         bundle = cls(path, path / MODEL_NAME, manifest)
         if verify:
             bundle.verify()
@@ -160,20 +189,19 @@ def pack_bundle(bundle_dir: str | os.PathLike, archive: str | os.PathLike) -> Pa
     """Writes a .zip or .tar(.gz) of a bundle folder, atomically."""
     bundle = Bundle.open(bundle_dir)
     archive = Path(archive)
-    tmp = archive.with_name(f".{archive.name}.partial")
-    try:
+    if not archive.name.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        raise BundleError(f"{archive}: choose a .zip, .tar or .tar.gz name")
+    names = sorted(bundle.manifest["files"]) + [MANIFEST_NAME]
+    # A unique temporary name per run: two packs to one archive each write their own, and the last rename wins
+    # with a complete archive.
+    with atomic_output(archive, error=BundleError) as tmp:
         if archive.suffix == ".zip":
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-                for rel in sorted(bundle.manifest["files"]) + [MANIFEST_NAME]:
+                for rel in names:
                     zf.write(bundle.root / rel, f"{bundle.root.name}/{rel}")
-        elif archive.name.endswith((".tar", ".tar.gz", ".tgz")):
+        else:
             mode = "w:gz" if archive.name.endswith(("gz",)) else "w"
             with tarfile.open(tmp, mode) as tf:
-                for rel in sorted(bundle.manifest["files"]) + [MANIFEST_NAME]:
+                for rel in names:
                     tf.add(bundle.root / rel, f"{bundle.root.name}/{rel}")
-        else:
-            raise BundleError(f"{archive}: choose a .zip, .tar or .tar.gz name")
-        os.replace(tmp, archive)
-    finally:
-        tmp.unlink(missing_ok=True)
     return archive

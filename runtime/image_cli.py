@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from liteship.options import POSITIVE_INT, Threads
+
 from liteship.errors import RuntimeLiteshipError
 
 # User errors are LiteshipError subclasses raised as they are: liteship.cli.main prints them on one line, exit 1.
@@ -16,9 +18,9 @@ from liteship.errors import RuntimeLiteshipError
 @click.command("bit")
 @click.argument("bundle", type=click.Path(exists=True))
 @click.argument("image_or_dir", type=click.Path(exists=True))
-@click.option("--top-k", "top_k", default=5, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
+@click.option("--top-k", "top_k", default=5, show_default=True, type=POSITIVE_INT, help="Labels per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: backend's).")
+@click.option("--threads", type=Threads(), default=None, help="Interpreter threads (default: backend's).")
 @click.option("--backend", default="auto", show_default=True, help="Interpreter: auto, litert, tflite-runtime or tf.")
 def run_command(bundle, image_or_dir, top_k, as_json, threads, backend):
     """Top-k labels for an image, or for every image under a folder.
@@ -78,7 +80,7 @@ def _print_table(predictions) -> None:
                    "the bundle, the images and a reference bundle are pushed. Default: this host.")
 @click.option("--python", "python", default=None, help="With --device: the device's Python (default python3).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads.")
+@click.option("--threads", type=Threads(), default=None, help="Interpreter threads.")
 @click.option("--backend", default="auto", show_default=True, help="Interpreter backend.")
 def eval_command(bundle, labeled_dir, reference, device, python, as_json, threads, backend):
     """Accuracy of BUNDLE on LABELED_DIR, a folder of class folders.

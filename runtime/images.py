@@ -217,6 +217,8 @@ class Preprocessing:
         """(H, W, 3) RGB pixels in [0, 255] -> one model input: (image_size..., C) or (C, image_size...) float32,
         C = 3, or 1 for channels "L"."""
         resize = RESIZERS[self.resize]
+        if self.channels == "L":
+            pixels = luminance(pixels)  # (H, W, 1), before resizing, as a training pipeline's convert("L") does
         if self.crop == "center":
             resized = resize(pixels, self.resize_to)  # (Rh, Rw, 3)
             top = (self.resize_to[0] - self.image_size[0]) // 2  # the odd pixel goes to the bottom/right
@@ -227,11 +229,20 @@ class Preprocessing:
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
         if self.channels == "L":  # one grey channel, as the converter writes for (H, W, 1) inputs
-            resized = (resized @ _LUMA)[..., None]  # (H, W, 1)
-            mean, std = mean[:1], std[:1]
+            mean, std = mean[:1], std[:1]  # the first mean/std value
         normalized = (resized / np.float32(255.0) - mean) / std
         normalized = normalized[..., _CHANNEL_ORDERS[self.channels]]
         return np.ascontiguousarray(_LAYOUTS[self.layout](normalized), dtype=np.float32)
+
+
+def luminance(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB -> (H, W, 1) gray exactly as Pillow's convert("L"): ITU-R 601-2 weights in 16-bit fixed
+    point, rounded, for uint8 pixels; the same weights, rounded, for float pixels."""
+    if pixels.dtype == np.uint8:
+        p = pixels.astype(np.uint32)
+        gray = (p[..., 0] * 19595 + p[..., 1] * 38470 + p[..., 2] * 7471 + 0x8000) >> 16
+        return gray.astype(np.uint8)[..., None]
+    return np.rint(np.asarray(pixels, np.float32) @ LUMA_WEIGHTS)[..., None]
 
 
 def preprocess(source: ImageSource, preprocessing: Preprocessing | dict, *, name: str | None = None) -> np.ndarray:
@@ -273,7 +284,7 @@ RESIZERS = {"bilinear": resize_bilinear}
 _CROPS = frozenset({"none", "center"})
 _CHANNEL_ORDERS = {"RGB": [0, 1, 2], "BGR": [2, 1, 0], "L": [0]}
 # RGB -> grey with Pillow's own "L" weights (ITU-R 601-2 luma): a grey PNG decoded to RGB comes back unchanged.
-_LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 _LAYOUTS = {"NHWC": lambda hwc: hwc, "NCHW": lambda hwc: np.transpose(hwc, (2, 0, 1))}
 
 

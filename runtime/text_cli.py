@@ -6,17 +6,19 @@ import sys
 
 import click
 
+from liteship.options import NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, SEED, TEMPERATURE, UTF8_TEXT, Threads
+
 
 @click.command("gpt2")
 @click.argument("bundle", type=click.Path(exists=True, path_type=str))
-@click.option("--prompt", required=True, help="Text to continue.")
-@click.option("--max-new-tokens", type=int, default=None, help="[default: the bundle's generation config]")
-@click.option("--temperature", type=float, default=None, help="0 = greedy [default: the bundle's].")
-@click.option("--top-k", type=int, default=None, help="Sample among the k likeliest tokens (0 = all).")
-@click.option("--top-p", type=float, default=None, help="Sample among the likeliest tokens reaching mass p.")
-@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
-@click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
-@click.option("--threads", type=int, default=None, help="Interpreter threads [default: up to 4 cores].")
+@click.option("--prompt", required=True, type=UTF8_TEXT, help="Text to continue.")
+@click.option("--max-new-tokens", type=POSITIVE_INT, default=None, help="[default: the bundle's generation config]")
+@click.option("--temperature", type=TEMPERATURE, default=None, help="0 = greedy [default: the bundle's].")
+@click.option("--top-k", type=NON_NEGATIVE_INT, default=None, help="Sample among the k likeliest tokens (0 = all).")
+@click.option("--top-p", type=PROBABILITY, default=None, help="Sample among the likeliest tokens reaching mass p.")
+@click.option("--seed", type=SEED, default=None, help="Random seed for sampling.")
+@click.option("--stop", multiple=True, type=UTF8_TEXT, help="Stop before this text (repeatable).")
+@click.option("--threads", type=Threads(), default=None, help="Interpreter threads [default: up to 4 cores].")
 @click.option("--truncate", is_flag=True, help="Keep the end of a prompt longer than the context instead of failing.")
 @click.option("--full-cache", is_flag=True,
               help="Attend over all max_context cache slots from the first token: the same step time at every "
@@ -54,7 +56,7 @@ def command(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, sto
                    "a reference bundle are pushed there. Default: this host.")
 @click.option("--python", "python", default=None, help="With --device: the device's Python (default python3).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads.")
+@click.option("--threads", type=Threads(), default=None, help="Interpreter threads.")
 @click.option("--backend", default="auto", show_default=True, help="Interpreter backend.")
 def eval_command(bundle, text_file, reference, device, python, as_json, threads, backend):
     """Perplexity of the GPT-2 BUNDLE over TEXT_FILE (UTF-8), in windows of the bundle's context.

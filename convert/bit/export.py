@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from liteship.convert.bit.config import BiTConfig, get_config
 from liteship.convert.prune import read_pruning
 from liteship.convert.quant import Quant
 from liteship.errors import ConvertError
+from liteship.runtime.files import work_dir
 
 FAMILY = "bit"
 TASK = "image-classification"
@@ -174,7 +174,7 @@ def keras_to_tflite(model, quant: Quant, *, representative_dataset=None, io_type
     """tf_keras model -> (.tflite bytes, conversion report) through a temporary SavedModel."""
     from liteship.convert.tflite import convert_saved_model, export_keras_to_saved_model
 
-    tmp = Path(tempfile.mkdtemp(prefix="liteship-bit-"))
+    tmp = work_dir("bit")  # named with the pid; a later run sweeps it if this one is killed
     try:
         export_keras_to_saved_model(model, tmp / "saved_model")
         return convert_saved_model(tmp / "saved_model", quant, representative_dataset=representative_dataset,
@@ -190,8 +190,10 @@ def calibration_dataset(folder: str | Path, preprocessing: dict, *, limit: int |
 
     height, width = preprocessing["image_size"]
     spec = {"name": "image", "shape": [1, height, width, 3], "dtype": "float32"}
+    from liteship.convert.cli import calibration_meter
+
     return representative_dataset(folder, spec, preprocess=lambda path: preprocess(path, preprocessing),
-                                  limit=limit)
+                                  limit=limit, progress=calibration_meter())
 
 
 def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1", quant: str | Quant = "fp32",

@@ -14,7 +14,6 @@ the SavedModel's own outputs before trusting it.
 from __future__ import annotations
 
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -128,13 +127,14 @@ def expected_tensors(config: BiTConfig) -> dict[str, Target]:
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """All arrays of a BiT .npz, by their original names."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: np.asarray(data[name]) for name in data.files}
-    except FileNotFoundError:
-        raise ConvertError(f"BiT checkpoint not found: {path}") from None
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise ConvertError(f"{path} is not a readable .npz checkpoint ({err})") from None
+    from liteship.runtime.files import load_array
+
+    if not Path(path).exists():
+        raise ConvertError(f"BiT checkpoint not found: {path}")
+    arrays = load_array(path, error=ConvertError)
+    if not isinstance(arrays, dict):
+        raise ConvertError(f"{path}: a single .npy array, not a BiT .npz checkpoint of named tensors")
+    return arrays
 
 
 def normalize_names(tensors: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:

@@ -4,21 +4,58 @@ from __future__ import annotations
 
 import click
 
+from liteship.options import POSITIVE_INT
+
 
 @click.command("gpt2")
 @click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=str), help="Bundle folder to write.")
-@click.option("--quant", default="fp32", show_default=True, help="fp32, fp16, dynamic-int8 or int4.")
-@click.option("--max-context", type=int, default=None,
+@click.option("--out", "-o", "--output", "out_dir", type=click.Path(path_type=str), default=None,
+              help="Bundle folder to write (default: CHECKPOINT_DIR-MODE in the current folder).")
+@click.option("--quant", type=click.Choice(["fp32", "fp16", "dynamic-int8", "int4"]), default="fp32",
+              show_default=True, help="Quantization mode.")
+@click.option("--max-context", type=POSITIVE_INT, default=None,
               help="Longest sequence (prompt + generated) the bundle can hold [default: the model's n_positions].")
-@click.option("--prefill-len", type=int, default=None,
+@click.option("--prefill-len", type=POSITIVE_INT, default=None,
               help="Prompt tokens processed per prefill call [default: 128, at most --max-context].")
 def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     """Convert a GPT-2 checkpoint (config.json, model.safetensors / pytorch_model.bin / tf_model.h5, tokenizer
     files) to a bundle with `prefill` and `decode` signatures and a runtime-owned KV cache."""
-    from liteship.convert.gpt2.export import export
+    from pathlib import Path
 
+    from liteship.convert.bundle import check_out_dir
+    from liteship.convert.cli import default_out, summary
+    from liteship.convert.gpt2.export import export
+    from liteship.convert.quant import Quant
+
+    if out_dir is None:
+        out_dir = str(default_out(Path(checkpoint_dir), Quant.parse(quant)))
+    check_out_dir(out_dir)
+    check_tokenizer(checkpoint_dir)
     report = export(checkpoint_dir, out_dir, quant=quant, max_context=max_context, prefill_len=prefill_len,
                     progress=lambda msg: click.echo(msg, err=True))
-    click.echo(f"wrote {report.bundle} ({report.tflite_bytes / 1e6:.1f} MB model, {report.quantization}) in "
-               f"{report.seconds:.1f} s, peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB")
+    summary(report.bundle, quant=report.quantization, seconds=report.seconds)
+
+
+def check_tokenizer(checkpoint_dir) -> None:
+    """Builds the runtime's own tokenizer from the checkpoint's files, so a corrupt vocab.json or merges.txt fails
+    here, naming the file, and not later on the device."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from liteship.convert.gpt2.export import tokenizer_assets
+    from liteship.errors import BundleError, ConvertError
+    from liteship.runtime.tokenizer import ByteLevelBPETokenizer
+
+    ckpt = Path(checkpoint_dir)
+    if not ckpt.is_dir():
+        raise ConvertError(f"{ckpt}: no such checkpoint folder")
+    assets = tokenizer_assets(ckpt)
+    files = SimpleNamespace(root=ckpt, manifest={"assets": {role: rel for role, (rel, _) in assets.items()}},
+                            config={}, asset=lambda role: assets[role][1])
+    try:
+        ByteLevelBPETokenizer.from_bundle(files)
+    except BundleError as exc:
+        raise ConvertError(f"{ckpt}: tokenizer: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        names = ", ".join(str(src.name) for _, src in assets.values())
+        raise ConvertError(f"{ckpt}: tokenizer files ({names}) are not a GPT-2 byte-level BPE ({exc!r:.80})") from None

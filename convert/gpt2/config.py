@@ -77,10 +77,22 @@ def _first(value):
 
 def from_hf_config(hf: dict, *, source: str = "config.json") -> GPT2Config:
     """Read a Hugging Face GPT-2 config.json dict. Anything that is not GPT-2 is refused, naming what it is."""
+    from liteship.runtime.files import json_kind, require
+
+    if not isinstance(hf, dict):
+        raise ConvertError(f"{source}: expected a JSON object, found {json_kind(hf)}")
     model_type = hf.get("model_type")
     if model_type != "gpt2":
         archs = ", ".join(hf.get("architectures") or []) or "no architectures listed"
         raise ConvertError(f"{source}: model_type is {model_type!r} ({archs}), not 'gpt2'")
+    # Sizes the graph is built from: whole numbers >= 1 (a 0 or "four" would fail deep inside TensorFlow).
+    for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
+        require(hf, key, int, source, error=ConvertError, minimum=1)
+    for key in ("n_positions", "n_ctx"):
+        require(hf, key, int, source, error=ConvertError, minimum=1, optional=True)
+    require(hf, "layer_norm_epsilon", (int, float), source, error=ConvertError, minimum=0, optional=True)
+    if hf["n_embd"] % hf["n_head"]:
+        raise ConvertError(f"{source}: n_embd {hf['n_embd']} is not a multiple of n_head {hf['n_head']}")
     try:
         act = hf.get("activation_function", "gelu_new")
         eos = _first(hf.get("eos_token_id", 50256))  # newer configs may list several
@@ -100,3 +112,5 @@ def from_hf_config(hf: dict, *, source: str = "config.json") -> GPT2Config:
         )
     except KeyError as e:
         raise ConvertError(f"{source}: GPT-2 config lacks {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:  # eos_token_id: "x" and the like
+        raise ConvertError(f"{source}: {e}") from None

@@ -8,9 +8,7 @@ the tokenizer files, special tokens, context length and generation defaults.
 from __future__ import annotations
 
 import gc
-import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from liteship.convert.gpt2.config import GPT2Config
 from liteship.convert.quant import Quant
 from liteship.errors import ConvertError, RuntimeLiteshipError
 from liteship.runtime.bench import peak_rss_bytes
+from liteship.runtime.files import read_json, require, work_dir
 
 SIGNATURES = ("prefill", "decode")
 GPT2_QUANTS = (Quant.FP32, Quant.FP16, Quant.DYNAMIC_INT8, Quant.INT4)
@@ -70,10 +69,7 @@ def special_tokens(ckpt: Path, cfg: GPT2Config) -> dict:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = ckpt / name
         if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except ValueError as e:
-                raise ConvertError(f"{path}: not valid JSON ({e})") from None
+            data = read_json(path, error=ConvertError)
             for key in ("eos_token", "bos_token", "pad_token"):
                 tok = data.get(key)
                 tok = tok.get("content") if isinstance(tok, dict) else tok
@@ -86,10 +82,10 @@ def generation_defaults(ckpt: Path) -> dict:
     out = dict(GENERATION_DEFAULTS)
     path = ckpt / "generation_config.json"
     if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as e:
-            raise ConvertError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path, error=ConvertError)
+        for key, default in GENERATION_DEFAULTS.items():  # a "hot" temperature would fail only on the device
+            require(data, key, bool if isinstance(default, bool) else (int, float), str(path), error=ConvertError,
+                    minimum=None if isinstance(default, bool) else 0, optional=True)
         out.update({k: data[k] for k in GENERATION_DEFAULTS if data.get(k) is not None})
     return out
 
@@ -172,7 +168,7 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
         **special_tokens(ckpt, cfg),
         "generation": generation_defaults(ckpt),
     }
-    work = Path(tempfile.mkdtemp(prefix="liteship-gpt2-"))
+    work = work_dir("gpt2")  # named with the pid; a later run sweeps it if this one is killed
     try:
         say(f"building the TensorFlow graph (max_context={C}, prefill_len={P})")
         build_saved_model(cfg, params, work / "saved_model", max_context=C, prefill_len=P)

@@ -18,6 +18,7 @@ import numpy as np
 
 from liteship.convert.gpt2.config import GPT2Config, from_hf_config
 from liteship.errors import ConvertError
+from liteship.runtime.files import read_json
 
 
 # ---- value transforms, named by direction --------------------------------------------------------------------
@@ -173,10 +174,7 @@ def read_config(ckpt: Path) -> tuple[GPT2Config, dict]:
     path = Path(ckpt) / "config.json"
     if not path.is_file():
         raise ConvertError(f"{ckpt}: no config.json (is this a Hugging Face checkpoint folder?)")
-    try:
-        hf = json.loads(path.read_text())
-    except ValueError as e:
-        raise ConvertError(f"{path}: not valid JSON ({e})") from None
+    hf = read_json(path, kind=None, error=ConvertError)  # from_hf_config says what a non-object is
     return from_hf_config(hf, source=str(path)), hf
 
 

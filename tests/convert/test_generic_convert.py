@@ -163,8 +163,8 @@ def test_unknown_mode(keras_file, tmp_path):
     from liteship.convert.quant import Quant
     from liteship.errors import ConvertError
 
-    with pytest.raises(ConvertError, match="unknown quantization mode 'int4'; choose one of: fp32, fp16"):
-        Quant.parse("int4")
+    with pytest.raises(ConvertError, match="unknown quantization mode 'int3'; choose one of: fp32, fp16"):
+        Quant.parse("int3")  # int4 became a (GPT-2) mode
 
 
 def test_failed_conversion_keeps_the_old_bundle(keras_file, tmp_path):

@@ -162,7 +162,9 @@ def test_server_gone_mid_push_then_next_push_sweeps_the_partial(ssh_env, tiny_bu
             with pytest.raises(DeviceError, match="^ssh:board: "):
                 push_bundle(target, tiny_bundle)
         assert not (workdir / "bundles" / "tiny-classifier").exists()
-        assert len(leftovers(workdir)) == 1  # nobody could remove it: the server was down
+        # nobody could remove the partial folder or the push's lock: the server was down
+        assert [n for n in leftovers(workdir) if not n.endswith(".lock")] != []
+        assert len([n for n in leftovers(workdir) if not n.endswith(".lock")]) == 1
         server.start()
         with open_target("ssh:board", workdir=str(workdir)) as target:
             push_bundle(target, tiny_bundle)
@@ -309,3 +311,37 @@ def test_device_side_hashing_under_each_userland(kind, userland, tmp_path):
     wrong = f"verify_files {tmp_path} 'a b' {'0' * 64} || exit {VERIFY_FAILED}"
     bad = subprocess.run(argv + [SHA256_FUNCTION + wrong], env=env, capture_output=True, text=True)
     assert bad.returncode == VERIFY_FAILED
+
+
+def test_a_second_push_of_one_name_says_another_is_in_progress(tiny_bundle, tmp_path):
+    """Two pushes of one bundle name to one device at once: the second refuses with a clear reason instead of
+    deleting the first one's partial folder; the first completes; the lock is gone afterwards."""
+    workdir = tmp_path / "wd"
+    inside, release = threading.Event(), threading.Event()
+    errors = []
+    with open_target("local", workdir=str(workdir)) as first, open_target("local", workdir=str(workdir)) as second:
+        put = first.put
+
+        def slow_put(*args, **kwargs):
+            inside.set()
+            assert release.wait(30)
+            return put(*args, **kwargs)
+
+        first.put = slow_put
+
+        def run_first():
+            try:
+                push_bundle(first, tiny_bundle)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=run_first)
+        thread.start()
+        assert inside.wait(30)
+        with pytest.raises(DeviceError, match="another push of tiny-classifier is in progress"):
+            push_bundle(second, tiny_bundle)
+        release.set()
+        thread.join(60)
+    assert errors == []
+    assert tree(workdir / "bundles" / "tiny-classifier") == tree(tiny_bundle)
+    assert leftovers(workdir) == []

@@ -156,3 +156,18 @@ def test_proxyjump_from_the_users_config_is_honoured(ssh_env, tmp_path):
         src.write_bytes(os.urandom(10_000))
         target.put(src, str(tmp_path / "g.bin"))
     assert (tmp_path / "g.bin").read_bytes() == src.read_bytes()
+
+
+def test_host_key_advice_names_the_config_and_known_hosts_in_use(ssh_env):
+    """The fix must work with the config liteship used: `ssh -F CONFIG`, and the UserKnownHostsFile it names."""
+    import os
+
+    config = os.environ["LITESHIP_SSH_CONFIG"]
+    for alias, fix in (("board-unknown", "ssh-keyscan"), ("board-changed", "ssh-keygen -R")):
+        with open_target(f"ssh:{alias}") as target, pytest.raises(DeviceError) as info:
+            target.run(["true"])
+        message = str(info.value)
+        known_hosts = target._settings()["userknownhostsfile"].split()[0]
+        assert known_hosts != os.path.expanduser("~/.ssh/known_hosts")  # the test's own file, from its config
+        assert f"known_hosts ({known_hosts})" in message and fix in message
+        assert f"ssh -F {config} " in message

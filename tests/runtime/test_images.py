@@ -273,8 +273,10 @@ def test_grey_channel_for_single_channel_models(tmp_path):
     out = preprocess(tmp_path / "g.png", spec)
     assert out.shape == (2, 2, 1)
     np.testing.assert_allclose(out[..., 0], (grey / 255.0 - 0.5) / 0.25, rtol=1e-6)  # a grey file is unchanged
-    colour = spec(load_image(np.full((2, 2, 3), [255, 0, 0], np.uint8)))  # pure red: Pillow's luma 0.299
-    np.testing.assert_allclose(colour[..., 0], (0.299 - 0.5) / 0.25, rtol=1e-5)
+    red = np.full((2, 2, 3), [255, 0, 0], np.uint8)
+    colour = spec(load_image(red))  # pure red: exactly what Pillow's convert("L") gives (76, not 0.299 * 255)
+    pillow = np.asarray(Image.fromarray(red).convert("L"), np.float32)
+    np.testing.assert_allclose(colour[..., 0], (pillow / 255.0 - 0.5) / 0.25, rtol=1e-6)
 
 
 @pytest.mark.parametrize("block,message", [
