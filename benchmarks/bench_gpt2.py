@@ -27,7 +27,7 @@ from liteship.runtime.bench import machine_summary
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
-QUANTS = ("fp32", "fp16", "dynamic-int8")
+QUANTS = ("fp32", "fp16", "dynamic-int8", "int4")
 
 
 def run_child(code: str, env: dict | None = None) -> dict:
@@ -358,11 +358,26 @@ def target_lines(rows: list, base: float, fp32_size: int) -> list[str]:
         f"{grown['tok_s']:.1f} tok/s grown, {full_whole['tok_s']:.1f} tok/s with the full cache",
         f"- file vs fp32: dynamic-int8 {int8_size / fp32_size:.3f} (target <= 0.27: {verdict(int8_size / fp32_size <= 0.27)}),"
         f" fp16 {fp16_size / fp32_size:.3f} (target <= 0.51: {verdict(fp16_size / fp32_size <= 0.51)})",
+        *int4_lines(by_name, int8, fp32_size, verdict),
         f"- conversion peak RSS, worst variant: {peak / 1e9:.2f} GB = {peak / 2**30:.2f} GiB (target <= 4 GB: "
         f"{verdict(peak <= 4e9)})",
         "- rows without 'full cache': the runtime's default, decode's cache grown with the text (128 slots at a "
         "time); full cache: all 1024 slots from the first token (`--full-cache`, and the default for fp16 bundles, "
         "whose every growth re-unpacks their weights)",
+    ]
+
+
+def int4_lines(by_name: dict, int8: dict, fp32_size: int, verdict) -> list[str]:
+    """Issue 9's int4 targets: file <= 0.16x fp32 and decode no slower than dynamic-int8 (quality: quality_gpt2.py)."""
+    if "liteship int4" not in by_name:
+        return []
+    int4, _, int4_size = by_name["liteship int4"]
+    d4, d8 = int4["decode_tok_s_by_context"], int8["decode_tok_s_by_context"]
+    return [
+        f"- int4 file vs fp32: {int4_size / fp32_size:.3f} (target <= 0.16: {verdict(int4_size / fp32_size <= 0.16)})",
+        "- int4 decode / dynamic-int8 decode: " + ", ".join(
+            f"@{c} {d4[c] / d8[c]:.2f}x ({verdict(d4[c] >= d8[c])})" for c in sorted(d8, key=int) if c in d4)
+        + " (target >= 1x)",
     ]
 
 
