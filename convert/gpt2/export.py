@@ -133,7 +133,7 @@ def build_saved_model(cfg: GPT2Config, params: dict, out_dir: Path, *, max_conte
 def convert_to_tflite(saved_model_dir: Path, quant) -> tuple[bytes, dict]:
     """The prefill and decode signatures, converted together so they share one set of weights in the file.
     int4 quantizes the float32 model's weights afterwards (the converter has no int4 recipe)."""
-    from liteship.convert.quant import Quant, int4_weights
+    from liteship.convert.quant import int4_weights
     from liteship.convert.tflite import convert_saved_model
 
     if quant is Quant.INT4:
