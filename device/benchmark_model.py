@@ -174,7 +174,8 @@ def gpt2_phases(model_path: str | Path, config: dict, contexts: tuple[int, ...] 
 
     benchmark_model matches --input_layer to the subgraph's inputs by position (a name that differs only WARNs)
     and rejects a -1 in --input_layer_shape, so every input is listed in subgraph order with a full shape: decode's
-    open cache dimension becomes the context S (k_i, v_i: [H, S, hd]) and S + 1 for the mask ([1, S + 1]). Inputs
+    open cache dimension becomes the context S (k_i, v_i: [H, S, hd]) and S + 1 for the mask ([1, S + 1]); prefill's
+    open ones (bundles since its cache was opened) a first chunk's one slot, and its rows the last position. Inputs
     are named by their signature names, not tensor names: --input_layer_value_range separates its items with ':',
     which tensor names like ``decode_position:0`` contain. Integer inputs get a valid value: decode's position is
     S, prefill's positions lie in [0, P). Float inputs (embeddings, mask) are filled with random numbers by the tool,
@@ -191,31 +192,36 @@ def gpt2_phases(model_path: str | Path, config: dict, contexts: tuple[int, ...] 
         raise DeviceError(f"{model_path}: a GPT-2 bundle needs the signatures prefill and decode; "
                           f"{', '.join(sorted(missing))} missing")
 
-    def flags(key: str, slots: int | None, position: tuple[int, int]) -> tuple[str, ...]:
+    def flags(key: str, slots: int, tokens: int, ranges: dict[str, tuple[int, int]]) -> tuple[str, ...]:
+        """The --input_layer* flags of one call: open dimensions filled (k_i, v_i: ``slots``; mask: ``slots`` +
+        ``tokens``; prefill's rows: 1, the last position, as generation asks), integer inputs given ``ranges``."""
         sig = signatures[key]
         subgraph = model.subgraphs[sig.subgraph]
         by_index = {index: name for name, index in sig.inputs.items()}
-        names, shapes, ranges = [], [], []
+        names, shapes, values = [], [], []
         for index in subgraph.inputs:
             name, tensor = by_index[index], subgraph.tensors[index]
-            shape = list(tensor.shape)
-            if -1 in shape:
-                if slots is None:
-                    raise DeviceError(f"{model_path}: {key} input {name} has an open dimension {shape}")
-                shape = [(slots + 1 if name == "mask" else slots) if d == -1 else d for d in shape]
+            fill = {"mask": slots + tokens, "rows": 1}.get(name, slots)
+            shape = [fill if d == -1 else d for d in tensor.shape]
             names.append(name)
             shapes.append(",".join(str(d) for d in shape))
             if tensor.dtype.startswith("int"):
-                ranges.append(f"{name},{position[0]},{position[1]}")
+                lo, hi = ranges[name]
+                values.append(f"{name},{lo},{hi}")
         out = [f"--input_layer={','.join(names)}", f"--input_layer_shape={':'.join(shapes)}"]
-        if ranges:
-            out.append(f"--input_layer_value_range={':'.join(ranges)}")
+        if values:
+            out.append(f"--input_layer_value_range={':'.join(values)}")
         return tuple(out)
 
-    phases = [Phase("prefill", "prefill", P, C, flags("prefill", None, (0, P - 1)))]
+    # Prefill of a first chunk: bundles with an open cache give it one masked slot, as the runtime does; older
+    # ones hold all C.
+    prefill_slots = 1 if -1 in model.subgraphs[signatures["prefill"].subgraph].tensors[
+        signatures["prefill"].inputs["k_0"]].shape else C
+    phases = [Phase("prefill", "prefill", P, prefill_slots,
+                    flags("prefill", prefill_slots, P, {"positions": (0, P - 1), "rows": (P - 1, P - 1)}))]
     chosen = sorted({c for c in contexts if 0 < c < C} or {C - 1})
     for S in chosen:
-        phases.append(Phase("decode", "decode", 1, S, flags("decode", S, (S, S))))
+        phases.append(Phase("decode", "decode", 1, S, flags("decode", S, 1, {"position": (S, S)})))
     return phases
 
 

@@ -103,9 +103,9 @@ def conversion_key(source_sha256: str, kind: str, quant: str, options: ConvertOp
 
 
 def conversions_dir() -> Path:
-    from liteship.runtime.bundle import _cache_root  # the one cache root (LITESHIP_CACHE)
+    from liteship.runtime.bundle import cache_root  # the one cache root (LITESHIP_CACHE)
 
-    return _cache_root() / "conversions"
+    return cache_root() / "conversions"
 
 
 def convert_variant(source: Path, quant: str, options: ConvertOptions, say: Callable[[str], None]) -> Path:
