@@ -359,3 +359,21 @@ def test_benchmark_model_times_gpt2_prefill_and_decode_at_stated_contexts(tmp_pa
     assert shapes["mask"] == "1,49" and shapes["k_0"].split(",")[1] == "48" and shapes["position"] == "1"
     assert f"prefill {gen['prefill_tok_s']:.1f} tok/s over {P} tokens" in markdown_report(doc)
     assert C > 48
+
+
+def test_benchmark_model_prefill_fills_the_open_cache_like_the_runtime(tmp_path_factory):
+    """Bundles whose prefill leaves its cache slots and logits rows open: benchmark_model (which refuses a -1) gets
+    a first chunk's one masked slot, a mask of 1 + P columns and one row of logits, the last position."""
+    from liteship.device.benchmark_model import gpt2_phases
+    from liteship.runtime.bundle import Bundle
+    from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
+
+    b = Bundle.open(gpt2_bundles(tmp_path_factory) / "gpt2-fp32")
+    prefill = gpt2_phases(b.model_path, b.config, (16,))[0]
+    P = BUNDLE_OPTIONS["prefill_len"]
+    flags = dict(f[2:].split("=", 1) for f in prefill.input_flags)
+    shapes = dict(zip(flags["input_layer"].split(","), flags["input_layer_shape"].split(":")))
+    assert (prefill.signature, prefill.tokens, prefill.context) == ("prefill", P, 1)
+    assert shapes["k_0"].split(",")[1] == "1" and shapes["mask"] == f"{P},{P + 1}" and shapes["rows"] == "1"
+    assert f"rows,{P - 1},{P - 1}" in flags["input_layer_value_range"].split(":")
+    assert f"positions,0,{P - 1}" in flags["input_layer_value_range"].split(":")
