@@ -9,10 +9,10 @@ import click
 
 from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
 
-from liteship.convert.quant import SUFFIXES, Quant
+from liteship.convert.quant import CLASSIFIER_MODES, SUFFIXES, Quant
 from liteship.errors import ConvertError
 
-QUANT_CHOICES = [q.value for q in Quant if q is not Quant.INT4]  # int4 is GPT-2 only (convert gpt2)
+QUANT_CHOICES = [q.value for q in CLASSIFIER_MODES]
 
 
 def progress(message: str) -> None:

@@ -31,6 +31,9 @@ class Quant(str, Enum):
         return self in (Quant.INT8, Quant.INT8X16)
 
 
+# The modes a classifier (Keras, SavedModel, BiT) converts to: int4 is GPT-2's alone.
+CLASSIFIER_MODES = tuple(q for q in Quant if q is not Quant.INT4)
+
 IO_TYPES = ("float32", "int8", "uint8", "int16")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from liteship.convert.quant import SUFFIXES, Quant
+from liteship.convert.quant import CLASSIFIER_MODES, SUFFIXES, Quant
 from liteship.options import POSITIVE_FLOAT, POSITIVE_INT, Threads
 
 IMAGE_SIZE = 16  # digits are 8x8; 2x nearest upscale keeps them exact and gives the convolutions room
@@ -86,7 +86,7 @@ def accuracy_of_bundle(bundle_dir: Path, x_test: np.ndarray, y_test: np.ndarray,
 
 
 def run_demo(workdir: Path, *, epochs: int = 8, runs: int = 200, threads: int | None = None,
-             modes: tuple[str, ...] = tuple(q.value for q in Quant)) -> dict:
+             modes: tuple[str, ...] = tuple(q.value for q in CLASSIFIER_MODES)) -> dict:
     """Builds, converts, evaluates and benchmarks; returns the rows of the comparison table."""
     from liteship.convert.cli import convert_to_bundle
     from liteship.convert.tflite import keras_as_saved_model
