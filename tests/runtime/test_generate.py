@@ -269,13 +269,14 @@ def test_compiled_engine_equals_the_interpreter_through_chunks_steps_and_growth(
 
 
 @needs_compiled
-def test_weight_cache_is_a_file_keyed_by_model_and_backend_and_reused(root, tmp_path, monkeypatch):
+def test_weight_cache_is_a_file_keyed_by_model_and_backend_and_reused(tmp_path_factory, tmp_path, monkeypatch):
     """The compiled engine's packed weights go to LITESHIP_CACHE/xnnpack/<model sha256>-<backend version>: the
     first session writes the file, a second maps it (the file is not rewritten) and gives the same logits."""
     from liteship.runtime.bundle import Bundle
     from liteship.runtime.interpreter import backend_version
 
     monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
+    root = gpt2_bundles(tmp_path_factory, quants=("dynamic-int8",))  # asked for, not left by another test
     bundle = Bundle.open(root / "gpt2-dynamic-int8")
     prompt = list(np.load(root / "gpt2.reference.npz")["prompt"])
     first = KVCacheSession(bundle, engine="compiled")
