@@ -196,7 +196,13 @@ def native_stderr_captured() -> Iterator[None]:
 
 def compiled_model_available(backend: str = "auto") -> bool:
     """Whether LiteRT's CompiledModel API, with an XNNPACK weight cache option, is what ``backend`` resolves to.
-    (ai-edge-litert 2.x; tflite-runtime and tf.lite have only the Interpreter.)"""
+    (ai-edge-litert 2.x; tflite-runtime and tf.lite have only the Interpreter.)
+
+    Only on x86-64, where it was checked. On aarch64, ai-edge-litert 2.3's CompiledModel dies of SIGILL (an illegal
+    instruction) in Environment.create on a Cortex-A72, a Raspberry Pi 4's core (seen on the emulated board): a
+    crash no fallback can catch, so other machines keep the Interpreter engine."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     try:
         chosen, _ = resolve_backend(backend)
     except RuntimeLiteshipError:
