@@ -16,7 +16,8 @@ import liteship
 from liteship.convert.quant import Quant
 from liteship.errors import ConvertError, check_interrupted, signals_deferred
 from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME, SCHEMA
-from liteship.runtime.files import PARTIAL_SUFFIX, current_umask, sweep_partials, sweep_stale, sweep_work_dirs
+from liteship.runtime.files import (PARTIAL_SUFFIX, current_umask, nearest_existing_folder, sweep_partials, sweep_stale,
+                                    sweep_work_dirs)
 from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, embed_metadata, read_model, sha256_file
 
 AssetSource = Union[str, os.PathLike, bytes]
@@ -57,9 +58,7 @@ def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool = True, option:
         raise ConvertError(f"{option} {out_dir}: is a file, not a bundle folder")
     if out_dir.is_dir() and not (out_dir / MANIFEST_NAME).is_file() and any(out_dir.iterdir()):
         raise ConvertError(f"{option} {out_dir}: exists and is not a liteship bundle; refusing to replace it")
-    ancestor = out_dir.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    ancestor = nearest_existing_folder(out_dir)
     if not ancestor.is_dir():
         raise ConvertError(f"{option} {out_dir}: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):

@@ -163,15 +163,21 @@ def check_output_path(path: str | Path, *, option: str = "", error: type[Liteshi
     return path
 
 
+def nearest_existing_folder(path: Path) -> Path:
+    """The closest ancestor of ``path`` that exists: where creating its folders would start (may be a file)."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    return ancestor
+
+
 def check_creatable(path: str | Path, *, option: str = "", error: type[LiteshipError] = LiteshipError) -> Path:
     """Refuses an output that cannot be made even by creating its folders: one under a file, or a folder."""
     path = Path(path)
     label = f"{option} {path}" if option else str(path)
     if path.is_dir():
         raise error(f"{label}: is a folder")
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    ancestor = nearest_existing_folder(path)
     if not ancestor.is_dir():
         raise error(f"{label}: {ancestor} is a file, not a folder")
     return path
