@@ -225,10 +225,21 @@ class _Run:
             raise
         run = parse_result(run_text)
         self.entry["run"] = {k: v for k, v in run.items() if k not in ("output", "schema")}
+        self._warn_about(run)
         if run["status"] != 0:
             detail = _error_line(output) or f"exit status {run['status']}"
             raise DeviceError(f"{self.spec}: the {s.runner} benchmark failed: {detail}")
         return run, json_text, output
+
+    def _warn_about(self, run: dict) -> None:
+        """--cores or --cool-below that had nothing to read on the device: one warning line each, once per device
+        (run_bench.sh ran anyway, unpinned or without waiting, and said why in its result)."""
+        warnings = self.entry.setdefault("warnings", [])
+        for option, note in (("--cores", run.get("pin_note")), ("--cool-below", run.get("cool_note"))):
+            line = f"{option}: {note}"
+            if note and line not in warnings:
+                warnings.append(line)
+                self.say(f"{self.spec}: warning: {line}")
 
     def _gpt2_phases(self) -> list:
         """benchmark_model phases for a GPT-2 bundle (prefill, decode at each context), unless the user chose a

@@ -182,6 +182,28 @@ def test_bench_cli_writes_json_and_report(tiny_bundle, tmp_path, monkeypatch):
     assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.md"]
 
 
+def test_cores_and_cool_below_with_nothing_to_read_say_so(tiny_bundle, tmp_path, monkeypatch):
+    """Regression: --cores big and --cool-below on a device without cpufreq or thermal zones ran unpinned and at
+    once without a word; now each is one warning line while it runs, in the JSON and in the report."""
+    from click.testing import CliRunner
+
+    from liteship.device.cli import bench
+
+    monkeypatch.setenv("LITESHIP_LOCAL_WORKDIR", str(tmp_path / "wd"))
+    monkeypatch.setenv("LITESHIP_SYSFS", str(tmp_path / "empty-sys"))  # a device whose sysfs has neither
+    out, report = tmp_path / "bench.json", tmp_path / "bench.md"
+    result = CliRunner().invoke(bench, [str(tiny_bundle), "--runs", "2", "--warmup", "0", "--cores", "big",
+                                        "--cool-below", "45", "--json", str(out), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(out.read_text())["results"]
+    sysfs = tmp_path / "empty-sys"
+    assert entry["warnings"] == [f"--cores: no cpu_capacity or cpufreq in {sysfs}/devices/system/cpu; not pinned",
+                                 f"--cool-below: no thermal zone to read in {sysfs}/class/thermal; did not wait"]
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warned == [f"local: warning: {w}" for w in entry["warnings"]]
+    assert f"- local: warning: {entry['warnings'][1]}" in report.read_text()
+
+
 def test_bench_cli_exits_1_when_a_device_fails_but_writes_results(tiny_bundle, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
