@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import secrets
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ from typing import Any, Callable
 from liteship.errors import DeviceError, LiteshipError
 from liteship.runtime.tflite_file import sha256_file
 
-from .base import Target, join, last_line, open_target, quote
+from .base import Target, device_python, join, last_line, open_target, quote
 from .probe import probe
 from .push import load_local_bundle, push_bundle
 from .runtime_pack import CachedFile, ensure_files_on_device, runtime_file
@@ -57,7 +56,8 @@ class BenchSettings:
     cores: str = "all"                       # all | big | fastest (see android_bench/run_bench.sh)
     cool_below_c: int | None = None          # wait for every thermal zone to read below this before running
     benchmark_binary: str | None = None      # host path of benchmark_model for the device's ABI -> that runner
-    python: str | None = None                # the device's interpreter (default: python3; the host's for local)
+    python: str | None = None                # the devices' interpreter unless a spec sets ?python= (default:
+                                             # python3; the host's for local); see base.device_python
     signature: str | None = None
     backend: str = "auto"                    # python runner: which interpreter package (see runtime.interpreter)
     delegate: str | None = None              # python runner: passed on; benchmark_model: one of its --use_* flags
@@ -176,7 +176,7 @@ class _Run:
         s = self.settings
         local = target.kind == "local"
         workdir = (s.workdir or target.default_workdir()).rstrip("/")
-        python = s.python or (sys.executable if local else "python3")
+        python = device_python(target, s.python)
 
         self.say(f"{self.spec}: probing")
         self.entry["device"] = facts = probe(target, workdir=workdir, python=python)
