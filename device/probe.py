@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import Target, quote
+from .base import Target, device_python, quote
 
 # Python facts, printed as key=value by the device's interpreter (any Python 3).
 _PY_PROBE = r"""
@@ -205,10 +205,11 @@ def summarize(raw: dict[str, str], *, target: str, kind: str, workdir: str) -> d
     }
 
 
-def probe(target: Target, *, workdir: str | None = None, python: str = "python3", timeout: float = 60) -> dict:
-    """Probe ``target`` in one round trip and return the summary dict (see :func:`summarize`)."""
+def probe(target: Target, *, workdir: str | None = None, python: str | None = None, timeout: float = 60) -> dict:
+    """Probe ``target`` in one round trip and return the summary dict (see :func:`summarize`). The Python checked
+    is the spec's ``?python=``, else ``python``, else python3 (see base.device_python)."""
     workdir = workdir or target.default_workdir()
-    out = target.shell(probe_script(workdir, python), timeout=timeout)
+    out = target.shell(probe_script(workdir, device_python(target, python)), timeout=timeout)
     return summarize(parse_probe_output(out.stdout), target=target.name, kind=target.kind, workdir=workdir)
 
 
