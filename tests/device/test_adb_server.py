@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,18 @@ def test_a_timed_out_command_is_ended_and_the_next_one_works(held_phone):
         with pytest.raises(DeviceError, match="timed out after 1s"):
             target.run(["sleep", "30"], timeout=1)
         assert target.run(["echo", "still here"]).stdout == "still here\n"
+    # Closing the connection made the server close the stream and adbd hang the command up.
+    deadline = time.monotonic() + 10
+    while any(b"sleep\x0030" in _cmdline(pid) for pid in phone.pids()):
+        assert time.monotonic() < deadline, "the timed-out command still runs on the phone"
+        time.sleep(0.1)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_the_usb_hint_points_at_the_server_route(held_phone, monkeypatch):
