@@ -30,7 +30,7 @@ import socket
 import struct
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -190,12 +190,10 @@ class AdbServerTarget(AndroidTarget):
     def from_spec(cls, spec: str, *, server: str | None = None, transport_timeout_s: float | None = None,
                   read_timeout_s: float | None = None, command_timeout_s: float | None = None,
                   workdir: str | None = None, **options: Any) -> "AdbServerTarget":
-        serial = parse_spec(spec)
+        # adb_key and auth_timeout_s arrive in options and do not apply: the server authenticates to the phone.
         given = {"transport_s": transport_timeout_s, "read_s": read_timeout_s, "command_s": command_timeout_s}
-        defaults = AdbTimeouts()
-        timeouts = AdbTimeouts(**{k: float(v) if v is not None else getattr(defaults, k) for k, v in given.items()})
-        address = server_address(server)
-        return cls(spec, serial, address, timeouts=timeouts, workdir=workdir)
+        timeouts = replace(AdbTimeouts(), **{k: float(v) for k, v in given.items() if v is not None})
+        return cls(spec, parse_spec(spec), server_address(server), timeouts=timeouts, workdir=workdir)
 
     def default_workdir(self) -> str:
         return self._workdir or DEFAULT_WORKDIR

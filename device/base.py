@@ -241,7 +241,7 @@ def open_target(spec: str, **options: Any) -> Target:
             unknown = [key for key in params if key not in known]
             if unknown:
                 raise DeviceError(f"bad device {spec.strip()!r}: unknown parameter {unknown[0]!r} "
-                                  f"(a {entry.kind} device takes {', '.join(known)})")
+                                  f"({entry.kind} devices take {', '.join(known)})")
             python = params.pop("python", None)
             if python is not None and python.startswith("-"):
                 raise DeviceError(f"bad device {spec.strip()!r}: python={python} is not an interpreter path")

@@ -58,8 +58,8 @@ def test_server_address(given, env, expected):
     ("adb-server:", "write adb-server or adb-server:SERIAL"),
     ("adb-server:X?server=lab1", "expected HOST:PORT"),
     ("adb-server:X?server=lab1:99999", "expected HOST:PORT"),
-    ("adb-server:X?sever=lab1:5037", "unknown parameter 'sever' (a adb-server device takes python, server)"),
-    ("adb:X?server=lab1:5037", "unknown parameter 'server' (a android device takes python)"),
+    ("adb-server:X?sever=lab1:5037", "unknown parameter 'sever' (adb-server devices take python, server)"),
+    ("adb:X?server=lab1:5037", "unknown parameter 'server' (android devices take python)"),
     ("adb-server:X?server=a:1&server=b:2", "server is given twice"),
     ("adb-server:X?server=", "'server=' is not NAME=VALUE"),
 ])

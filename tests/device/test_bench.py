@@ -105,7 +105,7 @@ def test_probe_cli_takes_the_python_from_the_spec(ssh_env, remote_python, tmp_pa
 @pytest.mark.parametrize("spec, message", [
     ("ssh:board?python=", "'python=' is not NAME=VALUE"),
     ("ssh:board?python=-c", "python=-c is not an interpreter path"),
-    ("ssh:board?pyhton=/usr/bin/python3", "unknown parameter 'pyhton' (a ssh device takes python)"),
+    ("ssh:board?pyhton=/usr/bin/python3", "unknown parameter 'pyhton' (ssh devices take python)"),
     ("local?python=/a&python=/b", "python is given twice"),
 ])
 def test_bad_python_parameters_are_one_line_errors(spec, message, capsys):
