@@ -4,40 +4,58 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
+
+# Meters of parallel work (several devices at once) share the terminal: one redraw at a time.
+_DRAW = threading.Lock()
 
 
 class Meter:
-    """``meter = Meter("calibrating", total=160, unit="images")``; call ``meter(done)`` as work completes."""
+    """``meter = Meter("calibrating", total=160, unit="images")``; call ``meter(done)`` as work completes.
 
-    def __init__(self, label: str, total: int, *, unit: str = "", stream=None, min_interval_s: float = 0.2):
-        self.label, self.total, self.unit = label, max(int(total), 0), unit
+    ``scale`` shows amounts in larger units: ``Meter("pushing", total=n_bytes, unit="MB", scale=1e6)`` draws
+    ``12.3/500.0 MB, 10.1 MB/s, ETA 48 s``. ``label`` may change between calls (the file being sent)."""
+
+    def __init__(self, label: str, total: int, *, unit: str = "", scale: float = 1, stream=None,
+                 min_interval_s: float = 0.2):
+        self.label, self.total, self.unit, self.scale = label, max(int(total), 0), unit, scale
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.started = time.monotonic()
         self.min_interval_s = min_interval_s
         self._last_draw = 0.0
         self._next_quarter = 1
+        self._finished = False
+
+    def _amount(self, n: float) -> str:
+        return str(int(n)) if self.scale == 1 else f"{n / self.scale:.1f}"
 
     def text(self, done: int) -> str:
         elapsed = time.monotonic() - self.started
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 and self.total else None
         unit = f" {self.unit}" if self.unit else ""
-        parts = [f"[liteship] {self.label} {done}/{self.total}{unit}", f"{rate:.1f}/s"]
+        per_s = f"{rate / self.scale:.1f}{unit}/s" if self.scale != 1 else f"{rate:.1f}/s"
+        parts = [f"[liteship] {self.label} {self._amount(done)}/{self._amount(self.total)}{unit}", per_s]
         parts.append(f"ETA {eta:.0f} s" if eta is not None and done < self.total else f"{elapsed:.1f} s")
         return ", ".join(parts)
 
     def __call__(self, done: int) -> None:
         now = time.monotonic()
+        if self._finished:
+            return
+        self._finished = done >= self.total
         if self.tty:
             if done >= self.total or now - self._last_draw >= self.min_interval_s:
                 self._last_draw = now
                 end = "\n" if done >= self.total else ""
-                self.stream.write("\r\033[K" + self.text(done) + end)
-                self.stream.flush()
+                with _DRAW:
+                    self.stream.write("\r\033[K" + self.text(done) + end)
+                    self.stream.flush()
         elif self.total and done * 4 >= self._next_quarter * self.total:
             while done * 4 >= self._next_quarter * self.total:
                 self._next_quarter += 1
-            self.stream.write(self.text(done) + "\n")
-            self.stream.flush()
+            with _DRAW:
+                self.stream.write(self.text(done) + "\n")
+                self.stream.flush()

@@ -362,6 +362,16 @@ def test_push_installs_a_verified_bundle(android, phone, tiny_bundle):
     assert partials(phone) == []
 
 
+def test_put_reports_bytes_as_adb_sends_them(android, phone, tmp_path):
+    """adb's sync protocol sends DATA packets of at most 64 KiB: progress comes per packet, not per file."""
+    data = os.urandom(1_000_000)
+    (tmp_path / "blob").write_bytes(data)
+    counts = []
+    android.put(tmp_path / "blob", f"{WORKDIR}/blob", progress=counts.append)
+    assert counts == sorted(counts) and counts[-1] == len(data) and len(counts) >= len(data) // 65536
+    assert on_phone(phone, f"{WORKDIR}/blob").read_bytes() == data
+
+
 def test_connection_dropped_mid_push_leaves_no_partial_bundle(android, phone, tiny_bundle):
     from liteship.device.push import push_bundle
 
