@@ -9,6 +9,13 @@ import time
 
 # Meters of parallel work (several devices at once) share the terminal: one redraw at a time.
 _DRAW = threading.Lock()
+_TICKING: "list[Stages]" = []  # a stage line being redrawn; a meter or an error line ends it first
+
+
+def end_stage_line() -> None:
+    """Ends a stage line still being redrawn, so what comes next (a meter, ``error: ...``) has its own line."""
+    for stages in list(_TICKING):
+        stages.finish()
 
 
 class Meter:
@@ -47,6 +54,7 @@ class Meter:
             return
         self._finished = done >= self.total
         if self.tty:
+            end_stage_line()
             if done >= self.total or now - self._last_draw >= self.min_interval_s:
                 self._last_draw = now
                 end = "\n" if done >= self.total else ""
@@ -59,3 +67,62 @@ class Meter:
             with _DRAW:
                 self.stream.write(self.text(done) + "\n")
                 self.stream.flush()
+
+
+class Stages:
+    """``say = Stages(); say("converting to TFLite")``: one call per stage of a long step whose work cannot be
+    counted (TensorFlow's converter). On a terminal the stage's line shows its elapsed time, redrawn every
+    ``interval_s``, and keeps the time it took when the next stage (or ``finish()``) comes; elsewhere each stage
+    is one line as it starts. A line that is not a stage (``say(message, stage=False)``) is printed whole."""
+
+    def __init__(self, *, prefix: str = "[liteship] ", stream=None, interval_s: float = 1.0):
+        self.prefix, self.interval_s = prefix, interval_s
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._label: str | None = None
+        self._started = 0.0
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def _line(self) -> str:
+        return f"{self.prefix}{self._label} ({time.monotonic() - self._started:.0f} s)"
+
+    def _tick(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval_s):
+            with _DRAW:
+                if not stop.is_set():
+                    self.stream.write("\r\033[K" + self._line())
+                    self.stream.flush()
+
+    def __call__(self, message: str, *, stage: bool = True) -> None:
+        self.finish()
+        if not self.tty or not stage:
+            with _DRAW:
+                self.stream.write(self.prefix + message + "\n")
+                self.stream.flush()
+            return
+        self._label, self._started = message, time.monotonic()
+        with _DRAW:
+            self.stream.write(self.prefix + message)
+            self.stream.flush()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, args=(self._stop,), name="liteship-stage", daemon=True)
+        self._ticker.start()
+        _TICKING.append(self)
+
+    def finish(self) -> None:
+        """Ends the current stage's line (on a terminal, with the time it took)."""
+        if self._ticker is None:
+            return
+        self._stop.set()
+        self._ticker.join()
+        self._ticker = None
+        if self in _TICKING:
+            _TICKING.remove(self)
+        try:
+            with _DRAW:
+                self.stream.write(f"\r\033[K{self.prefix}{self._label} ({time.monotonic() - self._started:.1f} s)\n")
+                self.stream.flush()
+        except (OSError, ValueError):  # stderr already gone: nothing to end
+            pass
+        self._label = None
