@@ -21,7 +21,7 @@ import numpy as np
 from liteship.errors import LiteshipError, RuntimeLiteshipError
 from liteship.runtime.bundle import Bundle
 from liteship.runtime.interpreter import create_interpreter, resolve_backend
-from liteship.units import memory_text
+from liteship.units import memory_text, size_text
 
 SCHEMA = "liteship.bench/1"
 # For GPT-2 the latency loop times one decode step: the call a chat app makes once per token.
@@ -236,7 +236,7 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
 def format_table(result: dict) -> str:
     lat = result["latency_ms"]
     rows = [
-        ("model", f"{result['model']['path']} ({result['model']['size_bytes'] / 1e6:.2f} MB, "
+        ("model", f"{result['model']['path']} ({size_text(result['model']['size_bytes'])}, "
                   f"{result['model']['quantization']})"),
         ("runtime", f"{result['runtime']['backend']}, threads={result['runtime']['threads'] or 'default'}"
                     f"{', delegate=' + result['runtime']['delegate'] if result['runtime']['delegate'] else ''}"),
