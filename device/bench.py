@@ -103,7 +103,9 @@ def _now() -> str:
 
 
 def _host_cache() -> Path:
-    return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship")) / "runtime-pack"
+    from liteship.runtime.bundle import cache_root
+
+    return cache_root() / "runtime-pack"
 
 
 def _run_bench_tools():

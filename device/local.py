@@ -18,8 +18,9 @@ def _default_workdir() -> str:
     override = os.environ.get("LITESHIP_LOCAL_WORKDIR")
     if override:
         return str(Path(override).expanduser().resolve())
-    cache = os.environ.get("LITESHIP_CACHE") or str(Path.home() / ".cache" / "liteship")
-    return str(Path(cache).expanduser().resolve() / "device")
+    from liteship.runtime.bundle import cache_root
+
+    return str(cache_root().resolve() / "device")
 
 
 class LocalTarget(Target):
