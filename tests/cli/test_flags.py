@@ -75,6 +75,9 @@ def test_every_numeric_option_is_checked_one_way():
                  if isinstance(p.type, (click.types.IntParamType, click.types.FloatParamType))
                  and not isinstance(p.type, Number)]
     assert unchecked == []
+    unbounded = [f"{path} --threads" for path, cmd in _commands() for p in cmd.params
+                 if "--threads" in p.opts and getattr(p.type, "max", None) is None]
+    assert unbounded == []  # 100000 interpreter threads exhausted the machine
 
 
 def test_every_command_that_writes_a_file_or_folder_takes_o_out_and_output():
