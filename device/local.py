@@ -6,11 +6,11 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from liteship.errors import DeviceError
 
-from .base import CommandResult, Target
+from .base import CHUNK, CommandResult, Target
 
 
 def _default_workdir() -> str:
@@ -18,8 +18,9 @@ def _default_workdir() -> str:
     override = os.environ.get("LITESHIP_LOCAL_WORKDIR")
     if override:
         return str(Path(override).expanduser().resolve())
-    cache = os.environ.get("LITESHIP_CACHE") or str(Path.home() / ".cache" / "liteship")
-    return str(Path(cache).expanduser().resolve() / "device")
+    from liteship.runtime.bundle import cache_root
+
+    return str(cache_root().resolve() / "device")
 
 
 class LocalTarget(Target):
@@ -64,16 +65,25 @@ class LocalTarget(Target):
         )
         return self.check_result(argv, result) if check else result
 
-    def put(self, local: Path, remote: str, *, timeout: float | None = None) -> None:
-        self._copy(Path(local), Path(remote))
+    def put(self, local: Path, remote: str, *, timeout: float | None = None,
+            progress: Callable[[int], None] | None = None) -> None:
+        self._copy(Path(local), Path(remote), progress)
 
     def get(self, remote: str, local: Path, *, timeout: float | None = None) -> None:
         self._copy(Path(remote), Path(local))
 
-    def _copy(self, src: Path, dst: Path) -> None:
+    def _copy(self, src: Path, dst: Path, progress: Callable[[int], None] | None = None) -> None:
         tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
         try:
-            shutil.copyfile(src, tmp)
+            if progress is None:
+                shutil.copyfile(src, tmp)
+            else:
+                with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    sent = 0
+                    while chunk := fin.read(CHUNK):
+                        fout.write(chunk)
+                        sent += len(chunk)
+                        progress(sent)
             os.replace(tmp, dst)
         except OSError as exc:
             tmp.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ import tempfile
 import click
 
 from liteship import __version__
+from liteship.progress import end_stage_line
 from liteship.errors import (EXIT_INTERRUPTED, check_interrupted, debug_enabled, describe, install_interrupt_handler,
                              interrupt_locations, was_interrupted)
 
@@ -153,7 +154,10 @@ def _run(argv: list[str] | None) -> int:
     try:
         # In-process callers (tests) keep their own stderr capture: only the program hides native noise.
         with native_noise_hidden() if argv is None else contextlib.nullcontext():
-            rv = cli.main(args=argv, prog_name="liteship", standalone_mode=False)
+            try:
+                rv = cli.main(args=argv, prog_name="liteship", standalone_mode=False)
+            finally:  # a stage line still redrawn ends while its stream is open, before any error line
+                end_stage_line()
         check_interrupted()  # a Ctrl-C that a library swallowed still ends the run with 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -19,7 +19,8 @@ MANIFEST_NAME = "manifest.json"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship"))
+    """$LITESHIP_CACHE (unset or empty: ~/.cache/liteship): the one root of every cache liteship keeps."""
+    return Path(os.environ.get("LITESHIP_CACHE") or Path.home() / ".cache" / "liteship").expanduser()
 
 
 def _safe_members(names: list[str], archive: Path) -> None:
