@@ -54,7 +54,7 @@ EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "
 TF_NUMBERED_BACKENDS = ("tflite-runtime", "tf")
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
+def version_tuple(version: str) -> tuple[int, ...]:
     """(2, 14, 0) from "2.14.0" or "2.14.0rc1"; the leading numeric parts only."""
     parts = []
     for piece in version.split("."):
@@ -77,7 +77,7 @@ def runtime_too_old(needed: str | None, backend: str, version: str | None) -> st
     refuses before pushing."""
     if not needed or not version or backend not in TF_NUMBERED_BACKENDS:
         return None
-    have, want = _version_tuple(version), _version_tuple(needed)
+    have, want = version_tuple(version), version_tuple(needed)
     if not have or not want or have >= want:
         return None
     return (f"needs TFLite runtime {needed} or newer (the file's min_runtime_version), but {backend} {version} "
