@@ -177,7 +177,7 @@ def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str"
         raise ConvertError(f"{path}: conversion failed: {_first_line(exc)}") from None
     info = read_model(data)
     needed = info.min_runtime_version()
-    check_runtime_target(info, min_runtime, f"{path}: --quant {quant.value}")
+    check_runtime_target(info, min_runtime, f"--quant {quant.value}")  # the option, not a temporary SavedModel
     counts = info.op_counts()
     flex = sorted(name.split(":", 1)[1] for name in counts if name.startswith("CUSTOM:Flex"))
     if flex:

@@ -55,7 +55,8 @@ TF_NUMBERED_BACKENDS = ("tflite-runtime", "tf")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
-    """(2, 14, 0) from "2.14.0" or "2.14.0rc1"; the leading numeric parts only."""
+    """(2, 14, 0) from "2.14.0", "2.14.0rc1" or "2.14": the leading numeric parts, padded to three so that 2.17
+    and 2.17.0 compare equal; () for text without a leading number."""
     parts = []
     for piece in version.split("."):
         digits = ""
@@ -68,7 +69,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
         parts.append(int(digits))
         if len(digits) < len(piece):
             break
-    return tuple(parts)
+    return tuple(parts + [0] * (3 - len(parts))) if parts else ()
 
 
 def runtime_too_old(needed: str | None, backend: str, version: str | None) -> str | None:
