@@ -85,6 +85,30 @@ def runtime_too_old(needed: str | None, backend: str, version: str | None) -> st
             f"would run it: pip install ai-edge-litert (64-bit ARM and x86), or convert the model for that runtime")
 
 
+# tflite-runtime on ARM (measured under qemu-user: 2.14 on aarch64 and on armv7l, with and without XNNPACK): a
+# full-integer FULLY_CONNECTED resized to a batch of 2 or more kills the process (SIGSEGV), while batch 1 works.
+# Until a real board says otherwise, whoever batches rows runs them one at a time there.
+ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l", "armv6l")
+
+
+def batch_crashes(backend: str, machine: str, model) -> bool:
+    """Whether running ``model`` (a TFLiteModel) on ``backend`` (``interp.liteship_backend``, e.g.
+    "tflite-runtime 2.14.0") on ``machine`` (platform.machine()) with a batch above 1 crashes: an int8
+    FULLY_CONNECTED under tflite-runtime on ARM."""
+    if not backend.startswith("tflite-runtime") or machine not in ARM_MACHINES:
+        return False
+    for sg in model.subgraphs:
+        for code, inputs in zip(sg.op_codes, sg.op_inputs):
+            if model.operator_names[code] == "FULLY_CONNECTED" and inputs and sg.tensors[inputs[0]].dtype == "int8":
+                return True
+    return False
+
+
+def one_row_at_a_time(interpreter, model_path) -> bool:
+    """batch_crashes for an interpreter from create_interpreter, on this machine."""
+    return batch_crashes(getattr(interpreter, "liteship_backend", ""), platform.machine(), read_model(model_path))
+
+
 def _import(backend: Backend):
     if backend.name == "tf":
         return importlib.import_module("tensorflow").lite
