@@ -81,8 +81,10 @@ def runtime_too_old(needed: str | None, backend: str, version: str | None) -> st
     have, want = version_tuple(version), version_tuple(needed)
     if not have or not want or have >= want:
         return None
+    target = ".".join(map(str, have[:2]))
     return (f"needs TFLite runtime {needed} or newer (the file's min_runtime_version), but {backend} {version} "
-            f"would run it: pip install ai-edge-litert (64-bit ARM and x86), or convert the model for that runtime")
+            f"would run it: pip install ai-edge-litert (64-bit ARM and x86), or convert the model for that runtime "
+            f"(liteship convert ... --min-runtime {target})")
 
 
 # tflite-runtime on ARM (measured under qemu-user: 2.14 on aarch64 and on armv7l, with and without XNNPACK): a
