@@ -115,11 +115,21 @@ def bit_bundles(tmp_path_factory):
 # How far the board's class probabilities may be from the host's: fp32 differs only in summation order; the
 # quantized kernels also round differently on x86 and ARM (a few output steps of the int8 softmax input).
 SCORE_TOLERANCE = {"fp32": 1e-4, "dynamic-int8": 1e-2, "int8": 1e-2}
+# ... and where the board runs tflite-runtime 2.14 while this host runs LiteRT, whose int8 kernels are newer and
+# round differently. Measured on these bundles (the tiny random BiT, whose near-uniform probabilities amplify any
+# rounding): the armv7l board vs this host's LiteRT, max 0.015 (dynamic-int8) and 0.035 (int8), top-1 always the
+# same; tflite-runtime 2.14 on this x86 host differs from LiteRT as much (0.010, 0.065), and qemu's cortex-a7,
+# cortex-a15 and max CPUs give the board identical scores. Bounds: 2x the board's.
+SCORE_TOLERANCE_OLD_RUNTIME = {"fp32": 1e-4, "dynamic-int8": 0.03, "int8": 0.07}
+
+
+def score_tolerance(quant: str, old_runtime: bool) -> float:
+    return (SCORE_TOLERANCE_OLD_RUNTIME if old_runtime else SCORE_TOLERANCE)[quant]
 
 
 @pytest.mark.parametrize("quant", ["fp32", "dynamic-int8", "int8"])
 def test_bit_top5_on_the_board_equals_the_hosts(device, bit_bundles, quant):
-    """int8 is the case qemu's default CPU gets wrong (QEMU_CPU=cortex-a72 on the board fixes it)."""
+    """int8 is the case qemu-aarch64's default CPU gets wrong (QEMU_CPU=cortex-a72 on the board fixes it)."""
     bundles, images = bit_bundles
     files = sorted(p for p in images.iterdir() if p.suffix == ".png")
     here = run_here(SCORES, str(bundles[quant]), str(images))
@@ -127,10 +137,12 @@ def test_bit_top5_on_the_board_equals_the_hosts(device, bit_bundles, quant):
     there = device.python_json(SCORES, device.push(bundles[quant]), folder)
     assert list(there) == list(here) == [p.name for p in files]
     for name in here:
-        assert_same_top5(here[name], there[name], SCORE_TOLERANCE[quant], f"{quant} {name}")
+        assert_same_top5(here[name], there[name], score_tolerance(quant, bool(device_min_runtime())),
+                         f"{quant} {name}")
 
     emulated_cpu = device.target.run(["sh", "-c", 'printf %s "$QEMU_CPU"']).stdout
-    if quant == "int8" and emulated_cpu:
+    aarch64 = device.target.run(["uname", "-m"]).stdout.strip() == "aarch64"
+    if quant == "int8" and emulated_cpu and aarch64:  # qemu-arm's "max" computes the same as its cortex-a7
         # The trap the board's QEMU_CPU avoids, and proof that the tolerance above would catch it: on qemu's
         # default CPU ("max") LiteRT's int8 kernels give wrong scores (measured: 0.2 off, top-1 changed).
         wrong = device.python_json(SCORES, device.push(bundles[quant]), folder, env={"QEMU_CPU": "max"})
@@ -160,7 +172,7 @@ def test_an_int8_bit_in_batches_on_the_board_equals_the_hosts(device, bit_bundle
     there = device.python_json(BATCH_SCORES, device.push(bundles["int8"]), folder, python=old_python)
     assert list(there) == list(here)
     for name in here:
-        assert_same_top5(here[name], there[name], SCORE_TOLERANCE["int8"], f"int8 batched {name}")
+        assert_same_top5(here[name], there[name], score_tolerance("int8", True), f"int8 batched {name}")
 
 
 @pytest.fixture
