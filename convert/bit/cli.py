@@ -56,7 +56,8 @@ def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_typ
     started = time.perf_counter()
     out = export_bit(source, out_dir, variant=variant, quant=quant, calibration=calibration, labels=labels,
                      image_size=image_size, io_type=io_type, input_range=input_range,
-                     calibration_limit=calibration_limit, groupnorm=groupnorm, min_runtime=min_runtime, progress=lambda message: click.echo(message, err=True))
+                     calibration_limit=calibration_limit, groupnorm=groupnorm, min_runtime=min_runtime,
+                     progress=lambda message: click.echo(message, err=True))
     summary(out, quant=quant, seconds=time.perf_counter() - started)
 
 

@@ -14,7 +14,8 @@ from liteship.errors import ConvertError
 from liteship.runtime.interpreter import version_tuple
 from liteship.runtime.tflite_file import read_model
 from tests.conftest import needs_tensorflow
-from tests.convert.test_generic_convert import TOLERANCE, assert_one_line_error, keras_file, leftovers, run_cli  # noqa: F401
+from tests.convert.test_generic_convert import (  # noqa: F401 - keras_file is a fixture
+    TOLERANCE, assert_one_line_error, keras_file, leftovers, run_cli)
 
 pytestmark = needs_tensorflow
 
