@@ -157,6 +157,7 @@ class TFLiteModel:
     signatures: list[SignatureInfo]
     metadata: dict[str, bytes]
     buffer_extents: list[tuple[int, int]] = field(default_factory=list)  # (file offset, length) per buffer
+    operator_versions: list[int] = field(default_factory=list)  # per operator code, as operator_names
 
     def producer(self, subgraph: int, tensor: int) -> tuple[str, list[int]] | None:
         """(operator name, input tensor indices) of the operator whose output is ``tensor``; None for a model
@@ -200,6 +201,12 @@ class TFLiteModel:
                 "outputs": [sg.tensors[i].spec() for i in sg.outputs],
             }
         return specs
+
+    def newest_op_versions(self, count: int = 3) -> list[tuple[str, int]]:
+        """The ``count`` operators with the highest versions (above 1), highest first: what makes a runtime too
+        old, as (name, version)."""
+        pairs = sorted({(v, n) for n, v in zip(self.operator_names, self.operator_versions) if v > 1}, reverse=True)
+        return [(name, version) for version, name in pairs[:count]]
 
     def min_runtime_version(self) -> str | None:
         """The oldest TFLite runtime that supports every op version in the file, as the converter recorded it
@@ -246,8 +253,9 @@ def _buffer_bytes(buf, size: int, table: _Table, label: str) -> bytes:
 
 def _parse(buf, size: int, label: str) -> TFLiteModel:
     model = _Table(buf, _check_header(buf, size, label))
-    op_names = []
+    op_names, op_versions = [], []
     for oc in model.tables(MODEL_OPERATOR_CODES):
+        op_versions.append(oc.scalar(OPCODE_VERSION, "i", 1))
         code = max(oc.scalar(OPCODE_DEPRECATED_BUILTIN, "b", 0), oc.scalar(OPCODE_BUILTIN, "i", 0))
         name = BUILTIN_OPERATORS.get(code, f"BUILTIN_{code}")
         if name == "CUSTOM":
@@ -310,6 +318,7 @@ def _parse(buf, size: int, label: str) -> TFLiteModel:
         signatures=signatures,
         metadata=metadata,
         buffer_extents=extents,
+        operator_versions=op_versions,
     )
 
 

@@ -130,7 +130,7 @@ def build_saved_model(cfg: GPT2Config, params: dict, out_dir: Path, *, max_conte
     tf.saved_model.save(module, str(out_dir), signatures=module.signatures())
 
 
-def convert_to_tflite(saved_model_dir: Path, quant) -> tuple[bytes, dict]:
+def convert_to_tflite(saved_model_dir: Path, quant, min_runtime: str | None = None) -> tuple[bytes, dict]:
     """The prefill and decode signatures, converted together so they share one set of weights in the file.
     int4 quantizes the float32 model's weights afterwards (the converter has no int4 recipe)."""
     from liteship.convert.quant import int4_weights
@@ -139,18 +139,22 @@ def convert_to_tflite(saved_model_dir: Path, quant) -> tuple[bytes, dict]:
     if quant is Quant.INT4:
         tflite, report = convert_saved_model(saved_model_dir, Quant.FP32, signature_keys=list(SIGNATURES))
         return int4_weights(tflite), report
-    return convert_saved_model(saved_model_dir, quant, signature_keys=list(SIGNATURES))
+    return convert_saved_model(saved_model_dir, quant, signature_keys=list(SIGNATURES), min_runtime=min_runtime)
 
 
 def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefill_len: int | None = None,
-           progress=None) -> ExportReport:
-    """Convert the checkpoint folder ``ckpt`` to a bundle at ``out_dir``; returns what it took."""
+           min_runtime: str | None = None, progress=None) -> ExportReport:
+    """Convert the checkpoint folder ``ckpt`` to a bundle at ``out_dir``; returns what it took. ``min_runtime``
+    (``2.14``): a bundle that TFLite runtime loads, or a ConvertError (convert/quant.py)."""
     from liteship.convert.bundle import hash_source, write_bundle
     from liteship.convert.gpt2.weights import load_checkpoint
     from liteship.convert.prune import read_pruning
+    from liteship.convert.quant import check_min_runtime, parse_min_runtime
 
     say = progress or (lambda msg: None)
     quant = Quant.parse(quant)
+    min_runtime = parse_min_runtime(min_runtime)
+    check_min_runtime(quant, min_runtime)
     if quant not in GPT2_QUANTS:
         raise ConvertError(f"GPT-2 supports --quant fp32, fp16, dynamic-int8 or int4, not {quant.value} "
                            "(full-integer attention needs calibration liteship does not do for text)")
@@ -176,7 +180,7 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
         del params
         gc.collect()
         say(f"converting to TFLite ({quant.value})")
-        tflite, report = convert_to_tflite(work / "saved_model", quant)
+        tflite, report = convert_to_tflite(work / "saved_model", quant, min_runtime)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     config["token_table"] = token_table_source(tflite, wte, assets, say)
@@ -187,6 +191,7 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
                           config=config, assets=assets, source=source,
                           conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss,
-                                      "flex_ops": report["flex_ops"], "pruning": read_pruning(ckpt)},
+                                      "flex_ops": report["flex_ops"], "pruning": read_pruning(ckpt),
+                                      "runtime": report["runtime"]},
                           check=lambda folder: check_token_table(folder, wte))
     return ExportReport(Path(bundle), seconds, rss, len(tflite), quant.value)
