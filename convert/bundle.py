@@ -145,16 +145,16 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
             check(tmp)
 
         check_interrupted()  # a Ctrl-C swallowed inside the converter must still keep the old bundle
-        with signals_deferred():  # the two renames are one step: never stop between them
+        # The two renames and the old bundle's removal are one step: a Ctrl-C arriving meanwhile is delivered
+        # after it, so it can leave neither a half-swapped pair nor the old bundle's folder behind.
+        with signals_deferred():
             if out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
                 os.replace(out_dir, old)
                 os.replace(tmp, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
             else:
-                old = None
                 os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         return out_dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
