@@ -118,6 +118,7 @@ class TensorInfo:
     scale: list[float] = field(default_factory=list)
     zero_point: list[int] = field(default_factory=list)
     quantized_dimension: int = 0
+    scale_at: int = 0  # position of the first float32 of ``scale`` in the file (0: no scales); a writer patches it
 
     def spec(self) -> dict:
         quant = None
@@ -270,6 +271,7 @@ def _parse(buf, size: int, label: str) -> TFLiteModel:
                 scale=q.scalars(QUANT_SCALE, "f") if q else [],
                 zero_point=q.scalars(QUANT_ZERO_POINT, "q") if q else [],
                 quantized_dimension=q.scalar(QUANT_DIMENSION, "i", 0) if q else 0,
+                scale_at=q.vector(QUANT_SCALE)[0] if q else 0,
             ))
         subgraphs.append(SubgraphInfo(
             name=sg.string(SUBGRAPH_NAME) or "",
