@@ -28,6 +28,7 @@ from liteship.runtime.tflite_file import TensorInfo, read_model
 STEP = 1.0 / 1024
 INT8_MAX = 127  # TFLite's dynamic-range weights are symmetric, narrow range: [-127, 127]
 CHUNK = 64 << 20
+NEAR_ZERO_RANGE = 1e-6  # the converter's quantizer widens a narrower channel range to this
 
 
 class PlaceholderMismatch(ConvertError):
@@ -179,10 +180,17 @@ def check_constants(path: Path, slots: dict[str, Slot], arrays, min_elements: in
 
 def quantize_symmetric(w: np.ndarray, channels: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """int8 weights and float32 scales, one per channel along ``axis`` (one for the whole tensor when channels is
-    1), as TFLite's dynamic-range recipe computes them: scale = max|w| / 127, q = round(w / scale) in [-127, 127]."""
+    1), as TFLite's dynamic-range recipe computes them: scale = max|w| / 127, q = round(w / scale) in [-127, 127].
+    A channel whose range [min(w, 0), max(w, 0)] is under 1e-6 wide (an all-zero row) is widened to 1e-6 around
+    its middle first, as the converter's quantizer does (measured: a zero row gets scale 5e-7 / 127)."""
     moved = np.moveaxis(w, axis, 0).reshape(channels, -1) if channels > 1 else w.reshape(1, -1)
-    peak = np.max(np.abs(moved), axis=1).astype(np.float32)
-    scale = np.where(peak > 0, peak / np.float32(INT8_MAX), np.float32(1.0)).astype(np.float32)
+    low = np.minimum(moved.min(axis=1), 0).astype(np.float32)
+    high = np.maximum(moved.max(axis=1), 0).astype(np.float32)
+    narrow = (high.astype(np.float64) - low) < NEAR_ZERO_RANGE
+    middle = (low.astype(np.float64) + high) / 2
+    low = np.where(narrow, middle - NEAR_ZERO_RANGE / 2, low).astype(np.float32)
+    high = np.where(narrow, middle + NEAR_ZERO_RANGE / 2, high).astype(np.float32)
+    scale = (np.maximum(np.abs(low), np.abs(high)) / np.float32(INT8_MAX)).astype(np.float32)
     q = np.clip(np.round(moved / scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
     q = np.moveaxis(q.reshape((w.shape[axis],) + tuple(np.delete(w.shape, axis))), 0, axis) if channels > 1 \
         else q.reshape(w.shape)
