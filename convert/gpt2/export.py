@@ -162,11 +162,13 @@ def convert_with_placeholders(cfg: GPT2Config, params: dict, quant: Quant, work:
     converter's choices may depend on them. Raises PlaceholderMismatch when the converter rewrote a placeholder."""
     from liteship.convert.gpt2.model import fold_bias, fold_weight, folded_pairs, matrix_names, param_shapes
     from liteship.convert.gpt2.weight_writer import (check_constants, find_placeholders, placeholder_values,
-                                                     write_weights)
+                                                     unshare, write_weights)
     from liteship.convert.gpt2.weights import materialize
 
     shapes = param_shapes(cfg)
-    values = placeholder_values(matrix_names(cfg), shapes, int8=quant is Quant.DYNAMIC_INT8)
+    offsets = weights_outside_flatbuffer(cfg)
+    int8 = quant is Quant.DYNAMIC_INT8
+    values = placeholder_values(matrix_names(cfg), shapes, rows=int8 and not offsets)
     small = {name: materialize(value) for name, value in params.items() if name not in values}
     small["wpe.weight"] = small["wpe.weight"][:C]  # the rows the model can use: what the converter stores
     for fc, ln in folded_pairs(cfg).items():  # one matrix read at a time
@@ -175,11 +177,13 @@ def convert_with_placeholders(cfg: GPT2Config, params: dict, quant: Quant, work:
     build_saved_model(cfg, small, work / "saved_model", max_context=C, prefill_len=P, placeholders=values)
     gc.collect()
     say(f"converting to TFLite ({quant.value})")
-    report = convert_to_tflite(work / "saved_model", quant, tflite, offsets=weights_outside_flatbuffer(cfg))
+    report = convert_to_tflite(work / "saved_model", quant, tflite, offsets=offsets)
     shutil.rmtree(work / "saved_model")
     say("writing the weights")
     folds = {fc + ".weight": small[ln + ".weight"] for fc, ln in folded_pairs(cfg).items()}
-    slots = find_placeholders(tflite, values, shapes)
+    slots = find_placeholders(tflite, values, shapes, shared=int8 and offsets)
+    if int8 and offsets:
+        slots = unshare(tflite, slots)
     check_constants(tflite, slots, small.values())
     write_weights(tflite, slots, lambda name: fold_weight(materialize(params[name]), folds[name])
                   if name in folds else materialize(params[name]))

@@ -35,19 +35,20 @@ class PlaceholderMismatch(ConvertError):
     """The converter did something to a placeholder (or with it) that real weights cannot be written into."""
 
 
-def placeholder_values(names: list[str], shapes: dict[str, tuple], *, int8: bool) -> dict[str, "float | np.ndarray"]:
-    """name -> the placeholder's value: one number (a splat), or for int8 one row that every row repeats.
+def placeholder_values(names: list[str], shapes: dict[str, tuple], *, rows: bool) -> dict[str, "float | np.ndarray"]:
+    """name -> the placeholder's value: one number (a splat), or with ``rows`` one row that every row repeats.
 
-    int8 needs rows: every splat quantizes to the same bytes (all 127), and the converter stores identical buffers
-    once, so same-shaped placeholders would share one buffer. A row whose largest value is the placeholder's number
-    keeps the scales telling placeholders apart and makes each one's bytes its own; the converter then holds that
-    matrix whole in float32 for a while, which int8's 4x smaller output leaves room for."""
+    int8 splats all quantize to the same bytes (127), and the converter stores identical buffers once, so
+    same-shaped placeholders share one buffer (their scales still tell them apart). In the offset layout
+    unshare() then gives each its own buffer; inline, where no buffer can be added, int8 uses rows: a row whose
+    largest value is the placeholder's number keeps the scales telling placeholders apart and makes each one's
+    bytes its own, at the price of the converter holding the float32 matrices whole (small models only)."""
     if len(names) >= 1023:
         raise ConvertError(f"{len(names)} weight matrices: more than the 1022 placeholders float16 can tell apart")
     values = {}
     for i, name in enumerate(sorted(names)):
         v = 1.0 + (i + 1) * STEP
-        if int8:
+        if rows:
             width = shapes[name][1]
             row = np.random.default_rng(i).uniform(0.25 * v, v, width).astype(np.float32)
             row[0] = np.float32(v)
@@ -69,7 +70,7 @@ class Slot:
     offset: int
     length: int
     dtype: str
-    tensors: list[TensorInfo] = field(default_factory=list)
+    tensors: list[tuple[int, TensorInfo]] = field(default_factory=list)  # (subgraph, tensor)
 
 
 def _repeats(path: Path, offset: int, length: int, row: np.ndarray) -> bool:
@@ -108,8 +109,10 @@ def _expected_row(value, dtype: str) -> np.ndarray:
     return row
 
 
-def find_placeholders(path: Path, values: dict[str, float], shapes: dict[str, tuple]) -> dict[str, Slot]:
-    """name -> Slot for every placeholder in the converted file; ConvertError if one is missing, changed or split."""
+def find_placeholders(path: Path, values: dict[str, float], shapes: dict[str, tuple], *,
+                      shared: bool = False) -> dict[str, Slot]:
+    """name -> Slot for every placeholder in the converted file; ConvertError if one is missing, changed or split.
+    ``shared``: int8 splats may share a buffer (see placeholder_values); unshare() separates them."""
     model = read_model(path)
     by_value = {}
     for name, v in values.items():
@@ -137,18 +140,50 @@ def find_placeholders(path: Path, values: dict[str, float], shapes: dict[str, tu
                 if slot is not None and slot.offset != offset:
                     raise PlaceholderMismatch(f"the converter stored weight {name} twice; liteship cannot write it")
                 if slot is None:
-                    if any(other.offset == offset for other in found.values()):
+                    if any(other.offset == offset for other in found.values()) and not shared:
                         raise PlaceholderMismatch(f"the converter stored weight {name} in another weight's buffer")
                     if not _repeats(path, offset, length, _expected_row(values[name], t.dtype)):
                         raise PlaceholderMismatch(f"the converter changed weight {name} (folded something into it); "
                                            "liteship cannot write the real weight there")
                     slot = found[name] = Slot(name, offset, length, t.dtype)
-                slot.tensors.append(t)
+                slot.tensors.append((model.subgraphs.index(sg), t))
     missing = sorted(set(values) - set(found))
     if missing:
         raise PlaceholderMismatch(f"weight {missing[0]} is not in the converted model as a whole tensor "
                            f"({len(missing)} of {len(values)} weights missing)")
     return found
+
+
+def unshare(path: Path, slots: dict[str, Slot]) -> dict[str, Slot]:
+    """Gives every placeholder that shares its buffer with another one a buffer of its own (new buffers at the
+    file's end, zero-filled; its tensors pointed at them). Returns the slots with their new places."""
+    from liteship.runtime.tflite_file import embed_metadata, set_tensor_buffers
+
+    first: dict[int, str] = {}
+    moving = []
+    for name, slot in sorted(slots.items()):
+        if slot.offset in first:
+            moving.append(name)
+        else:
+            first[slot.offset] = name
+    if not moving:
+        return slots
+    indices = embed_metadata(path, path, {}, new_buffers=[slots[name].length for name in moving])
+    set_tensor_buffers(path, {(sg, t.index): index for name, index in zip(moving, indices)
+                              for sg, t in slots[name].tensors})
+    model = read_model(path)
+    out = dict(slots)
+    for name, index in zip(moving, indices):
+        offset, length = model.buffer_extents[index]
+        out[name] = Slot(name, offset, length, slots[name].dtype,
+                         [(sg, model.subgraphs[sg].tensors[t.index]) for sg, t in slots[name].tensors])
+    for name, slot in out.items():  # the rewrite moved every old buffer too: read the places again
+        if name not in moving:
+            sg, t = slot.tensors[0]
+            offset, length = model.tensor_extent(sg, t.index)
+            out[name] = Slot(name, offset, length, slot.dtype,
+                             [(s, model.subgraphs[s].tensors[x.index]) for s, x in slot.tensors])
+    return out
 
 
 def check_constants(path: Path, slots: dict[str, Slot], arrays, min_elements: int = 64) -> None:
@@ -215,12 +250,12 @@ def write_weights(path: Path, slots: dict[str, Slot], weight: Callable[[str], np
             elif slot.dtype == "float16":
                 data = w.astype(np.float16)
             else:
-                layouts = {(len(t.scale), t.quantized_dimension) for t in slot.tensors}
+                layouts = {(len(t.scale), t.quantized_dimension) for _, t in slot.tensors}
                 if len(layouts) != 1:
                     raise ConvertError(f"weight {name}: its tensors disagree on how the buffer is quantized")
                 (channels, axis), = layouts
                 data, scale = quantize_symmetric(w, channels, axis)
-                for t in slot.tensors:  # each tensor reading the buffer has its own quantization table
+                for _, t in slot.tensors:  # each tensor reading the buffer has its own quantization table
                     _pwrite_all(fd, scale.astype("<f4"), t.scale_at)
             if data.nbytes != slot.length:
                 raise ConvertError(f"weight {name}: {data.nbytes} bytes do not fill the converted model's "
