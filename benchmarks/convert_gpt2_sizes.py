@@ -45,9 +45,7 @@ def preset(name: str):
 
 
 def param_count(cfg) -> int:
-    from liteship.convert.gpt2.model import param_shapes
-
-    return sum(int(np.prod(s)) for s in param_shapes(cfg).values())
+    return sum(int(np.prod(shape)) for _, shape in hf_tensors(cfg))  # without TensorFlow in this process
 
 
 def hf_tensors(cfg) -> list[tuple[str, tuple]]:

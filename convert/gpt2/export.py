@@ -1,8 +1,14 @@
 """Hugging Face GPT-2 checkpoint folder -> liteship bundle with `prefill` and `decode` signatures.
 
-checkpoint -> strict weight load (weights.py) -> TF module with variables (model.py) -> SavedModel in a temporary
-folder -> TFLiteConverter.from_saved_model(signature_keys=[prefill, decode]) -> quantization recipe -> bundle with
-the tokenizer files, special tokens, context length and generation defaults.
+checkpoint -> strict weight load (weights.py; safetensors matrices stay on disk) -> TF module whose matrices are
+placeholders (model.py) -> SavedModel in a temporary folder -> TFLiteConverter.from_saved_model(signature_keys=
+[prefill, decode]) -> quantization recipe -> the real matrices written into the .tflite (weight_writer.py) -> bundle
+with the tokenizer files, special tokens, context length and generation defaults.
+
+Memory: the converter holds each constant it converts several times over; with placeholders it holds almost
+nothing, so converting costs about twice the fp32 weights plus TensorFlow itself (benchmarks/convert_gpt2_sizes.py;
+gpt2-xl converts on a 24 GB machine). From 1 GiB of weights the .tflite keeps them after the flatbuffer at 64-bit
+offsets (the only layout past 2 GiB).
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 Why: the TFLite converter holds every constant of the graph several times over while it converts (a 1.4 GB
 gpt2-medium took 4.5x its weights; gpt2-xl would not fit in 24 GB). export.py therefore converts a graph whose
 matrices are placeholders: each a constant of the real shape filled with one value of its own (model.py), which
-TensorFlow and MLIR keep as a single number until the flatbuffer is written. Every choice the converter makes
+TensorFlow and MLIR keep as a single number until the flatbuffer is written (placeholder_values has the one
+exception, small int8 models). Every choice the converter makes
 (ops, fusions, the fp16 copy, per-channel int8) is made as for real weights; only the bytes are missing. This module
 finds each placeholder in the converted file, checks the converter left it untouched (every element still its
 value: nothing was folded into it), and writes the checkpoint's matrix there, encoded as the converter encoded
 the placeholder (float32, float16, or int8 with one symmetric scale per output channel, computed here).
-A placeholder the converter changed, merged or dropped is an error, never a silently wrong model.
+A placeholder the converter changed, merged or dropped, or a constant it computed from one, raises
+PlaceholderMismatch, never a silently wrong model: export then converts the real weights the old way.
 """
 
 from __future__ import annotations
