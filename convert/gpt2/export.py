@@ -251,7 +251,7 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
                               config=config, assets=assets, source=source,
                               conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss,
                                           "flex_ops": report["flex_ops"], "pruning": read_pruning(ckpt)},
-                              check=lambda folder: check_token_table(folder, wte))
+                              check=lambda folder: check_token_table(folder, wte), move_model=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ExportReport(Path(bundle), seconds, rss, size, quant.value)
