@@ -91,10 +91,10 @@ def use_buffer_offsets(converter) -> None:
     """Has the converter write the weights after the flatbuffer, at 64-bit file offsets (schema.fbs Buffer.offset
     and .size), the layout of models past the flatbuffer's 2 GiB limit; it also skips the Python post-processing
     (buffer de-duplication, conversion metadata) that would unpack the whole model into objects. A private
-    attribute of TFLiteConverter, checked on TensorFlow 2.21 (LiteRT reads the layout since TFLite 2.15)."""
+    attribute of TFLiteConverter, checked on TensorFlow 2.21; the layout is read by ai-edge-litert 2.3 (checked)."""
     if not hasattr(converter, "_experimental_use_buffer_offset"):
         raise ConvertError("this TensorFlow's converter cannot write weights at file offsets (models over 1 GiB "
-                           "need TensorFlow >= 2.15)")
+                           "need a newer TensorFlow)")
     converter._experimental_use_buffer_offset = True
 
 

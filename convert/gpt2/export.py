@@ -142,8 +142,8 @@ def weights_outside_flatbuffer(cfg: GPT2Config) -> bool:
     """Whether the .tflite keeps its weights after the flatbuffer, at file offsets (the converter's buffer-offset
     layout), rather than inside it. A flatbuffer cannot pass 2 GiB, so gpt2-large's fp32 weights and beyond must;
     the inline layout's post-processing also unpacks the whole model into Python objects (several times its
-    size), so every model of a gigabyte or more does. Smaller ones stay inline: runtimes before TFLite 2.15
-    (tflite-runtime 2.14 on older boards) cannot read offsets."""
+    size), so every model of a gigabyte or more does. Smaller ones stay inline, the layout every runtime reads
+    (the offset layout is recent: checked here with ai-edge-litert 2.3 only, not with tflite-runtime 2.14)."""
     from liteship.convert.gpt2.model import param_shapes
 
     return sum(int(np.prod(s)) for s in param_shapes(cfg).values()) * 4 >= OFFSETS_FROM_BYTES
