@@ -79,14 +79,15 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
                  quantization: "Quant | str", io_type: str = "float32", preprocessing: dict | None = None,
                  config: dict | None = None, assets: Mapping[str, tuple[str, AssetSource]] | None = None,
                  source: dict | None = None, conversion: dict | None = None, overwrite: bool = True,
-                 check: Callable[[Path], None] | None = None) -> Path:
+                 check: Callable[[Path], None] | None = None, move_model: bool = False) -> Path:
     """Writes the bundle folder ``out_dir`` and returns it.
 
     ``assets`` maps a role to (relative path inside the bundle, source file or bytes), e.g.
     ``{"labels": ("assets/labels.txt", b"cat\\ndog\\n")}``. Everything is written into a temporary sibling folder
     and renamed into place when complete, so a failure leaves no partial bundle and an old bundle intact.
     ``check``, if given, is called with that finished temporary folder before the rename: what it raises discards
-    the new bundle and keeps the old one."""
+    the new bundle and keeps the old one. ``move_model``: ``tflite`` is the caller's temporary file; it is moved in
+    rather than copied (a 6 GB gpt2-xl otherwise needs three copies' worth of disk at once)."""
     out_dir = check_out_dir(out_dir, overwrite=overwrite)
     quant = Quant.parse(quantization)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +98,8 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
         raw_model = tmp / "raw.tflite"
         if isinstance(tflite, (bytes, bytearray)):
             raw_model.write_bytes(tflite)
+        elif move_model:
+            shutil.move(tflite, raw_model)
         else:
             shutil.copyfile(tflite, raw_model)
         info = read_model(raw_model)

@@ -87,6 +87,17 @@ def lean_converter_memory() -> Iterator[None]:
         flatbuffer_utils.convert_object_to_bytearray = serialize
 
 
+def use_buffer_offsets(converter) -> None:
+    """Has the converter write the weights after the flatbuffer, at 64-bit file offsets (schema.fbs Buffer.offset
+    and .size), the layout of models past the flatbuffer's 2 GiB limit; it also skips the Python post-processing
+    (buffer de-duplication, conversion metadata) that would unpack the whole model into objects. A private
+    attribute of TFLiteConverter, checked on TensorFlow 2.21; the layout is read by ai-edge-litert 2.3 (checked)."""
+    if not hasattr(converter, "_experimental_use_buffer_offset"):
+        raise ConvertError("this TensorFlow's converter cannot write weights at file offsets (models over 1 GiB "
+                           "need a newer TensorFlow)")
+    converter._experimental_use_buffer_offset = True
+
+
 def unsupported_ops(message: str) -> list[str]:
     """Op names from the converter's 'ops are not supported' error, e.g. ['tf.Erfinv']."""
     ops = re.findall(r"'(tf\.[A-Za-z0-9_]+)'", message) or re.findall(r"\b(tf\.[A-Z][A-Za-z0-9_]+)\b", message)
