@@ -16,6 +16,8 @@ Conversion reads the table back through this same module and checks it against t
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from liteship.errors import RuntimeLiteshipError
@@ -47,6 +49,60 @@ def lm_head_weight(model: TFLiteModel, signature: str = "decode") -> int:
     if source is not None and source[0] == "DEQUANTIZE":  # fp16 weights are stored fp16 and widened at run time
         weight = source[1][0]
     return weight
+
+
+class _FileTable:
+    """A table stored in a file at ``offset`` (``count`` values of ``dtype``, viewed as ``shape``), read with
+    pread a row at a time: nothing of it is mapped, so only the rows in hand take memory. A memory map of the
+    file paged in far more than the rows read: each fault maps up to 64 KiB of neighbouring pages already in the
+    page cache (the kernel's fault-around, which MADV_RANDOM does not stop), so a ~900-token prompt made 28 of
+    the 37 MiB of an int8 table resident.
+
+    Indexing takes an integer array whose last axis holds positions within one row (``table[ids]`` of a [V, E]
+    table: whole rows; ``table[byte_positions]`` of a flat one: the bytes of one row per index row)."""
+
+    def __init__(self, path, offset: int, dtype, count: int, shape: tuple):
+        self.dtype, self.shape, self._offset = np.dtype(dtype), tuple(shape), offset
+        self.ndim = len(shape)
+        self._count = count
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def _read(self, first: int, n: int) -> np.ndarray:
+        size = self.dtype.itemsize
+        data = os.pread(self._fd, n * size, self._offset + first * size)
+        if len(data) != n * size or first < 0 or first + n > self._count:
+            raise RuntimeLiteshipError(f"token table: values {first}..{first + n} are outside the stored table")
+        return np.frombuffer(data, self.dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = np.asarray(index)
+        if self.ndim == 2:  # whole rows
+            width = self.shape[1]
+            return np.stack([self._read(int(i) * width, width) for i in index.reshape(-1)]).reshape(
+                *index.shape, width)
+        flat = index.reshape(-1, index.shape[-1])  # one row's positions per index row: read its span once
+        out = np.empty(flat.shape, self.dtype)
+        for r, positions in enumerate(flat):
+            lo = int(positions.min())
+            out[r] = self._read(lo, int(positions.max()) - lo + 1)[positions - lo]
+        return out.reshape(index.shape)
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _npy_file_table(path) -> "_FileTable | np.ndarray":
+    """A .npy file's array as a _FileTable (read by rows, never mapped); a Fortran-ordered one is loaded whole."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        offset = fh.tell()
+    if fortran or len(shape) != 2 or dtype.hasobject:
+        return np.load(path, allow_pickle=False)
+    return _FileTable(path, offset, dtype, int(np.prod(shape)), shape)
 
 
 class TokenTable:
@@ -84,8 +140,8 @@ class TokenTable:
         if in_memory:
             table = np.frombuffer(source, dtype=dtype, count=count, offset=offset)
         else:
-            table = np.memmap(source, dtype=dtype, mode="r", offset=offset, shape=(count,))
-        if not packed:
+            table = _FileTable(source, offset, dtype, count, (count,) if packed else (vocab, width))
+        if not packed and in_memory:
             table = table.reshape(vocab, width)
         scales = None
         if dtype is np.int8 or packed:
@@ -101,7 +157,7 @@ class TokenTable:
     def from_files(cls, table_path, scales_path=None) -> "TokenTable":
         """A table saved as .npy (and, for int8, its per-row scales), memory-mapped."""
         try:
-            table = np.load(table_path, mmap_mode="r", allow_pickle=False)
+            table = _npy_file_table(table_path)
             scales = None if scales_path is None else np.load(scales_path, allow_pickle=False).astype(np.float32)
         except (OSError, ValueError) as exc:
             raise RuntimeLiteshipError(f"{table_path}: not a readable token table ({exc})") from None
