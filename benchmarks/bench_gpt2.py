@@ -341,6 +341,7 @@ def main() -> None:
                     help="only the memory and start-up table, over the bundles already in --work")
     args = ap.parse_args()
 
+    args.load = [os.getloadavg()[0]]  # the machine's load at the start and the end, written beside the figures
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
     print(f"working in {work}", file=sys.stderr)
     try:
@@ -349,7 +350,15 @@ def main() -> None:
     finally:
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)
+    args.load.append(os.getloadavg()[0])
     write_table(rows, memory, args)
+
+
+def load_note(args) -> str:
+    start, end = args.load
+    return (f" Load average (1 min) {start:.1f} at the start and {end:.1f} at the end, on {os.cpu_count()} cores: "
+            "the machine is shared and busy; peak RSS does not depend on that, the tok/s and seconds do (compare "
+            "rows of one run, not runs).")
 
 
 def measure(work: Path, args) -> list:
@@ -491,9 +500,8 @@ def write_table(rows: list, memory: list, args) -> None:
         table = "\n".join([f"# GPT-2 {'tiny (--quick)' if args.quick else '124M'} memory and start-up", "",
                            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {machine_summary()}; "
                            f"threads={args.threads}; bundles built with max_context=1024, prefill_len=128; "
-                           f"command: `python benchmarks/bench_gpt2.py {' '.join(sys.argv[1:])}`. The "
-                           "machine was shared and busy: peak RSS does not depend on that, the seconds and tok/s "
-                           "do (compare them within a row, not with other sections).", *memory_lines(memory)]) + "\n"
+                           f"command: `python benchmarks/bench_gpt2.py {' '.join(sys.argv[1:])}`."
+                           + load_note(args), *memory_lines(memory)]) + "\n"
         print(table)
         out = args.out.with_name("gpt2_memory.md")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -511,7 +519,8 @@ def write_table(rows: list, memory: list, args) -> None:
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {machine_summary()}; threads={args.threads}; "
         f"prefill {args.prompt_tokens} tokens; decode {args.new_tokens} tokens ending at the context, best of 3 "
         "rounds for every model; "
-        "liteship bundles built with max_context=1024, prefill_len=128.",
+        "liteship bundles built with max_context=1024, prefill_len=128; command: "
+        f"`python benchmarks/bench_gpt2.py {' '.join(sys.argv[1:])}`." + load_note(args),
         "",
         "| model | prefill tok/s | decode tok/s @128 | decode tok/s @256 | decode tok/s @1024 | @1024 / @256 "
         "| decode vs best PyTorch @256 "

@@ -6,8 +6,8 @@ Stages: imports (numpy + the interpreter package), the interpreter created (mode
 ready (allocate_tensors: XNNPACK packs the weights, arenas are planned), a prompt prefilled, decoded up to the
 context. At each: VmRSS, VmHWM (peak) from /proc/self/status and anonymous vs file-backed resident memory from
 /proc/self/smaps_rollup ("anon" counts private anonymous memory only: the KV cache's shared anonymous maps are
-in "file"), and at the end the resident bytes per mapping. Rows: each bundle with XNNPACK on and off, at each --contexts value. Used for the table
-in docs/gpt2_kv_cache.md.
+in "file"), and at the end the resident bytes per mapping. Rows: each bundle with XNNPACK on and off, at each
+--contexts value. Used for the tables in docs/gpt2_kv_cache.md.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ every input and output a numpy array bound zero-copy, and one cache memory for b
 through zero-copy views and prefill's own copy synced from it; XNNPACK packs the weights once per signature.
 
 `embeds` are token embedding rows, read (and for int8 dequantized, one row at a time) by runtime.token_table: from
-the tied LM head's weight inside the .tflite itself through a memory map (the table is stored once and never
+the tied LM head's weight inside the .tflite itself with pread, a row at a time (the table is stored once and never
 dequantized whole), or from the bundle's own copy where conversion found the converter had rewritten that weight.
 
 What is cached: for every token already seen at position p < C, its K and V (row p of each head in k_i / v_i);

@@ -3,10 +3,10 @@
 Where (manifest config "token_table"; bundles made before the key existed are "lm_head"):
 - "lm_head": the tied LM head's [V, E] weight inside model.tflite, found by following the graph back from the decode
   signature's `logits` output (through shape-only ops and fp16's DEQUANTIZE) to the FULLY_CONNECTED that makes them,
-  and read in place through a memory map. The table is stored once and never dequantized whole; int8 rows carry
-  per-row scales.
+  and read a row at a time with pread (nothing of the file is mapped). The table is stored once and never
+  dequantized whole; int8 rows carry per-row scales.
 - "asset": assets/token_table.npy ([V, E] float32, float16 or int8) plus, for int8, assets/token_scales.npy ([V]
-  float32), memory-mapped. Conversion writes these only when the converter rewrote the LM head weight so that it no
+  float32), read the same way. Conversion writes these only when the converter rewrote the LM head weight so that it no
   longer equals the checkpoint's token embeddings: TFLite folds a constant scale in front of a FULLY_CONNECTED into
   its weight, which is right for the head's logits and wrong for every embedding read from that weight.
 
@@ -119,7 +119,8 @@ class TokenTable:
 
     @classmethod
     def from_model(cls, source, vocab: int, width: int, signature: str = "decode") -> "TokenTable":
-        """The LM head's weight inside a .tflite: a path (memory-mapped) or the model's bytes (viewed in place)."""
+        """The LM head's weight inside a .tflite: a path (read by rows with pread) or the model's bytes (viewed in
+        place)."""
         in_memory = isinstance(source, (bytes, bytearray, memoryview))
         label = "the model" if in_memory else str(source)
         model = read_model(source)
@@ -155,7 +156,7 @@ class TokenTable:
 
     @classmethod
     def from_files(cls, table_path, scales_path=None) -> "TokenTable":
-        """A table saved as .npy (and, for int8, its per-row scales), memory-mapped."""
+        """A table saved as .npy (and, for int8, its per-row scales), read by rows with pread."""
         try:
             table = _npy_file_table(table_path)
             scales = None if scales_path is None else np.load(scales_path, allow_pickle=False).astype(np.float32)
