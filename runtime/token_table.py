@@ -65,11 +65,15 @@ class _FileTable:
         self.dtype, self.shape, self._offset = np.dtype(dtype), tuple(shape), offset
         self.ndim = len(shape)
         self._count = count
-        self._fd = os.open(path, os.O_RDONLY)
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
 
     def _read(self, first: int, n: int) -> np.ndarray:
         size = self.dtype.itemsize
-        data = os.pread(self._fd, n * size, self._offset + first * size)
+        if hasattr(os, "pread"):
+            data = os.pread(self._fd, n * size, self._offset + first * size)
+        else:  # Windows has no pread
+            os.lseek(self._fd, self._offset + first * size, os.SEEK_SET)
+            data = os.read(self._fd, n * size)
         if len(data) != n * size or first < 0 or first + n > self._count:
             raise RuntimeLiteshipError(f"token table: values {first}..{first + n} are outside the stored table")
         return np.frombuffer(data, self.dtype)
