@@ -339,7 +339,11 @@ def main() -> None:
                                               "is reused, not rebuilt")
     ap.add_argument("--memory-only", action="store_true",
                     help="only the memory and start-up table, over the bundles already in --work")
+    ap.add_argument("--peer-threads", help="thread counts PyTorch and llama.cpp run at, comma-separated (default: "
+                                           "1 and --threads; the verdicts use each peer's better one)")
     args = ap.parse_args()
+    args.peer_threads = sorted({int(n) for n in args.peer_threads.split(",")} if args.peer_threads
+                               else {1, args.threads})
 
     args.load = [os.getloadavg()[0]]  # the machine's load at the start and the end, written beside the figures
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
@@ -368,7 +372,7 @@ def measure(work: Path, args) -> list:
     rows = []
     # PyTorch at 1 thread and at --threads: its OpenMP pool collapses when other processes share the cores (1 tok/s
     # at 2 threads vs 22 at 1 on this shared machine), so the ratio uses the better of the two.
-    for n in sorted({1, args.threads}):
+    for n in args.peer_threads:
         t = bench_torch(ckpt, n, args.prompt_tokens, args.new_tokens)
         rows.append((f"PyTorch fp32, transformers generate, {n} thread{'s' * (n > 1)}", t, None,
                      sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))))
@@ -418,7 +422,7 @@ def measure_llama_cpp(work: Path, args, rows: list) -> list:
         if f"liteship {q}" not in by_name:
             continue
         gguf = llama_cpp_convert(work / "checkpoint", work / "gguf", outtype, args.threads)
-        for n in sorted({1, args.threads}):
+        for n in args.peer_threads:
             print(f"llama.cpp {outtype} at {n} thread(s) ...", file=sys.stderr)
             r = bench_llama_cpp_speed(gguf, n, args.prompt_tokens, args.new_tokens, (128, 256, 1024))
             if q == "dynamic-int8":  # liteship again, then llama.cpp again: each keeps its better rates
