@@ -180,6 +180,16 @@ def tflite_sizes(tflite: bytes) -> dict:
     return {"bytes": len(tflite), "gzip_bytes": len(gzip.compress(tflite, compresslevel=9, mtime=0))}
 
 
+def gzip_huffman_only(data: bytes) -> bytes:
+    """A .gz of `data` (any gunzip reads it) made with zlib's Huffman-only strategy: no LZ77 matches. On pruned
+    weights gzip's default strategy codes short runs of zeros as matches that cost more bits than the zeros coded
+    one by one; Huffman-only reaches the bytes' order-0 entropy instead."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9, zlib.Z_HUFFMAN_ONLY)  # 16+: gzip framing
+    return packer.compress(data) + packer.flush()
+
+
 def byte_entropy(data: bytes) -> float:
     """Order-0 entropy in bits per byte: what a coder of single bytes (DEFLATE's Huffman stage, with no repeats
     for LZ77 to find, as in trained weights) can at best reach."""
@@ -192,7 +202,7 @@ def int8_weight_entropy(tflite: bytes, dense_below: float = 0.2) -> dict:
     """What magnitude pruning can buy a gzip'd int8 .tflite, measured on its constant int8 tensors (the weights):
 
     - bytes, zero fraction and order-0 entropy of all of them together, and of the non-zero bytes alone;
-    - the tensors left dense (zero fraction below `dense_below`): names and bytes;
+    - the kernels left dense (zero fraction below `dense_below`): names and bytes;
     - `rest_gzip_bytes`: gzip -9 of the file without those tensors (graph, biases, scales);
     - `bound_bytes`: weights at their order-0 entropy + the rest gzip'd, the size an order-0 coder can reach.
 
@@ -213,7 +223,7 @@ def int8_weight_entropy(tflite: bytes, dense_below: float = 0.2) -> dict:
             chunks.append(data)
             rest[offset:offset + length] = bytes(length)  # blanked: counted with the weights
             zeros = data.count(0) / length
-            if zeros < dense_below:
+            if zeros < dense_below and sum(d > 1 for d in tensor.shape) >= 2:  # a kernel, not a scale or shape
                 dense[tensor.name] = length
     weights = b"".join(chunks)
     values = np.frombuffer(weights, np.uint8)
