@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                 "params": sum(p.numel() for p in model.parameters()),
                 "table_params": model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel(),
                 "mlp_params": sum(p.numel() for block in model.transformer.h for p in block.mlp.parameters()),
-                "train_tokens": len(train_stream),
+                "train_tokens": len(train_stream), "vocab": config.vocab_size,
                 "records": {name: record for name, (_, record) in variants.items()}}
         table = markdown(rows, info)
         print(table)
@@ -192,12 +192,25 @@ def markdown(rows: dict, info: dict) -> str:
         "layer and no longer reads `pruned_heads` from the config, so a GPT-2 folder cannot hold fewer heads of the "
         "same width; removing heads would need a model format of its own, which the issue rules out (the pruned "
         "model must stay a plain GPT-2 folder)",
+        f"- decode work per token (multiply-accumulates of the block projections, the LM head and attention over "
+        f"{setup.context} cached slots): {decode_macs(setup, 1.0, info['vocab']):,} before, "
+        f"{decode_macs(setup, kept_mlp, info['vocab']):,} after "
+        f"({decode_macs(setup, kept_mlp, info['vocab']) / decode_macs(setup, 1.0, info['vocab']):.3f}x): the "
+        "floor the decode ratio can reach by halving the MLPs alone; the per-step costs that do not shrink "
+        "(embedding lookup, layer norms, the cache update, the interpreter call) sit on top",
         f"- base training: {info['stats']['steps']} steps of {setup.batch} x {setup.context} tokens "
         f"({info['stats']['tokens_seen']:,} tokens seen, {info['stats']['tokens_seen'] / info['train_tokens']:.1f} "
         f"passes over the {info['train_tokens']:,} training tokens) in {info['stats']['seconds']:.0f} s, final loss "
         f"{info['stats']['final_loss']}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def decode_macs(setup, kept_mlp: float, vocab: int) -> int:
+    """Multiply-accumulates of one decode step: per layer the attention projections (4 E^2), the MLP
+    (8 E^2 x the kept fraction) and attention over T cached slots (2 T E); then the LM head (V E)."""
+    e, t = setup.n_embd, setup.context
+    return int(setup.n_layer * (4 * e * e + 8 * e * e * kept_mlp + 2 * t * e) + vocab * e)
 
 
 def dense_names(tensors: dict, shown: int = 4) -> str:
