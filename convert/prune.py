@@ -204,7 +204,8 @@ def int8_weight_entropy(tflite: bytes, dense_below: float = 0.2) -> dict:
     - bytes, zero fraction and order-0 entropy of all of them together, and of the non-zero bytes alone;
     - the kernels left dense (zero fraction below `dense_below`): names and bytes;
     - `rest_gzip_bytes`: gzip -9 of the file without those tensors (graph, biases, scales);
-    - `bound_bytes`: weights at their order-0 entropy + the rest gzip'd, the size an order-0 coder can reach.
+    - `bound_bytes`: weights at their pooled order-0 entropy + the rest gzip'd: what one fixed code per byte
+      value reaches (DEFLATE re-fits its code every block, so it can land a little below where tensors differ).
 
     For a pruned model at zero fraction p the weight entropy is h(p) + (1 - p) * H(non-zero) bits per weight,
     where h is the binary entropy (the zero/non-zero mask): at p = 0.5, 1 + H/2."""
