@@ -14,10 +14,10 @@ from typing import Callable, Mapping, Union
 
 import liteship
 from liteship.convert.quant import Quant
-from liteship.errors import ConvertError, check_interrupted, signals_deferred
+from liteship.errors import ConvertError, check_interrupted
 from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME, SCHEMA
-from liteship.runtime.files import (PARTIAL_SUFFIX, current_umask, nearest_existing_folder, sweep_partials, sweep_stale,
-                                    sweep_work_dirs)
+from liteship.runtime.files import (PARTIAL_SUFFIX, current_umask, nearest_existing_folder, replace_folder,
+                                    sweep_partials, sweep_stale, sweep_work_dirs)
 from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, embed_metadata, read_model, sha256_file
 
 AssetSource = Union[str, os.PathLike, bytes]
@@ -148,16 +148,7 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
             check(tmp)
 
         check_interrupted()  # a Ctrl-C swallowed inside the converter must still keep the old bundle
-        # The two renames and the old bundle's removal are one step: a Ctrl-C arriving meanwhile is delivered
-        # after it, so it can leave neither a half-swapped pair nor the old bundle's folder behind.
-        with signals_deferred():
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-                os.replace(out_dir, old)
-                os.replace(tmp, out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)  # the old bundle stays if a Ctrl-C comes during the swap
         return out_dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

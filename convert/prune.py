@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from liteship.errors import ConvertError, signals_deferred
+from liteship.runtime.files import replace_folder
 
 SIDECAR_NAME = "liteship-pruning.json"
 SIDECAR_SUFFIX = ".pruning.json"
@@ -160,16 +161,10 @@ def staged_output(out: str | os.PathLike, source: str | os.PathLike, *, folder: 
         tmp.mkdir()
     try:
         yield tmp
-        with signals_deferred():  # a Ctrl-C now cannot leave the old output renamed away and the new one not in place
-            if folder:
-                if out.exists():
-                    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                    os.replace(out, old)
-                    os.replace(tmp, out)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.replace(tmp, out)
-            else:
+        if folder:
+            replace_folder(tmp, out)
+        else:
+            with signals_deferred():  # the sidecar and its weights move together
                 if sidecar_path(tmp).is_file():
                     os.replace(sidecar_path(tmp), sidecar_path(out))
                 os.replace(tmp, out)

@@ -60,12 +60,14 @@ OS_HINTS = {
 
 _interrupted: list = []
 _DEFERRED = {signal.SIGINT, signal.SIGTERM}
+_deferring = 0  # > 0 inside signals_deferred(): the handler records, the block's end raises
 
 
 def _on_sigint(signum, frame):
     where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
     _interrupted.append(where)
-    raise KeyboardInterrupt
+    if not _deferring:
+        raise KeyboardInterrupt
 
 
 def install_interrupt_handler() -> None:
@@ -90,15 +92,29 @@ def was_interrupted() -> bool:
 
 @contextlib.contextmanager
 def signals_deferred():
-    """SIGINT and SIGTERM wait until the block is done (they are delivered right after it)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    """SIGINT and SIGTERM wait until the block is done and are raised right after it: the OS holds them back, and
+    one that arrived just before the block (Python runs a handler at its next chance, which can be inside it) is
+    recorded there, not raised. interrupt_pending() tells the block whether one is waiting."""
+    global _deferring
+    seen = len(_interrupted)
+    blockable = hasattr(signal, "pthread_sigmask")
+    if blockable:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    _deferring += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+        _deferring -= 1
+        if blockable:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)  # a held SIGINT is delivered here and raises
+    if len(_interrupted) > seen:
+        raise KeyboardInterrupt
+
+
+def interrupt_pending() -> bool:
+    """Whether a Ctrl-C has come in this run, including one signals_deferred() is still holding back."""
+    held = signal.sigpending() if hasattr(signal, "sigpending") else set()
+    return bool(_interrupted) or bool(set(held) & _DEFERRED)
 
 
 def interrupt_locations() -> list[str]:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from liteship.errors import LiteshipError, check_interrupted, os_error_message
+from liteship.errors import LiteshipError, check_interrupted, interrupt_pending, os_error_message, signals_deferred
 
 _KINDS = {dict: "a JSON object", list: "a JSON list"}
 
@@ -203,6 +203,25 @@ def atomic_output(path: str | Path, *, option: str = "", error: type[LiteshipErr
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Moves the finished folder ``tmp`` to ``out``, replacing an old ``out``, as one step against Ctrl-C: the
+    signal is held back meanwhile, and one that came during the renames puts the old folder back (the new one returns
+    to ``tmp`` for the caller to remove) before it is raised. The old folder is removed only once the new one stays."""
+    with signals_deferred():
+        if interrupt_pending():
+            return  # raised as the block ends; nothing moved
+        old = out.with_name(f".{out.name}.old-{os.getpid()}") if out.exists() else None
+        if old is not None:
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if interrupt_pending():
+            os.replace(out, tmp)
+            if old is not None:
+                os.replace(old, out)
+        elif old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def current_umask() -> int:
