@@ -10,9 +10,10 @@ import shutil
 
 import pytest
 
+from liteship.convert.tflite_metadata import embed_metadata
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.interpreter import create_interpreter, runtime_too_old
-from liteship.runtime.tflite_file import MIN_RUNTIME_METADATA_NAME, embed_metadata, read_model
+from liteship.runtime.tflite_file import MIN_RUNTIME_METADATA_NAME, read_model
 
 
 def test_the_converter_records_a_version_and_we_read_it(fixture_bundles):
