@@ -35,6 +35,7 @@ from liteship.runtime.tflite_file import sha256_file
 from .base import Target, join, last_line, open_target, quote
 from .probe import probe
 from .push import load_local_bundle, push_bundle
+from .run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
 from .runtime_pack import CachedFile, ensure_files_on_device, runtime_file
 
 SCHEMA = "liteship.device-bench/1"
@@ -103,13 +104,6 @@ def _now() -> str:
 
 def _host_cache() -> Path:
     return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship")) / "runtime-pack"
-
-
-def _run_bench_tools():
-    # D2's module holds the run_bench.sh helpers; importing it does not import adb-shell.
-    from .android import parse_run_bench_result, run_bench_argv, run_bench_script
-
-    return run_bench_script, run_bench_argv, parse_run_bench_result
 
 
 @dataclass(frozen=True)
@@ -213,7 +207,6 @@ class _Run:
         """One command under run_bench.sh -> (its result, the runner's JSON text, the command's output)."""
         s = self.settings
         self.say(f"{self.spec}: running the {s.runner} benchmark ({s.runs} runs, cores={s.cores})")
-        _, run_bench_argv, parse_result = _run_bench_tools()
         argv = run_bench_argv(script, files.result, command, output=files.output, cores=s.cores,
                               cool_below_c=s.cool_below_c)
         try:
@@ -223,7 +216,7 @@ class _Run:
         except BaseException:
             files.remove(target)
             raise
-        run = parse_result(run_text)
+        run = parse_run_bench_result(run_text)
         self.entry["run"] = {k: v for k, v in run.items() if k not in ("output", "schema")}
         if run["status"] != 0:
             detail = _error_line(output) or f"exit status {run['status']}"
@@ -314,7 +307,7 @@ class _Run:
     def _place_runner(self, target: Target, workdir: str, local: bool) -> tuple[str, str | None]:
         """(run_bench.sh, the runtime zipapp or benchmark_model) on the target, cached there by hash; the host
         itself uses them where they are (the local python runner needs no zipapp)."""
-        script = _run_bench_tools()[0]()
+        script = run_bench_script()
         s = self.settings
         if local:
             return str(script), s.benchmark_binary

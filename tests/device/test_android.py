@@ -28,12 +28,10 @@ from liteship.device.android import (
     _usb_owned_hint,
     ensure_adb_key,
     host_adb_server_devices,
-    parse_run_bench_result,
     parse_spec,
-    run_bench_argv,
-    run_bench_script,
 )
 from liteship.device.base import open_target
+from liteship.device.run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
 from liteship.errors import DeviceError
 
 WORKDIR = "/data/local/tmp/liteship"
@@ -101,7 +99,7 @@ def test_bad_spec_names_the_forms():
 
 
 def test_importing_the_android_kind_does_not_import_adb_shell():
-    """bench.py imports this module for run_bench.sh on every target kind; adb-shell loads only to connect."""
+    """Opening any target may import the android kind; adb-shell loads only to connect to a phone."""
     import subprocess
 
     code = "import sys, liteship.device.android, liteship.device.bench; print('adb_shell' in sys.modules)"
