@@ -131,8 +131,9 @@ def main() -> int:
         return 0
 
     from liteship.convert.bit.config import get_config
-    from liteship.convert.bit.export import export_bit, xnnpack_coverage
+    from liteship.convert.bit.export import export_bit
     from tests.convert.bit_fixtures import write_bit_npz, write_image_folder
+    from tests.xnnpack_coverage import xnnpack_coverage
 
     classes = 1000 if args.quick else 21843  # BiT-M's ImageNet-21k head
     work = Path(tempfile.mkdtemp(prefix="bench-bit-"))
