@@ -77,7 +77,7 @@ RESULT = {{"seconds": r.seconds, "size_bytes": r.tflite_bytes}}
 
 def bench_liteship(bundle: Path, threads: int, prompt: int, new: int, grow_cache: bool | None) -> dict:
     return run_child(f"""
-from liteship.runtime.generate import benchmark_generation
+from liteship.runtime.generation_bench import benchmark_generation
 RESULT = benchmark_generation({str(bundle)!r}, threads={threads}, prompt_tokens={prompt}, new_tokens={new},
                               context=256, contexts=(1024,), grow_cache={grow_cache})
 """)

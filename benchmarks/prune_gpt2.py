@@ -41,7 +41,7 @@ def log(message: str) -> None:
 
 def measure(name: str, folder: Path, out: Path, wins, context: int, threads: int) -> dict:
     from liteship.convert.gpt2.export import export
-    from liteship.runtime.generate import benchmark_generation
+    from liteship.runtime.generation_bench import benchmark_generation
 
     bundle = export(folder, out / name.replace(" ", "-").replace("%", ""), quant="dynamic-int8",
                     max_context=context, prefill_len=context // 2).bundle

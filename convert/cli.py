@@ -22,7 +22,7 @@ def progress(message: str) -> None:
 def summary(out, *, quant: str, seconds: float) -> None:
     """The line every converter ends with (stderr): where, how big, which mode, how long, peak RSS; and the bundle
     path alone on stdout, for scripts."""
-    from liteship.runtime.bench import peak_rss_bytes
+    from liteship.runtime.memory import peak_rss_bytes
     from liteship.units import memory_text, size_text
 
     model = Path(out) / "model.tflite"

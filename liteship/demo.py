@@ -185,7 +185,8 @@ def run_gpt2(workdir: Path, *, train_seconds: float, threads: int | None, new_to
     import torch
 
     from liteship.convert.gpt2.export import export
-    from liteship.runtime.generate import TextGenerator, benchmark_generation
+    from liteship.runtime.generate import TextGenerator
+    from liteship.runtime.generation_bench import benchmark_generation
 
     click.echo(f"[liteship] training a small GPT-2 on pydoc_data.topics for {train_seconds:.0f} s", err=True)
     ckpt = workdir / "gpt2-checkpoint"

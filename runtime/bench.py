@@ -21,6 +21,7 @@ import numpy as np
 from liteship.errors import LiteshipError, RuntimeLiteshipError
 from liteship.runtime.bundle import Bundle
 from liteship.runtime.interpreter import create_interpreter
+from liteship.runtime.memory import peak_rss_bytes
 
 SCHEMA = "liteship.bench/1"
 # For GPT-2 the latency loop times one decode step: the call a chat app makes once per token.
@@ -34,24 +35,6 @@ def default_signature(keys: list[str]) -> str | None:
     """The signature timed when none is asked for (here and by benchmark_model on a device): decode, else
     serving_default, else the first."""
     return next((k for k in PREFERRED_SIGNATURES if k in keys), keys[0] if keys else None)
-
-
-def peak_rss_bytes() -> int | None:
-    """Peak resident set size of this process so far (VmHWM), or None where the OS does not say."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss if sys.platform == "darwin" else rss * 1024
-    except (ImportError, OSError):
-        return None
 
 
 def host_facts() -> dict:
@@ -196,7 +179,7 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         result["sustained"] = sustained_runs(partial(runner, **inputs), duration_s)
     del runner, interp
     if generation and bundle.family == "gpt2":
-        from liteship.runtime.generate import benchmark_generation
+        from liteship.runtime.generation_bench import benchmark_generation
 
         contexts = [c for c in (32, 128, 512, 1024) if c < int(bundle.config.get("max_context", 0))]  # report's plot
         result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend,  # already verified

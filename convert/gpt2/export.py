@@ -18,8 +18,8 @@ import numpy as np
 from liteship.convert.gpt2.config import GPT2Config
 from liteship.convert.quant import Quant
 from liteship.errors import ConvertError, RuntimeLiteshipError
-from liteship.runtime.bench import peak_rss_bytes
 from liteship.runtime.files import read_json, require, work_dir
+from liteship.runtime.memory import peak_rss_bytes
 
 SIGNATURES = ("prefill", "decode")
 GPT2_QUANTS = (Quant.FP32, Quant.FP16, Quant.DYNAMIC_INT8, Quant.INT4)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from liteship.errors import RuntimeLiteshipError
-from liteship.runtime.generate import KVCacheSession, TextGenerator, benchmark_generation, choose_token
+from liteship.runtime.generate import KVCacheSession, TextGenerator, choose_token
+from liteship.runtime.generation_bench import benchmark_generation
 from tests.conftest_gpt2 import gpt2_bundles
 
 
