@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from liteship.errors import DeviceError, LiteshipError
-from liteship.runtime.tflite_file import sha256_file
+from liteship.runtime.files import sha256_file
 
 from .base import Target, join, last_line, open_target, quote
 from .probe import probe

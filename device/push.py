@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from liteship.errors import BundleError, DeviceError
-from liteship.runtime.tflite_file import sha256_file
+from liteship.runtime.files import sha256_file
 from liteship.units import size_text
 
 

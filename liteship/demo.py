@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from liteship.convert.quant import CLASSIFIER_MODES, SUFFIXES, Quant
+from liteship.errors import LiteshipError
 from liteship.options import POSITIVE_FLOAT, POSITIVE_INT, Threads
 
 IMAGE_SIZE = 16  # digits are 8x8; 2x nearest upscale keeps them exact and gives the convolutions room
@@ -315,6 +316,21 @@ def format_bit(rows: list[dict]) -> str:
 
 
 PARTS = ("classifier", "gpt2", "bit")
+# The demo trains its models here, so it needs the workstation extras, not only the device install:
+# part -> {module it imports: the distribution that provides it}.
+NEEDS = {
+    "classifier": {"tensorflow": "tensorflow", "sklearn": "scikit-learn", "PIL": "pillow"},
+    "gpt2": {"tensorflow": "tensorflow", "torch": "torch", "transformers": "transformers", "tokenizers": "tokenizers"},
+    "bit": {"tensorflow": "tensorflow", "skimage": "scikit-image", "PIL": "pillow"},
+}
+
+
+def missing_distributions(parts: list[str]) -> list[str]:
+    """The distributions the demo's ``parts`` need that are not installed (found without importing them)."""
+    import importlib.util
+
+    return sorted({dist for part in parts for module, dist in NEEDS[part].items()
+                   if importlib.util.find_spec(module) is None})
 
 # The demo's budget (liteship check): what its models must meet on this host, a shared 2-core machine, so the
 # speed limits are loose; the quality limits are the ones a release would use.
@@ -409,6 +425,10 @@ def command(workdir: Path, only: str, epochs: int, gpt2_seconds: float, runs: in
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise click.BadParameter(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    missing = missing_distributions(parts)
+    if missing:
+        raise LiteshipError(f"liteship demo needs {', '.join(missing)}, which are not installed: "
+                            'pip install "liteship[convert,dev]"')
     workdir.mkdir(parents=True, exist_ok=True)
     results, tables = {}, []
     if "classifier" in parts:

@@ -10,8 +10,8 @@ import zipfile
 from pathlib import Path
 
 from liteship.errors import BundleError
-from liteship.runtime.files import atomic_output, json_kind, read_json, require, sweep_stale
-from liteship.runtime.tflite_file import read_model, sha256_file
+from liteship.runtime.files import atomic_output, json_kind, read_json, require, sha256_file, sweep_stale
+from liteship.runtime.tflite_file import read_model
 
 SCHEMA = "liteship.bundle/1"
 MODEL_NAME = "model.tflite"

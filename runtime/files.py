@@ -6,6 +6,7 @@ UnicodeDecodeError or numpy's EOFError escape as a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -83,6 +84,15 @@ def load_array(path: str | Path, *, error: type[LiteshipError] = LiteshipError):
         reason = str(exc) or type(exc).__name__
         kind = "an empty file" if path.stat().st_size == 0 else f"not a readable .npz/.npy array ({reason})"
         raise error(f"{path}: {kind}") from None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks (a model may be larger than the memory to spare)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ---- temporary names that a killed run leaves behind, and the sweep that removes them later ---------------------

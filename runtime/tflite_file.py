@@ -10,7 +10,6 @@ Field slots follow TensorFlow Lite's schema.fbs (the numbers are vtable slots, i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
@@ -331,11 +330,3 @@ def _parse_guarded(buf, size: int, label: str) -> TFLiteModel:
 
 def read_manifest_from_tflite(path: str | os.PathLike) -> dict | None:
     return read_model(path).manifest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
