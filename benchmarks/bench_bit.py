@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from liteship.runtime.bench import machine_summary
+from liteship.runtime.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.convert.bit_fixtures: npz writer and sample images
@@ -197,11 +198,7 @@ def main() -> int:
                      f"(target <= {TARGET_INT8_SIZE}: {'met' if ratio <= TARGET_INT8_SIZE else 'NOT met'})")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_atomic(args.out, text, mkdir=True)
     if not args.keep:
         import shutil
 

@@ -24,6 +24,7 @@ import textwrap
 from pathlib import Path
 
 from liteship.runtime.bench import machine_summary
+from liteship.runtime.files import write_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
@@ -391,9 +392,7 @@ def write_table(rows: list, memory: list, args) -> None:
                            "do (compare them within a row, not with other sections).", *memory_lines(memory)]) + "\n"
         print(table)
         out = args.out.with_name("gpt2_memory.md")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_name(out.name + ".partial").write_text(table)
-        os.replace(out.with_name(out.name + ".partial"), out)
+        write_atomic(out, table, mkdir=True)
         print(f"wrote {out}", file=sys.stderr)
         return
     table_rows = [row for row in rows if row[0] != "whole text"]
@@ -422,10 +421,7 @@ def write_table(rows: list, memory: list, args) -> None:
     lines += ["", *target_lines(rows, base, fp32_size), *memory_lines(memory)]
     table = "\n".join(lines) + "\n"
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".partial")
-    tmp.write_text(table)
-    os.replace(tmp, args.out)
+    write_atomic(args.out, table, mkdir=True)
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from liteship.runtime.files import write_atomic
+
 HERE = Path(__file__).parent
 ORDER = ["gpt2_speed", "gpt2_quality", "bit_speed", "bit_accuracy"]
 INTRO = """# liteship benchmark results
@@ -25,9 +27,7 @@ def main() -> None:
         text = (HERE / "results" / f"{name}.md").read_text().strip()
         parts.append(re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE))  # each file's headings one level down
     out = HERE / "RESULTS.md"
-    tmp = out.with_suffix(".md.partial")
-    tmp.write_text("\n\n".join(parts) + "\n")
-    tmp.replace(out)
+    write_atomic(out, "\n\n".join(parts) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 from accuracy_bit import arrays, train, write_digits  # noqa: E402
 
 from liteship.runtime.bench import machine_summary  # noqa: E402
+from liteship.runtime.files import write_atomic  # noqa: E402
 
 RESULTS = HERE / "results" / "bit_prune.md"
 
@@ -155,10 +156,7 @@ def main(argv=None) -> int:
         table = markdown(rows, info, sparse)
         print(table)
         if not args.no_write:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            tmp = RESULTS.with_suffix(".md.partial")
-            tmp.write_text(table)
-            tmp.replace(RESULTS)
+            write_atomic(RESULTS, table, mkdir=True)
             log(f"wrote {RESULTS}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

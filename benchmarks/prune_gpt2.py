@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 from quality_gpt2 import SETUPS, perplexity_tflite, split_documents, token_stream, train, windows  # noqa: E402
 
 from liteship.runtime.bench import machine_summary  # noqa: E402
+from liteship.runtime.files import write_atomic  # noqa: E402
 
 RESULTS = HERE / "results" / "gpt2_prune.md"
 
@@ -122,10 +123,7 @@ def main(argv=None) -> int:
         table = markdown(rows, info)
         print(table)
         if not args.no_write:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            tmp = RESULTS.with_suffix(".md.partial")
-            tmp.write_text(table)
-            tmp.replace(RESULTS)
+            write_atomic(RESULTS, table, mkdir=True)
             log(f"wrote {RESULTS}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

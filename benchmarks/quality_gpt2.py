@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))  # tests.gpt2_tokenizer_fixture: the same local BP
 import numpy as np  # noqa: E402
 
 from liteship.runtime.bench import machine_summary  # noqa: E402
+from liteship.runtime.files import write_atomic, write_json_atomic  # noqa: E402
 
 QUANTS = ("fp32", "fp16", "dynamic-int8", "int4")
 # Allowed relative change of perplexity against liteship fp32 (issue 3); fp32 itself is held to PyTorch.
@@ -349,13 +350,10 @@ def main(argv=None) -> int:
         lines += ["", f"**TFLite part pending**: {why_not}. Only the PyTorch perplexity is reported."]
     text = "\n".join(lines) + "\n"
     print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps({"setup": asdict(setup), "training": stats, "rows": rows, "windows": len(wins),
-                                     "tokens_scored": count, "held_out": list(held_docs)}, indent=2) + "\n")
+    write_atomic(out, text, mkdir=True)
+    json_path = write_json_atomic(out.with_suffix(".json"), {
+        "setup": asdict(setup), "training": stats, "rows": rows, "windows": len(wins), "tokens_scored": count,
+        "held_out": list(held_docs)})
     log(f"wrote {out} and {json_path}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from liteship.runtime.files import atomic_path
 from liteship.runtime.tflite_file import (
     BUFFER_DATA,
     BUFFER_OFFSET,
@@ -173,19 +173,12 @@ def embed_metadata(src: str | os.PathLike, dst: str | os.PathLike, entries: Mapp
             prefix_len = len(w.out)  # sizes do not depend on the shift, so the second pass ends the loop
         w.resolve()
 
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(struct.pack("<I", model_pos) + FILE_IDENTIFIER)
-                out.write(w.out)
-                for start in range(8, size, 64 << 20):
-                    out.write(mm[start : min(size, start + (64 << 20))])
-                # Large models keep weights outside the flatbuffer at absolute file offsets: shift them too.
-                for field_at, value in external:
-                    out.seek(field_at + prefix_len)
-                    out.write(struct.pack("<Q", value + prefix_len))
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(dst, mkdir=True) as tmp, open(tmp, "wb") as out:
+            out.write(struct.pack("<I", model_pos) + FILE_IDENTIFIER)
+            out.write(w.out)
+            for start in range(8, size, 64 << 20):
+                out.write(mm[start : min(size, start + (64 << 20))])
+            # Large models keep weights outside the flatbuffer at absolute file offsets: shift them too.
+            for field_at, value in external:
+                out.seek(field_at + prefix_len)
+                out.write(struct.pack("<Q", value + prefix_len))

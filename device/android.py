@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from liteship.errors import DeviceError
+from liteship.runtime.files import atomic_path
 
 from .base import CommandResult, ShellTarget, _short
 
@@ -496,12 +497,9 @@ class AndroidTarget(ShellTarget):
     def get(self, remote: str, local: Path, *, timeout: float | None = None) -> None:
         from adb_shell import exceptions
 
-        local = Path(local)
         read_s = float(timeout) if timeout is not None else self.timeouts.read_s
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
-        os.close(fd)
 
-        def pull(dev):
+        def pull(dev, tmp_name: str):
             try:
                 dev.pull(
                     remote,
@@ -513,9 +511,5 @@ class AndroidTarget(ShellTarget):
                 reason = str(exc).replace("Command failed: ", "")
                 raise DeviceError(f"{self.name}: cannot read {remote}: {reason}") from None
 
-        try:
-            self._call(f"pull of {remote}", read_s, pull)
-            os.replace(tmp_name, local)
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+        with atomic_path(local) as tmp:
+            self._call(f"pull of {remote}", read_s, lambda dev: pull(dev, str(tmp)))

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Callable
 
 from liteship.errors import LiteshipError
+from liteship.runtime.files import write_json_atomic
 
-from .bench import BenchSettings, bench_targets, write_json_atomic
+from .bench import BenchSettings, bench_targets
 from .budget import Budget, judge, measurements
 
 SCHEMA = "liteship.check/1"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from liteship.errors import DeviceError
+from liteship.runtime.files import atomic_path
 
 from .base import CommandResult, Target
 
@@ -71,12 +72,10 @@ class LocalTarget(Target):
         self._copy(Path(remote), Path(local))
 
     def _copy(self, src: Path, dst: Path) -> None:
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
         try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise DeviceError(f"{self.name}: cannot copy {src} to {dst}: {exc.strerror}") from None
 
     def default_workdir(self) -> str:

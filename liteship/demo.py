@@ -25,6 +25,7 @@ import numpy as np
 from liteship.convert.quant import CLASSIFIER_MODES, SUFFIXES, Quant
 from liteship.errors import LiteshipError
 from liteship.options import POSITIVE_FLOAT, POSITIVE_INT, Threads
+from liteship.runtime.files import write_atomic
 
 IMAGE_SIZE = 16  # digits are 8x8; 2x nearest upscale keeps them exact and gives the convolutions room
 
@@ -375,7 +376,7 @@ def budget_check(workdir: Path, parts: list[str], *, threads: int | None, runs: 
     from liteship.device.gate_cli import BudgetExceeded
     from liteship.device.html_report import render_html, render_markdown
 
-    _write_atomic(workdir / "budget.toml", DEMO_BUDGET)
+    write_atomic(workdir / "budget.toml", DEMO_BUDGET)
     budget = load_budget(workdir / "budget.toml")
     settings = BenchSettings(runs=runs, warmup=5, threads=threads)
     checks = []
@@ -387,7 +388,7 @@ def budget_check(workdir: Path, parts: list[str], *, threads: int | None, runs: 
         checks.append(("classifier", bundles, data))
     if "gpt2" in parts:
         data = workdir / "gpt2" / "held-out.txt"
-        _write_atomic(data, held_out_text())
+        write_atomic(data, held_out_text())
         checks.append(("gpt2", [workdir / "gpt2" / f"gpt2-{SUFFIXES[Quant.parse(q)]}" for q in ("fp32",
                                                                                                "dynamic-int8")], data))
     tables, results, failed = [], [], []
@@ -401,8 +402,8 @@ def budget_check(workdir: Path, parts: list[str], *, threads: int | None, runs: 
         tables.append(f"## Budget check: {name}\n\n" + format_text(doc))
         failed += failures(doc)
     if results:
-        _write_atomic(workdir / "report.html", render_html(results))
-        _write_atomic(workdir / "report.md", render_markdown(results))
+        write_atomic(workdir / "report.html", render_html(results))
+        write_atomic(workdir / "report.md", render_markdown(results))
     text = "\n\n".join(tables)
     if failed:
         click.echo(text)
@@ -443,16 +444,10 @@ def command(workdir: Path, only: str, epochs: int, gpt2_seconds: float, runs: in
         results["bit"] = run_bit(workdir / "bit", threads=threads, runs=max(10, runs // 10))
         tables.append("## BiT (random weights, scikit-image sample photos)\n\n" + format_bit(results["bit"]))
     report = "\n\n".join(tables) + "\n"
-    _write_atomic(workdir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    _write_atomic(workdir / "results.md", report)
+    write_atomic(workdir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    write_atomic(workdir / "results.md", report)
     click.echo(report)
     if "classifier" in parts or "gpt2" in parts:
         click.echo(budget_check(workdir, parts, threads=threads, runs=runs) + "\n")
         click.echo(f"the HTML report of the budget check: {workdir / 'report.html'} (Markdown: report.md)")
     click.echo(f"bundles, results.json and results.md are in {workdir}/")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    tmp.replace(path)

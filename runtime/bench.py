@@ -14,12 +14,12 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from liteship.errors import LiteshipError, RuntimeLiteshipError
 from liteship.runtime.bundle import Bundle
+from liteship.runtime.files import write_json_atomic
 from liteship.runtime.interpreter import create_interpreter
 from liteship.runtime.memory import peak_rss_bytes
 
@@ -247,13 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(result))
     return 0
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

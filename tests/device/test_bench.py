@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from liteship.device.bench import SCHEMA, BenchSettings, bench_targets, write_json_atomic
+from liteship.device.bench import SCHEMA, BenchSettings, bench_targets
+from liteship.runtime.files import write_json_atomic
 from liteship.device.report import markdown_report
 from liteship.errors import DeviceError
 
