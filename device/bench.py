@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import secrets
 import sys
@@ -30,9 +29,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from liteship.errors import DeviceError, LiteshipError
+from liteship.runtime.bench import utc_timestamp
+from liteship.runtime.bundle import MODEL_NAME, cache_root
 from liteship.runtime.files import sha256_file
 
 from .base import Target, join, last_line, open_target, quote
+from .benchmark_model import DELEGATE_FLAGS
 from .probe import probe
 from .push import load_local_bundle, push_bundle
 from .run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
@@ -41,13 +43,6 @@ from .runtime_pack import CachedFile, ensure_files_on_device, runtime_file
 SCHEMA = "liteship.device-bench/1"
 RUNNERS = ("python", "benchmark_model")
 CORES = ("all", "big", "fastest")
-# --delegate NAME -> the flag benchmark_model takes for it (tensorflow/lite/tools/delegates/*_delegate_provider.cc).
-BENCHMARK_MODEL_DELEGATE_FLAGS = {
-    "xnnpack": "--use_xnnpack=true",
-    "gpu": "--use_gpu=true",
-    "nnapi": "--use_nnapi=true",
-    "hexagon": "--use_hexagon=true",
-}
 
 
 @dataclass(frozen=True)
@@ -78,8 +73,8 @@ class BenchSettings:
             raise DeviceError("--threads must be >= 1")
         if self.benchmark_binary and not Path(self.benchmark_binary).is_file():
             raise DeviceError(f"--benchmark-binary {self.benchmark_binary}: no such file")
-        if self.benchmark_binary and self.delegate and self.delegate not in BENCHMARK_MODEL_DELEGATE_FLAGS:
-            raise DeviceError(f"benchmark_model knows the delegates {', '.join(BENCHMARK_MODEL_DELEGATE_FLAGS)}, "
+        if self.benchmark_binary and self.delegate and self.delegate not in DELEGATE_FLAGS:
+            raise DeviceError(f"benchmark_model knows the delegates {', '.join(DELEGATE_FLAGS)}, "
                               f"not {self.delegate!r}")
         if self.benchmark_binary and self.duration_s:
             raise DeviceError("--duration needs liteship's Python runner; benchmark_model has no sustained mode")
@@ -98,12 +93,8 @@ class BenchSettings:
         return "benchmark_model" if self.benchmark_binary else "python"
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def _host_cache() -> Path:
-    return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship")) / "runtime-pack"
+    return cache_root() / "runtime-pack"
 
 
 @dataclass(frozen=True)
@@ -343,8 +334,7 @@ class _Run:
         graph = model if model.endswith(".tflite") else f"{model}/model.tflite"
         return benchmark_model_argv(binary, graph, runs=s.runs, warmup=s.warmup, threads=s.threads,
                                     signature=signature or s.signature or self._default_signature(), inputs=inputs,
-                                    op_profiling=s.op_profiling, extra=s.benchmark_args,
-                                    delegate_flag=BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate] if s.delegate else None)
+                                    op_profiling=s.op_profiling, extra=s.benchmark_args, delegate=s.delegate)
 
     def _default_signature(self) -> str | None:
         """With several signatures (GPT-2's prefill and decode) benchmark_model refuses to pick one: name the one
@@ -352,7 +342,7 @@ class _Run:
         from liteship.runtime.bench import default_signature
         from liteship.runtime.tflite_file import read_model
 
-        path = self.bundle if self.bundle.suffix == ".tflite" else self.bundle / "model.tflite"
+        path = self.bundle if self.bundle.suffix == ".tflite" else self.bundle / MODEL_NAME
         keys = [sig.key for sig in read_model(path).signatures]
         return default_signature(keys) if len(keys) > 1 else None
 
@@ -421,10 +411,10 @@ def bench_targets(
 
     from liteship import __version__
 
-    model = local.files.get("model.tflite")
+    model = local.files.get(MODEL_NAME)
     return {
         "schema": SCHEMA,
-        "created": _now(),
+        "created": utc_timestamp(),
         "bundle": {"path": str(bundle), "name": local.name, "model_sha256": model[0] if model else None,
                    "model_size_bytes": model[1] if model else None, "total_bytes": local.total_bytes},
         "settings": asdict(settings),

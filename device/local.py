@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from liteship.errors import DeviceError
+from liteship.runtime.bundle import cache_root
 from liteship.runtime.files import atomic_path
 
 from .base import CommandResult, Target
@@ -19,8 +20,7 @@ def _default_workdir() -> str:
     override = os.environ.get("LITESHIP_LOCAL_WORKDIR")
     if override:
         return str(Path(override).expanduser().resolve())
-    cache = os.environ.get("LITESHIP_CACHE") or str(Path.home() / ".cache" / "liteship")
-    return str(Path(cache).expanduser().resolve() / "device")
+    return str(cache_root().expanduser().resolve() / "device")
 
 
 class LocalTarget(Target):

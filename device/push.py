@@ -29,14 +29,13 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from liteship.errors import BundleError, DeviceError
+from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME
 from liteship.runtime.files import sha256_file
 from liteship.units import size_text
 
 
 from .base import Target, quote
 
-MANIFEST_NAME = "manifest.json"
-MODEL_NAME = "model.tflite"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 # A shell function printing the sha256 of stdin, with whatever the device has: coreutils/toybox/busybox

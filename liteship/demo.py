@@ -65,6 +65,7 @@ def train_classifier(x_train, y_train, *, epochs: int, seed: int = 0):
 def accuracy_of_bundle(bundle_dir: Path, x_test: np.ndarray, y_test: np.ndarray, threads: int | None) -> float:
     """Top-1 accuracy through the device-side runtime (quantizes int inputs, dequantizes int outputs)."""
     from liteship.runtime.bundle import Bundle
+    from liteship.runtime.classify import dequantize, quantize
     from liteship.runtime.interpreter import create_interpreter
 
     bundle = Bundle.open(bundle_dir)
@@ -74,15 +75,8 @@ def accuracy_of_bundle(bundle_dir: Path, x_test: np.ndarray, y_test: np.ndarray,
     (out_name, out_d), = runner.get_output_details().items()
     correct = 0
     for x, y in zip(x_test, y_test):
-        feed = x[None]
-        if in_d["dtype"] != np.float32:
-            scale, zero = in_d["quantization"]
-            info = np.iinfo(in_d["dtype"])
-            feed = np.clip(np.round(feed / scale + zero), info.min, info.max).astype(in_d["dtype"])
-        out = runner(**{in_name: feed})[out_name]
-        if out_d["dtype"] != np.float32:
-            scale, zero = out_d["quantization"]
-            out = (out.astype(np.float32) - zero) * scale
+        out = runner(**{in_name: quantize(x[None], dict(in_d, name=in_name))})[out_name]
+        out = dequantize(out, dict(out_d, name=out_name))
         correct += int(out.argmax() == y)
     return correct / len(y_test)
 

@@ -37,6 +37,11 @@ def default_signature(keys: list[str]) -> str | None:
     return next((k for k in PREFERRED_SIGNATURES if k in keys), keys[0] if keys else None)
 
 
+def utc_timestamp() -> str:
+    """Now in UTC to the second, as every liteship record writes it: ``2026-12-01T18:40:00Z``."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def host_facts() -> dict:
     cpu = platform.processor() or ""
     try:
@@ -186,7 +191,7 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
                                                     context=decode_context or context, contexts=contexts)
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["host"] = host_facts()
-    result["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    result["created"] = utc_timestamp()
     return result
 
 

@@ -19,7 +19,16 @@ MANIFEST_NAME = "manifest.json"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LITESHIP_CACHE", Path.home() / ".cache" / "liteship"))
+    """Where liteship keeps what it can make again (extracted bundles, weight caches, conversions, the local
+    target's workdir): $LITESHIP_CACHE, else ~/.cache/liteship. The one place that decides it."""
+    return Path(os.environ.get("LITESHIP_CACHE") or Path.home() / ".cache" / "liteship")
+
+
+def is_bundle(path: str | Path) -> bool:
+    """A path Bundle.open takes: a bundle folder, a lone .tflite or an archive of a bundle."""
+    path = Path(path)
+    return (path / MANIFEST_NAME).is_file() or (path.is_file() and path.suffix in (".tflite", ".zip", ".tar",
+                                                                                  ".gz", ".tgz"))
 
 
 def _safe_members(names: list[str], archive: Path) -> None:

@@ -42,7 +42,7 @@ from liteship.runtime.bundle import cache_root
 from liteship.runtime.interpreter import HostTensorBuffer, backend_version, native_stderr_captured
 from liteship.runtime.token_table import TokenTable
 
-MASK_EMPTY = np.float32(-1e9)
+MASK_EMPTY = np.float32(-1e9)  # additive mask of an empty cache slot; exp(-1e9 - max) == 0 in float32
 
 
 def _tensor_details(interp, subgraph: int) -> list[dict]:
