@@ -1,7 +1,7 @@
 """Honest accuracy of BiT bundles: train a tiny BiT on scikit-learn's digits, convert, and evaluate every variant.
 
-    /work/venv/bin/python benchmarks/accuracy_bit.py            # ~7 min on 2 busy cores
-    /work/venv/bin/python benchmarks/accuracy_bit.py --quick    # ~4 min, fewer epochs
+    .venv/bin/python benchmarks/accuracy_bit.py            # ~7 min on 2 busy cores
+    .venv/bin/python benchmarks/accuracy_bit.py --quick    # ~4 min, fewer epochs
 
 What runs, in one process, and why each step is the real user path:
 

@@ -1,9 +1,9 @@
 """BiT speed: TF Keras fp32 vs liteship fp32 / fp16 / dynamic-int8 / int8 .tflite on this machine.
 
-    /work/venv/bin/python benchmarks/bench_bit.py            # BiT-M R50x1 (21843 classes) at 224x224
-    /work/venv/bin/python benchmarks/bench_bit.py --quick    # 1000-class head at 160x160, fewer runs
-    /work/venv/bin/python benchmarks/bench_bit.py --quick --groupnorm channelmean,matmul,reshape,keras5d   # compare lowerings
-    /work/venv/bin/python benchmarks/bench_bit.py --interleave BUNDLE BUNDLE ...              # A/B existing bundles
+    .venv/bin/python benchmarks/bench_bit.py            # BiT-M R50x1 (21843 classes) at 224x224
+    .venv/bin/python benchmarks/bench_bit.py --quick    # 1000-class head at 160x160, fewer runs
+    .venv/bin/python benchmarks/bench_bit.py --quick --groupnorm channelmean,matmul,reshape,keras5d   # compare lowerings
+    .venv/bin/python benchmarks/bench_bit.py --interleave BUNDLE BUNDLE ...              # A/B existing bundles
 
 Weights are random (no downloads), saved in the original BiT npz naming and converted with the real converter
 (export_bit, what `liteship convert bit` runs). int8 is calibrated on scikit-image's sample photos.
@@ -13,7 +13,7 @@ are loaded in ONE process and invoked in turn, round after round, so that load f
 machine falls on all of them alike and the ratios hold even when absolute times do not. Peak RSS: each model alone
 in its own process (`python -m liteship.runtime.bench` for .tflite, what a board runs). Prints a Markdown table and
 writes benchmarks/results/bit_speed.md.
-Targets (issue 4): int8 p50 <= 0.35x TF Keras fp32 p50 in the same run; int8 file <= 0.27x fp32 file.
+Targets: int8 p50 <= 0.35x TF Keras fp32 p50 in the same run; int8 file <= 0.27x fp32 file.
 """
 
 from __future__ import annotations

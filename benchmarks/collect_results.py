@@ -15,7 +15,7 @@ ORDER = ["gpt2_speed", "gpt2_quality", "bit_speed", "bit_accuracy"]
 INTRO = """# liteship benchmark results
 
 Measured by the scripts in this folder; each section says the machine, the date and how it was run. Tests check
-correctness; the speed, size, memory and accuracy targets of the issues are checked here, as ratios measured side
+correctness; the speed, size, memory and accuracy targets are checked here, as ratios measured side
 by side in one run. Refresh a section by running its script, then `python benchmarks/collect_results.py`.
 """
 

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/prune_bit.py            # ~15 min on 2 busy cores
     .venv/bin/python benchmarks/prune_bit.py --quick    # a smoke run
 
-Rows (issue 13), all int8 (full-integer, calibrated on 300 training images), accuracy on the 450 held-out digits
+Rows, all int8 (full-integer, calibrated on 300 training images), accuracy on the 450 held-out digits
 through the runtime (`liteship eval bit`), p50 latency from `liteship bench` (liteship.runtime.bench, XNNPACK):
 - the trained model, and the same model fine-tuned as many steps as the pruned ones (the fair baseline: pruning
   rows get that fine-tuning too);

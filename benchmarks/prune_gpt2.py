@@ -5,7 +5,7 @@ perplexity, file and gzip size and decode speed side by side in one run.
     .venv/bin/python benchmarks/prune_gpt2.py             # ~15 min on 2 busy cores
     .venv/bin/python benchmarks/prune_gpt2.py --quick     # a smoke run
 
-Rows (issue 13): the trained model; the same fine-tuned as many steps as the pruned ones without pruning (the
+Rows: the trained model; the same fine-tuned as many steps as the pruned ones without pruning (the
 baseline the targets compare with); magnitude 50% of the block projections (targets: gzip <= 0.6x, perplexity
 within 3%); structured 50% of the MLP neurons (targets: decode p50 <= 0.7x and file <= 0.7x, perplexity within
 5%). Writes benchmarks/results/gpt2_prune.md.

@@ -1,9 +1,9 @@
 """GPT-2 quality, honestly: train a small GPT-2 on real English, hold part of it out, and compare the held-out
 perplexity of the PyTorch model with each liteship TFLite variant (fp32, fp16, dynamic-int8), in one run.
 
-    /work/venv/bin/python benchmarks/quality_gpt2.py              # 4 layers x 256, ~5 min of training
-    /work/venv/bin/python benchmarks/quality_gpt2.py --minutes 10
-    /work/venv/bin/python benchmarks/quality_gpt2.py --quick      # tiny model, seconds of training: smoke test
+    .venv/bin/python benchmarks/quality_gpt2.py              # 4 layers x 256, ~5 min of training
+    .venv/bin/python benchmarks/quality_gpt2.py --minutes 10
+    .venv/bin/python benchmarks/quality_gpt2.py --quick      # tiny model, seconds of training: smoke test
 
 Data: `pydoc_data.topics`, Python's own documentation (English prose and code), shipped with every Python. It is
 split BY DOCUMENT (a seeded shuffle of the topic names; documents go to the held-out set until it holds
@@ -14,7 +14,7 @@ Perplexity: the held-out documents are joined with <|endoftext|> and cut into no
 model's context; each window starts from an empty cache and every token after the first is predicted
 teacher-forced. PyTorch runs GPT2LMHeadModel; liteship runs the bundle's `prefill` signature through the runtime's
 KVCacheSession in chunks of --prefill-len, so the KV cache is exercised across chunks. All variants score the same
-tokens, with log-softmax in float64. Targets (issue 3): fp16 within 0.1% of fp32, dynamic-int8 within 2%.
+tokens, with log-softmax in float64. Targets: fp16 within 0.1% of fp32, dynamic-int8 within 2%.
 
 Writes the Markdown table to benchmarks/results/gpt2_quality.md (or --quick: gpt2_quality_quick.md).
 """
@@ -46,7 +46,7 @@ from liteship.runtime.bench import machine_summary  # noqa: E402
 from liteship.runtime.files import write_atomic, write_json_atomic  # noqa: E402
 
 QUANTS = ("fp32", "fp16", "dynamic-int8", "int4")
-# Allowed relative change of perplexity against liteship fp32 (issue 3); fp32 itself is held to PyTorch.
+# Allowed relative change of perplexity against liteship fp32 (the targets); fp32 itself is held to PyTorch.
 TARGETS = {"fp32": 0.001, "fp16": 0.001, "dynamic-int8": 0.02, "int4": 0.05}
 
 

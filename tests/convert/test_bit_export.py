@@ -294,7 +294,7 @@ def test_runtime_on_a_photo_equals_bits_own_eval_pipeline(bundles, npz, calibrat
 
 
 def test_pruning_can_wrap_the_whole_model():
-    """The pruning issue wraps the re-authored BiT with tfmot; GroupNorm must not block it (nor be pruned)."""
+    """Pruning wraps the re-authored BiT with tfmot; GroupNorm must not block it (nor be pruned)."""
     tfmot = pytest.importorskip("tensorflow_model_optimization")
     from liteship.convert.bit.model import build_model
 

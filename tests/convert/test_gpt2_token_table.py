@@ -1,4 +1,4 @@
-"""The token table the runtime reads must be the checkpoint's wte, whatever the weights (issue: a uniform final
+"""The token table the runtime reads must be the checkpoint's wte, whatever the weights (a bug found: a uniform final
 LayerNorm scale was folded by the converter into the tied LM head, so every input embedding arrived scaled)."""
 
 from __future__ import annotations

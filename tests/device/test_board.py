@@ -1,8 +1,8 @@
-"""liteship on a board over SSH, end to end, against the device in LITESHIP_TEST_DEVICE (issue 10, item 2).
+"""liteship on a board over SSH, end to end, against the device in LITESHIP_TEST_DEVICE.
 
 CI runs these against an emulated aarch64 board (.ci/board-tests): probe, push and bench over SSH with the report
 naming the board's ABI; GPT-2 greedy tokens and BiT top-5 computed on the board equal to this host's; and a
-runtime older than a model needs refused with one line before anything is pushed (item 3). Bundles are built here
+runtime older than a model needs refused with one line before anything is pushed. Bundles are built here
 (TensorFlow is on the host only), pushed, and run there from liteship's runtime zipapp.
 Timings on an emulated board are qemu's, not a device's: nothing here looks at one.
 """

@@ -345,7 +345,7 @@ def random_bit_npz(path, config, seed=0):
 
 
 def test_bit_bundle_from_the_bit_converter_matches_its_keras_model(tmp_path):
-    """B1's `export_bit` writes the manifest; the runtime reads it back and reproduces the tf_keras BiT."""
+    """`export_bit` writes the manifest; the runtime reads it back and reproduces the tf_keras BiT."""
     pytest.importorskip("tf_keras")
     from liteship.convert.bit.config import tiny
     from liteship.convert.bit.export import build_keras, export_bit, load_checkpoint

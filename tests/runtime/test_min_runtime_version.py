@@ -1,5 +1,5 @@
 """A model's required runtime version, read from the file, and the one-line refusal when the runtime is older
-(issue 10, item 3: tflite-runtime 2.14 cannot load bundles whose ops need 2.17). The board test
+(tflite-runtime 2.14 cannot load bundles whose ops need 2.17). The board test
 (tests/device/test_board.py) checks the same against a real tflite-runtime 2.14 on aarch64."""
 
 from __future__ import annotations
