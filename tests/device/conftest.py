@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from sshd import SSHServer, find_sshd  # noqa: E402
+from tests.device.sshd import SSHServer, find_sshd
 
 
 def _in_ci() -> bool:
@@ -141,7 +139,7 @@ def real_adbd(tmp_path):
 
     Without the binary (or without root) the tests skip with the reason - except in CI (CI=true), where .ci/run
     builds it with .ci/adbd-build and a skip would hide a broken setup."""
-    from real_adbd import RealAdbd, missing_requirements
+    from tests.device.real_adbd import RealAdbd, missing_requirements
 
     why = missing_requirements()
     if why:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from fake_benchmark_model import MKSH_FAKE
-from real_adbd import make_sysfs
+from tests.device.fake_benchmark_model import MKSH_FAKE
+from tests.device.real_adbd import make_sysfs
 from liteship.device.android import (
     AdbAddress,
     AndroidTarget,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from real_adbd import make_sysfs
+from tests.device.real_adbd import make_sysfs
 from liteship.device.run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
 
 SCRIPT = run_bench_script()

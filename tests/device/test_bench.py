@@ -16,7 +16,7 @@ from liteship.runtime.files import write_json_atomic
 from liteship.device.report import markdown_report
 from liteship.errors import DeviceError
 
-from fake_benchmark_model import python_fake
+from tests.device.fake_benchmark_model import python_fake
 
 def _settings(**kw) -> BenchSettings:
     return BenchSettings(**{"runs": 5, "warmup": 1, **kw})

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from board import GREEDY_TOKENS, SCORES, DeviceRuntime, assert_same_top5, device_spec, run_here
+from tests.device.board import GREEDY_TOKENS, SCORES, DeviceRuntime, assert_same_top5, device_spec, run_here
 from liteship.device.bench import BenchSettings, bench_targets
 from liteship.device.report import markdown_report
 
