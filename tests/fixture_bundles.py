@@ -56,7 +56,7 @@ def build_classifier(outdir: Path) -> None:
 
 
 def build_gpt2(outdir: Path) -> None:
-    from tests.conftest_gpt2 import build_gpt2 as build
+    from tests.gpt2_fixtures import build_gpt2 as build
 
     build(outdir)
 

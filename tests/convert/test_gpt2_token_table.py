@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from liteship.convert.gpt2.config import tiny
-from tests.conftest_gpt2 import liteship_run, make_checkpoint, torch_greedy, torch_logits
+from tests.gpt2_fixtures import liteship_run, make_checkpoint, torch_greedy, torch_logits
 
 pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")

@@ -233,7 +233,7 @@ def test_runtime_zipapp_holds_only_the_runtime_and_is_reproducible(tmp_path):
 
 @pytest.mark.slow
 def test_gpt2_bundle_reports_generation_speed_over_ssh(ssh_env, remote_python, tmp_path_factory, tmp_path):
-    from tests.conftest_gpt2 import gpt2_bundles
+    from tests.gpt2_fixtures import gpt2_bundles
 
     bundle = gpt2_bundles(tmp_path_factory) / "gpt2-fp32"
     settings = _settings(python=remote_python, workdir=str(tmp_path / "wd"), runs=3, threads=1)
@@ -337,7 +337,7 @@ def test_benchmark_model_is_told_which_signature_of_several(ssh_env, tmp_path):
 def test_benchmark_model_times_gpt2_prefill_and_decode_at_stated_contexts(tmp_path_factory, tmp_path):
     """A GPT-2 bundle under benchmark_model: one run for prefill and one per decode context, each with every input
     of its subgraph spelled out (the open cache dimension filled in, a valid position), turned into tok/s."""
-    from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
+    from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles
 
     bundle = gpt2_bundles(tmp_path_factory) / "gpt2-fp32"
     binary = tmp_path / "benchmark_model"
@@ -368,7 +368,7 @@ def test_benchmark_model_prefill_fills_the_open_cache_like_the_runtime(tmp_path_
     a first chunk's one masked slot, a mask of 1 + P columns and one row of logits, the last position."""
     from liteship.device.benchmark_model import gpt2_phases
     from liteship.runtime.bundle import Bundle
-    from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
+    from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles
 
     b = Bundle.open(gpt2_bundles(tmp_path_factory) / "gpt2-fp32")
     prefill = gpt2_phases(b.model_path, b.config, (16,))[0]

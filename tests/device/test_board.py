@@ -52,14 +52,14 @@ def test_probe_push_bench_over_ssh_report_names_the_boards_abi(device, tiny_bund
 
 @pytest.fixture(scope="module")
 def gpt2_root(tmp_path_factory):
-    from tests.conftest_gpt2 import gpt2_bundles
+    from tests.gpt2_fixtures import gpt2_bundles
 
     return gpt2_bundles(tmp_path_factory, quants=("fp32", "dynamic-int8"))
 
 
 @pytest.mark.parametrize("quant", ["fp32", "dynamic-int8"])
 def test_gpt2_greedy_tokens_on_the_board_equal_the_hosts(device, gpt2_root, quant):
-    from tests.conftest_gpt2 import REFERENCE_PROMPT
+    from tests.gpt2_fixtures import REFERENCE_PROMPT
 
     bundle = gpt2_root / f"gpt2-{quant}"
     prompt = ",".join(map(str, REFERENCE_PROMPT))

@@ -10,7 +10,7 @@ import pytest
 
 import liteship.runtime.bench as bench_module
 from liteship.runtime.bench import benchmark, decode_inputs, main
-from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
+from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles
 
 
 @pytest.fixture(scope="module")

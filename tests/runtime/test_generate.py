@@ -13,7 +13,7 @@ import pytest
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.generate import KVCacheSession, TextGenerator, choose_token
 from liteship.runtime.generation_bench import benchmark_generation
-from tests.conftest_gpt2 import gpt2_bundles
+from tests.gpt2_fixtures import gpt2_bundles
 
 
 @pytest.fixture(scope="module")
