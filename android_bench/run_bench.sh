@@ -10,14 +10,16 @@
 #   --result FILE        key=value lines written atomically (FILE.tmp.PID, then mv) when COMMAND has finished
 #   --output FILE        COMMAND's stdout and stderr (default: FILE.out next to the result)
 #   --workdir DIR        COMMAND runs in this folder (default: the current one)
-#   --cores big          pin to the CPUs faster than the slowest cluster (from cpufreq cpuinfo_max_freq; every CPU
-#                        on a homogeneous board); "fastest" pins to the CPUs with the highest max frequency only;
-#                        "all" (default) does not pin. Pinning uses taskset with a hex mask.
-#   --cool-below DEG_C   before running, wait until every thermal zone reads below DEG_C (default: no wait)
+#   --cores big          pin to the CPUs faster than the slowest cluster (by cpu_capacity, else cpufreq's
+#                        cpuinfo_max_freq; every CPU on a homogeneous board; see pick_cpus); "fastest" pins to the
+#                        top cluster only; "all" (default) does not pin. Pinning uses taskset with a hex mask.
+#                        Nothing to tell the cores apart, or no taskset: runs unpinned and says why (pin_note).
+#   --cool-below DEG_C   before running, wait until every thermal zone reads below DEG_C (default: no wait);
+#                        with no thermal zone to read it does not wait and says so (cool_note)
 #   --cool-max-wait S    give up waiting after S seconds (default 120) and run anyway (recorded)
 #   --sample-interval S  how often VmHWM is read from /proc/PID/status while COMMAND runs (default 0.1)
 #
-# LITESHIP_SYSFS (default /sys) is where cpufreq and thermal zones are read, for boards that mount sysfs
+# LITESHIP_SYSFS (default /sys) is where cpu_capacity, cpufreq and thermal zones are read, for boards that mount sysfs
 # elsewhere and for tests. Exit status: 0 when the result file was written (COMMAND's own status is in it),
 # 2 on bad arguments.
 
@@ -56,11 +58,6 @@ done
 case "$cores" in all|big|fastest) ;; *) die "--cores must be all, big or fastest, not $cores" ;; esac
 case "$cool_below" in ""|*[!0-9]*) [ -z "$cool_below" ] || die "--cool-below takes whole degrees C, not $cool_below" ;; esac
 case "$cool_max_wait" in ""|*[!0-9]*) die "--cool-max-wait takes whole seconds, not $cool_max_wait" ;; esac
-
-is_number() {
-    case "$1" in ""|*[!0-9-]*) return 1 ;; esac
-    return 0
-}
 
 # One line "zone:type:millidegrees;..." for every readable zone (some kernels report whole degrees: scaled).
 thermal_snapshot() {
@@ -102,38 +99,66 @@ freq_snapshot() {
     echo "$snap"
 }
 
-# CPUs to pin to, as "n n n", for the policy in $cores; empty when cpufreq says nothing.
+# --- begin pick_cpus: the one "big cores" rule (device/probe.py runs this same function in its probe) ---------
+is_number() {
+    case "$1" in ""|*[!0-9-]*) return 1 ;; esac
+    return 0
+}
+
+# pick_cpus big|fastest prints the CPUs of that policy as " n n n", or nothing when sysfs says nothing.
+# A CPU's speed is its cpu_capacity (arm64: the scheduler's capacity, 1024 for the biggest core, from the core
+# type and its top frequency) when those values tell the CPUs apart; else cpufreq's cpuinfo_max_freq (kernels
+# without capacity-dmips-mhz in the device tree report 1024 everywhere, and x86 has no cpu_capacity).
+# "big" is every CPU faster than the slowest tier (all of them when every CPU is alike): on a 4 little + 3 mid +
+# 1 prime phone the 3 mid and the prime. "fastest" is the top tier alone: the prime core.
 pick_cpus() {
-    slowest=""
-    fastest=""
-    for cpu in "$SYSFS"/devices/system/cpu/cpu[0-9]*; do
-        max=$(cat "$cpu/cpufreq/cpuinfo_max_freq" 2>/dev/null) || continue
-        is_number "$max" || continue
-        if [ -z "$slowest" ] || [ "$max" -lt "$slowest" ]; then slowest=$max; fi
-        if [ -z "$fastest" ] || [ "$max" -gt "$fastest" ]; then fastest=$max; fi
+    _pc_file=cpu_capacity
+    _pc_low=""
+    _pc_high=""
+    for _pc_cpu in "$SYSFS"/devices/system/cpu/cpu[0-9]*; do
+        _pc_v=$(cat "$_pc_cpu/cpu_capacity" 2>/dev/null) || continue
+        is_number "$_pc_v" || continue
+        if [ -z "$_pc_low" ] || [ "$_pc_v" -lt "$_pc_low" ]; then _pc_low=$_pc_v; fi
+        if [ -z "$_pc_high" ] || [ "$_pc_v" -gt "$_pc_high" ]; then _pc_high=$_pc_v; fi
     done
-    [ -n "$fastest" ] || return 0
-    picked=""
-    for cpu in "$SYSFS"/devices/system/cpu/cpu[0-9]*; do
-        max=$(cat "$cpu/cpufreq/cpuinfo_max_freq" 2>/dev/null) || continue
-        is_number "$max" || continue
-        n=${cpu##*/cpu}
-        if [ "$cores" = fastest ]; then
-            [ "$max" -eq "$fastest" ] && picked="$picked $n"
-        elif [ "$slowest" -eq "$fastest" ] || [ "$max" -gt "$slowest" ]; then
-            picked="$picked $n"
+    if [ -z "$_pc_low" ] || [ "$_pc_low" -eq "$_pc_high" ]; then
+        _pc_file=cpufreq/cpuinfo_max_freq
+        _pc_low=""
+        _pc_high=""
+        for _pc_cpu in "$SYSFS"/devices/system/cpu/cpu[0-9]*; do
+            _pc_v=$(cat "$_pc_cpu/$_pc_file" 2>/dev/null) || continue
+            is_number "$_pc_v" || continue
+            if [ -z "$_pc_low" ] || [ "$_pc_v" -lt "$_pc_low" ]; then _pc_low=$_pc_v; fi
+            if [ -z "$_pc_high" ] || [ "$_pc_v" -gt "$_pc_high" ]; then _pc_high=$_pc_v; fi
+        done
+    fi
+    [ -n "$_pc_high" ] || return 0
+    _pc_picked=""
+    for _pc_cpu in "$SYSFS"/devices/system/cpu/cpu[0-9]*; do
+        _pc_v=$(cat "$_pc_cpu/$_pc_file" 2>/dev/null) || continue
+        is_number "$_pc_v" || continue
+        _pc_n=${_pc_cpu##*/cpu}
+        if [ "$1" = fastest ]; then
+            [ "$_pc_v" -eq "$_pc_high" ] && _pc_picked="$_pc_picked $_pc_n"
+        elif [ "$_pc_low" -eq "$_pc_high" ] || [ "$_pc_v" -gt "$_pc_low" ]; then
+            _pc_picked="$_pc_picked $_pc_n"
         fi
     done
-    echo "$picked"
+    echo "$_pc_picked"
 }
+# --- end pick_cpus -------------------------------------------------------------------------------------------
 
 # --- cool down ----------------------------------------------------------------------------------------------
 waited=0
 timed_out=0
+cool_note=""
 if [ -n "$cool_below" ]; then
     while :; do
         hot=$(hottest_c)
-        [ -z "$hot" ] && break  # no thermal zones to read
+        if [ -z "$hot" ]; then
+            cool_note="no thermal zone to read in $SYSFS/class/thermal; did not wait"
+            break
+        fi
         [ "$hot" -lt "$cool_below" ] && break
         if [ "$waited" -ge "$cool_max_wait" ]; then
             timed_out=1
@@ -150,9 +175,9 @@ mask=""
 pinned=0
 pin_note=""
 if [ "$cores" != all ]; then
-    picked=$(pick_cpus)
+    picked=$(pick_cpus "$cores")
     if [ -z "$picked" ]; then
-        pin_note="no cpufreq information; not pinned"
+        pin_note="no cpu_capacity or cpufreq in $SYSFS/devices/system/cpu; not pinned"
     elif ! command -v taskset >/dev/null 2>&1; then
         pin_note="taskset not found; not pinned"
     else
@@ -219,6 +244,7 @@ tmp="$result.tmp.$$"
     printf 'cool_below_c=%s\n' "$cool_below"
     printf 'cooldown_waited_s=%s\n' "$waited"
     printf 'cooldown_timed_out=%s\n' "$timed_out"
+    printf 'cool_note=%s\n' "$cool_note"
     printf 'thermal_before=%s\n' "$thermal_before"
     printf 'thermal_after=%s\n' "$thermal_after"
     printf 'freq_before=%s\n' "$freq_before"

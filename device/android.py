@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import stat
 import struct
 import tempfile
@@ -152,31 +151,25 @@ def load_signer(path: Path):
 # --- a host adb server that may own the phone ---------------------------------------------------------------
 
 
-def host_adb_server_devices(host: str = "127.0.0.1", port: int | None = None, timeout: float = 0.5):
-    """Serials a running host ``adb`` server lists (its ``host:devices`` request), or None if no server runs."""
-    port = port or int(os.environ.get("ANDROID_ADB_SERVER_PORT", "5037"))
+def host_adb_server_devices(host: str | None = None, port: int | None = None, timeout: float = 0.5):
+    """Serials a running host ``adb`` server lists (its ``host:devices`` request), or None if no server runs.
+    The server is where the ``adb`` client looks (device/adb_server.py) unless ``host``/``port`` say otherwise."""
+    from .adb_server import DEFAULT_PORT, ServerAddress, ServerRefused, SmartSocket, server_address
+
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError:
+        if host is None and port is None:
+            address = server_address()
+        else:
+            address = ServerAddress(host or "127.0.0.1", port or DEFAULT_PORT)
+        conn = SmartSocket(address, timeout)
+    except (OSError, DeviceError):
         return None
-    try:
-        request = b"host:devices"
-        sock.sendall(b"%04x" % len(request) + request)
-        reply = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-            if len(reply) >= 8 and reply[:4] == b"OKAY" and len(reply) >= 8 + int(reply[4:8], 16):
-                break
-    except (OSError, ValueError):
-        return []
-    finally:
-        sock.close()
-    if reply[:4] != b"OKAY":
-        return []
-    body = reply[8 : 8 + int(reply[4:8], 16)].decode("utf-8", "replace")
+    with conn:
+        try:
+            conn.request("host:devices")
+            body = conn.read_string()
+        except (OSError, ServerRefused, ValueError):
+            return []
     return [line.split("\t")[0] for line in body.splitlines() if "\t" in line]
 
 
@@ -186,9 +179,10 @@ def _usb_owned_hint(serial: str | None) -> str:
         return ""
     listed = serial in owners if serial else bool(owners)
     what = f"lists {serial}" if listed and serial else "is running"
+    through = f"adb-server:{serial}" if serial else "adb-server"
     return (
-        f"; a host adb server {what} and holds the USB device: run `adb kill-server` first, or use the phone over "
-        "TCP (`adb tcpip 5555`, then adb:PHONE_IP:5555)"
+        f"; a host adb server {what} and holds the USB device: go through it ({through}), or run `adb kill-server` "
+        "first, or use the phone over TCP (`adb tcpip 5555`, then adb:PHONE_IP:5555)"
     )
 
 
@@ -216,6 +210,34 @@ def _tcp_transport(host: str, port: int):
             return sent
 
     return FullWriteTcpTransport(host, port)
+
+
+def write_failed(name: str, remote: str, reason: str) -> DeviceError:
+    """The error for a file-sync SEND the phone refused (its own reason, and what to do when /data is full)."""
+    hint = "; the device is full: free space on it" if "No space left" in reason else ""
+    return DeviceError(f"{name}: cannot write {remote}: {reason}{hint}")
+
+
+def decode_shell_v2(chunks, name: str, command: str) -> CommandResult:
+    """A shell protocol v2 stream (chunks of bytes, cut anywhere) -> stdout, stderr and the exit status."""
+    out, err, status, buffer = bytearray(), bytearray(), None, b""
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= V2_HEADER.size:
+            kind, length = V2_HEADER.unpack_from(buffer)
+            if len(buffer) < V2_HEADER.size + length:
+                break
+            body = buffer[V2_HEADER.size : V2_HEADER.size + length]
+            buffer = buffer[V2_HEADER.size + length :]
+            if kind == V2_STDOUT:
+                out += body
+            elif kind == V2_STDERR:
+                err += body
+            elif kind == V2_EXIT and body:
+                status = body[0]
+    if status is None:
+        raise DeviceError(f"{name}: `{_short(command)}` ended without an exit status (the shell died)")
+    return CommandResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
 
 def _exception_names(exc: BaseException) -> set[str]:
@@ -415,24 +437,7 @@ class AndroidTarget(ShellTarget):
         self._shell_v2 = True
         stream.read_timeout_s = limit
         stream.transport_timeout_s = limit  # a benchmark may print nothing for minutes
-        out, err, status, buffer = bytearray(), bytearray(), None, b""
-        for chunk in dev._read_until_close(stream):
-            buffer += chunk
-            while len(buffer) >= V2_HEADER.size:
-                kind, length = V2_HEADER.unpack_from(buffer)
-                if len(buffer) < V2_HEADER.size + length:
-                    break
-                body = buffer[V2_HEADER.size : V2_HEADER.size + length]
-                buffer = buffer[V2_HEADER.size + length :]
-                if kind == V2_STDOUT:
-                    out += body
-                elif kind == V2_STDERR:
-                    err += body
-                elif kind == V2_EXIT and body:
-                    status = body[0]
-        if status is None:
-            raise DeviceError(f"{self.name}: `{_short(command)}` ended without an exit status (the shell died)")
-        return CommandResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        return decode_shell_v2(dev._read_until_close(stream), self.name, command)
 
     def _execute_v1(self, command: str, what: str, marker: str, limit: float) -> CommandResult:
         errfile = f"{PHONE_TMP}/.liteship-stderr-{marker}"
@@ -441,20 +446,23 @@ class AndroidTarget(ShellTarget):
             f"( {command}\n) </dev/null 2>{errfile}; __rc=$?; "
             f"printf '\\n{marker}%d{marker}\\n' \"$__rc\"; cat {errfile} 2>/dev/null; rm -f {errfile}"
         )
-        out = self._call(
-            what,
-            limit,
-            lambda dev: dev.shell(
-                wrapped, transport_timeout_s=limit, read_timeout_s=limit, timeout_s=limit, decode=False
-            ),
-        )
-        text = out.decode("utf-8", "replace")
+        text = self._shell_v1(wrapped, what, limit).decode("utf-8", "replace")
         # "\r?" in case an adbd runs the command on a pty (which turns "\n" into "\r\n").
         found = list(re.finditer(rf"\r?\n{marker}(-?\d+){marker}\r?\n", text))
         if not found:
             raise DeviceError(f"{self.name}: {what} ended without an exit status (the shell died): {text[-200:]!r}")
         last = found[-1]
         return CommandResult(int(last.group(1)), text[: last.start()], text[last.end() :])
+
+    def _shell_v1(self, command: str, what: str, limit: float) -> bytes:
+        """All a ``shell:`` (v1) stream printed: stdout and stderr merged, no exit status."""
+        return self._call(
+            what,
+            limit,
+            lambda dev: dev.shell(
+                command, transport_timeout_s=limit, read_timeout_s=limit, timeout_s=limit, decode=False
+            ),
+        )
 
     # --- files --------------------------------------------------------------------------------------------
     def put(self, local: Path, remote: str, *, timeout: float | None = None) -> None:
@@ -489,8 +497,7 @@ class AndroidTarget(ShellTarget):
             except exceptions.PushFailedError as exc:
                 reason = exc.args[0] if exc.args else b""
                 reason = reason.decode("utf-8", "replace") if isinstance(reason, (bytes, bytearray)) else str(reason)
-                hint = "; the device is full: free space on it" if "No space left" in reason else ""
-                raise DeviceError(f"{self.name}: cannot write {remote}: {reason}{hint}") from None
+                raise write_failed(self.name, remote, reason) from None
 
         self._call(what, read_s, push)
 

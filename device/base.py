@@ -9,9 +9,14 @@ Kinds register with :func:`register_target` - the built-in ones below the same w
 may be given as ``"module.path:qualname"`` so that its module (and e.g. adb-shell) is imported only when a spec of
 that kind is opened.
 
-Factory contract: ``factory(spec: str, **options) -> Target`` where ``spec`` is the whole string the user typed
-(``"adb:127.0.0.1:5037"``) and ``options`` are keyword arguments passed through :func:`open_target` (a kind ignores
-or rejects options it does not know; e.g. ``ssh_options`` for ssh).
+Factory contract: ``factory(spec: str, **options) -> Target`` where ``spec`` is the string the user typed up to any
+``?`` (``"adb:127.0.0.1:5037"``) and ``options`` are keyword arguments passed through :func:`open_target` (a kind
+ignores or rejects options it does not know; e.g. ``ssh_options`` for ssh), plus the kind's own spec parameters.
+
+Spec parameters: a spec may end in ``?NAME=VALUE&NAME=VALUE`` (values %-encoded where needed). ``python`` is
+every kind's (the device's interpreter: ``ssh:board?python=/opt/venv/bin/python``, ``Target.python``); a kind
+names its own at registration (``adb-server:SERIAL?server=HOST:PORT``) and receives them as options. An unknown,
+repeated or empty one is an error naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import abc
 import importlib
 import shlex
+import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence, Union
@@ -67,6 +74,7 @@ class Target(abc.ABC):
 
     kind: ClassVar[str]
     name: str
+    python: str | None = None  # the device's Python interpreter from the spec (?python=...); None: the default
 
     def __init__(self, name: str):
         self.name = name
@@ -157,11 +165,15 @@ class ShellTarget(Target):
 Factory = Union[Callable[..., Target], str]
 
 
+COMMON_PARAMS = ("python",)  # spec parameters every kind takes (see the module docstring)
+
+
 @dataclass(frozen=True)
 class TargetKind:
     kind: str
     prefixes: tuple[str, ...]
     factory: Factory
+    params: tuple[str, ...] = ()  # the kind's own spec parameters, passed to the factory as options
 
     def matches(self, spec: str) -> bool:
         return any(spec == p or spec.startswith(p + ":") for p in self.prefixes)
@@ -179,33 +191,81 @@ class TargetKind:
 _REGISTRY: dict[str, TargetKind] = {}
 
 
-def register_target(kind: str, prefixes: Sequence[str], factory: Factory) -> None:
+def register_target(kind: str, prefixes: Sequence[str], factory: Factory, params: Sequence[str] = ()) -> None:
     """Make specs starting with one of ``prefixes`` (``"p"`` or ``"p:..."``) open with ``factory``.
 
     ``factory`` is a callable ``(spec, **options) -> Target`` or ``"module:qualname"`` naming one, imported on first
-    use. Registering a kind again replaces it (a third party may override a built-in).
+    use; ``params`` are the spec parameters (``?NAME=VALUE``) it takes besides ``python``. Registering a kind again
+    replaces it (a third party may override a built-in).
     """
     if isinstance(prefixes, str):
         prefixes = (prefixes,)
-    _REGISTRY[kind] = TargetKind(kind, tuple(prefixes), factory)
+    _REGISTRY[kind] = TargetKind(kind, tuple(prefixes), factory, tuple(params))
 
 
 def registered_kinds() -> dict[str, TargetKind]:
     return dict(_REGISTRY)
 
 
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"ssh:board?python=/opt/venv/bin/python"`` -> ``("ssh:board", {"python": "/opt/venv/bin/python"})``."""
+    base, sep, query = spec.strip().partition("?")
+    params: dict[str, str] = {}
+    if not sep:
+        return base, params
+    for item in query.split("&"):
+        key, eq, value = (urllib.parse.unquote(part) for part in item.partition("="))
+        if not eq or not key or not value.strip():
+            raise DeviceError(f"bad device {spec!r}: {item!r} is not NAME=VALUE")
+        if key in params:
+            raise DeviceError(f"bad device {spec!r}: {key} is given twice")
+        if any(c in value for c in "\0\n\r"):
+            raise DeviceError(f"bad device {spec!r}: {key} holds a control character")
+        params[key] = value
+    return base, params
+
+
+def base_spec(spec: str) -> str:
+    """The spec without its parameters: what budget tables and error messages name a device by."""
+    return spec.strip().partition("?")[0]
+
+
 def open_target(spec: str, **options: Any) -> Target:
     """Open the target a user named: ``local``; ``ssh:[user@]host[:port]`` or ``ssh:alias``; ``adb``
-    (``$ANDROID_SERIAL``), ``adb:SERIAL``, ``adb:HOST:PORT``."""
-    spec = spec.strip()
+    (``$ANDROID_SERIAL``), ``adb:SERIAL``, ``adb:HOST:PORT``; ``adb-server[:SERIAL]`` - each optionally with
+    ``?python=PATH`` and the kind's own parameters."""
+    base, params = split_spec(spec)
     for entry in _REGISTRY.values():
-        if entry.matches(spec):
-            return entry.resolve()(spec, **options)
-    examples = "local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL, adb:HOST:PORT"
+        if entry.matches(base):
+            known = COMMON_PARAMS + entry.params
+            unknown = [key for key in params if key not in known]
+            if unknown:
+                raise DeviceError(f"bad device {spec.strip()!r}: unknown parameter {unknown[0]!r} "
+                                  f"({entry.kind} devices take {', '.join(known)})")
+            python = params.pop("python", None)
+            if python is not None and python.startswith("-"):
+                raise DeviceError(f"bad device {spec.strip()!r}: python={python} is not an interpreter path")
+            target = entry.resolve()(base, **{**options, **params})
+            if python is not None:
+                target.python = python
+            return target
+    examples = "local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL, adb:HOST:PORT, adb-server[:SERIAL]"
     raise DeviceError(f"unknown device {spec!r}: expected one of {examples}")
+
+
+def device_python(target: Target, default: str | None = None) -> str:
+    """The interpreter to run on ``target``: its spec's ``?python=``, else ``default`` (the --python option),
+    else ``python3`` (this very interpreter for the local target)."""
+    if target.python:
+        return target.python
+    if default:
+        return default
+    return sys.executable if target.kind == "local" else "python3"
 
 
 # The built-in kinds, registered exactly as a third party would (lazily, so adb-shell is imported only for adb:).
 register_target("local", ("local",), "liteship.device.local:LocalTarget.from_spec")
 register_target("ssh", ("ssh",), "liteship.device.ssh:SSHTarget.from_spec")
 register_target("android", ("adb",), "liteship.device.android:AndroidTarget.from_spec")
+register_target("adb-server", ("adb-server",), "liteship.device.adb_server:AdbServerTarget.from_spec",
+                params=("server",))

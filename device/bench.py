@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import platform
 import secrets
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from liteship.runtime.bench import utc_timestamp
 from liteship.runtime.bundle import MODEL_NAME, cache_root
 from liteship.runtime.files import sha256_file
 
-from .base import Target, join, last_line, open_target, quote
+from .base import Target, device_python, join, last_line, open_target, quote
 from .benchmark_model import DELEGATE_FLAGS
 from .probe import probe
 from .push import load_local_bundle, push_bundle
@@ -53,7 +52,8 @@ class BenchSettings:
     cores: str = "all"                       # all | big | fastest (see android_bench/run_bench.sh)
     cool_below_c: int | None = None          # wait for every thermal zone to read below this before running
     benchmark_binary: str | None = None      # host path of benchmark_model for the device's ABI -> that runner
-    python: str | None = None                # the device's interpreter (default: python3; the host's for local)
+    python: str | None = None                # the devices' interpreter unless a spec sets ?python= (default:
+                                             # python3; the host's for local); see base.device_python
     signature: str | None = None
     backend: str = "auto"                    # python runner: which interpreter package (see runtime.interpreter)
     delegate: str | None = None              # python runner: passed on; benchmark_model: one of its --use_* flags
@@ -161,7 +161,7 @@ class _Run:
         s = self.settings
         local = target.kind == "local"
         workdir = (s.workdir or target.default_workdir()).rstrip("/")
-        python = s.python or (sys.executable if local else "python3")
+        python = device_python(target, s.python)
 
         self.say(f"{self.spec}: probing")
         self.entry["device"] = facts = probe(target, workdir=workdir, python=python)
@@ -209,10 +209,21 @@ class _Run:
             raise
         run = parse_run_bench_result(run_text)
         self.entry["run"] = {k: v for k, v in run.items() if k not in ("output", "schema")}
+        self._warn_about(run)
         if run["status"] != 0:
             detail = _error_line(output) or f"exit status {run['status']}"
             raise DeviceError(f"{self.spec}: the {s.runner} benchmark failed: {detail}")
         return run, json_text, output
+
+    def _warn_about(self, run: dict) -> None:
+        """--cores or --cool-below that had nothing to read on the device: one warning line each, once per device
+        (run_bench.sh ran anyway, unpinned or without waiting, and said why in its result)."""
+        warnings = self.entry.setdefault("warnings", [])
+        for option, note in (("--cores", run.get("pin_note")), ("--cool-below", run.get("cool_note"))):
+            line = f"{option}: {note}"
+            if note and line not in warnings:
+                warnings.append(line)
+                self.say(f"{self.spec}: warning: {line}")
 
     def _gpt2_phases(self) -> list:
         """benchmark_model phases for a GPT-2 bundle (prefill, decode at each context), unless the user chose a

@@ -72,8 +72,12 @@ class Budget:
 
     def limits_for(self, device: str, family: str | None = None) -> dict[str, float]:
         """The global limits with the device's own on top, in LIMITS order; with ``family``, only those that
-        apply to it."""
-        merged = {**self.limits, **self.devices.get(device, {})}
+        apply to it. ``device`` may carry spec parameters (``ssh:pi?python=...``): the table of ``ssh:pi``
+        applies unless one is written for the whole spec."""
+        from .base import base_spec
+
+        own = self.devices.get(device, self.devices.get(base_spec(device), {}))
+        merged = {**self.limits, **own}
         return {key: merged[key] for key in LIMITS if key in merged
                 and (family is None or LIMITS[key].applies_to(family))}
 

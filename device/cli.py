@@ -1,13 +1,14 @@
 """Device commands: `liteship device probe|push|kinds` and `liteship bench` (on this host or on devices).
 
 TARGET is ``local``, ``ssh:[user@]host[:port]``, ``ssh:ALIAS`` (from ~/.ssh/config), ``adb`` ($ANDROID_SERIAL),
-``adb:SERIAL`` or ``adb:HOST:PORT``. ``LITESHIP_SSH_CONFIG=FILE`` makes ssh use FILE instead of ~/.ssh/config.
+``adb:SERIAL``, ``adb:HOST:PORT`` or ``adb-server[:SERIAL]`` (through a running adb server), each optionally with
+``?python=PATH`` (that device's interpreter; see device/base.py). ``LITESHIP_SSH_CONFIG=FILE`` makes ssh use FILE
+instead of ~/.ssh/config.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -17,7 +18,9 @@ from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Num
 from liteship.errors import DeviceError
 from liteship.runtime.files import check_creatable
 
-TARGET_HELP = "local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL or adb:HOST:PORT"
+TARGET_HELP = ("local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL, adb:HOST:PORT or adb-server[:SERIAL]"
+               "[?server=HOST:PORT]; any of them ?python=PATH")
+PYTHON_HELP = "The devices' Python where a spec gives no ?python= (default python3; this one for local)."
 
 
 def _progress(message: str) -> None:
@@ -48,21 +51,21 @@ def target_options(adb_key, adb_auth_timeout, adb_timeout) -> dict:
 @click.argument("target", metavar="TARGET")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
 @click.option("--workdir", default=None, help="Working folder on the device (default: the target's own).")
-@click.option("--python", "python", default=None, help="The device's Python interpreter to check (default python3).")
+@click.option("--python", "python", default=None, help=PYTHON_HELP)
 @adb_options
 def probe(target: str, as_json: bool, workdir: str | None, python: str | None, adb_key, adb_auth_timeout,
           adb_timeout) -> None:
     """Say what a device is: model, SoC, ABI, cores, OS, free storage, Python/TFLite, thermal zones.
 
-    TARGET is local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL or adb:HOST:PORT.
+    TARGET is local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL, adb:HOST:PORT or adb-server[:SERIAL]
+    (a phone a running adb server holds; ?server=HOST:PORT for one on another host); any with ?python=PATH.
     """
-    from .base import open_target
+    from .base import device_python, open_target
     from .probe import format_probe
     from .probe import probe as run_probe
 
     with open_target(target, **target_options(adb_key, adb_auth_timeout, adb_timeout)) as device:
-        default_python = sys.executable if device.kind == "local" else "python3"
-        facts = run_probe(device, workdir=workdir, python=python or default_python)
+        facts = run_probe(device, workdir=workdir, python=device_python(device, python))
     click.echo(json.dumps(facts, indent=2) if as_json else format_probe(facts))
 
 
@@ -109,12 +112,13 @@ def kinds() -> None:
 @click.option("--runs", type=POSITIVE_INT, default=50, show_default=True, help="Timed runs.")
 @click.option("--warmup", type=NON_NEGATIVE_INT, default=5, show_default=True, help="Untimed warm-up runs.")
 @click.option("--cores", type=click.Choice(["all", "big", "fastest"]), default="all", show_default=True,
-              help="Pin to the big cores (faster than the slowest cluster) or the fastest cores only.")
+              help="Pin to the big cores (all but the slowest cluster, by cpu_capacity or max frequency) or to the "
+                   "fastest cluster only; the probe names both.")
 @click.option("--cool-below", type=Number(int, min=1, max=150), default=None, metavar="DEG_C",
               help="Wait until every thermal zone reads below DEG_C before running.")
 @click.option("--benchmark-binary", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The official benchmark_model binary for the device's ABI (pushed once, cached by hash).")
-@click.option("--python", "python", default=None, help="The device's Python (default python3; this one locally).")
+@click.option("--python", "python", default=None, help=PYTHON_HELP)
 @click.option("--signature", default=None, help="Signature to time (default: decode, else serving_default).")
 @click.option("--backend", default="auto", show_default=True,
               help="liteship runner: interpreter package: auto, litert, tflite-runtime or tf.")

@@ -9,7 +9,7 @@ import click
 from liteship.errors import LiteshipError
 from liteship.options import SEED, Threads
 
-from .cli import TARGET_HELP, _progress, adb_options, target_options
+from .cli import PYTHON_HELP, TARGET_HELP, _progress, adb_options, target_options
 
 
 class BudgetExceeded(LiteshipError):
@@ -46,7 +46,7 @@ def _quants(text: str) -> list[str]:
               help="Which cores the benchmark is pinned to.")
 @click.option("--cool-below", type=click.IntRange(min=1), default=None, metavar="DEG_C",
               help="Wait until every thermal zone reads below DEG_C before each benchmark.")
-@click.option("--python", "python", default=None, help="The devices' Python (default python3; this one locally).")
+@click.option("--python", "python", default=None, help=PYTHON_HELP)
 @click.option("--max-context", type=click.IntRange(min=2), default=None, help="GPT-2 sources: bundle context.")
 @click.option("--prefill-len", type=click.IntRange(min=1), default=None, help="GPT-2 sources: prefill chunk.")
 @click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,

@@ -3,7 +3,9 @@
 The script sticks to what toybox (Android), busybox (small boards) and coreutils all have: ``cat``, ``head``, ``tr``,
 ``df -Pk``, ``uname``, ``getprop`` where it exists. Every probe is optional: a missing file prints nothing and the
 field is ``None``. Like android_bench/run_bench.sh, it reads cpufreq and thermal zones under ``$LITESHIP_SYSFS``
-(default ``/sys``), so both see the same tree on a board that mounts sysfs elsewhere, and in tests.
+(default ``/sys``), so both see the same tree on a board that mounts sysfs elsewhere, and in tests. Which cores
+are "big" (and "fastest") is decided by run_bench.sh's own ``pick_cpus`` function, sent inside the probe script, so
+the probe reports exactly the CPUs ``--cores big`` pins to.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import Target, quote
+from .base import Target, device_python, quote
 
 # Python facts, printed as key=value by the device's interpreter (any Python 3).
 _PY_PROBE = r"""
@@ -35,6 +37,7 @@ for mod, dist in (("numpy", "numpy"), ("ai_edge_litert", "ai-edge-litert"), ("tf
 
 _SCRIPT = r"""
 LS_SYSFS=${LITESHIP_SYSFS:-/sys}
+SYSFS=$LS_SYSFS
 kv() { printf '%s=%s\n' "$1" "$2"; }
 one() { [ -r "$1" ] && tr -d '\000' < "$1" 2>/dev/null | head -n 1; }
 kv uname.s "$(uname -s 2>/dev/null)"
@@ -63,7 +66,10 @@ for c in "$LS_SYSFS"/devices/system/cpu/cpu[0-9]*; do
   kv "cpu.$n.max_khz" "$(cat "$c/cpufreq/cpuinfo_max_freq" 2>/dev/null)"
   kv "cpu.$n.cur_khz" "$(cat "$c/cpufreq/scaling_cur_freq" 2>/dev/null)"
   kv "cpu.$n.governor" "$(cat "$c/cpufreq/scaling_governor" 2>/dev/null)"
+  kv "cpu.$n.capacity" "$(cat "$c/cpu_capacity" 2>/dev/null)"
 done
+kv cpu.big "$(pick_cpus big)"
+kv cpu.fastest "$(pick_cpus fastest)"
 kv mem.total_kb "$(grep -m 1 '^MemTotal:' /proc/meminfo 2>/dev/null | tr -s ' ' | cut -d' ' -f2)"
 kv mem.available_kb "$(grep -m 1 '^MemAvailable:' /proc/meminfo 2>/dev/null | tr -s ' ' | cut -d' ' -f2)"
 mkdir -p "$LS_WORKDIR" 2>/dev/null
@@ -85,9 +91,19 @@ exit 0
 """
 
 
+def _pick_cpus_function() -> str:
+    """run_bench.sh's ``pick_cpus`` (and the ``is_number`` it calls), cut out between its begin/end markers."""
+    from .run_bench import run_bench_script
+
+    text = run_bench_script().read_text()
+    start = text.index("# --- begin pick_cpus")
+    return text[start : text.index("# --- end pick_cpus", start)]
+
+
 def probe_script(workdir: str, python: str = "python3") -> str:
     return (
-        f"LS_WORKDIR={quote(workdir)}\nLS_PYTHON={quote(python)}\nLS_PY_PROBE={quote(_PY_PROBE)}\n" + _SCRIPT
+        f"LS_WORKDIR={quote(workdir)}\nLS_PYTHON={quote(python)}\nLS_PY_PROBE={quote(_PY_PROBE)}\n"
+        + _pick_cpus_function() + _SCRIPT
     )
 
 
@@ -136,8 +152,9 @@ def summarize(raw: dict[str, str], *, target: str, kind: str, workdir: str) -> d
 
     cores = sorted({int(k.split(".")[1]) for k in raw if re.match(r"^cpu\.\d+\.", k)})
     max_khz = [_int(raw.get(f"cpu.{i}.max_khz")) for i in cores]
-    known = [f for f in max_khz if f]
-    big = [i for i, f in zip(cores, max_khz) if known and f == max(known)] if known else list(cores)
+    # run_bench.sh's pick_cpus decided these on the device; empty when sysfs cannot tell the cores apart.
+    big = sorted(int(n) for n in (raw.get("cpu.big") or "").split())
+    fastest = sorted(int(n) for n in (raw.get("cpu.fastest") or "").split())
 
     df = raw.get("df", "").split()
     free = total = None
@@ -173,7 +190,9 @@ def summarize(raw: dict[str, str], *, target: str, kind: str, workdir: str) -> d
             "online": get("cpu.online"),
             "model": get("cpuinfo.model") or get("cpuinfo.hardware"),
             "max_khz": max_khz,
+            "capacity": [_int(raw.get(f"cpu.{i}.capacity")) for i in cores],
             "big_cores": big,
+            "fastest_cores": fastest,
             "governors": sorted({raw[f"cpu.{i}.governor"] for i in cores if raw.get(f"cpu.{i}.governor")}),
         },
         "memory": {"total_bytes": (_int(get("mem.total_kb")) or 0) * 1024 or None,
@@ -186,11 +205,42 @@ def summarize(raw: dict[str, str], *, target: str, kind: str, workdir: str) -> d
     }
 
 
-def probe(target: Target, *, workdir: str | None = None, python: str = "python3", timeout: float = 60) -> dict:
-    """Probe ``target`` in one round trip and return the summary dict (see :func:`summarize`)."""
+def probe(target: Target, *, workdir: str | None = None, python: str | None = None, timeout: float = 60) -> dict:
+    """Probe ``target`` in one round trip and return the summary dict (see :func:`summarize`). The Python checked
+    is the spec's ``?python=``, else ``python``, else python3 (see base.device_python)."""
     workdir = workdir or target.default_workdir()
-    out = target.shell(probe_script(workdir, python), timeout=timeout)
+    out = target.shell(probe_script(workdir, device_python(target, python)), timeout=timeout)
     return summarize(parse_probe_output(out.stdout), target=target.name, kind=target.kind, workdir=workdir)
+
+
+def _core_tiers(cpu: dict) -> str:
+    """", big cores 4-7, fastest 7" when the cores differ (what --cores big / fastest pin to); else nothing."""
+    big, fastest = cpu.get("big_cores") or [], cpu.get("fastest_cores") or []
+    if not big:
+        return ", no cpu_capacity or cpufreq to tell cores apart (--cores big/fastest will not pin)"
+    if len(big) == (cpu["cores"] or 0):
+        return ""
+    text = f", big cores {_cpu_list(big)}"
+    return text + (f", fastest {_cpu_list(fastest)}" if fastest and fastest != big else "")
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    """[4, 5, 6, 8] -> "4-6,8", the way the kernel writes CPU lists."""
+    runs: list[list[int]] = []
+    for n in cpus:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
+
+
+def _ram(memory: dict) -> str:
+    total, available = memory.get("total_bytes"), memory.get("available_bytes")
+    if total is None:
+        return "unknown"
+    text = f"{total / 2**30:.1f} GiB total"
+    return text + (f", {available / 2**30:.1f} GiB available" if available is not None else "")
 
 
 def format_probe(facts: dict) -> str:
@@ -206,7 +256,8 @@ def format_probe(facts: dict) -> str:
         ("ABI", facts["abi"] or "unknown"),
         ("OS", facts["os"] or "unknown"),
         ("CPU", f"{cpu['cores'] or '?'} cores" + (f", max {'/'.join(map(str, mhz))} MHz" if mhz else "")
-                + (f", big cores {','.join(map(str, cpu['big_cores']))}" if mhz and len(mhz) > 1 else "")),
+                + _core_tiers(cpu)),
+        ("RAM", _ram(facts["memory"])),
         ("free storage", f"{storage['free_bytes'] / 1e9:.2f} GB in {storage['path']}"
                          if storage["free_bytes"] is not None else f"unknown ({storage['path']})"),
         ("Python", f"{py['version']} ({py['path']}), numpy {py['numpy'] or 'missing'}" if py else "not found"),

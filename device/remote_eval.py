@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import io
 import json
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Callable
 
 from liteship.errors import DeviceError
 
-from .base import Target, last_line, open_target, quote
+from .base import Target, device_python, last_line, open_target, quote
 from .bench import _host_cache
 from .push import push_bundle
 from .runtime_pack import CachedFile, ensure_files_on_device, runtime_file
@@ -73,7 +72,7 @@ def eval_on_device(spec: str, kind: str, bundle: str | Path, data: str | Path, *
         raise DeviceError(f"--reference {reference}: on a device the reference must be a bundle (a checkpoint needs "
                           "TensorFlow, which devices do not have)")
     with open_target(spec, **(target_options or {})) as target, tempfile.TemporaryDirectory() as stage:
-        python = python or (sys.executable if target.kind == "local" else "python3")
+        python = device_python(target, python)
         workdir = (workdir or target.default_workdir()).rstrip("/")
         say(f"{spec}: pushing {Path(bundle).name}")
         remote_bundle = push_bundle(target, bundle, workdir=workdir, progress=say).remote_path

@@ -94,9 +94,9 @@ def markdown_report(document: dict) -> str:
                          f"{g.get('prefill_tokens')} tokens, decode {_f(g.get('decode_tok_s'), 1)} tok/s over "
                          f"{g.get('decode_tokens')} tokens ending at a {g.get('context')}-token context"
                          + (f"; KV cache: {g['kv_cache']}" if g.get("kv_cache") else ""))
-        notes = [(e["target"], e["run"]["pin_note"]) for e in ok if (e.get("run") or {}).get("pin_note")]
+        notes = [(e["target"], w) for e in ok for w in e.get("warnings") or ()]
         for target, note in notes:
-            lines.append(f"- {target}: {note}")
+            lines.append(f"- {target}: warning: {note}")
         profiled = [e for e in ok if e["bench"].get("top_ops")]
         for entry in profiled:  # benchmark_model --enable_op_profiling: where the time of one run goes, by op type
             ops = ", ".join(f"{o['op']} {_f(o['avg_ms'], 3)} ms ({_f(o['percent'], 1)}%)"

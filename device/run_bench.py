@@ -90,6 +90,7 @@ def parse_run_bench_result(text: str) -> dict[str, Any]:
         "cool_below_c": _int_or_none(raw.get("cool_below_c", "")),
         "cooldown_waited_s": _int_or_none(raw.get("cooldown_waited_s", "")),
         "cooldown_timed_out": raw.get("cooldown_timed_out") == "1",
+        "cool_note": raw.get("cool_note") or None,
         "thermal_before": zones(raw.get("thermal_before", "")),
         "thermal_after": zones(raw.get("thermal_after", "")),
         "freq_before": freqs(raw.get("freq_before", "")),

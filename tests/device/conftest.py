@@ -156,3 +156,29 @@ def real_adbd(tmp_path):
     yield make
     for phone in started:
         phone.stop()
+
+
+# --- the SDK's adb server holding a phone (tests/device/host_adb.py) ------------------------------------------
+
+
+@pytest.fixture
+def host_adb_server(tmp_path, tmp_path_factory):
+    """host_adb_server(key) -> a started HostAdbServer (Debian's real adb) using ``key`` as its own, stopped after
+    the test. Skips without adb - except in CI, where .ci/run installs it."""
+    from tests.device.host_adb import HostAdbServer, missing_requirements
+
+    why = missing_requirements()
+    if why:
+        if _in_ci():
+            pytest.fail(f"CI=true but {why}")
+        pytest.skip(why)
+    started = []
+
+    def make(key: Path) -> HostAdbServer:
+        server = HostAdbServer(tmp_path / f"adb-server-{len(started)}", key).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

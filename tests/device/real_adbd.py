@@ -384,15 +384,20 @@ def _netns(pid: int) -> str | None:
         return None
 
 
-def make_sysfs(root: Path, cpu_max_khz: dict[int, int], zone_temps: dict[str, int]) -> Path:
-    """A sysfs tree with just what run_bench.sh and a probe read: cpufreq per CPU (cur = max / 2) and thermal
-    zones (``{"cpu-big": 52000}``, millidegrees). Mount it as a phone's /sys
-    (``RealAdbd(sysfs=...)``) or point LITESHIP_SYSFS at it."""
+def make_sysfs(root: Path, cpu_max_khz: dict[int, int], zone_temps: dict[str, int],
+               capacity: dict[int, int] | None = None) -> Path:
+    """A sysfs tree with just what run_bench.sh and a probe read: cpufreq per CPU (cur = max / 2), optionally the
+    scheduler's ``cpu_capacity`` per CPU (arm64), and thermal zones (``{"cpu-big": 52000}``, millidegrees). Mount
+    it as a phone's /sys (``RealAdbd(sysfs=...)``) or point LITESHIP_SYSFS at it."""
     for cpu, khz in cpu_max_khz.items():
         freq = root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "cpufreq"
         freq.mkdir(parents=True, exist_ok=True)
         (freq / "cpuinfo_max_freq").write_text(f"{khz}\n")
         (freq / "scaling_cur_freq").write_text(f"{khz // 2}\n")
+    for cpu, value in (capacity or {}).items():
+        folder = root / "devices" / "system" / "cpu" / f"cpu{cpu}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cpu_capacity").write_text(f"{value}\n")
     for i, (kind, temp) in enumerate(zone_temps.items()):
         zone = root / "class" / "thermal" / f"thermal_zone{i}"
         zone.mkdir(parents=True, exist_ok=True)

@@ -322,6 +322,15 @@ def test_probe_reports_the_phone_not_the_host(tmp_path, adb_key, real_adbd):
     phone = real_adbd(sysfs=sysfs, meminfo=MEMINFO, props=PROPS, data_size="24m", keys=[public(adb_key)])
     with connect(phone, adb_key) as target:
         facts = probe(target)
+        # run_bench.sh under the phone's mksh pins to the cores the probe called big (CPUs 4-7 may not exist on
+        # this machine, so taskset may fail: the pick is what is compared).
+        target.run(["mkdir", "-p", WORKDIR])
+        target.put(run_bench_script(), f"{WORKDIR}/run_bench.sh")
+        target.run(run_bench_argv(f"{WORKDIR}/run_bench.sh", f"{WORKDIR}/r.txt", ["true"], cores="big"))
+        picked = parse_run_bench_result(target.run(["cat", f"{WORKDIR}/r.txt"]).stdout)["cpus"]
+    assert facts["cpu"]["big_cores"] == sorted(picked) == [4, 5, 6, 7] and facts["cpu"]["fastest_cores"] == [7]
+    assert "big cores 4-7, fastest 7" in format_probe(facts)
+    assert "7.5 GiB total, 3.0 GiB available" in format_probe(facts)  # the phone's /proc/meminfo
     assert facts["model"] == "Google Pixel 7" and facts["soc"] == "gs201" and facts["abi"] == "arm64-v8a"
     assert facts["os"] == "Android 14 (SDK 34)"
     assert facts["cpu"]["cores"] == 8 and facts["cpu"]["max_khz"] == list(clusters.values())

@@ -79,11 +79,65 @@ def test_cool_down_gives_up_after_the_max_wait(shell, tmp_path):
 
 
 def test_without_cpufreq_it_runs_unpinned_and_says_why(shell, tmp_path):
-    proc, result = run(shell, tmp_path, ["echo", "a b", "$HOME"], cores="big")
+    proc, result = run(shell, tmp_path, ["echo", "a b", "$HOME"], cores="big", cool_below_c=40)
     r = parse_run_bench_result(result.read_text())
     assert r["status"] == 0 and not r["pinned"] and r["cpus"] is None
-    assert r["pin_note"] == "no cpufreq information; not pinned"
+    assert r["pin_note"] == f"no cpu_capacity or cpufreq in {tmp_path}/no-sysfs/devices/system/cpu; not pinned"
+    # Regression: --cool-below with no thermal zone to read ran at once and said nothing.
+    assert r["cool_note"] == f"no thermal zone to read in {tmp_path}/no-sysfs/class/thermal; did not wait"
+    assert r["cooldown_waited_s"] == 0
     assert Path(r["output"]).read_text() == "a b $HOME\n"  # arguments pass through unexpanded
+
+
+def test_a_readable_zone_leaves_no_cool_note(shell, tmp_path):
+    sysfs = make_sysfs(tmp_path / "sys", {}, {"skin": 30000})
+    proc, result = run(shell, tmp_path, ["true"], sysfs=sysfs, cool_below_c=40)
+    assert parse_run_bench_result(result.read_text())["cool_note"] is None
+
+
+# One "big cores" rule (run_bench.sh's pick_cpus), which the probe runs too. Layouts: (cpufreq max kHz per CPU,
+# cpu_capacity per CPU or None, the big cores, the fastest cores).
+LAYOUTS = {
+    # a Raspberry Pi 4: one cluster, every core is big and fastest
+    "1-cluster": ({0: 1_800_000, 1: 1_800_000, 2: 1_800_000, 3: 1_800_000}, None, [0, 1, 2, 3], [0, 1, 2, 3]),
+    # big.LITTLE 4+4 (e.g. Exynos 5422): the fast cluster
+    "2-cluster": ({0: 1_400_000, 1: 1_400_000, 2: 1_400_000, 3: 1_400_000,
+                   4: 2_000_000, 5: 2_000_000, 6: 2_000_000, 7: 2_000_000}, None, [4, 5, 6, 7], [4, 5, 6, 7]),
+    # a Pixel 8's Tensor G3, 4 little + 4 mid + 1 prime: big is everything but the little cores
+    "3-cluster": ({0: 1_704_000, 1: 1_704_000, 2: 1_704_000, 3: 1_704_000, 4: 2_367_000, 5: 2_367_000,
+                   6: 2_367_000, 7: 2_367_000, 8: 2_914_000}, None, [4, 5, 6, 7, 8], [8]),
+    # 6 little A55 + 2 big A75 at the same 2.0 GHz (Helio-style): only cpu_capacity tells them apart
+    "capacity": ({n: 2_000_000 for n in range(8)}, {n: 377 if n < 6 else 1024 for n in range(8)}, [6, 7], [6, 7]),
+    # a device tree without capacity-dmips-mhz: the kernel says 1024 everywhere, so cpufreq decides
+    "flat-capacity": ({0: 1_800_000, 1: 1_800_000, 2: 2_400_000, 3: 2_400_000}, {n: 1024 for n in range(4)},
+                      [2, 3], [2, 3]),
+    # 4 + 3 + 1 with capacities (Snapdragon 888-style): cpu_capacity orders the tiers
+    "3-cluster-capacity": ({n: 1_800_000 if n < 4 else 2_420_000 if n < 7 else 2_840_000 for n in range(8)},
+                           {n: 250 if n < 4 else 740 if n < 7 else 1024 for n in range(8)}, [4, 5, 6, 7], [7]),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_probe_and_run_bench_pick_the_same_cores(shell, tmp_path, layout):
+    """Regression: the probe called only the top-frequency cluster "big" while --cores big pinned to everything
+    but the slowest one, so on a three-cluster phone they named different cores."""
+    from liteship.device.probe import format_probe, parse_probe_output, probe_script, summarize
+
+    max_khz, capacity, big, fastest = LAYOUTS[layout]
+    sysfs = make_sysfs(tmp_path / "sys", max_khz, {"skin": 30000}, capacity=capacity)
+    env = dict(os.environ, LITESHIP_SYSFS=str(sysfs))
+    out = subprocess.run(shell + ["-c", probe_script(str(tmp_path / "wd"), "no-python")], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    facts = summarize(parse_probe_output(out), target="t", kind="ssh", workdir=str(tmp_path / "wd"))
+    assert facts["cpu"]["big_cores"] == big and facts["cpu"]["fastest_cores"] == fastest
+    assert facts["cpu"]["capacity"] == [capacity[n] if capacity else None for n in sorted(max_khz)]
+    for policy, expected in (("big", big), ("fastest", fastest)):
+        # The CPU ids may not exist on this machine, so taskset may fail: the pick is what is compared.
+        proc, result = run(shell, tmp_path, ["true"], sysfs=sysfs, cores=policy)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(parse_run_bench_result(result.read_text())["cpus"]) == expected
+    cpu_line = next(line for line in format_probe(facts).splitlines() if line.startswith("CPU"))
+    assert ("big cores" in cpu_line) == (len(big) < len(max_khz))
 
 
 @pytest.mark.parametrize("args, message", [

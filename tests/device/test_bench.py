@@ -77,6 +77,55 @@ def test_missing_python_on_the_device_is_the_entry_error(ssh_env, tiny_bundle, t
     assert entry["device"]["abi"]  # the probe still came back
 
 
+def test_python_per_device_wins_over_the_global_option(ssh_env, tiny_bundle, remote_python, tmp_path):
+    """Regression: one --python applied to every --device (local included), so devices with their Python in
+    different places could not share a run. ``?python=`` names one device's; --python stays the default."""
+    from urllib.parse import quote as pct
+
+    settings = _settings(python="no-such-python3", workdir=str(tmp_path / "wd"))
+    spec = f"ssh:board?python={pct(remote_python)}"
+    doc = bench_targets(tiny_bundle, [spec, "ssh:board"], settings)
+    own, default = doc["results"]
+    assert own["ok"], own["error"]
+    assert own["target"] == spec and own["device"]["python"]["path"] == remote_python
+    assert own["bench"]["runs"] == 5
+    assert not default["ok"] and "no no-such-python3 on the device" in default["error"]
+
+
+def test_probe_cli_takes_the_python_from_the_spec(ssh_env, remote_python, tmp_path):
+    from click.testing import CliRunner
+
+    from liteship.device.cli import probe
+
+    result = CliRunner().invoke(probe, [f"ssh:board?python={remote_python}", "--json", "--workdir", str(tmp_path),
+                                        "--python", "no-such-python3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["python"]["path"] == remote_python
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("ssh:board?python=", "'python=' is not NAME=VALUE"),
+    ("ssh:board?python=-c", "python=-c is not an interpreter path"),
+    ("ssh:board?pyhton=/usr/bin/python3", "unknown parameter 'pyhton' (ssh devices take python)"),
+    ("local?python=/a&python=/b", "python is given twice"),
+])
+def test_bad_python_parameters_are_one_line_errors(spec, message, capsys):
+    from liteship.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["device", "probe", spec])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: bad device {spec!r}: {message}"]
+
+
+def test_local_python_from_the_spec_must_exist(tiny_bundle, tmp_path):
+    settings = _settings(workdir=str(tmp_path / "wd"))
+    [entry] = bench_targets(tiny_bundle, [f"local?python={tmp_path}/nope/python3"], settings)["results"]
+    assert not entry["ok"] and f"no {tmp_path}/nope/python3 on the device" in entry["error"]
+    [entry] = bench_targets(tiny_bundle, [f"local?python={sys.executable}"], settings)["results"]
+    assert entry["ok"], entry["error"]
+
+
 def test_benchmark_model_runner_pushes_once_and_parses(ssh_env, tiny_bundle, tmp_path):
     binary = tmp_path / "benchmark_model"
     binary.write_text(python_fake(sys.executable))
@@ -181,6 +230,28 @@ def test_bench_cli_writes_json_and_report(tiny_bundle, tmp_path, monkeypatch):
     assert doc["results"][0]["bench"]["runs"] == 3
     assert report.read_text().startswith("# liteship device benchmark: tiny-classifier")
     assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.md"]
+
+
+def test_cores_and_cool_below_with_nothing_to_read_say_so(tiny_bundle, tmp_path, monkeypatch):
+    """Regression: --cores big and --cool-below on a device without cpufreq or thermal zones ran unpinned and at
+    once without a word; now each is one warning line while it runs, in the JSON and in the report."""
+    from click.testing import CliRunner
+
+    from liteship.device.cli import bench
+
+    monkeypatch.setenv("LITESHIP_LOCAL_WORKDIR", str(tmp_path / "wd"))
+    monkeypatch.setenv("LITESHIP_SYSFS", str(tmp_path / "empty-sys"))  # a device whose sysfs has neither
+    out, report = tmp_path / "bench.json", tmp_path / "bench.md"
+    result = CliRunner().invoke(bench, [str(tiny_bundle), "--runs", "2", "--warmup", "0", "--cores", "big",
+                                        "--cool-below", "45", "--json", str(out), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(out.read_text())["results"]
+    sysfs = tmp_path / "empty-sys"
+    assert entry["warnings"] == [f"--cores: no cpu_capacity or cpufreq in {sysfs}/devices/system/cpu; not pinned",
+                                 f"--cool-below: no thermal zone to read in {sysfs}/class/thermal; did not wait"]
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warned == [f"local: warning: {w}" for w in entry["warnings"]]
+    assert f"- local: warning: {entry['warnings'][1]}" in report.read_text()
 
 
 def test_bench_cli_exits_1_when_a_device_fails_but_writes_results(tiny_bundle, tmp_path, monkeypatch):

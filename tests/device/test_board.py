@@ -50,6 +50,29 @@ def test_probe_push_bench_over_ssh_report_names_the_boards_abi(device, tiny_bund
     assert uname in markdown_report(doc)
 
 
+def test_each_spec_names_its_own_python_on_the_board(device, tiny_bundle):
+    """?python= per device: the board's two interpreters (ai-edge-litert's, tflite-runtime's) in one session, while
+    --python names neither."""
+    from liteship.device.base import open_target
+    from liteship.device.probe import probe
+
+    old = os.environ.get("LITESHIP_TEST_DEVICE_OLD_PYTHON")
+    if not old:
+        pytest.skip("set LITESHIP_TEST_DEVICE_OLD_PYTHON to a second interpreter on the board")
+    facts = []
+    for python in (device.python, old):
+        with open_target(f"{device_spec()}?python={python}") as target:
+            facts.append(probe(target, workdir=f"{device.workdir}/probe", python="no-such-python3"))
+    assert facts[1]["python"]["path"] == old and facts[0]["python"]["path"] != old
+    assert facts[1]["tflite_runtime"].startswith("tflite-runtime ") and facts[0]["tflite_runtime"] != facts[1][
+        "tflite_runtime"]
+    spec = f"{device_spec()}?python={device.python}"
+    [entry] = bench_targets(tiny_bundle, [spec], _settings(python="no-such-python3",
+                                                           workdir=f"{device.workdir}/bench-python"))["results"]
+    assert entry["ok"], entry["error"]
+    assert entry["target"] == spec and entry["bench"]["host"]["machine"] == entry["device"]["abi"]
+
+
 @pytest.fixture(scope="module")
 def gpt2_root(tmp_path_factory):
     from tests.gpt2_fixtures import gpt2_bundles

@@ -32,6 +32,8 @@ def test_budget_global_and_per_device_limits(tmp_path):
     assert budget.limits_for("local") == {"max_file_size_mb": 2.5, "max_p90_ms": 5.0, "min_agreement_pct": 95.0}
     assert budget.limits_for("adb:PHONE") == {"max_file_size_mb": 2.5, "max_p90_ms": 40.0,
                                               "min_decode_tok_s": 10.0, "min_agreement_pct": 95.0}
+    # a device named with spec parameters keeps its table
+    assert budget.limits_for("adb:PHONE?python=/x/python3") == budget.limits_for("adb:PHONE")
 
 
 def test_model_specific_limits_apply_to_their_models_only(tmp_path):

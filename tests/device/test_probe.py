@@ -41,6 +41,9 @@ def test_probe_over_ssh_reports_this_machine(board, remote_python):
     assert facts["tools"]["sha256sum"]
     text = format_probe(facts)
     assert "ssh:board" in text and platform.python_version() in text
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total_gib = int(meminfo["MemTotal"].split()[0]) / 2**20
+    assert f"\nRAM " in text and f"{total_gib:.1f} GiB total" in text
 
 
 def test_probe_without_python_says_so(board):
@@ -76,6 +79,8 @@ cpu.6.max_khz=2367000
 cpu.7.max_khz=2367000
 cpu.8.max_khz=2914000
 cpu.0.governor=sched_pixel
+cpu.big= 4 5 6 7 8
+cpu.fastest= 8
 mem.total_kb=7868124
 mem.available_kb=3120000
 df=/dev/block/dm-48 113000000 50000000 63000000 45% /data
@@ -95,24 +100,29 @@ def test_android_probe_output_is_summarized():
     assert facts["abi"] == "arm64-v8a"
     assert facts["os"] == "Android 14 (SDK 34)"
     assert facts["cpu"]["cores"] == 9
-    assert facts["cpu"]["big_cores"] == [8]  # the prime core alone has the top max frequency
+    assert facts["cpu"]["big_cores"] == [4, 5, 6, 7, 8] and facts["cpu"]["fastest_cores"] == [8]
     assert facts["storage"]["free_bytes"] == 63000000 * 1024
     assert facts["memory"]["total_bytes"] == 7868124 * 1024
     assert facts["thermal"][0] == {"zone": 0, "type": "BIG", "temp_c": 41.5}
     assert facts["python"] is None
+    text = format_probe(facts)
+    assert "9 cores, max 2914/2367/1704 MHz, big cores 4-8, fastest 8" in text
+    assert "\nRAM             7.5 GiB total, 3.0 GiB available\n" in text
 
 
 def test_board_probe_output_prefers_device_tree():
     raw = parse_probe_output("dt.model=Raspberry Pi 4 Model B Rev 1.4\n"
                              "dt.compatible=raspberrypi,4-model-b brcm,bcm2711\n"
                              "uname.m=aarch64\nos.pretty=Debian GNU/Linux 12 (bookworm)\n"
-                             "cpu.0.max_khz=1800000\ncpu.1.max_khz=1800000\n"
+                             "cpu.0.max_khz=1800000\ncpu.1.max_khz=1800000\ncpu.big= 0 1\n"
                              "py.version=3.11.2\npy.numpy=1.24.2\npy.tflite_runtime=2.14.0\n")
     facts = summarize(raw, target="ssh:pi", kind="ssh", workdir="/home/pi/.cache/liteship")
     assert facts["model"] == "Raspberry Pi 4 Model B Rev 1.4"
     assert facts["soc"] == "brcm,bcm2711"
     assert facts["cpu"]["big_cores"] == [0, 1]  # homogeneous: every core is "big"
     assert facts["tflite_runtime"] == "tflite-runtime 2.14.0"
+    ram = next(line for line in format_probe(facts).splitlines() if line.startswith("RAM"))
+    assert ram.endswith("  unknown")  # no meminfo in this transcript
 
 
 def test_probe_cli_json(ssh_env, capsys, monkeypatch, tmp_path):
