@@ -40,7 +40,6 @@ from .run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
 from .runtime_pack import CachedFile, ensure_files_on_device, runtime_file
 
 SCHEMA = "liteship.device-bench/1"
-RUNNERS = ("python", "benchmark_model")
 CORES = ("all", "big", "fastest")
 
 

@@ -164,15 +164,6 @@ def parse_hashes(stdout: str, names: list[str]) -> dict[str, str | None]:
     return found
 
 
-def remote_hashes(target: Target, folder: str, names: list[str], *, mkdir: bool = False,
-                  timeout: float = 600) -> dict[str, str | None]:
-    """sha256 of each ``folder/name`` computed ON the device (None where absent or unreadable); ``mkdir``
-    creates ``folder`` first in the same round trip."""
-    script = SHA256_FUNCTION + (f"mkdir -p {quote(folder)} || exit 1\n" if mkdir else "")
-    script += f"hash_files {quote(folder)} {' '.join(quote(n) for n in names)}\n"
-    return parse_hashes(target.shell(script, timeout=timeout).stdout, names)
-
-
 def _parse_df_free(line: str) -> int | None:
     """Free bytes from one POSIX ``df -Pk`` line (the field before "Use%"; file system names may hold spaces)."""
     fields = line.split()

@@ -323,10 +323,6 @@ def _parse_guarded(buf, size: int, label: str) -> TFLiteModel:
         return _parse(buf, size, label)
     except BundleError:
         raise
-    except (struct.error, IndexError, ValueError, OverflowError) as exc:
+    except (struct.error, IndexError, ValueError, OverflowError):
         raise BundleError(f"{label}: truncated or corrupt TFLite model (its tables point outside the {size}-byte file)") \
             from None
-
-
-def read_manifest_from_tflite(path: str | os.PathLike) -> dict | None:
-    return read_model(path).manifest()

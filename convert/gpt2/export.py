@@ -24,7 +24,6 @@ from liteship.runtime.memory import peak_rss_bytes
 SIGNATURES = ("prefill", "decode")
 GPT2_QUANTS = (Quant.FP32, Quant.FP16, Quant.DYNAMIC_INT8, Quant.INT4)
 DEFAULT_PREFILL_LEN = 128
-CACHE_LAYOUT = {"k": "H,C,hd", "v": "H,C,hd", "mask_empty": -1e9}
 
 # tokenizer file in the checkpoint -> bundle asset role read by liteship.runtime.tokenizer
 TOKENIZER_ASSETS = {
@@ -164,7 +163,6 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
         "model": cfg.to_dict(),
         "max_context": C,
         "prefill_len": P,
-        "cache": CACHE_LAYOUT,
         **special_tokens(ckpt, cfg),
         "generation": generation_defaults(ckpt),
     }
