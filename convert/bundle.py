@@ -17,8 +17,15 @@ from liteship.convert.tflite_metadata import embed_metadata
 from liteship.errors import ConvertError, check_interrupted, signals_deferred
 from liteship.runtime.bench import utc_timestamp
 from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME, SCHEMA
-from liteship.runtime.files import (PARTIAL_SUFFIX, current_umask, nearest_existing_folder, sha256_file, sweep_partials,
-                                    sweep_stale, sweep_work_dirs)
+from liteship.runtime.files import (
+    PARTIAL_SUFFIX,
+    current_umask,
+    nearest_existing_folder,
+    sha256_file,
+    sweep_partials,
+    sweep_stale,
+    sweep_work_dirs,
+)
 from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, read_model
 
 AssetSource = Union[str, os.PathLike, bytes]

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
-
 from liteship.convert.quant import CLASSIFIER_MODES, SUFFIXES, Quant
 from liteship.errors import ConvertError
+from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
 
 QUANT_CHOICES = [q.value for q in CLASSIFIER_MODES]
 
@@ -178,9 +177,8 @@ def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, label
 @common_options
 def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
     """Convert a Keras model file (.keras, .h5) to a bundle."""
-    from liteship.convert.tflite import keras_as_saved_model
-
     from liteship.convert.bundle import check_out_dir
+    from liteship.convert.tflite import keras_as_saved_model
 
     started = time.perf_counter()
     q = Quant.parse(quant)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Number, Threads
-
 from liteship.errors import DeviceError
+from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Number, Threads
 from liteship.runtime.files import check_creatable
 
 TARGET_HELP = ("local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL, adb:HOST:PORT or adb-server[:SERIAL]"
@@ -153,9 +152,8 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
     With several --device options the devices run in parallel; one failing device does not lose the others'
     results (the command then exits 1 after writing them).
     """
-    from liteship.runtime.sustained import parse_duration
-
     from liteship.runtime.files import write_atomic, write_json_atomic
+    from liteship.runtime.sustained import parse_duration
 
     from .bench import BenchSettings, bench_targets
     from .report import markdown_report

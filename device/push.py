@@ -33,7 +33,6 @@ from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME
 from liteship.runtime.files import sha256_file
 from liteship.units import size_text
 
-
 from .base import Target, quote
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -28,8 +28,15 @@ import tempfile
 import click
 
 from liteship import __version__
-from liteship.errors import (EXIT_INTERRUPTED, check_interrupted, debug_enabled, describe, install_interrupt_handler,
-                             interrupt_locations, was_interrupted)
+from liteship.errors import (
+    EXIT_INTERRUPTED,
+    check_interrupted,
+    debug_enabled,
+    describe,
+    install_interrupt_handler,
+    interrupt_locations,
+    was_interrupted,
+)
 
 # The one CLI tree. Each group maps to a package; each command lives in its stage's own module and is imported
 # only when used. Command modules import TensorFlow inside the command body, so even `--help` never loads it.

@@ -139,9 +139,10 @@ def build_gpt2_checkpoint(folder: Path, *, train_seconds: float, seed: int = 0) 
     """A Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt) trained here.
 
     The tokenizer and the model learn from pydoc_data.topics, Python's own help text, which ships with Python."""
+    from pydoc_data.topics import topics
+
     import torch
     import transformers
-    from pydoc_data.topics import topics
     from tokenizers import ByteLevelBPETokenizer
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from liteship.convert.gpt2.config import ACTIVATIONS, GPT2Config
 
+
 def param_shapes(cfg: GPT2Config) -> dict[str, tuple]:
     """Every variable the TF model needs, by canonical name, with the shape it wants ([out, in] for products)."""
     E, V = cfg.n_embd, cfg.vocab_size

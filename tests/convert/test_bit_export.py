@@ -12,13 +12,19 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from tests.convert.bit_fixtures import (bit_tensors, sample_images, to_bit_range, write_bit_npz,  # noqa: E402
-                                        write_hub_style_saved_model, write_image_folder)
-from tests.convert.bit_reference import reference_logits  # noqa: E402
-from tests.xnnpack_coverage import xnnpack_coverage  # noqa: E402
 from liteship.convert.bit.config import tiny  # noqa: E402
 from liteship.convert.bit.export import build_keras, export_bit, load_checkpoint  # noqa: E402
 from liteship.errors import ConvertError  # noqa: E402
+from tests.convert.bit_fixtures import (  # noqa: E402
+    bit_tensors,
+    sample_images,
+    to_bit_range,
+    write_bit_npz,
+    write_hub_style_saved_model,
+    write_image_folder,
+)
+from tests.convert.bit_reference import reference_logits  # noqa: E402
+from tests.xnnpack_coverage import xnnpack_coverage  # noqa: E402
 
 SIZE = 64
 

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.device.fake_benchmark_model import MKSH_FAKE
-from tests.device.real_adbd import make_sysfs
 from liteship.device.android import (
     AdbAddress,
     AndroidTarget,
@@ -33,6 +31,8 @@ from liteship.device.android import (
 from liteship.device.base import open_target
 from liteship.device.run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
 from liteship.errors import DeviceError
+from tests.device.fake_benchmark_model import MKSH_FAKE
+from tests.device.real_adbd import make_sysfs
 
 WORKDIR = "/data/local/tmp/liteship"
 ALLOWED = sorted(os.sched_getaffinity(0))
@@ -419,7 +419,6 @@ def test_data_filling_up_during_the_push_is_a_clear_error(android, phone, tiny_b
     """The space check passed, then /data filled up under the push: the write itself fails (ENOSPC from the
     real adbd) and the partial folder is removed."""
     import liteship.device.push as push
-
     from liteship.device.push import push_bundle
 
     real_parse = push._parse_df_free

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from liteship.device.bench import SCHEMA, BenchSettings, bench_targets
-from liteship.runtime.files import write_json_atomic
 from liteship.device.report import markdown_report
 from liteship.errors import DeviceError
-
+from liteship.runtime.files import write_json_atomic
 from tests.device.fake_benchmark_model import python_fake
+
 
 def _settings(**kw) -> BenchSettings:
     return BenchSettings(**{"runs": 5, "warmup": 1, **kw})

@@ -214,9 +214,8 @@ def test_op_profiling_and_ignored_flags_are_read():
 
 def test_liteship_flag_table_matches_the_one_read_from_the_sources():
     """liteship's flag list (device/benchmark_model.py) against the tests' own reading of the same sources."""
-    from tests.device.fake_benchmark_model import REAL_FLAGS
-
     from liteship.device.benchmark_model import BENCHMARK_MODEL_FLAGS
+    from tests.device.fake_benchmark_model import REAL_FLAGS
 
     kinds = {bool: "bool", int: "int32", float: "float", str: "string"}
     assert {name: kinds[kind] for name, kind in BENCHMARK_MODEL_FLAGS.items()} == REAL_FLAGS

@@ -13,9 +13,9 @@ import os
 
 import pytest
 
-from tests.device.board import GREEDY_TOKENS, SCORES, DeviceRuntime, assert_same_top5, device_spec, run_here
 from liteship.device.bench import BenchSettings, bench_targets
 from liteship.device.report import markdown_report
+from tests.device.board import GREEDY_TOKENS, SCORES, DeviceRuntime, assert_same_top5, device_spec, run_here
 
 pytestmark = pytest.mark.device
 
