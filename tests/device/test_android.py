@@ -296,7 +296,8 @@ def test_command_timing_out_is_killed_and_the_next_call_reconnects(android, phon
     time.sleep(3.5)
     # adbd hung up on the command with its connection (SIGHUP): it never finished
     assert not on_phone(phone, "/data/local/tmp/late").exists()
-    assert android.run(["sh", "-c", "ps -o args | grep -c '[s]leep 3'"], check=False).stdout.strip() == "0"
+    # the whole command line, exactly: the phone shares this host's process table, where `sleep 300` may run
+    assert android.run(["sh", "-c", "ps -o args | grep -c '^[s]leep 3$'"], check=False).stdout.strip() == "0"
 
 
 def test_slow_link_hits_the_timeout(android, phone):
