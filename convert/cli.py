@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -14,8 +15,18 @@ from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
 QUANT_CHOICES = [q.value for q in CLASSIFIER_MODES]
 
 
-def progress(message: str) -> None:
-    click.echo(f"[liteship] {message}", err=True)
+def progress(message: str, *, stage: bool = True) -> None:
+    """A converter's stage (on a terminal, redrawn with its elapsed time until the next) or, with
+    ``stage=False``, a plain line. One liteship.progress.Stages per stderr (click's test runner swaps it)."""
+    global _STAGES
+    from liteship.progress import Stages
+
+    if _STAGES is None or _STAGES.stream is not sys.stderr:
+        _STAGES = Stages()
+    _STAGES(message, stage=stage)
+
+
+_STAGES = None
 
 
 def summary(out, *, quant: str, seconds: float) -> None:
@@ -28,7 +39,7 @@ def summary(out, *, quant: str, seconds: float) -> None:
     size = size_text(model.stat().st_size) if model.is_file() else "?"
     rss = peak_rss_bytes()
     progress(f"wrote {out}: {size} model, {quant}, {seconds:.1f} s, "
-             f"peak RSS {memory_text(rss) if rss else 'unknown'}")
+             f"peak RSS {memory_text(rss) if rss else 'unknown'}", stage=False)
     click.echo(str(out))
 
 
@@ -113,7 +124,7 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
                                      progress=calibration_meter())
         progress(f"calibrating on {rep.num_samples} samples from {calibration}")
     elif calibration is not None:
-        progress(f"note: --calibration is ignored for --quant {quant.value}")
+        progress(f"note: --calibration is ignored for --quant {quant.value}", stage=False)
     assets = {}
     if label_list is not None:
         assets["labels"] = ("assets/labels.txt", ("\n".join(label_list) + "\n").encode())
@@ -121,7 +132,7 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
     data, report = convert_saved_model(saved_model, quant, signature_keys=[key], representative_dataset=rep,
                                        io_type=io_type, allow_tf_ops=allow_tf_ops)
     progress(f"converted in {report['seconds']:.1f} s, ops "
-             + ", ".join(f"{k} x{v}" for k, v in report["op_counts"].items()))
+             + ", ".join(f"{k} x{v}" for k, v in report["op_counts"].items()), stage=False)
     config = {"num_labels": len(label_list) if label_list else None}
     return write_bundle(
         out, data, family=family, task="classification" if not preprocessing else "image-classification",

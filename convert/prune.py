@@ -128,11 +128,11 @@ def make_record(options: PruneOptions, *, family: str, source: str, weights_file
 
 # ---- atomic output -------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def staged_output(out: str | os.PathLike, source: str | os.PathLike, *, folder: bool) -> Iterator[Path]:
-    """A temporary sibling of `out` to write into (a folder when `folder`), renamed onto `out` only when the block
-    completes: an error or Ctrl-C leaves nothing new and an old `out` intact. A file output's sidecar, written to
-    sidecar_path(staged), moves with it (first, so it never outlives its weights unnoticed: it names their hash)."""
+def check_out(out: str | os.PathLike, source: str | os.PathLike, *, folder: bool) -> tuple[Path, Path]:
+    """Refuses an `out` that staged_output would refuse, or could not create: called before any fine-tuning, so
+    a wrong --out costs nothing (and again when writing)."""
+    from liteship.runtime.files import nearest_existing_folder
+
     out, source = Path(out), Path(source)
     if out.resolve() == source.resolve():
         raise ConvertError(f"--out {out} is the source itself; write the pruned model somewhere else")
@@ -140,6 +140,20 @@ def staged_output(out: str | os.PathLike, source: str | os.PathLike, *, folder: 
         raise ConvertError(f"--out {out} exists and is not a liteship prune output; refusing to replace it")
     if not folder and out.is_dir():
         raise ConvertError(f"--out {out} is a folder; a pruned BiT is one .npz file")
+    ancestor = nearest_existing_folder(out)
+    if not ancestor.is_dir():
+        raise ConvertError(f"--out {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK):
+        raise ConvertError(f"--out {out}: {ancestor} is not writable")
+    return out, source
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike, source: str | os.PathLike, *, folder: bool) -> Iterator[Path]:
+    """A temporary sibling of `out` to write into (a folder when `folder`), renamed onto `out` only when the block
+    completes: an error or Ctrl-C leaves nothing new and an old `out` intact. A file output's sidecar, written to
+    sidecar_path(staged), moves with it (first, so it never outlives its weights unnoticed: it names their hash)."""
+    out, source = check_out(out, source, folder=folder)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}{out.suffix}")
     if folder:

@@ -5,28 +5,28 @@ from __future__ import annotations
 
 import click
 
+from liteship.convert.cli import progress
 from liteship.convert.quant import Quant
+from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, Number
 
-
-def progress(message: str) -> None:
-    click.echo(message, err=True)
+SPARSITY = Number(float, min=0, max=1, open_max=True)  # a fraction removed: all of it would leave no model
 
 
 def common_options(fn):
     options = [
-        click.option("--out", "out", required=True, type=click.Path(path_type=str),
+        click.option("--out", "-o", "--output", "out", required=True, type=click.Path(path_type=str),
                      help="Where to write the pruned checkpoint (written whole or not at all)."),
         click.option("--data", required=True, type=click.Path(path_type=str),
                      help="Fine-tuning data: BiT an image folder with one sub-folder per class, GPT-2 a text file."),
-        click.option("--steps", type=int, default=100, show_default=True, help="Fine-tuning steps."),
-        click.option("--learning-rate", type=float, default=1e-4, show_default=True),
-        click.option("--batch-size", type=int, default=16, show_default=True),
+        click.option("--steps", type=NON_NEGATIVE_INT, default=100, show_default=True, help="Fine-tuning steps."),
+        click.option("--learning-rate", type=POSITIVE_FLOAT, default=1e-4, show_default=True),
+        click.option("--batch-size", type=POSITIVE_INT, default=16, show_default=True),
         click.option("--quant", type=click.Choice([q.value for q in Quant]), default=None,
                      help="Quantization the before/after .tflite size and quality are measured in "
                           "[default: fp32; qat: int8]."),
         click.option("--no-convert", is_flag=True,
                      help="Skip the before/after conversions (no .tflite sizes, no after-conversion figure)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -39,7 +39,7 @@ def prune_options(fn):
                      show_default=True,
                      help="structured: remove whole channels/neurons (smaller, faster on any delegate); magnitude: "
                           "zero the smallest weights (smaller when compressed; faster only with sparse kernels)."),
-        click.option("--sparsity", type=float, default=0.5, show_default=True,
+        click.option("--sparsity", type=SPARSITY, default=0.5, show_default=True,
                      help="Fraction removed: of the units (structured) or of the weights (magnitude)."),
         click.option("--structured", "m_by_n", default=None, metavar="M:N",
                      help="Magnitude pruning in TFMOT's M-by-N pattern (2:4: two zeros in every four weights)."),
@@ -57,7 +57,7 @@ def bit_options(fn):
 
     options = [
         click.option("--variant", default="R50x1", show_default=True, help=f"Architecture: {', '.join(PRESETS)}."),
-        click.option("--image-size", type=int, default=None, help="Training/evaluation resolution. Default 224."),
+        click.option("--image-size", type=POSITIVE_INT, default=None, help="Training/evaluation resolution. Default 224."),
         click.option("--input-range", type=click.Choice(["-1,1", "0,1"]), default=None,
                      help="Input convention; default [-1, 1] for .npz, detected for a SavedModel."),
     ]
@@ -98,7 +98,7 @@ def prune_bit_command(source, out, data, steps, learning_rate, batch_size, quant
 @click.argument("source", type=click.Path(path_type=str))
 @common_options
 @prune_options
-@click.option("--context", type=int, default=None,
+@click.option("--context", type=POSITIVE_INT, default=None,
               help="Training/evaluation window in tokens [default: 128, at most the model's n_positions].")
 def prune_gpt2_command(source, out, data, steps, learning_rate, batch_size, quant, no_convert, seed, method,
                        sparsity, m_by_n, prune_embeddings, context):

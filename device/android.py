@@ -465,24 +465,32 @@ class AndroidTarget(ShellTarget):
         )
 
     # --- files --------------------------------------------------------------------------------------------
-    def put(self, local: Path, remote: str, *, timeout: float | None = None) -> None:
+    def put(self, local: Path, remote: str, *, timeout: float | None = None,
+            progress: Callable[[int], None] | None = None) -> None:
         local = Path(local)
         if not local.is_file():
             raise DeviceError(f"{self.name}: cannot push {local}: not a file")
         st = local.stat()
         mode = stat.S_IFREG | stat.S_IMODE(st.st_mode)  # keeps the executable bit of a benchmark binary
-        self._sync_push(str(local), remote, mode, int(st.st_mtime), timeout)
+        self._sync_push(str(local), remote, mode, int(st.st_mtime), timeout, progress)
 
     def _push_bytes(self, data: bytes, remote: str, *, timeout: float | None) -> None:
         import io
 
         self._sync_push(io.BytesIO(data), remote, stat.S_IFREG | 0o600, 0, timeout)
 
-    def _sync_push(self, source, remote: str, mode: int, mtime: int, timeout: float | None) -> None:
+    def _sync_push(self, source, remote: str, mode: int, mtime: int, timeout: float | None,
+                   progress: Callable[[int], None] | None = None) -> None:
         from adb_shell import exceptions
 
         read_s = float(timeout) if timeout is not None else self.timeouts.read_s
         what = f"push to {remote}"
+        sent = 0
+
+        def counted(_path, chunk_bytes: int, _total: int) -> None:  # adb-shell: after each DATA packet
+            nonlocal sent
+            sent += chunk_bytes
+            progress(sent)
 
         def push(dev):
             try:
@@ -491,6 +499,7 @@ class AndroidTarget(ShellTarget):
                     remote,
                     st_mode=mode,
                     mtime=mtime,
+                    progress_callback=counted if progress else None,
                     transport_timeout_s=min(self.timeouts.transport_s, read_s),
                     read_timeout_s=read_s,
                 )

@@ -42,6 +42,9 @@ class CommandResult:
     stderr: str
 
 
+CHUNK = 1 << 20  # bytes per read when a file copy reports its progress
+
+
 def quote(arg: Any) -> str:
     """Quote one argument for a POSIX shell (sh, toybox sh, busybox ash); use for every value put in a script."""
     return shlex.quote(str(arg))
@@ -101,9 +104,11 @@ class Target(abc.ABC):
 
     # --- files ----------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def put(self, local: Path, remote: str, *, timeout: float | None = None) -> None:
+    def put(self, local: Path, remote: str, *, timeout: float | None = None,
+            progress: Callable[[int], None] | None = None) -> None:
         """Copy one local file to the exact remote path (its parent folder must exist; an existing file is
-        replaced). Raises :class:`DeviceError` on any failure."""
+        replaced). Raises :class:`DeviceError` on any failure. ``progress(bytes_sent)`` is called as the file goes
+        (a kind whose put lacks the keyword still works: push.py then reports whole files)."""
 
     @abc.abstractmethod
     def get(self, remote: str, local: Path, *, timeout: float | None = None) -> None:

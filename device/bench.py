@@ -33,7 +33,7 @@ from liteship.runtime.bundle import MODEL_NAME, cache_root
 from liteship.runtime.files import sha256_file
 
 from .base import Target, device_python, join, last_line, open_target, quote
-from .benchmark_model import DELEGATE_FLAGS
+from .benchmark_model import DELEGATE_FLAGS, MIB
 from .probe import probe
 from .push import load_local_bundle, push_bundle
 from .run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
@@ -170,23 +170,20 @@ class _Run:
 
         model = self._place_bundle(target, workdir, local)
         script, tool = self._place_runner(target, workdir, local)
-        if s.runner == "python":
-            files = self._files(workdir)
-            command = self._python_command(python, tool, model, files.json, local)
-            run, json_text, output = self._run_under_run_bench(target, script, files, command)
-            bench = self._python_result(json_text, output)
+        phases = self._gpt2_phases() if s.runner == "benchmark_model" else []
+        if phases:
+            bench = self._benchmark_gpt2(target, script, workdir, tool, model, phases)
         else:
-            phases = self._gpt2_phases()
-            if phases:
-                bench = self._benchmark_gpt2(target, script, workdir, tool, model, phases)
-                run = self.entry["run"]
+            files = self._files(workdir)
+            if s.runner == "python":
+                command = self._python_command(python, tool, model, files.json, local)
+                run, json_text, output = self._run_under_run_bench(target, script, files, command)
+                bench = self._python_result(json_text, output)
             else:
-                files = self._files(workdir)
                 run, _, output = self._run_under_run_bench(target, script, files,
                                                            self._benchmark_model_command(tool, model))
                 bench = self._benchmark_model_result(output)
-        if bench.get("peak_rss_bytes") is None:  # benchmark_model may print none; run_bench.sh sampled VmHWM
-            bench["peak_rss_bytes"] = run.get("peak_rss_bytes")
+            bench.update(one_rss(bench, run.get("peak_rss_bytes")))
         self.entry["bench"] = bench
 
     def _files(self, workdir: str) -> "_RunFiles":
@@ -207,7 +204,8 @@ class _Run:
             files.remove(target)
             raise
         run = parse_run_bench_result(run_text)
-        self.entry["run"] = {k: v for k, v in run.items() if k not in ("output", "schema")}
+        # run_bench.sh's sampled VmHWM goes into the bench's one peak (one_rss), not beside it
+        self.entry["run"] = {k: v for k, v in run.items() if k not in ("output", "schema", "peak_rss_bytes")}
         self._warn_about(run)
         if run["status"] != 0:
             detail = _error_line(output) or f"exit status {run['status']}"
@@ -246,8 +244,10 @@ class _Run:
         for phase in phases:
             self.say(f"{self.spec}: {phase.name} at a {phase.context}-slot context")
             command = self._benchmark_model_command(tool, model, signature=phase.signature, inputs=phase.input_flags)
-            _, _, output = self._run_under_run_bench(target, script, self._files(workdir), command)
-            results.append((phase, self._benchmark_model_result(output)))
+            run, _, output = self._run_under_run_bench(target, script, self._files(workdir), command)
+            phase_bench = self._benchmark_model_result(output)
+            phase_bench.update(one_rss(phase_bench, run.get("peak_rss_bytes")))
+            results.append((phase, phase_bench))
 
         def tok_s(phase, bench) -> float:
             return round(phase.tokens / (bench["latency_ms"]["mean"] / 1e3), 3)
@@ -256,6 +256,13 @@ class _Run:
         decodes = [(p, b) for p, b in results if p.name == "decode"]
         last_phase, bench = decodes[-1]
         bench = dict(bench)
+        # each phase is its own process: the run's peak (and the model's share) is the largest phase's
+        for key in ("peak_rss_bytes", "model_rss_bytes"):
+            known = [b[key] for _, b in results if b.get(key) is not None]
+            bench[key] = max(known) if known else None
+        bench["baseline_rss_bytes"] = (bench["peak_rss_bytes"] - bench["model_rss_bytes"]
+                                       if bench["peak_rss_bytes"] is not None and bench["model_rss_bytes"] is not None
+                                       else None)
         bench["generation"] = {
             "runner": "benchmark_model",
             "prefill_tokens": prefill[0][0].tokens if prefill else None,
@@ -381,6 +388,24 @@ class _Run:
         load_local_bundle(self.bundle)  # same checks as a push
         bundle = Bundle.open(self.bundle, verify=False)
         return bundle.model_path if self.bundle.suffix == ".tflite" else bundle.root
+
+
+def one_rss(bench: dict, sampled_peak: int | None) -> dict:
+    """The run's one peak RSS and the model's share of it (``liteship.runtime.bench.rss_figures``).
+
+    The runner's own figure and run_bench.sh's sampled VmHWM describe the same process, and each can only fall
+    short of its true peak (a sample can miss the last growth; benchmark_model's periodic monitor reads RSS, not
+    the high-water mark): the larger is the peak. The model's share is the python runner's peak minus its baseline
+    (VmHWM before the model was loaded), or benchmark_model's own "memory footprint delta" (overall)."""
+    from liteship.runtime.bench import rss_figures
+
+    known = [v for v in (bench.get("peak_rss_bytes"), sampled_peak) if v]
+    peak = max(known) if known else None
+    baseline = bench.get("baseline_rss_bytes")
+    delta_mb = (bench.get("memory_mb") or {}).get("overall_delta")
+    if baseline is None and peak is not None and delta_mb is not None:  # benchmark_model
+        baseline = peak - round(delta_mb * MIB)
+    return rss_figures(peak, baseline)
 
 
 def _error_line(output: str) -> str:

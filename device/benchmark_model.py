@@ -20,7 +20,7 @@ benchmark_litert_model shares the same BenchmarkModel base and log lines. Lines 
 
 Variants handled: numbers in scientific notation (``avg=1.2e+06``, C++ ostream's default for large doubles);
 ``count=N curr=X(all same)`` and ``count=0`` from Stat; older releases' ``Average inference timings in us: Warmup:
-..., Init: ..., Inference: ...`` and ``Peak memory footprint (MB): init=... overall=...`` (max RSS); memory lines
+..., Init: ..., Inference: ...`` and ``Peak memory footprint (MB): init=... overall=...`` (despite its name the delta from the tool's start); memory lines
 missing altogether (platforms without memory info) -> None. Multi-signature models run one signature per
 invocation (``--signature_to_run_for``), which the log names; a model with several signatures and no flag logs an
 ERROR listing them, returned in ``errors`` with ``signatures_available``.
@@ -359,8 +359,8 @@ def parse_benchmark_model_output(text: str) -> dict[str, Any]:
     peak_mb = _num(found["peak"]) if "peak" in found else None
     if peak_mb is not None and peak_mb <= 0:
         peak_mb = None  # the monitor reports -1 (kInvalidMemUsageMB) when it could not sample
-    if peak_mb is None and old_peak is not None:
-        peak_mb = old_peak[1]  # older releases: max RSS over the whole run
+    # Older releases' "Peak memory footprint (MB): init= overall=" is the same delta from the tool's start that
+    # newer ones call "Memory footprint delta" (benchmark_model.cc: GetMemoryUsage() - start_mem_usage), not a peak.
     memory = {
         "init_delta": delta[0] if delta else (old_peak[0] if old_peak else None),
         "overall_delta": delta[1] if delta else (old_peak[1] if old_peak else None),

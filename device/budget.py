@@ -3,6 +3,7 @@
     # budget.toml: every key is optional; [device."TARGET"] tables override the global limits for one device
     max_file_size_mb = 30           # model.tflite
     max_peak_rss_mb = 400           # the benchmark process's peak resident memory (VmHWM)
+    max_model_rss_mb = 300          # the model's share of it: peak minus the runner's memory before loading it
     max_p90_ms = 25                 # latency of one inference (GPT-2: one decode step)
     max_p99_ms = 40
     max_init_ms = 800               # interpreter creation and allocation
@@ -52,6 +53,7 @@ class Limit:
 LIMITS: dict[str, Limit] = {
     "max_file_size_mb": Limit("file_size_mb", "max", "MB", "a bundle with model.tflite"),
     "max_peak_rss_mb": Limit("peak_rss_mb", "max", "MiB", "a benchmark that reports peak memory"),
+    "max_model_rss_mb": Limit("model_rss_mb", "max", "MiB", "a benchmark that reports the model's memory share"),
     "max_p90_ms": Limit("p90_ms", "max", "ms", "a benchmark"),
     "max_p99_ms": Limit("p99_ms", "max", "ms", "a benchmark"),
     "max_init_ms": Limit("init_ms", "max", "ms", "the python runner (benchmark_model reports it too)"),
@@ -137,10 +139,11 @@ def measurements(entry: dict | None, evaluation: dict | None, size_bytes: int | 
     latency = bench.get("latency_ms") or {}
     generation = bench.get("generation") or {}
     evaluation = evaluation or {}
-    rss = bench.get("peak_rss_bytes")
+    rss, model_rss = bench.get("peak_rss_bytes"), bench.get("model_rss_bytes")
     return {
         "file_size_mb": None if size_bytes is None else size_bytes / 1e6,
         "peak_rss_mb": None if rss is None else rss / 2**20,
+        "model_rss_mb": None if model_rss is None else model_rss / 2**20,
         "p90_ms": latency.get("p90"),
         "p99_ms": latency.get("p99"),
         "init_ms": bench.get("init_ms"),

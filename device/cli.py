@@ -138,7 +138,7 @@ def kinds() -> None:
               is_flag=False, flag_value="-",
               help="Print all results (liteship.device-bench/1) as JSON on stdout, the report on stderr, like the "
                    "other commands' --json; --json FILE (or -o FILE) writes them to FILE instead.")
-@click.option("--output", "-o", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--output", "-o", "--out", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON results to this file.")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the Markdown report to this file.")

@@ -35,6 +35,7 @@ SINGLE: dict[str, tuple[Callable[[dict], float | None], int, bool]] = {
     "mean_ms": (lambda c: (_bench(c).get("latency_ms") or {}).get("mean") or _mean_of_samples(c), +1, False),
     "init_ms": (lambda c: _bench(c).get("init_ms"), +1, False),
     "peak_rss_mb": (lambda c: (_bench(c).get("peak_rss_bytes") or 0) / 2**20 or None, +1, False),
+    "model_rss_mb": (lambda c: (_bench(c).get("model_rss_bytes") or 0) / 2**20 or None, +1, False),
     "decode_tok_s": (lambda c: (_bench(c).get("generation") or {}).get("decode_tok_s"), -1, False),
     "prefill_tok_s": (lambda c: (_bench(c).get("generation") or {}).get("prefill_tok_s"), -1, False),
 }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from liteship.errors import LiteshipError
-from liteship.options import SEED, Threads
+from liteship.options import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED, Number, Threads
 
 from .cli import PYTHON_HELP, TARGET_HELP, _progress, adb_options, target_options
 
@@ -20,10 +21,23 @@ class Regression(LiteshipError):
     """`compare` found a change past its threshold whose confidence interval excludes zero."""
 
 
-def _quants(text: str) -> list[str]:
-    from liteship.convert.quant import Quant
+class QuantList(click.ParamType):
+    """``fp32,dynamic-int8``: quantization modes, each checked like every converter's --quant (a usage error
+    naming the option and the mode), before anything is converted."""
 
-    return [Quant.parse(q.strip()).value for q in text.split(",") if q.strip()]
+    name = "modes"
+
+    def convert(self, value, param, ctx):
+        from liteship.convert.quant import Quant
+
+        if isinstance(value, list):
+            return value
+        modes = [q.strip() for q in str(value).split(",") if q.strip()]
+        known = [q.value for q in Quant]
+        for mode in modes or [str(value)]:
+            if mode not in known:
+                self.fail(f"{mode!r} is not one of {', '.join(known)}", param, ctx)
+        return list(dict.fromkeys(modes))
 
 
 @click.command("check")
@@ -32,30 +46,31 @@ def _quants(text: str) -> list[str]:
               help="TOML file of limits, global and per [device.\"TARGET\"] (see liteship.device.budget).")
 @click.option("--device", "-d", "devices", multiple=True, metavar="TARGET",
               help=f"Where to benchmark ({TARGET_HELP}); repeatable. Default: local.")
-@click.option("--quant", "quant", default="fp32", show_default=True,
+@click.option("--quant", "quant", type=QuantList(), default="fp32", show_default=True,
               help="Variants to convert a SOURCE into, comma-separated: fp32,fp16,dynamic-int8,int8,int8x16.")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
               help="Quality data: a text file (GPT-2) or a folder of class folders (classifiers).")
-@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--results", "-o", "--out", "--output", "results_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("liteship-check"), show_default=True,
               help="Folder for check.json; a run that finds one resumes it.")
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per cell.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed warm-up runs.")
+@click.option("--runs", type=POSITIVE_INT, default=50, show_default=True, help="Timed runs per cell.")
+@click.option("--warmup", type=NON_NEGATIVE_INT, default=5, show_default=True, help="Untimed warm-up runs.")
 @click.option("--threads", type=Threads(), default=None, help="Interpreter threads.")
 @click.option("--cores", type=click.Choice(["all", "big", "fastest"]), default="all", show_default=True,
               help="Which cores the benchmark is pinned to.")
-@click.option("--cool-below", type=click.IntRange(min=1), default=None, metavar="DEG_C",
+@click.option("--cool-below", type=POSITIVE_INT, default=None, metavar="DEG_C",
               help="Wait until every thermal zone reads below DEG_C before each benchmark.")
 @click.option("--python", "python", default=None, help=PYTHON_HELP)
-@click.option("--max-context", type=click.IntRange(min=2), default=None, help="GPT-2 sources: bundle context.")
-@click.option("--prefill-len", type=click.IntRange(min=1), default=None, help="GPT-2 sources: prefill chunk.")
+@click.option("--max-context", type=Number(int, min=2), default=None, help="GPT-2 sources: bundle context.")
+@click.option("--prefill-len", type=POSITIVE_INT, default=None, help="GPT-2 sources: prefill chunk.")
 @click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
               help="Keras/SavedModel sources: calibration data for int8 and int8x16.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Keras/SavedModel sources: labels, one per line.")
+@click.option("--json", "as_json", is_flag=True, help="Print check.json (liteship.check/1) instead of the table.")
 @adb_options
 def check(inputs, budget_path, devices, quant, data, results_dir, runs, warmup, threads, cores, cool_below, python,
-          max_context, prefill_len, calibration, labels, adb_key, adb_auth_timeout, adb_timeout) -> None:
+          max_context, prefill_len, calibration, labels, as_json, adb_key, adb_auth_timeout, adb_timeout) -> None:
     """Check that each variant fits the BUDGET on each device: exit 0 only if every cell passes.
 
     A SOURCE (GPT-2 checkpoint folder, SavedModel folder, .keras/.h5 file) is converted once per --quant mode,
@@ -77,10 +92,10 @@ def check(inputs, budget_path, devices, quant, data, results_dir, runs, warmup, 
     options = ConvertOptions(max_context=max_context, prefill_len=prefill_len,
                              calibration=str(calibration) if calibration else None,
                              labels=str(labels) if labels else None)
-    doc = run_check(list(inputs), budget, devices=list(devices), quants=_quants(quant), results_dir=results_dir,
+    doc = run_check(list(inputs), budget, devices=list(devices), quants=quant, results_dir=results_dir,
                     settings=settings, data=data, options=options, progress=_progress,
                     target_options=target_options(adb_key, adb_auth_timeout, adb_timeout))
-    click.echo(format_text(doc))
+    click.echo(json.dumps(doc, indent=2) if as_json else format_text(doc))
     if not doc["passed"]:
         for line in failures(doc):
             click.echo(f"  {line}", err=True)
@@ -120,11 +135,11 @@ def report(results, html_out, md_out) -> None:
 @click.command("compare")
 @click.argument("old", type=click.Path(exists=True, path_type=Path))
 @click.argument("new", type=click.Path(exists=True, path_type=Path))
-@click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="PCT",
+@click.option("--threshold", type=NON_NEGATIVE_FLOAT, default=5.0, show_default=True, metavar="PCT",
               help="Smallest change, in percent, that can count as a regression or an improvement.")
-@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
+@click.option("--confidence", type=Number(float, min=0.5, max=0.999), default=0.95, show_default=True,
               help="Confidence of the bootstrap interval.")
-@click.option("--resamples", type=click.IntRange(min=100), default=2000, show_default=True,
+@click.option("--resamples", type=Number(int, min=100), default=2000, show_default=True,
               help="Bootstrap resamples per metric.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the resampling (reproducible).")
 @click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
@@ -134,8 +149,6 @@ def compare(old, new, threshold, confidence, resamples, seed, as_json) -> None:
     Latency changes come with a bootstrap confidence interval over the per-run samples; a change is flagged
     only when its interval excludes zero and it is larger than --threshold.
     """
-    import json
-
     from .compare import compare_files, format_changes
 
     changes = compare_files(old, new, threshold_pct=threshold, seed=seed, resamples=resamples,

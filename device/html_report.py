@@ -182,18 +182,19 @@ def _freqs(freqs) -> str:
 
 def _devices_section(cells: list[dict]) -> str:
     header = ["variant @ device", "model / SoC / ABI", "cores", "OS", "runtime", "max temp before / after (°C)",
-              "CPU MHz before / after", "peak RSS (MiB)", "init (ms)"]
+              "CPU MHz before / after", "peak RSS (MiB)", "model RSS (MiB)", "init (ms)"]
     body = []
     for c in cells:
         e = c.get("entry") or {}
         facts, run, bench = e.get("device") or {}, e.get("run") or {}, _bench(c)
         name = " / ".join(str(x) for x in (facts.get("model"), facts.get("soc"), facts.get("abi")) if x) or "-"
-        rss = bench.get("peak_rss_bytes")
+        rss, model_rss = bench.get("peak_rss_bytes"), bench.get("model_rss_bytes")
         body.append([_label(c), name, (facts.get("cpu") or {}).get("cores") or "-", facts.get("os") or "-",
                      facts.get("tflite_runtime") or "-",
                      f"{_hottest(run.get('thermal_before'))} / {_hottest(run.get('thermal_after'))}",
                      f"{_freqs(run.get('freq_before'))} / {_freqs(run.get('freq_after'))}",
                      f"{rss / 2**20:.1f}" if rss else "-",
+                     f"{model_rss / 2**20:.1f}" if model_rss is not None else "-",
                      f"{bench['init_ms']:.1f}" if bench.get("init_ms") is not None else "-"])
     return "<h2>Devices</h2>" + _table(header, body)
 

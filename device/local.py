@@ -6,13 +6,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from liteship.errors import DeviceError
 from liteship.runtime.bundle import cache_root
 from liteship.runtime.files import atomic_path
 
-from .base import CommandResult, Target
+from .base import CHUNK, CommandResult, Target
 
 
 def _default_workdir() -> str:
@@ -20,7 +20,7 @@ def _default_workdir() -> str:
     override = os.environ.get("LITESHIP_LOCAL_WORKDIR")
     if override:
         return str(Path(override).expanduser().resolve())
-    return str(cache_root().expanduser().resolve() / "device")
+    return str(cache_root().resolve() / "device")
 
 
 class LocalTarget(Target):
@@ -65,16 +65,25 @@ class LocalTarget(Target):
         )
         return self.check_result(argv, result) if check else result
 
-    def put(self, local: Path, remote: str, *, timeout: float | None = None) -> None:
-        self._copy(Path(local), Path(remote))
+    def put(self, local: Path, remote: str, *, timeout: float | None = None,
+            progress: Callable[[int], None] | None = None) -> None:
+        self._copy(Path(local), Path(remote), progress)
 
     def get(self, remote: str, local: Path, *, timeout: float | None = None) -> None:
         self._copy(Path(remote), Path(local))
 
-    def _copy(self, src: Path, dst: Path) -> None:
+    def _copy(self, src: Path, dst: Path, progress: Callable[[int], None] | None = None) -> None:
         try:
             with atomic_path(dst) as tmp:
-                shutil.copyfile(src, tmp)
+                if progress is None:
+                    shutil.copyfile(src, tmp)
+                else:
+                    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                        sent = 0
+                        while chunk := fin.read(CHUNK):
+                            fout.write(chunk)
+                            sent += len(chunk)
+                            progress(sent)
         except OSError as exc:
             raise DeviceError(f"{self.name}: cannot copy {src} to {dst}: {exc.strerror}") from None
 

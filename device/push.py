@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from liteship.errors import BundleError, DeviceError
+from liteship.progress import Meter
 from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME
 from liteship.runtime.files import sha256_file
 from liteship.units import size_text
@@ -189,7 +190,7 @@ def push_bundle(
 
     ``min_bytes_per_s`` sets each file's timeout (plus 60 s): a link slower than that is treated as dropped.
     """
-    say = progress or (lambda message: None)
+    say = progress or _quiet
     started = time.monotonic()
     local = load_local_bundle(bundle_path, name=name)
     workdir = workdir or target.default_workdir()
@@ -255,12 +256,23 @@ def _push_locked(target, local, out, result, *, bdir, final, names, say, started
             setup.append(f"ln {src} {dst} 2>/dev/null || cp {src} {dst} || exit 1")
         target.shell("\n".join(setup) + "\n", timeout=120)
 
+        meter = _send_meter(target, local, send, say)
         for n in send:
             size = local.files[n][1]
-            say(f"{target.name}: sending {n} ({size_text(size)})")
-            target.put(local.sources[n], f"{partial}/{n}", timeout=60 + size / min_bytes_per_s)
+            if meter is None or not meter.tty:  # a line per stage; a terminal has the meter's one line instead
+                say(f"{target.name}: sending {n} ({size_text(size)})")
+            before = result.bytes_sent
+            if meter is None:
+                target.put(local.sources[n], f"{partial}/{n}", timeout=60 + size / min_bytes_per_s)
+            else:
+                meter.label = f"{target.name}: sending {n}"
+                target.put(local.sources[n], f"{partial}/{n}", timeout=60 + size / min_bytes_per_s,
+                           progress=lambda sent: meter(before + min(sent, size)))
             result.bytes_sent += size
+            if meter is not None:
+                meter(result.bytes_sent)
         result.sent, result.reused = send, reuse
+        say(f"{target.name}: checking {len(names)} files' sha256 on the device")
 
         # 4 + 5. verify every file on the device, and only then swap it in with renames (one round trip);
         # the old bundle is restored if the second rename fails.
@@ -287,6 +299,21 @@ def _push_locked(target, local, out, result, *, bdir, final, names, say, started
     result.seconds = time.monotonic() - started
     say(f"{target.name}: {local.name} installed at {final} ({len(send)} sent, {len(reuse)} unchanged)")
     return result
+
+
+def _send_meter(target: Target, local: LocalBundle, send: list[str], say) -> Meter | None:
+    """Bytes sent, rate and ETA across the files to send (liteship.progress.Meter, on stderr), when the caller
+    follows progress and the target's put reports it (a third-party kind's put may not take ``progress``)."""
+    import inspect
+
+    params = inspect.signature(target.put).parameters.values()
+    if say is _quiet or not any(p.name == "progress" or p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return Meter(f"{target.name}: sending", sum(local.files[n][1] for n in send), unit="MB", scale=1e6)
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 # Pushes of this process that hold a lock: a lock naming this process but none of these was left by a push that

@@ -22,7 +22,8 @@ COLUMNS: tuple[tuple[str, Any], ...] = (
     ("p90 ms", lambda e: _f(_lat(e, "p90"), 3)),
     ("p99 ms", lambda e: _f(_lat(e, "p99"), 3)),
     ("runs", lambda e: e["bench"].get("runs") or "-"),
-    ("peak RSS MiB", lambda e: _f((e["bench"].get("peak_rss_bytes") or 0) / 2**20 or None, 1)),
+    ("peak RSS MiB", lambda e: _mib(e["bench"].get("peak_rss_bytes"))),
+    ("model RSS MiB", lambda e: _mib(e["bench"].get("model_rss_bytes"))),  # peak minus the runner's baseline
     ("decode tok/s", lambda e: _f((e["bench"].get("generation") or {}).get("decode_tok_s"), 1)),
     ("max temp °C", lambda e: _f(_hottest(e.get("run")), 0)),
 )
@@ -30,6 +31,10 @@ COLUMNS: tuple[tuple[str, Any], ...] = (
 
 def _f(value: Any, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
 
 
 def _size(n: int) -> str:

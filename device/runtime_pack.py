@@ -1,6 +1,6 @@
 """The liteship runtime as one self-contained zipapp a board runs with its own python3.
 
-It holds ``liteship/__init__.py``, ``liteship/errors.py`` and ``liteship/runtime/**`` only - never convert/ or
+It holds ``liteship/__init__.py``, ``liteship/errors.py``, ``liteship/units.py`` and ``liteship/runtime/**`` only - never convert/ or
 device/, so a board needs numpy and an interpreter wheel (ai-edge-litert or tflite-runtime), nothing else. The zip
 is byte-for-byte reproducible (sorted entries, fixed timestamps), so its sha256 names it and a device keeps one copy
 per runtime version: ``<workdir>/runtime/liteship-runtime-<sha12>.pyz``.
@@ -55,7 +55,7 @@ def _sources() -> list[tuple[str, Path]]:
 
     top = Path(liteship.__file__).parent
     runtime = Path(liteship.runtime.__file__).parent
-    files = [("liteship/__init__.py", top / "__init__.py"), ("liteship/errors.py", top / "errors.py")]
+    files = [(f"liteship/{name}", top / name) for name in ("__init__.py", "errors.py", "units.py")]
     for path in sorted(runtime.rglob("*")):
         rel = path.relative_to(runtime)
         if path.is_file() and "__pycache__" not in rel.parts and path.suffix not in (".pyc", ".pyo"):

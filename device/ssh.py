@@ -25,13 +25,15 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 from liteship.errors import DeviceError
 from liteship.runtime.files import atomic_path
 
-from .base import CommandResult, ShellTarget, _short, last_line, quote
+from .base import CHUNK, CommandResult, ShellTarget, _short, last_line, quote
 
 CONNECT_TIMEOUT_S = 10
 # 3 missed keep-alives 5 s apart -> a vanished board is noticed in ~15 s instead of the TCP timeout (minutes).
@@ -75,6 +77,35 @@ def _parse_spec(spec: str) -> tuple[str | None, str, int | None]:
         raise DeviceError(f"bad ssh device {spec!r}: a host name cannot start with '-'")
     return match["user"], host, int(match["port"]) if match["port"] else None
 
+
+
+@contextmanager
+def _counted_pipe(source: IO[bytes], progress: Callable[[int], None]) -> Iterator[int]:
+    """The read end of a pipe that a thread fills from ``source``, calling ``progress(bytes_written)`` per chunk:
+    ssh reads its stdin from a file descriptor, so the count is taken on the way in (the pipe holds 64 KiB).
+    If ssh stops reading (a dropped link), closing the read end on exit ends the thread with a broken pipe."""
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        sent = 0
+        try:
+            with os.fdopen(write_fd, "wb", buffering=0) as sink:
+                while chunk := source.read(CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[sink.write(view):]
+                    sent += len(chunk)
+                    progress(sent)
+        except OSError:  # BrokenPipeError: ssh is gone; its exit status says why
+            pass
+
+    thread = threading.Thread(target=feed, name="liteship-ssh-put", daemon=True)
+    thread.start()
+    try:
+        yield read_fd
+    finally:
+        os.close(read_fd)
+        thread.join()
 
 class SSHTarget(ShellTarget):
     kind = "ssh"
@@ -216,13 +247,18 @@ class SSHTarget(ShellTarget):
                 values.get("user", user))
 
     # --- Target ---------------------------------------------------------------------------------------------
-    def put(self, local: Path, remote: str, *, timeout: float | None = None) -> None:
+    def put(self, local: Path, remote: str, *, timeout: float | None = None,
+            progress: Callable[[int], None] | None = None) -> None:
         try:
             handle = open(local, "rb")
         except OSError as exc:
             raise DeviceError(f"{self.name}: cannot read {local}: {exc.strerror}") from None
         with handle:
-            result = self._execute(f"cat > {quote(remote)}", timeout=timeout, stdin=handle)
+            if progress is None:
+                result = self._execute(f"cat > {quote(remote)}", timeout=timeout, stdin=handle)
+            else:
+                with _counted_pipe(handle, progress) as stdin:
+                    result = self._execute(f"cat > {quote(remote)}", timeout=timeout, stdin=stdin)
         if result.returncode != 0:
             raise DeviceError(f"{self.name}: cannot write {remote}: {last_line(result.stderr) or 'cat failed'}")
 

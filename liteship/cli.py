@@ -37,6 +37,7 @@ from liteship.errors import (
     interrupt_locations,
     was_interrupted,
 )
+from liteship.progress import end_stage_line
 
 # The one CLI tree. Each group maps to a package; each command lives in its stage's own module and is imported
 # only when used. Command modules import TensorFlow inside the command body, so even `--help` never loads it.
@@ -160,7 +161,10 @@ def _run(argv: list[str] | None) -> int:
     try:
         # In-process callers (tests) keep their own stderr capture: only the program hides native noise.
         with native_noise_hidden() if argv is None else contextlib.nullcontext():
-            rv = cli.main(args=argv, prog_name="liteship", standalone_mode=False)
+            try:
+                rv = cli.main(args=argv, prog_name="liteship", standalone_mode=False)
+            finally:  # a stage line still redrawn ends while its stream is open, before any error line
+                end_stage_line()
         check_interrupted()  # a Ctrl-C that a library swallowed still ends the run with 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

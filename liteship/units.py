@@ -5,7 +5,9 @@ from __future__ import annotations
 
 
 def size_text(n: int | float) -> str:
-    """A file size: ``48.1 kB`` below 100 kB, ``0.47 MB`` below 1 MB, else ``497.8 MB``."""
+    """A file size: ``512 B`` below 1 kB, ``48.1 kB`` below 100 kB, ``0.47 MB`` below 1 MB, else ``497.8 MB``."""
+    if n < 1000:
+        return f"{int(n)} B"
     if n < 100_000:
         return f"{n / 1e3:.1f} kB"
     return f"{n / 1e6:.2f} MB" if n < 1e6 else f"{n / 1e6:.1f} MB"

@@ -20,8 +20,9 @@ import numpy as np
 from liteship.errors import LiteshipError, RuntimeLiteshipError
 from liteship.runtime.bundle import Bundle
 from liteship.runtime.files import write_json_atomic
-from liteship.runtime.interpreter import create_interpreter
+from liteship.runtime.interpreter import create_interpreter, resolve_backend
 from liteship.runtime.memory import peak_rss_bytes
+from liteship.units import memory_text, size_text
 
 SCHEMA = "liteship.bench/1"
 # For GPT-2 the latency loop times one decode step: the call a chat app makes once per token.
@@ -40,6 +41,24 @@ def default_signature(keys: list[str]) -> str | None:
 def utc_timestamp() -> str:
     """Now in UTC to the second, as every liteship record writes it: ``2026-12-01T18:40:00Z``."""
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def rss_figures(peak: int | None, baseline: int | None) -> dict:
+    """The one memory record of a run: ``peak_rss_bytes`` (the process's peak resident memory),
+    ``baseline_rss_bytes`` (its peak before the model was loaded: the runner itself) and ``model_rss_bytes``
+    (peak minus baseline: the model's own share, like benchmark_model's "memory footprint delta"). None where
+    unknown."""
+    model = peak - baseline if peak is not None and baseline is not None else None
+    return {"peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
+            "model_rss_bytes": None if model is None else max(model, 0)}
+
+
+def rss_text(result: dict) -> str:
+    """``123.4 MiB (model 80.1 MiB)``: the peak, then the model's share when known."""
+    peak, model = result.get("peak_rss_bytes"), result.get("model_rss_bytes")
+    if not peak:
+        return "unknown"
+    return memory_text(peak) + (f" (model {memory_text(model)})" if model is not None else "")
 
 
 def host_facts() -> dict:
@@ -131,6 +150,8 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         raise RuntimeLiteshipError("--runs must be >= 1 and --warmup >= 0")
     if context < 1:
         raise RuntimeLiteshipError(f"--context must be at least 1, not {context}")
+    resolve_backend(backend)  # the runner's own memory (the interpreter package) belongs to the baseline
+    baseline_rss = peak_rss_bytes()  # before the model is read: what follows is the model's share
     bundle = Bundle.open(model)
     t0 = time.perf_counter()
     interp = create_interpreter(bundle.model_path, backend=backend, num_threads=threads, delegate=delegate,
@@ -189,7 +210,8 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         contexts = [c for c in (32, 128, 512, 1024) if c < int(bundle.config.get("max_context", 0))]  # report's plot
         result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend,  # already verified
                                                     context=decode_context or context, contexts=contexts)
-    result["peak_rss_bytes"] = peak_rss_bytes()
+        result["generation"].pop("peak_rss_bytes", None)  # one peak per run: the one below covers generation too
+    result.update(rss_figures(peak_rss_bytes(), baseline_rss))
     result["host"] = host_facts()
     result["created"] = utc_timestamp()
     return result
@@ -197,9 +219,8 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
 
 def format_table(result: dict) -> str:
     lat = result["latency_ms"]
-    rss = result.get("peak_rss_bytes")
     rows = [
-        ("model", f"{result['model']['path']} ({result['model']['size_bytes'] / 1e6:.2f} MB, "
+        ("model", f"{result['model']['path']} ({size_text(result['model']['size_bytes'])}, "
                   f"{result['model']['quantization']})"),
         ("runtime", f"{result['runtime']['backend']}, threads={result['runtime']['threads'] or 'default'}"
                     f"{', delegate=' + result['runtime']['delegate'] if result['runtime']['delegate'] else ''}"),
@@ -209,7 +230,7 @@ def format_table(result: dict) -> str:
         ("first inference", f"{result['first_inference_ms']:.3f} ms"),
         (f"latency ({result['runs']} runs)", f"mean {lat['mean']:.3f} ± {lat['std']:.3f} ms, p50 {lat['p50']:.3f}, "
                                             f"p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}"),
-        ("peak RSS", f"{rss / 2**20:.1f} MiB" if rss else "unknown"),
+        ("peak RSS", rss_text(result)),
     ]
     gen = result.get("generation")
     if gen:

@@ -19,9 +19,9 @@ MANIFEST_NAME = "manifest.json"
 
 
 def cache_root() -> Path:
-    """Where liteship keeps what it can make again (extracted bundles, weight caches, conversions, the local
-    target's workdir): $LITESHIP_CACHE, else ~/.cache/liteship. The one place that decides it."""
-    return Path(os.environ.get("LITESHIP_CACHE") or Path.home() / ".cache" / "liteship")
+    """$LITESHIP_CACHE (unset or empty: ~/.cache/liteship): the one root of every cache liteship keeps (extracted
+    bundles, weight caches, conversions, the runtime pack, the local target's workdir)."""
+    return Path(os.environ.get("LITESHIP_CACHE") or Path.home() / ".cache" / "liteship").expanduser()
 
 
 def is_bundle(path: str | Path) -> bool:

@@ -154,7 +154,8 @@ def _labels(bundle: Bundle) -> list[str]:
 @click.option("--delegate", default=None, help="External delegate library, or 'edgetpu'.")
 @click.option("--output", "-o", "--out", "output", type=click.Path(path_type=Path), default=None,
               help="Write outputs to this .npz.")
-def run_model(bundle: Path, inputs, signature, threads, backend, delegate, output) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the outputs as JSON (every value, dequantized).")
+def run_model(bundle: Path, inputs, signature, threads, backend, delegate, output, as_json) -> None:
     """Run any bundle on .npy inputs and print its outputs.
 
     A float array given to an int8/uint8 input is quantized with that input's scale and zero point (said on
@@ -202,19 +203,29 @@ def run_model(bundle: Path, inputs, signature, threads, backend, delegate, outpu
             np.savez(f, **out)
     labels = _labels(b)
     output_details = runner.get_output_details()
+    records = {}
     for name, value in out.items():
         scale, zero_point = _scale_zero_point(output_details.get(name, {}))
+        record = {"dtype": str(value.dtype), "shape": list(value.shape), "dequantized": None}
         kind = f"{value.dtype}{list(value.shape)}"
         if value.dtype.kind in "iu" and scale:
             value = (value.astype(np.float32) - zero_point) * np.float32(scale)
             kind += f" dequantized (scale {scale:.6g}, zero point {zero_point})"
+            record["dequantized"] = {"scale": scale, "zero_point": zero_point}
         flat = value.reshape(-1)
         preview = np.array2string(flat[:10], precision=4, separator=", ")
         line = f"{name}: {kind} {preview}{' ...' if flat.size > 10 else ''}"
+        record["values"] = value.tolist()
         if value.ndim == 2 and value.shape[0] == 1 and flat.size:
             best = int(flat.argmax())
-            line += f"  argmax {best}" + (f" ({labels[best]})" if len(labels) == flat.size else "")
-        click.echo(line)
+            label = labels[best] if len(labels) == flat.size else None
+            line += f"  argmax {best}" + (f" ({label})" if label is not None else "")
+            record.update(argmax=best, label=label)
+        records[name] = record
+        if not as_json:
+            click.echo(line)
+    if as_json:
+        click.echo(json.dumps({"bundle": str(bundle), "signature": signature, "outputs": records}))
 
 
 @click.command()

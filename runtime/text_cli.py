@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -24,8 +25,10 @@ from liteship.options import NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, SEED, 
               help="Attend over all max_context cache slots from the first token: the same step time at every "
                    "position, that of the longest text (default: the cache grows with the text).")
 @click.option("--stats", is_flag=True, help="Print prefill/decode speed to stderr at the end.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object at the end (text, token ids, why it stopped, timings) instead of streaming.")
 def command(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, threads, truncate, full_cache,
-            stats):
+            stats, as_json):
     """Continue PROMPT with the GPT-2 BUNDLE, printing tokens as they are generated."""
     from liteship.runtime.generate import TextGenerator
 
@@ -36,8 +39,14 @@ def command(bundle, prompt, max_new_tokens, temperature, top_k, top_p, seed, sto
         sys.stdout.flush()
 
     result = gen.generate(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                          stop=stop, stream=emit, truncate=truncate)
-    sys.stdout.write("\n")
+                          stop=stop, stream=None if as_json else emit, truncate=truncate)
+    if as_json:
+        click.echo(json.dumps({"prompt": prompt, "text": result.text, "token_ids": [int(t) for t in result.token_ids],
+                               "prompt_tokens": result.prompt_tokens, "finish_reason": result.finish_reason,
+                               "prefill_seconds": result.prefill_seconds, "decode_seconds": result.decode_seconds,
+                               "kv_cache": gen.session.cache_description()}))
+    else:
+        sys.stdout.write("\n")
     if stats:
         n = len(result.token_ids)
         click.echo(f"{result.prompt_tokens} prompt tokens in {result.prefill_seconds:.3f} s, {n} new tokens in "
@@ -64,8 +73,6 @@ def eval_command(bundle, text_file, reference, device, python, as_json, threads,
     Each window runs through prefill with the KV cache carried from chunk to chunk; a window starts at the
     previous one's last token, so every token after the first is predicted once. Progress goes to stderr.
     """
-    import json
-
     from liteship.runtime.text_eval import evaluate_text
 
     bar = None

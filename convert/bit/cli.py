@@ -43,7 +43,7 @@ def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_typ
 
     from liteship.convert.bit.export import export_bit
     from liteship.convert.bundle import check_out_dir
-    from liteship.convert.cli import default_out, summary
+    from liteship.convert.cli import default_out, progress, summary
     from liteship.convert.quant import Quant
 
     if out_dir is None:
@@ -53,7 +53,7 @@ def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_typ
     started = time.perf_counter()
     out = export_bit(source, out_dir, variant=variant, quant=quant, calibration=calibration, labels=labels,
                      image_size=image_size, io_type=io_type, input_range=input_range,
-                     calibration_limit=calibration_limit, groupnorm=groupnorm, progress=lambda message: click.echo(message, err=True))
+                     calibration_limit=calibration_limit, groupnorm=groupnorm, progress=progress)
     summary(out, quant=quant, seconds=time.perf_counter() - started)
 
 

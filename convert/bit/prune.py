@@ -282,6 +282,7 @@ def prune_bit(source: str | Path, out: str | Path, data: str | Path, options: P.
     say = progress or (lambda message: None)
     quant = Quant.parse(options.quant)
     started = time.perf_counter()
+    P.check_out(out, source, folder=False)  # before the fine-tuning it would otherwise throw away
     say(f"reading {source}")
     checkpoint = load_checkpoint(source, variant, input_range=input_range, image_size=image_size)
     config, size = checkpoint.config, image_size or checkpoint.config.image_size

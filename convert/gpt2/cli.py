@@ -23,7 +23,7 @@ def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     from pathlib import Path
 
     from liteship.convert.bundle import check_out_dir
-    from liteship.convert.cli import default_out, summary
+    from liteship.convert.cli import default_out, progress, summary
     from liteship.convert.gpt2.export import export
     from liteship.convert.quant import Quant
 
@@ -32,7 +32,7 @@ def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     check_out_dir(out_dir)
     check_tokenizer(checkpoint_dir)
     report = export(checkpoint_dir, out_dir, quant=quant, max_context=max_context, prefill_len=prefill_len,
-                    progress=lambda msg: click.echo(msg, err=True))
+                    progress=progress)
     summary(report.bundle, quant=report.quantization, seconds=report.seconds)
 
 

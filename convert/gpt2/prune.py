@@ -100,6 +100,7 @@ def prune_gpt2(source: str | Path, out: str | Path, data: str | Path, options: P
         raise ConvertError("--qat is for BiT (full-integer int8); GPT-2 bundles are fp32, fp16 or dynamic-int8")
     started = time.perf_counter()
     source = Path(source)
+    P.check_out(out, source, folder=True)  # before the fine-tuning it would otherwise throw away
     say(f"reading {source}")
     cfg, params, _ = load_checkpoint(source)
     seq = min(context or DEFAULT_CONTEXT, cfg.n_positions) - 1  # +1 target token per window fits n_positions

@@ -82,7 +82,8 @@ def assert_failed_cleanly(result, *, exit_code: int, names=(), tmp: Path | None 
 @dataclass
 class Case:
     """One bad input. ``args`` may use {fx} (the shared fixture bundles) and {tmp} (the case's folder);
-    ``setup(tmp, fx)`` prepares files; ``names`` must appear in the error line; ``keep`` paths must not change."""
+    ``setup(tmp, fx)`` prepares files; ``names`` must appear in the error line; ``keep`` paths must not change;
+    ``absent`` texts must not appear on stderr (a stage the run must not have reached)."""
 
     id: str
     args: tuple
@@ -91,6 +92,7 @@ class Case:
     setup: object = None
     keep: tuple = ()
     env: dict = field(default_factory=dict)
+    absent: tuple = ()
 
 
 def interrupt_after(args, tmp: Path, *, when, env=None, timeout: float = 300):

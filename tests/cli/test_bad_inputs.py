@@ -95,6 +95,21 @@ def lone_tflite_without_signatures(tmp, fx):
     np.save(tmp / "x.npy", np.zeros((12, 12, 3), np.float32))
 
 
+def lone_tflite_with_a_wrong_weight_shape(tmp, fx):
+    """The fixture model with its dense layer's weight declared (5, 7) over an (5, 8) buffer: the file is whole,
+    loads and lists its signature, and XNNPACK refuses to prepare it (what a bit flip in a shape does)."""
+    fu = pytest.importorskip("tensorflow.lite.tools.flatbuffer_utils")
+    model = fu.convert_bytearray_to_object(bytearray((fx / "classifier-fp32" / "model.tflite").read_bytes()))
+    [weight] = [t for t in model.subgraphs[0].tensors if list(t.shape) == [5, 8]]
+    weight.shape = np.array([5, 7], np.int32)
+    (tmp / "bad.tflite").write_bytes(bytes(fu.convert_object_to_bytearray(model)))
+    np.save(tmp / "x.npy", np.zeros((12, 12, 3), np.float32))
+
+
+def text_file(tmp, fx):
+    (tmp / "t.txt").write_text("a few words to fine-tune on. " * 40)
+
+
 def set_key(key, value):
     def change(d):
         d[key] = value
@@ -153,14 +168,27 @@ CASES = [
          setup=labels(bytes(range(256))), keep=("old",)),
     Case("too-many-labels", (*CONVERT_SM, "--labels", "{tmp}/labels.bin"), ("labels.bin", "7", "5"),
          setup=labels(b"a\nb\nc\nd\ne\nf\ng\n"), keep=("old",)),
-    Case("prompt-not-utf8", (*GPT2, "--stop", "\udcff"), ("--stop",), exit_code=2),
+    Case("stop-not-utf8", (*GPT2, "--stop", "\udcff"), ("--stop",), exit_code=2),
+    Case("prompt-not-utf8", ("run", "gpt2", "{fx}/gpt2-fp32", "--prompt", "\udcff\udcfe hi"), ("--prompt",),
+         exit_code=2),
     Case("tampered-zip", ("inspect", "{tmp}/b.zip"), ("b.zip", "labels.txt"), setup=tampered_zip),
     Case("out-is-not-a-bundle", ("convert", "savedmodel", "{fx}/classifier-savedmodel", "--out", "{tmp}/mine"),
-         ("--out", "mine"), setup=not_a_bundle, keep=("mine",)),
+         ("--out", "mine"), setup=not_a_bundle, keep=("mine",), absent=("converting",)),
+    Case("gpt2-out-is-not-a-bundle", ("convert", "gpt2", "{fx}/gpt2-checkpoint", "-o", "{tmp}/mine"),
+         ("--out", "mine"), setup=not_a_bundle, keep=("mine",), absent=("reading", "converting")),
+    Case("prune-out-is-not-a-prune-output", ("prune", "gpt2", "{fx}/gpt2-checkpoint", "--data", "{tmp}/t.txt", "-o",
+                                             "{tmp}/mine"),
+         ("--out", "mine"), setup=lambda tmp, fx: (not_a_bundle(tmp, fx), text_file(tmp, fx)), keep=("mine",),
+         absent=("reading", "fine-tun")),
+    Case("prune-out-under-a-file", ("prune", "gpt2", "{fx}/gpt2-checkpoint", "--data", "{tmp}/t.txt", "-o",
+                                    "{tmp}/afile/p"),
+         ("--out", "afile"), setup=lambda tmp, fx: (arrays(tmp, fx), text_file(tmp, fx)), absent=("reading",)),
     Case("out-is-a-file", ("convert", "savedmodel", "{fx}/classifier-savedmodel", "--out", "{tmp}/afile"),
          ("--out", "afile"), setup=arrays, keep=("afile",)),
     Case("lone-tflite-without-signatures", ("run", "model", "{tmp}/nosig.tflite", "--input", "{tmp}/x.npy"),
          ("nosig.tflite", "signatures"), setup=lone_tflite_without_signatures),
+    Case("tflite-xnnpack-cannot-prepare", ("run", "model", "{tmp}/bad.tflite", "--input", "{tmp}/x.npy"),
+         ("bad.tflite", "XNNPack"), setup=lone_tflite_with_a_wrong_weight_shape),
     Case("pack-unknown-suffix", ("pack", "{fx}/classifier-fp32", "{tmp}/b.rar"), ("b.rar",)),
     # Out-of-range options: usage errors, exit 2, naming the option
     Case("temperature-nan", (*GPT2, "--temperature", "nan"), ("--temperature",), exit_code=2),
@@ -191,6 +219,8 @@ def test_bad_input(case: Case, fixture_bundles: Path, tmp_path: Path):
     env = cli_env(tmp_path, **{k: v.format(fx=fx, tmp=tmp_path) for k, v in case.env.items()})
     result = run(args, tmp_path, env=env)
     assert_failed_cleanly(result, exit_code=case.exit_code, names=case.names, tmp=tmp_path)
+    for text in case.absent:
+        assert text not in result.stderr, f"the run got as far as {text!r}: {result.stderr}"
     for name, digest in kept.items():
         assert tree_digest(tmp_path / name) == digest, f"{name} changed"
 

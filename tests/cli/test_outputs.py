@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -144,3 +147,77 @@ def test_run_model_quantizes_float_input_for_an_int8_input_bundle(fixture_bundle
     # the float model's logits, within int8 quantization error (a plain cast of 0..1 pixels would give ~all zeros)
     assert np.abs(values - y).max() < 0.1 * (np.abs(y).max() + 1e-6) + 0.05, (values, y)
     assert f"argmax {int(np.argmax(y))} ({'abcde'[int(np.argmax(y))]})" in line
+
+
+def test_one_size_is_written_one_way_everywhere(fixture_bundles, tmp_path):
+    """A model's size in SI units (kB, MB) by liteship.units.size_text, memory in MiB: inspect, the converter's
+    summary, the runner's table, the bench report and a push say the same thing."""
+    from liteship.units import size_text
+
+    out = tmp_path / "b"
+    converted = run(["convert", "savedmodel", fixture_bundles / "classifier-savedmodel", "-o", out], tmp_path)
+    assert converted.returncode == 0, converted.stderr
+    size = size_text((out / "model.tflite").stat().st_size)
+    assert re.search(rf"wrote .*: {re.escape(size)} model, fp32, .* peak RSS \d+\.\d MiB$", converted.stderr.strip())
+    assert run(["inspect", out], tmp_path).stdout.splitlines()[0].endswith(f"  {size}")
+    table = subprocess.run([sys.executable, "-m", "liteship.runtime.bench", str(out), "--runs", "2"],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"({size}, fp32)" in table and re.search(r"peak RSS\s+\d+\.\d MiB \(model \d+\.\d MiB\)", table)
+    report = run(["bench", out, "--runs", "2", "--warmup", "0"], tmp_path).stdout
+    assert f"(model {size}," in report and "| peak RSS MiB | model RSS MiB |" in report
+    pushed = run(["device", "push", out, "local", "--workdir", tmp_path / "wd"], tmp_path)
+    assert f"sending model.tflite ({size})" in pushed.stderr, pushed.stderr
+    for text in (converted.stderr, table, report, pushed.stderr):
+        assert not re.search(r"\d (KB|KiB|Mb|mb)\b", text), text
+
+
+def test_native_noise_is_hidden_unless_liteship_verbose(fixture_bundles, tmp_path):
+    """TensorFlow, absl, CUDA probing and XNNPACK print from C++ on every convert and run; only liteship's own
+    lines reach stderr, and LITESHIP_VERBOSE=1 shows the rest."""
+    converted = run(["convert", "savedmodel", fixture_bundles / "classifier-savedmodel", "-o", tmp_path / "b"],
+                    tmp_path)
+    assert converted.returncode == 0, converted.stderr
+    lines = [line for line in converted.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("[liteship] ") for line in lines), lines
+    np.save(tmp_path / "x.npy", np.zeros((12, 12, 3), np.float32))
+    args = ["run", "model", tmp_path / "b", "--input", tmp_path / "x.npy"]
+    quiet = run(args, tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
+    verbose = run(args, tmp_path, env=cli_env(tmp_path, LITESHIP_VERBOSE="1"))
+    assert verbose.returncode == 0 and "XNNPACK" in verbose.stderr, verbose.stderr
+    assert verbose.stdout == quiet.stdout
+
+
+def test_two_cli_pushes_of_one_name_at_once(fixture_bundles, tmp_path):
+    """Two `liteship device push` processes, one bundle name, one device: the second says another push is in
+    progress (naming the lock) and leaves the first one's transfer alone; the first installs a whole bundle."""
+    from tests.device.test_push import tree, variant
+
+    big = variant(fixture_bundles / "classifier-fp32", tmp_path / "big", {"assets/big.bin": os.urandom(200_000_000)})
+    workdir = tmp_path / "wd"
+    first = subprocess.Popen(command("device", "push", big, "local", "--workdir", workdir), env=cli_env(tmp_path),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = workdir / "bundles" / ".big.lock"
+    for _ in range(600):  # the first holds the lock while it sends 200 MB
+        if lock.exists() or first.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert lock.exists(), "the first push never took its lock"
+    second = run(["device", "push", big, "local", "--workdir", workdir], tmp_path)
+    assert_failed_cleanly(second, exit_code=1, names=("another push of big is in progress", ".big.lock"))
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert tree(workdir / "bundles" / "big") == tree(big)
+    assert not lock.exists() and not leftovers(workdir)
+
+
+def test_pushed_bundles_are_readable_by_other_users_of_the_board(fixture_bundles, tmp_path):
+    """Under umask 022 a pushed bundle is 0755 folders and 0644 files, like a converted one."""
+    workdir = tmp_path / "wd"
+    result = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh",
+                             *command("device", "push", fixture_bundles / "classifier-fp32", "local", "--workdir",
+                                      workdir)], env=cli_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    root = workdir / "bundles" / "classifier-fp32"
+    for p in [root, *root.rglob("*")]:
+        assert p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644), (p, oct(p.stat().st_mode))

@@ -14,7 +14,9 @@ here independently of liteship's copy so a test fails when liteship passes a fla
   and Init check them (counts, no -1, every subgraph input listed, ranks), matched to the subgraph's inputs by
   position (a differing name only WARNs), integers drawn from their range, floats random;
 * ``--enable_op_profiling=true``: an "Operator-wise Profiling Info for Regular Benchmark Runs" block with a
-  "Summary by node type" table (profile_summarizer's default formatter).
+  "Summary by node type" table (profile_summarizer's default formatter);
+* the python fake ends with the "Memory footprint delta from the start of the tool (MB)" line, its own max RSS
+  growth since it started, as benchmark_model.cc measures it.
 
 ``python_fake(python)`` really runs the model with LiteRT (for the host and the SSH board); ``MKSH_FAKE`` runs where
 the real one runs on a phone, under mksh with busybox and no python, timing a sha256 of the graph per run.
@@ -73,6 +75,8 @@ if unconsumed:
 print("INFO: Graph: [%s]" % flags.get("graph", ""))
 print("INFO: Signature to run: [%s]" % flags.get("signature_to_run_for", ""))
 print("INFO: Num threads: [%s]" % flags.get("num_threads", "-1"))
+import resource
+start_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # BenchmarkModel::Run's start_mem_usage
 t0 = time.perf_counter()
 interp = Interpreter(model_path=flags["graph"], num_threads=int(flags.get("num_threads", 1)))
 keys = list(interp.get_signature_list())
@@ -166,6 +170,9 @@ if flags.get("enable_op_profiling") in ("true", "1"):
     print("Timings (microseconds): count=%d first=%d curr=%d min=%d max=%d avg=%g std=%d" % (len(r), r[0], r[-1], min(r), max(r), np.mean(r), np.std(r)))
 print("INFO: Inference timings in us: Init: %d, First inference: %d, Warmup (avg): %g, Inference (avg): %g"
       % (init_us, w[0], np.mean(w), np.mean(r)))
+# benchmark_model.cc: max RSS now minus at the start, kB / 1024.0 (the init figure is taken the same way)
+delta_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start_kb) / 1024.0
+print("INFO: Memory footprint delta from the start of the tool (MB): init=%g overall=%g" % (delta_mb, delta_mb))
 '''
 
 

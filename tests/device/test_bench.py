@@ -18,6 +18,15 @@ from liteship.runtime.files import write_json_atomic
 from tests.device.fake_benchmark_model import python_fake
 
 
+def assert_one_peak_rss(entry: dict) -> None:
+    """One peak RSS per run, in the bench record, with the model's share of it; none beside it in the run record."""
+    bench = entry["bench"]
+    assert "peak_rss_bytes" not in entry["run"] and "peak_rss_bytes" not in (bench.get("generation") or {})
+    assert bench["peak_rss_bytes"] > 10 * 2**20  # a python process with numpy and an interpreter
+    assert 0 <= bench["model_rss_bytes"] < bench["peak_rss_bytes"]
+    assert bench["baseline_rss_bytes"] + bench["model_rss_bytes"] == bench["peak_rss_bytes"]
+
+
 def _settings(**kw) -> BenchSettings:
     return BenchSettings(**{"runs": 5, "warmup": 1, **kw})
 
@@ -36,7 +45,7 @@ def test_python_runner_over_ssh_end_to_end(ssh_env, tiny_bundle, remote_python, 
     assert bench["model"]["sha256"] == manifest["files"]["model.tflite"]["sha256"]
     assert bench["model"]["path"] == f"{workdir}/bundles/tiny-classifier/model.tflite"
     assert "litert" in bench["runtime"]["backend"]
-    assert bench["peak_rss_bytes"] > 0
+    assert_one_peak_rss(entry)
     # it ran from the pushed runtime zipapp under run_bench.sh, which recorded the pinning policy
     assert ".pyz bench " in entry["run"]["command"] and entry["run"]["cores_policy"] == "big"
     assert entry["device"]["python"]["path"] == remote_python
@@ -139,7 +148,7 @@ def test_benchmark_model_runner_pushes_once_and_parses(ssh_env, tiny_bundle, tmp
     assert bench["runs"] == 7 and bench["warmup_runs"] == 1
     assert bench["graph"] == f"{workdir}/bundles/tiny-classifier/model.tflite"
     assert bench["latency_ms"]["mean"] > 0 and bench["init_ms"] > 0
-    assert bench["peak_rss_bytes"] > 0  # from run_bench.sh's VmHWM: this tool prints no memory lines
+    assert_one_peak_rss(entry)  # the model's share from the tool's "memory footprint delta" line
     [cached] = (workdir / "bin").glob("benchmark_model-*")
     assert os.access(cached, os.X_OK)
     stamp = cached.stat().st_mtime_ns
@@ -293,8 +302,8 @@ def test_runtime_zipapp_holds_only_the_runtime_and_is_reproducible(tmp_path):
     assert build_runtime_zip() == path.read_bytes()  # same sources -> same bytes -> same cache name
     names = zipfile.ZipFile(path).namelist()
     assert {"__main__.py", "liteship/__init__.py", "liteship/errors.py", "liteship/runtime/bench.py"} <= set(names)
-    assert all(n in ("__main__.py", "liteship/__init__.py", "liteship/errors.py") or n.startswith("liteship/runtime/")
-               for n in names)
+    top = ("__main__.py", "liteship/__init__.py", "liteship/errors.py", "liteship/units.py")
+    assert all(n in top or n.startswith("liteship/runtime/") for n in names)
     assert "liteship/runtime/tflite_file.py" in names and not [n for n in names if "gen_schema" in n]  # no dev tools
     out = subprocess.run([sys.executable, str(path), "version"], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip() == __version__
@@ -432,6 +441,7 @@ def test_benchmark_model_times_gpt2_prefill_and_decode_at_stated_contexts(tmp_pa
     assert shapes["mask"] == "1,49" and shapes["k_0"].split(",")[1] == "48" and shapes["position"] == "1"
     assert f"prefill {gen['prefill_tok_s']:.1f} tok/s over {P} tokens" in markdown_report(doc)
     assert C > 48
+    assert_one_peak_rss(entry)  # each phase is a process: the run's peak is the largest phase's
 
 
 def test_benchmark_model_prefill_fills_the_open_cache_like_the_runtime(tmp_path_factory):

@@ -6,6 +6,7 @@ The "board" is this machine, so a test can look at (and damage) the remote files
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import pytest
 from liteship.device.base import open_target
 from liteship.device.push import SHA256_FUNCTION, push_bundle
 from liteship.errors import DeviceError
+from liteship.units import size_text
 
 
 def variant(bundle: Path, dst: Path, files: dict[str, bytes]) -> Path:
@@ -345,3 +347,47 @@ def test_a_second_push_of_one_name_says_another_is_in_progress(tiny_bundle, tmp_
     assert errors == []
     assert tree(workdir / "bundles" / "tiny-classifier") == tree(tiny_bundle)
     assert leftovers(workdir) == []
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_a_large_push_shows_bytes_rate_and_eta(board, tiny_bundle, tmp_path, monkeypatch, tty):
+    """Inside one large file: bytes sent, MB/s and ETA redrawn on a terminal (the ssh transport counts what it
+    feeds ssh); a line per stage (each file, then the device's check) and per quarter otherwise."""
+    import functools
+
+    import liteship.device.push as push
+
+    big = variant(tiny_bundle, tmp_path / "big", {"assets/big.bin": os.urandom(12_000_000)})
+    stream = Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(push, "Meter", functools.partial(push.Meter, min_interval_s=0))  # every chunk drawn
+    said = []
+    result = push_bundle(board, big, progress=said.append)
+    assert tree(Path(result.remote_path)) == tree(big)
+    total_mb = sum(f.stat().st_size for f in big.rglob("*") if f.is_file() and f.name != "manifest.json") / 1e6
+    text = stream.getvalue()
+    draws = text.split("\r\033[K")[1:] if tty else text.splitlines()
+    sent = [float(d.split("sending assets/big.bin ")[1].split("/")[0]) for d in draws if "assets/big.bin" in d]
+    assert len(sent) >= (4 if tty else 2) and sent == sorted(sent), draws  # 1 MiB at a time on a terminal
+    assert any("ETA" in d and " MB/s" in d for d in draws), draws
+    assert draws[-1].startswith("[liteship] ssh:board: sending ") and f"{total_mb:.1f}/{total_mb:.1f} MB" in draws[-1]
+    assert text.count("\n") == (1 if tty else len(draws))  # a terminal keeps one line, ended once
+    stages = [m for m in said if "sending" in m]
+    assert stages == ([] if tty else [f"ssh:board: sending {n} ({size_text((big / n).stat().st_size)})"
+                                      for n in sorted(result.sent)])
+    assert any("sha256 on the device" in m for m in said) and "installed at" in said[-1]
+
+
+def test_local_put_reports_bytes_per_chunk(tmp_path):
+    data = os.urandom(3_500_000)
+    (tmp_path / "blob").write_bytes(data)
+    counts = []
+    with open_target("local", workdir=str(tmp_path / "wd")) as target:
+        target.put(tmp_path / "blob", str(tmp_path / "copy"), progress=counts.append)
+    assert counts == [1 << 20, 2 << 20, 3 << 20, len(data)]
+    assert (tmp_path / "copy").read_bytes() == data

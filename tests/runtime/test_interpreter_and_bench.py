@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -82,3 +83,25 @@ def test_bench_module_error_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "liteship.runtime.bench", str(tmp_path / "nothing")],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "no such bundle" in proc.stderr
+
+
+def test_the_model_share_of_peak_rss_is_at_least_its_weights(tmp_path):
+    """One peak RSS per run and the model's share: peak minus the runner's memory before the model was loaded.
+    A 32 MB fp32 model must account for at least its weights (interpreter, numpy and Python are the baseline)."""
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(4096)])  # 8.4M weights, 33.6 MB in fp32
+    data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    path = tmp_path / "big.tflite"
+    path.write_bytes(data)
+    proc = subprocess.run([sys.executable, "-m", "liteship.runtime.bench", str(path), "--runs", "2", "--warmup", "0",
+                           "--json"], capture_output=True, text=True, check=True)
+    r = json.loads(proc.stdout)
+    assert r["peak_rss_bytes"] == r["baseline_rss_bytes"] + r["model_rss_bytes"]
+    assert r["model_rss_bytes"] >= 0.95 * len(data), (r["model_rss_bytes"], len(data))
+    assert r["baseline_rss_bytes"] > 10 * 2**20  # Python, numpy and the interpreter package, loaded before the model
+    table = subprocess.run([sys.executable, "-m", "liteship.runtime.bench", str(path), "--runs", "2"],
+                           capture_output=True, text=True, check=True).stdout
+    assert re.search(r"peak RSS\s+\d+\.\d MiB \(model \d+\.\d MiB\)", table), table
