@@ -59,6 +59,7 @@ def Threads() -> Number:  # noqa: N802 - reads like the other click types
 
 POSITIVE_INT = Number(int, min=1)
 NON_NEGATIVE_INT = Number(int, min=0)
+NON_NEGATIVE_FLOAT = Number(float, min=0)
 POSITIVE_FLOAT = Number(float, min=0, open_min=True)
 PROBABILITY = Number(float, min=0, max=1, open_min=True)  # top-p: a mass in (0, 1]
 SEED = Number(int, min=0, max=2**32 - 1)
