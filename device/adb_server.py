@@ -286,7 +286,8 @@ class AdbServerTarget(AndroidTarget):
         return self._call(what, limit, run)
 
     # --- files: the file-sync service ---------------------------------------------------------------------
-    def _sync_push(self, source, remote: str, mode: int, mtime: int, timeout: float | None) -> None:
+    def _sync_push(self, source, remote: str, mode: int, mtime: int, timeout: float | None,
+                   progress: Callable[[int], None] | None = None) -> None:
         limit = float(timeout) if timeout is not None else self.timeouts.command_s
 
         def push(_self) -> None:
@@ -295,11 +296,15 @@ class AdbServerTarget(AndroidTarget):
                 conn.request("sync:")
                 target = f"{remote},{mode}".encode()  # st_mode in decimal, file type bits included
                 conn.send(SYNC_HEADER.pack(b"SEND", len(target)) + target)
+                sent = 0
                 while True:
                     block = handle.read(SYNC_DATA_MAX)
                     if not block:
                         break
                     conn.send(SYNC_HEADER.pack(b"DATA", len(block)) + block)
+                    sent += len(block)
+                    if progress is not None:  # bytes sent so far, as AndroidTarget reports them
+                        progress(sent)
                 conn.send(SYNC_HEADER.pack(b"DONE", mtime & 0xFFFFFFFF))
                 status, length = SYNC_HEADER.unpack(conn.recv_exact(SYNC_HEADER.size))
                 if status == b"FAIL":
