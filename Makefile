@@ -43,15 +43,17 @@ test-device: setup
 ## make board-up: an emulated aarch64 board (Debian 12 arm64 under qemu-user) with its own sshd on loopback; root.
 ## Then: `. /var/tmp/liteship-board/env` and `liteship bench BUNDLE --device ssh:board`. The first run builds and
 ## caches the rootfs (minutes); later ones unpack the cache. `make board-down` ends it.
+## ARCH=armhf: a 32-bit armv7l board instead (Debian 12 armhf, tflite-runtime 2.14), in /var/tmp/liteship-board-armhf.
+BOARD_ARCH ?= $(or $(ARCH),arm64)
 board-up:
-	bash .ci/board-up
+	bash .ci/board-up $(BOARD_ARCH)
 
 board-down:
-	bash .ci/board-down
+	bash .ci/board-down $(BOARD_ARCH)
 
-## make test-board: the runtime tests inside that board on both backends, then `pytest -m device` against it
+## make test-board: the runtime tests inside that board on its backends, then `pytest -m device` against it
 test-board: setup
-	bash .ci/board-tests
+	bash .ci/board-tests $(BOARD_ARCH)
 
 clean:
 	rm -rf $(VENV) .venv-device .venv-tflite-runtime liteship-demo

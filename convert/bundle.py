@@ -87,14 +87,15 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
                  quantization: "Quant | str", io_type: str = "float32", preprocessing: dict | None = None,
                  config: dict | None = None, assets: Mapping[str, tuple[str, AssetSource]] | None = None,
                  source: dict | None = None, conversion: dict | None = None, overwrite: bool = True,
-                 check: Callable[[Path], None] | None = None) -> Path:
+                 check: Callable[[Path], None] | None = None, move_model: bool = False) -> Path:
     """Writes the bundle folder ``out_dir`` and returns it.
 
     ``assets`` maps a role to (relative path inside the bundle, source file or bytes), e.g.
     ``{"labels": ("assets/labels.txt", b"cat\\ndog\\n")}``. Everything is written into a temporary sibling folder
     and renamed into place when complete, so a failure leaves no partial bundle and an old bundle intact.
     ``check``, if given, is called with that finished temporary folder before the rename: what it raises discards
-    the new bundle and keeps the old one."""
+    the new bundle and keeps the old one. ``move_model``: ``tflite`` is the caller's temporary file; it is moved in
+    rather than copied (a 6 GB gpt2-xl otherwise needs three copies' worth of disk at once)."""
     out_dir = check_out_dir(out_dir, overwrite=overwrite)
     quant = Quant.parse(quantization)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,8 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
         raw_model = tmp / "raw.tflite"
         if isinstance(tflite, (bytes, bytearray)):
             raw_model.write_bytes(tflite)
+        elif move_model:
+            shutil.move(tflite, raw_model)
         else:
             shutil.copyfile(tflite, raw_model)
         info = read_model(raw_model)
@@ -153,16 +156,16 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
             check(tmp)
 
         check_interrupted()  # a Ctrl-C swallowed inside the converter must still keep the old bundle
-        with signals_deferred():  # the two renames are one step: never stop between them
+        # The two renames and the old bundle's removal are one step: a Ctrl-C arriving meanwhile is delivered
+        # after it, so it can leave neither a half-swapped pair nor the old bundle's folder behind.
+        with signals_deferred():
             if out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
                 os.replace(out_dir, old)
                 os.replace(tmp, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
             else:
-                old = None
                 os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         return out_dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

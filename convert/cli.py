@@ -95,7 +95,8 @@ def read_labels(path: Path) -> list[str]:
 
 def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quant, calibration: Path | None,
                       io_type: str, allow_tf_ops: bool, labels: Path | None, signature: str | None,
-                      mean: tuple[float, ...], std: tuple[float, ...], family: str = "classifier") -> Path:
+                      mean: tuple[float, ...], std: tuple[float, ...], family: str = "classifier",
+                      min_runtime: str | None = None) -> Path:
     """SavedModel -> bundle, with progress on stderr. Shared by the savedmodel and keras commands."""
     from liteship.convert.bundle import check_out_dir, hash_source, write_bundle
     from liteship.convert.calibration import representative_dataset
@@ -130,7 +131,7 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
         assets["labels"] = ("assets/labels.txt", ("\n".join(label_list) + "\n").encode())
     progress(f"converting {source} ({quant.value}, signature {key})")
     data, report = convert_saved_model(saved_model, quant, signature_keys=[key], representative_dataset=rep,
-                                       io_type=io_type, allow_tf_ops=allow_tf_ops)
+                                       io_type=io_type, allow_tf_ops=allow_tf_ops, min_runtime=min_runtime)
     progress(f"converted in {report['seconds']:.1f} s, ops "
              + ", ".join(f"{k} x{v}" for k, v in report["op_counts"].items()), stage=False)
     config = {"num_labels": len(label_list) if label_list else None}
@@ -141,6 +142,22 @@ def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quan
                 else source.suffix.lstrip(".")},
         conversion=dict(report, calibration_samples=getattr(rep, "num_samples", None)),
     )
+
+
+def _check_min_runtime(ctx, param, value):
+    from liteship.convert.quant import MIN_RUNTIME_PATTERN
+
+    if value is not None and not MIN_RUNTIME_PATTERN.fullmatch(value.strip()):
+        raise click.BadParameter(f"{value!r} is not a TFLite runtime version such as 2.14", ctx, param)
+    return value.strip() if value is not None else None
+
+
+def min_runtime_option(fn):
+    """--min-runtime for every convert command (convert/quant.py holds what it changes)."""
+    return click.option(
+        "--min-runtime", metavar="VERSION", default=None, callback=_check_min_runtime,
+        help="Oldest TFLite runtime the bundle must load on, e.g. 2.14 (tflite-runtime 2.14, 32-bit ARM boards): "
+             "convert with op versions it has, or refuse.")(fn)
 
 
 def common_options(fn):
@@ -164,13 +181,14 @@ def common_options(fn):
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return min_runtime_option(fn)
 
 
 @click.command(cls=MultiValueCommand)
 @click.argument("path", type=click.Path(path_type=Path))
 @common_options
-def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
+def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std,
+               min_runtime) -> None:
     """Convert a SavedModel folder to a bundle."""
     from liteship.convert.tflite import check_saved_model
 
@@ -179,14 +197,15 @@ def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, label
     q = Quant.parse(quant)
     result = convert_to_bundle(path, source=path, out=out or default_out(path, q), quant=q,
                                calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
-                               labels=labels, signature=signature, mean=mean, std=std)
+                               labels=labels, signature=signature, mean=mean, std=std, min_runtime=min_runtime)
     summary(result, quant=q.value, seconds=time.perf_counter() - started)
 
 
 @click.command(cls=MultiValueCommand)
 @click.argument("path", type=click.Path(path_type=Path))
 @common_options
-def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std) -> None:
+def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std,
+          min_runtime) -> None:
     """Convert a Keras model file (.keras, .h5) to a bundle."""
     from liteship.convert.bundle import check_out_dir
     from liteship.convert.tflite import keras_as_saved_model
@@ -202,5 +221,6 @@ def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, si
     with keras_as_saved_model(path) as saved_model:
         result = convert_to_bundle(saved_model, source=path, out=out or default_out(path, q), quant=q,
                                    calibration=calibration, io_type=io_type, allow_tf_ops=allow_tf_ops,
-                                   labels=labels, signature=signature, mean=mean, std=std)
+                                   labels=labels, signature=signature, mean=mean, std=std,
+                                   min_runtime=min_runtime)
     summary(result, quant=q.value, seconds=time.perf_counter() - started)

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from liteship.errors import ConvertError
+from liteship.errors import ConvertError, signals_deferred
 
 SIDECAR_NAME = "liteship-pruning.json"
 SIDECAR_SUFFIX = ".pruning.json"
@@ -160,18 +160,19 @@ def staged_output(out: str | os.PathLike, source: str | os.PathLike, *, folder: 
         tmp.mkdir()
     try:
         yield tmp
-        if folder:
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
+        with signals_deferred():  # a Ctrl-C now cannot leave the old output renamed away and the new one not in place
+            if folder:
+                if out.exists():
+                    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                    os.replace(out, old)
+                    os.replace(tmp, out)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(tmp, out)
             else:
+                if sidecar_path(tmp).is_file():
+                    os.replace(sidecar_path(tmp), sidecar_path(out))
                 os.replace(tmp, out)
-        else:
-            if sidecar_path(tmp).is_file():
-                os.replace(sidecar_path(tmp), sidecar_path(out))
-            os.replace(tmp, out)
     finally:
         if folder:
             shutil.rmtree(tmp, ignore_errors=True)

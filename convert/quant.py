@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from enum import Enum
 from typing import Callable
 
@@ -126,12 +127,62 @@ SUFFIXES: dict[Quant, str] = {
 }
 
 
-def apply_recipe(converter, quant: "Quant | str", *, representative_dataset=None, io_type: str = "float32") -> None:
+# --min-runtime: the oldest TFLite runtime a bundle must load on, in TensorFlow's numbering (tflite-runtime 2.14, the
+# last of its wheels and the only interpreter 32-bit ARM boards have). The converter records the runtime its op
+# versions need in the file (min_runtime_version); convert_saved_model checks that against the target.
+#
+# What each mode needs, as TensorFlow 2.21's converter writes it (measured on GPT-2 and BiT):
+#   fp32 1.10 (2.9 with GPT-2's GELU), fp16 1.15, int8 2.5, int8x16 1.10;
+#   dynamic-int8 2.17: dense layers get one weight scale per output channel, FULLY_CONNECTED version 12, which
+#   only TFLite 2.17 and newer run. With one scale per weight matrix instead (the hybrid kernel of FULLY_CONNECTED
+#   version 9, TFLite 2.3) the same model needs 2.9 (GPT-2) or 2.4 (BiT's CONV_2D version 5).
+PER_CHANNEL_DENSE_SINCE = "2.17"
+# The converter's switch for that is private; checked on TensorFlow 2.21 (TFLiteConverterBase).
+PER_TENSOR_DENSE_ATTRIBUTE = "_experimental_disable_per_channel_quantization_for_dense_layers"
+MIN_RUNTIME_PATTERN = re.compile(r"\d+\.\d+(\.\d+)?")
+
+
+def parse_min_runtime(text: str | None) -> str | None:
+    """A --min-runtime value such as ``2.14`` or ``2.14.0``; None stays None."""
+    if text is None:
+        return None
+    text = str(text).strip()
+    if not MIN_RUNTIME_PATTERN.fullmatch(text):
+        raise ConvertError(f"--min-runtime {text!r}: give a TFLite runtime version such as 2.14")
+    return text
+
+
+def check_min_runtime(quant: "Quant | str", min_runtime: str | None) -> None:
+    """Refuses, before any conversion, a mode that cannot promise a runtime."""
+    if min_runtime is not None and Quant.parse(quant) is Quant.INT4:
+        raise ConvertError(f"--min-runtime {min_runtime}: --quant int4 cannot promise a runtime (its int4 weights are "
+                           "written after conversion and the file's min_runtime_version does not cover them); use "
+                           "--quant dynamic-int8")
+
+
+def runtime_recipe(converter, quant: Quant, min_runtime: str | None) -> None:
+    """Keeps the converter to op versions that TFLite ``min_runtime`` has, where a mode has an older recipe."""
+    from liteship.runtime.interpreter import version_tuple
+
+    if min_runtime is None or quant is not Quant.DYNAMIC_INT8:
+        return
+    if version_tuple(min_runtime) >= version_tuple(PER_CHANNEL_DENSE_SINCE):
+        return
+    if not hasattr(converter, PER_TENSOR_DENSE_ATTRIBUTE):
+        raise ConvertError(f"--min-runtime {min_runtime}: this TensorFlow's converter cannot quantize dense layers per "
+                           f"tensor (it lacks {PER_TENSOR_DENSE_ATTRIBUTE}); use --quant fp16 or fp32")
+    setattr(converter, PER_TENSOR_DENSE_ATTRIBUTE, True)
+
+
+def apply_recipe(converter, quant: "Quant | str", *, representative_dataset=None, io_type: str = "float32",
+                 min_runtime: str | None = None) -> None:
     """Configures a tf.lite.TFLiteConverter for ``quant``. ``io_type`` other than float32 makes the model's inputs
-    and outputs integer (Edge TPU needs that) and is only meaningful for the calibrated modes."""
+    and outputs integer (Edge TPU needs that) and is only meaningful for the calibrated modes. ``min_runtime``
+    (``2.14``) picks the mode's recipe that the runtime of that version loads, where it has one."""
     import tensorflow as tf
 
     quant = Quant.parse(quant)
+    check_min_runtime(quant, min_runtime)
     if io_type not in IO_TYPES:
         raise ConvertError(f"unknown input/output type {io_type!r}; choose one of: {', '.join(IO_TYPES)}")
     if quant.needs_calibration and representative_dataset is None:
@@ -146,6 +197,7 @@ def apply_recipe(converter, quant: "Quant | str", *, representative_dataset=None
         if io_type not in allowed:
             raise ConvertError(f"--io-type {io_type} does not go with --quant {quant.value}; use {' or '.join(allowed)}")
     RECIPES[quant](converter, representative_dataset)
+    runtime_recipe(converter, quant, min_runtime)
     if io_type != "float32":
         dtype = {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16}[io_type]
         converter.inference_input_type = dtype

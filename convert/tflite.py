@@ -104,6 +104,17 @@ def lean_converter_memory() -> Iterator[LeanRun]:
         flatbuffer_utils.convert_object_to_bytearray = serialize
 
 
+def use_buffer_offsets(converter) -> None:
+    """Has the converter write the weights after the flatbuffer, at 64-bit file offsets (schema.fbs Buffer.offset
+    and .size), the layout of models past the flatbuffer's 2 GiB limit; it also skips the Python post-processing
+    (buffer de-duplication, conversion metadata) that would unpack the whole model into objects. A private
+    attribute of TFLiteConverter, checked on TensorFlow 2.21; the layout is read by ai-edge-litert 2.3 (checked)."""
+    if not hasattr(converter, "_experimental_use_buffer_offset"):
+        raise ConvertError("this TensorFlow's converter cannot write weights at file offsets (models over 1 GiB "
+                           "need a newer TensorFlow)")
+    converter._experimental_use_buffer_offset = True
+
+
 def unsupported_ops(message: str) -> list[str]:
     """Op names from the converter's 'ops are not supported' error, e.g. ['tf.Erfinv']."""
     ops = re.findall(r"'(tf\.[A-Za-z0-9_]+)'", message) or re.findall(r"\b(tf\.[A-Z][A-Za-z0-9_]+)\b", message)
@@ -150,11 +161,15 @@ def saved_model_signature(path: Path, signature_key: str | None = None) -> tuple
 def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str", *,
                         signature_keys: list[str] | None = None,
                         representative_dataset: Callable | None = None, io_type: str = "float32",
-                        allow_tf_ops: bool = False, configure: Callable | None = None) -> tuple[bytes, dict]:
-    """Converts a SavedModel. Returns the .tflite bytes and a report (seconds, size, op counts, flex ops).
+                        allow_tf_ops: bool = False, configure: Callable | None = None,
+                        min_runtime: str | None = None) -> tuple[bytes, dict]:
+    """Converts a SavedModel. Returns the .tflite bytes and a report (seconds, size, op counts, flex ops, and the
+    runtime the file needs: ``runtime`` = {"target": min_runtime, "min_runtime_version": what the file records}).
 
     Without ``allow_tf_ops`` an op with no TFLite builtin is a ConvertError naming it; with it, the op is kept as a
-    Flex (SELECT_TF_OPS) op and the report lists it: the runtime then needs the Flex delegate."""
+    Flex (SELECT_TF_OPS) op and the report lists it: the runtime then needs the Flex delegate.
+    ``min_runtime`` (e.g. ``2.14``) converts with the mode's recipe for that runtime and refuses a result that
+    needs a newer one."""
     import tensorflow as tf
 
     path = Path(saved_model_dir)
@@ -165,7 +180,8 @@ def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str"
         converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=signature_keys)
     except Exception as exc:
         raise ConvertError(f"{path}: cannot load the SavedModel: {_first_line(exc)}") from None
-    apply_recipe(converter, quant, representative_dataset=representative_dataset, io_type=io_type)
+    apply_recipe(converter, quant, representative_dataset=representative_dataset, io_type=io_type,
+                 min_runtime=min_runtime)
     if allow_tf_ops:
         ops = set(converter.target_spec.supported_ops or [tf.lite.OpsSet.TFLITE_BUILTINS])
         converter.target_spec.supported_ops = ops | {tf.lite.OpsSet.SELECT_TF_OPS}
@@ -188,14 +204,33 @@ def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str"
             raise ConvertError(f"{path}: calibration failed: {_first_line(exc)}") from None
         raise ConvertError(f"{path}: conversion failed: {_first_line(exc)}") from None
     info = read_model(data)
+    needed = info.min_runtime_version()
+    check_runtime_target(info, min_runtime, f"--quant {quant.value}")  # the option, not a temporary SavedModel
     counts = info.op_counts()
     flex = sorted(name.split(":", 1)[1] for name in counts if name.startswith("CUSTOM:Flex"))
     if flex:
         print(f"warning: the model keeps TensorFlow ops {', '.join(flex)}: the device needs the Flex delegate "
               "(tensorflow-lite-select-tf-ops); XNNPACK and the Edge TPU will not run them", file=sys.stderr)
     report = {"seconds": round(time.perf_counter() - t0, 3), "size_bytes": len(data), "op_counts": counts,
-              "flex_ops": flex, "quantization": quant.value, "io_type": io_type}
+              "flex_ops": flex, "quantization": quant.value, "io_type": io_type,
+              "runtime": {"target": min_runtime, "min_runtime_version": needed}}
     return data, report
+
+
+def check_runtime_target(model, min_runtime: str | None, label: str) -> None:
+    """Refuses a converted model (a TFLiteModel) that needs a newer TFLite runtime than ``min_runtime``."""
+    from liteship.runtime.interpreter import version_tuple
+
+    if min_runtime is None:
+        return
+    needed = model.min_runtime_version()
+    if needed is None:
+        raise ConvertError(f"{label}: --min-runtime {min_runtime}: the converted file does not say which runtime it "
+                           "needs (no min_runtime_version)")
+    if version_tuple(needed) > version_tuple(min_runtime):
+        newest = ", ".join(f"{name} v{version}" for name, version in model.newest_op_versions())
+        raise ConvertError(f"{label}: --min-runtime {min_runtime}: the converted model needs TFLite runtime {needed} "
+                           f"(newest op versions: {newest}); try --quant fp16 or fp32")
 
 
 def load_keras_model(path: Path):

@@ -13,18 +13,23 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
+from liteship.errors import BundleError
 from liteship.runtime.files import atomic_path
 from liteship.runtime.tflite_file import (
     BUFFER_DATA,
     BUFFER_OFFSET,
+    BUFFER_SIZE,
     FILE_IDENTIFIER,
     METADATA_BUFFER,
     METADATA_NAME,
     MODEL_BUFFERS,
     MODEL_METADATA,
+    MODEL_SUBGRAPHS,
     MODEL_VERSION,
+    SUBGRAPH_TENSORS,
+    TENSOR_BUFFER,
     Table,
     check_header,
     read_model,
@@ -67,20 +72,24 @@ class _PrefixWriter:
         self.labels[label] = self.pos()
 
     def table(self, fields: list[tuple[int, str, object]]) -> int:
-        """Writes a vtable and table. fields: (slot, kind, value) with kind "I" (uint32 scalar), "ref" (label) or
-        "abs" (absolute target). Every field is 4 bytes. Returns the table position."""
+        """Writes a vtable and table. fields: (slot, kind, value) with kind "I" (uint32 scalar), "ref" (label),
+        "abs" (absolute target), each 4 bytes, or "Q" (uint64 scalar; then every field must be "Q", and they sit on
+        8-byte boundaries). Returns the table position."""
         nslots = max(slot for slot, _, _ in fields) + 1
+        width = 8 if fields[0][1] == "Q" else 4
         self.align(2)
         vt = self.pos()
-        table_size = 4 + 4 * len(fields)
+        table_size = 4 + width * len(fields)
         offsets = [0] * nslots
         for i, (slot, _, _) in enumerate(fields):
-            offsets[slot] = 4 + 4 * i
+            offsets[slot] = 4 + width * i
         self.put(f"HH{nslots}H", 4 + 2 * nslots, table_size, *offsets)
-        self.align(4)
+        self.align(width, extra=4 if width == 8 else 0)  # 8-byte fields start 4 bytes after the table
         tpos = self.put("i", self.pos() - vt)
         for _, kind, value in fields:
-            if kind == "I":
+            if kind == "Q":
+                self.put("Q", value)
+            elif kind == "I":
                 self.put("I", value)
             elif kind == "ref":
                 self.ref(value)
@@ -94,9 +103,31 @@ class _PrefixWriter:
             self.out[rel : rel + 4] = struct.pack("<I", self.labels[label] - at)
 
 
-def embed_metadata(src: str | os.PathLike, dst: str | os.PathLike, entries: Mapping[str, bytes]) -> None:
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def set_tensor_buffers(path: str | os.PathLike, buffers: Mapping[tuple[int, int], int]) -> None:
+    """Points tensors ((subgraph, tensor) -> buffer index) at other buffers, in place: each tensor's buffer field
+    is rewritten where it stands (a tensor with data always has that field)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as mm:
+        root = Table(mm, check_header(mm, size, str(path)))
+        subgraphs = root.tables(MODEL_SUBGRAPHS)
+        for (sg, index), buffer in buffers.items():
+            at = subgraphs[sg].tables(SUBGRAPH_TENSORS)[index].field_pos(TENSOR_BUFFER)
+            if at is None:
+                raise BundleError(f"{path}: tensor {index} of subgraph {sg} has no buffer field to point elsewhere")
+            struct.pack_into("<I", mm, at, buffer)
+
+
+def embed_metadata(src: str | os.PathLike, dst: str | os.PathLike, entries: Mapping[str, bytes], *,
+                   new_buffers: Sequence[int] = ()) -> list[int]:
     """Writes ``dst``: the model ``src`` with metadata ``entries`` (name -> bytes) added or replaced.
 
+    ``new_buffers``: sizes of further, zero-filled buffers to add after the file's end at 64-bit offsets (the
+    layout of models over 2 GiB); returns their buffer indices, for tensors a writer then points at them.
     ``dst`` is written to a temporary name beside it and renamed when complete; ``src`` may equal ``dst``."""
     src, dst = Path(src), Path(dst)
     old = read_model(src)  # validates the file before we touch anything
@@ -140,11 +171,13 @@ def embed_metadata(src: str | os.PathLike, dst: str | os.PathLike, entries: Mapp
             names = list(entries)
             w.align(4)
             w.mark("buffers")
-            w.put("I", len(old_buffers) + len(names))
+            w.put("I", len(old_buffers) + len(names) + len(new_buffers))
             for b in old_buffers:
                 w.ref_abs(b.pos + shift)
             for i in range(len(names)):
                 w.ref(f"buf{i}")
+            for i in range(len(new_buffers)):
+                w.ref(f"new{i}")
             w.mark("metadata")
             w.put("I", len(old_metadata) + len(names))
             for m in old_metadata:
@@ -161,6 +194,12 @@ def embed_metadata(src: str | os.PathLike, dst: str | os.PathLike, entries: Mapp
                 w.out += raw + b"\0"
             for i in range(len(names)):
                 w.labels[f"buf{i}"] = w.table([(BUFFER_DATA, "ref", f"data{i}")])
+            end = _round_up(size + shift, PREFIX_ALIGN)  # the new buffers follow the shifted old file
+            placed = []
+            for i, n in enumerate(new_buffers):
+                placed.append(end)
+                w.labels[f"new{i}"] = w.table([(BUFFER_OFFSET, "Q", end), (BUFFER_SIZE, "Q", n)])
+                end = _round_up(end + n, PREFIX_ALIGN)
             for i, name in enumerate(names):
                 w.align(16, extra=4)  # the bytes, not the length word, sit on a 16-byte boundary
                 w.mark(f"data{i}")
@@ -176,9 +215,13 @@ def embed_metadata(src: str | os.PathLike, dst: str | os.PathLike, entries: Mapp
         with atomic_path(dst, mkdir=True) as tmp, open(tmp, "wb") as out:
             out.write(struct.pack("<I", model_pos) + FILE_IDENTIFIER)
             out.write(w.out)
-            for start in range(8, size, 64 << 20):
-                out.write(mm[start : min(size, start + (64 << 20))])
+            fh.seek(8)  # read, not sliced from the mapping: a 6 GB copy would stay resident in this process
+            while block := fh.read(64 << 20):
+                out.write(block)
             # Large models keep weights outside the flatbuffer at absolute file offsets: shift them too.
             for field_at, value in external:
                 out.seek(field_at + prefix_len)
                 out.write(struct.pack("<Q", value + prefix_len))
+            if new_buffers:
+                out.truncate(placed[-1] + new_buffers[-1])  # zeros, without writing them
+        return list(range(len(old_buffers) + len(names), len(old_buffers) + len(names) + len(new_buffers)))

@@ -65,7 +65,7 @@ class ImageClassifier:
 
     def __init__(self, bundle, *, threads: int | None = None, backend: str = "auto", delegate=None):
         from liteship.runtime.bundle import Bundle
-        from liteship.runtime.interpreter import create_interpreter
+        from liteship.runtime.interpreter import create_interpreter, one_row_at_a_time
 
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         if self.bundle.task not in IMAGE_TASKS:
@@ -87,6 +87,8 @@ class ImageClassifier:
         signature = tuple(int(d) for d in self._input.get("shape_signature", self._input["shape"]))
         self._dynamic_batch = signature[0] == -1
         self._batch = int(self._input["shape"][0]) if not self._dynamic_batch else None
+        if self._dynamic_batch and one_row_at_a_time(self.interpreter, self.bundle.model_path):
+            self._dynamic_batch, self._batch = False, 1  # batches would crash this runtime (runtime/interpreter.py)
         config = self.bundle.config or {}
         self.softmax = config.get("output") == "logits"
         self.num_classes = int(self._output["shape"][-1])

@@ -54,8 +54,9 @@ EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "
 TF_NUMBERED_BACKENDS = ("tflite-runtime", "tf")
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    """(2, 14, 0) from "2.14.0" or "2.14.0rc1"; the leading numeric parts only."""
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(2, 14, 0) from "2.14.0", "2.14.0rc1" or "2.14": the leading numeric parts, padded to three so that 2.17
+    and 2.17.0 compare equal; () for text without a leading number."""
     parts = []
     for piece in version.split("."):
         digits = ""
@@ -68,7 +69,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
         parts.append(int(digits))
         if len(digits) < len(piece):
             break
-    return tuple(parts)
+    return tuple(parts + [0] * (3 - len(parts))) if parts else ()
 
 
 def runtime_too_old(needed: str | None, backend: str, version: str | None) -> str | None:
@@ -77,11 +78,37 @@ def runtime_too_old(needed: str | None, backend: str, version: str | None) -> st
     refuses before pushing."""
     if not needed or not version or backend not in TF_NUMBERED_BACKENDS:
         return None
-    have, want = _version_tuple(version), _version_tuple(needed)
+    have, want = version_tuple(version), version_tuple(needed)
     if not have or not want or have >= want:
         return None
+    target = ".".join(map(str, have[:2]))
     return (f"needs TFLite runtime {needed} or newer (the file's min_runtime_version), but {backend} {version} "
-            f"would run it: pip install ai-edge-litert (64-bit ARM and x86), or convert the model for that runtime")
+            f"would run it: pip install ai-edge-litert (64-bit ARM and x86), or convert the model for that runtime "
+            f"(liteship convert ... --min-runtime {target})")
+
+
+# tflite-runtime on ARM (measured under qemu-user: 2.14 on aarch64 and on armv7l, with and without XNNPACK): a
+# full-integer FULLY_CONNECTED resized to a batch of 2 or more kills the process (SIGSEGV), while batch 1 works.
+# Until a real board says otherwise, whoever batches rows runs them one at a time there.
+ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l", "armv6l")
+
+
+def batch_crashes(backend: str, machine: str, model) -> bool:
+    """Whether running ``model`` (a TFLiteModel) on ``backend`` (``interp.liteship_backend``, e.g.
+    "tflite-runtime 2.14.0") on ``machine`` (platform.machine()) with a batch above 1 crashes: an int8
+    FULLY_CONNECTED under tflite-runtime on ARM."""
+    if not backend.startswith("tflite-runtime") or machine not in ARM_MACHINES:
+        return False
+    for sg in model.subgraphs:
+        for code, inputs in zip(sg.op_codes, sg.op_inputs):
+            if model.operator_names[code] == "FULLY_CONNECTED" and inputs and sg.tensors[inputs[0]].dtype == "int8":
+                return True
+    return False
+
+
+def one_row_at_a_time(interpreter, model_path) -> bool:
+    """batch_crashes for an interpreter from create_interpreter, on this machine."""
+    return batch_crashes(getattr(interpreter, "liteship_backend", ""), platform.machine(), read_model(model_path))
 
 
 def _import(backend: Backend):

@@ -7,7 +7,6 @@ liteship.convert.tflite_metadata (only conversion writes models).
 
 Field slots follow TensorFlow Lite's schema.fbs (the numbers are vtable slots, in declaration order).
 """
-
 from __future__ import annotations
 
 import json
@@ -109,6 +108,7 @@ class TensorInfo:
     scale: list[float] = field(default_factory=list)
     zero_point: list[int] = field(default_factory=list)
     quantized_dimension: int = 0
+    scale_at: int = 0  # position of the first float32 of ``scale`` in the file (0: no scales); a writer patches it
 
     def spec(self) -> dict:
         quant = None
@@ -148,6 +148,7 @@ class TFLiteModel:
     signatures: list[SignatureInfo]
     metadata: dict[str, bytes]
     buffer_extents: list[tuple[int, int]] = field(default_factory=list)  # (file offset, length) per buffer
+    operator_versions: list[int] = field(default_factory=list)  # per operator code, as operator_names
 
     def producer(self, subgraph: int, tensor: int) -> tuple[str, list[int]] | None:
         """(operator name, input tensor indices) of the operator whose output is ``tensor``; None for a model
@@ -191,6 +192,12 @@ class TFLiteModel:
                 "outputs": [sg.tensors[i].spec() for i in sg.outputs],
             }
         return specs
+
+    def newest_op_versions(self, count: int = 3) -> list[tuple[str, int]]:
+        """The ``count`` operators with the highest versions (above 1), highest first: what makes a runtime too
+        old, as (name, version)."""
+        pairs = sorted({(v, n) for n, v in zip(self.operator_names, self.operator_versions) if v > 1}, reverse=True)
+        return [(name, version) for version, name in pairs[:count]]
 
     def min_runtime_version(self) -> str | None:
         """The oldest TFLite runtime that supports every op version in the file, as the converter recorded it
@@ -237,8 +244,9 @@ def _buffer_bytes(buf, size: int, table: Table, label: str) -> bytes:
 
 def _parse(buf, size: int, label: str) -> TFLiteModel:
     model = Table(buf, check_header(buf, size, label))
-    op_names = []
+    op_names, op_versions = [], []
     for oc in model.tables(MODEL_OPERATOR_CODES):
+        op_versions.append(oc.scalar(OPCODE_VERSION, "i", 1))
         code = max(oc.scalar(OPCODE_DEPRECATED_BUILTIN, "b", 0), oc.scalar(OPCODE_BUILTIN, "i", 0))
         name = BUILTIN_OPERATORS.get(code, f"BUILTIN_{code}")
         if name == "CUSTOM":
@@ -261,6 +269,7 @@ def _parse(buf, size: int, label: str) -> TFLiteModel:
                 scale=q.scalars(QUANT_SCALE, "f") if q else [],
                 zero_point=q.scalars(QUANT_ZERO_POINT, "q") if q else [],
                 quantized_dimension=q.scalar(QUANT_DIMENSION, "i", 0) if q else 0,
+                scale_at=q.vector(QUANT_SCALE)[0] if q else 0,
             ))
         subgraphs.append(SubgraphInfo(
             name=sg.string(SUBGRAPH_NAME) or "",
@@ -301,6 +310,7 @@ def _parse(buf, size: int, label: str) -> TFLiteModel:
         signatures=signatures,
         metadata=metadata,
         buffer_extents=extents,
+        operator_versions=op_versions,
     )
 
 

@@ -38,3 +38,15 @@ def fixture_bundles(tmp_path_factory) -> Path:
     from tests.fixture_bundles import build_all
 
     return build_all(tmp_path_factory.mktemp("bundles"))
+
+
+def cli_runner():
+    """A click CliRunner whose result keeps stderr apart from stdout on every click liteship allows (>= 8.0):
+    click 8.2 always does and dropped the switch; 8.1 (Debian 12's python3-click, what the armv7l board has) mixes
+    them unless told not to."""
+    from click.testing import CliRunner
+
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()

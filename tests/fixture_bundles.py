@@ -55,13 +55,36 @@ def build_classifier(outdir: Path) -> None:
         np.savez(outdir / f"classifier-{mode}.reference.npz", x=x, y=y)
 
 
+def build_dense(outdir: Path) -> None:
+    """A dense classifier (32 -> 64 -> 5) in dynamic-int8, as converted by default (dense layers per channel:
+    TFLite 2.17) and for TFLite 2.14 (--min-runtime 2.14), plus its Keras outputs. Its first weight matrix has
+    2048 entries: the converter leaves matrices under 1024 in float."""
+    import keras
+
+    from liteship.convert.bundle import write_bundle
+    from liteship.convert.tflite import convert_saved_model, export_keras_to_saved_model
+
+    keras.utils.set_random_seed(11)
+    model = keras.Sequential([keras.Input((32,), name="x"), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(5)])
+    x = np.random.default_rng(1).normal(size=(16, 32)).astype(np.float32)
+    saved = outdir / "dense-savedmodel"
+    export_keras_to_saved_model(model, saved)
+    y = model.predict(x, verbose=0)
+    for name, min_runtime in (("dense-dynamic-int8", None), ("dense-dynamic-int8-rt2.14", "2.14")):
+        data, report = convert_saved_model(saved, "dynamic-int8", min_runtime=min_runtime)
+        write_bundle(outdir / name, data, family="classifier", task="classification", quantization="dynamic-int8",
+                     source={"path": "keras", "sha256": "0" * 64}, conversion=report)
+        np.savez(outdir / f"{name}.reference.npz", x=x, y=y)
+
+
 def build_gpt2(outdir: Path) -> None:
     from tests.gpt2_fixtures import build_gpt2 as build
 
     build(outdir)
 
 
-BUILDERS = {"classifier": build_classifier, "gpt2": build_gpt2}
+BUILDERS = {"classifier": build_classifier, "dense": build_dense, "gpt2": build_gpt2}
 
 
 def build_all(outdir: Path) -> Path:

@@ -7,6 +7,7 @@ import time
 import click
 
 from liteship.convert.bit.config import PRESETS
+from liteship.convert.cli import min_runtime_option
 from liteship.options import POSITIVE_INT
 
 
@@ -32,8 +33,9 @@ from liteship.options import POSITIVE_INT
               help="Use at most this many calibration images.")
 @click.option("--groupnorm", type=click.Choice(["channelmean", "matmul", "reshape"]), default="channelmean",
               show_default=True, help="GroupNorm lowering, for comparisons (docs/bit_groupnorm.md).")
+@min_runtime_option
 def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_type, input_range,
-        calibration_limit, groupnorm):
+        calibration_limit, groupnorm, min_runtime):
     """Convert a BiT checkpoint (BiT-M/BiT-S .npz or a TF Hub-style SavedModel folder) to a bundle.
 
     The network is rebuilt in tf_keras with weight standardization baked into the kernels and GroupNorm lowered to
@@ -53,7 +55,8 @@ def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_typ
     started = time.perf_counter()
     out = export_bit(source, out_dir, variant=variant, quant=quant, calibration=calibration, labels=labels,
                      image_size=image_size, io_type=io_type, input_range=input_range,
-                     calibration_limit=calibration_limit, groupnorm=groupnorm, progress=progress)
+                     calibration_limit=calibration_limit, groupnorm=groupnorm, min_runtime=min_runtime,
+                     progress=progress)
     summary(out, quant=quant, seconds=time.perf_counter() - started)
 
 

@@ -169,8 +169,8 @@ def read_labels(path: str | Path, num_classes: int) -> bytes:
     return ("\n".join(labels) + "\n").encode("utf-8")
 
 
-def keras_to_tflite(model, quant: Quant, *, representative_dataset=None, io_type: str = "float32"
-                    ) -> tuple[bytes, dict]:
+def keras_to_tflite(model, quant: Quant, *, representative_dataset=None, io_type: str = "float32",
+                    min_runtime: str | None = None) -> tuple[bytes, dict]:
     """tf_keras model -> (.tflite bytes, conversion report) through a temporary SavedModel."""
     from liteship.convert.tflite import convert_saved_model, export_keras_to_saved_model
 
@@ -178,7 +178,7 @@ def keras_to_tflite(model, quant: Quant, *, representative_dataset=None, io_type
     try:
         export_keras_to_saved_model(model, tmp / "saved_model")
         return convert_saved_model(tmp / "saved_model", quant, representative_dataset=representative_dataset,
-                                   io_type=io_type)
+                                   io_type=io_type, min_runtime=min_runtime)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -199,15 +199,20 @@ def calibration_dataset(folder: str | Path, preprocessing: dict, *, limit: int |
 def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1", quant: str | Quant = "fp32",
                calibration: str | Path | None = None, labels: str | Path | None = None,
                image_size: int | None = None, io_type: str = "float32", input_range: str | None = None,
-               groupnorm: str = "channelmean", calibration_limit: int | None = 200, progress=None) -> Path:
+               groupnorm: str = "channelmean", calibration_limit: int | None = 200, min_runtime: str | None = None,
+               progress=None) -> Path:
     """Convert a BiT checkpoint to a bundle in `out_dir` and return its path.
 
     `quant` int8 needs `calibration` (a folder of the user's images); liteship never calibrates on random data.
     `io_type` int8/uint8 makes the model's input and output integer (Edge TPU); the manifest's signature records
-    their scale and zero point. The output is logits (N, num_classes).
+    their scale and zero point. The output is logits (N, num_classes). `min_runtime` (`2.14`): a bundle that TFLite
+    runtime loads, or a ConvertError (convert/quant.py).
     """
+    from liteship.convert.quant import parse_min_runtime
+
     say = progress or (lambda message: None)
     quant = Quant.parse(quant)
+    min_runtime = parse_min_runtime(min_runtime)
     if quant.needs_calibration and calibration is None:
         raise ConvertError(f"--quant {quant.value} needs --calibration IMAGE_DIR (your own images; liteship never "
                            "calibrates on random data)")
@@ -224,7 +229,8 @@ def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1
     say(f"building BiT {W.describe(config)} ({config.num_classes} classes) at {size}x{size}")
     model = build_keras(checkpoint, image_size=size, groupnorm=groupnorm)
     say(f"converting to TFLite ({quant.value}, io {io_type})")
-    tflite, report = keras_to_tflite(model, quant, representative_dataset=rep, io_type=io_type)
+    tflite, report = keras_to_tflite(model, quant, representative_dataset=rep, io_type=io_type,
+                                     min_runtime=min_runtime)
     from liteship.convert.bundle import hash_source, write_bundle
 
     model_config = {
@@ -234,7 +240,8 @@ def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1
         "output": "logits", "unit_widths": [list(w) for w in config.unit_widths] if config.unit_widths else None,
     }
     conversion = {"seconds": round(time.perf_counter() - started, 3), "flex_ops": report.get("flex_ops", []),
-                  "pruning": read_pruning(checkpoint.path), "calibration_samples": getattr(rep, "num_samples", None)}
+                  "pruning": read_pruning(checkpoint.path), "calibration_samples": getattr(rep, "num_samples", None),
+                  "runtime": report["runtime"]}
     assets = {"labels": ("assets/labels.txt", label_bytes)} if label_bytes is not None else None
     say(f"writing bundle {out_dir}")
     return write_bundle(out_dir, tflite, family=FAMILY, task=TASK, quantization=quant, io_type=io_type,

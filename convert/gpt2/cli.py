@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from liteship.convert.cli import min_runtime_option
 from liteship.options import POSITIVE_INT
 
 
@@ -17,7 +18,8 @@ from liteship.options import POSITIVE_INT
               help="Longest sequence (prompt + generated) the bundle can hold [default: the model's n_positions].")
 @click.option("--prefill-len", type=POSITIVE_INT, default=None,
               help="Prompt tokens processed per prefill call [default: 128, at most --max-context].")
-def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
+@min_runtime_option
+def command(checkpoint_dir, out_dir, quant, max_context, prefill_len, min_runtime):
     """Convert a GPT-2 checkpoint (config.json, model.safetensors / pytorch_model.bin / tf_model.h5, tokenizer
     files) to a bundle with `prefill` and `decode` signatures and a runtime-owned KV cache."""
     from pathlib import Path
@@ -25,14 +27,15 @@ def command(checkpoint_dir, out_dir, quant, max_context, prefill_len):
     from liteship.convert.bundle import check_out_dir
     from liteship.convert.cli import default_out, progress, summary
     from liteship.convert.gpt2.export import export
-    from liteship.convert.quant import Quant
+    from liteship.convert.quant import Quant, check_min_runtime
 
+    check_min_runtime(quant, min_runtime)  # before the checkpoint is read
     if out_dir is None:
         out_dir = str(default_out(Path(checkpoint_dir), Quant.parse(quant)))
     check_out_dir(out_dir)
     check_tokenizer(checkpoint_dir)
     report = export(checkpoint_dir, out_dir, quant=quant, max_context=max_context, prefill_len=prefill_len,
-                    progress=progress)
+                    min_runtime=min_runtime, progress=progress)
     summary(report.bundle, quant=report.quantization, seconds=report.seconds)
 
 

@@ -1,8 +1,14 @@
 """Hugging Face GPT-2 checkpoint folder -> liteship bundle with `prefill` and `decode` signatures.
 
-checkpoint -> strict weight load (weights.py) -> TF module with variables (model.py) -> SavedModel in a temporary
-folder -> TFLiteConverter.from_saved_model(signature_keys=[prefill, decode]) -> quantization recipe -> bundle with
-the tokenizer files, special tokens, context length and generation defaults.
+checkpoint -> strict weight load (weights.py; safetensors matrices stay on disk) -> TF module whose matrices are
+placeholders (model.py) -> SavedModel in a temporary folder -> TFLiteConverter.from_saved_model(signature_keys=
+[prefill, decode]) -> quantization recipe -> the real matrices written into the .tflite (weight_writer.py) -> bundle
+with the tokenizer files, special tokens, context length and generation defaults.
+
+Memory: the converter holds each constant it converts several times over; with placeholders it holds almost
+nothing, so converting costs about twice the fp32 weights plus TensorFlow itself (benchmarks/convert_gpt2_sizes.py;
+gpt2-xl converts on a 24 GB machine). From 1 GiB of weights the .tflite keeps them after the flatbuffer at 64-bit
+offsets (the only layout past 2 GiB).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from liteship.runtime.memory import peak_rss_bytes
 SIGNATURES = ("prefill", "decode")
 GPT2_QUANTS = (Quant.FP32, Quant.FP16, Quant.DYNAMIC_INT8, Quant.INT4)
 DEFAULT_PREFILL_LEN = 128
+OFFSETS_FROM_BYTES = 1 << 30  # fp32 weights from which the .tflite keeps them at file offsets (see below)
 
 # tokenizer file in the checkpoint -> bundle asset role read by liteship.runtime.tokenizer
 TOKENIZER_ASSETS = {
@@ -89,7 +96,7 @@ def generation_defaults(ckpt: Path) -> dict:
     return out
 
 
-def token_table_source(tflite: bytes, wte, assets: dict, say) -> str:
+def token_table_source(tflite: Path, wte, assets: dict, say) -> str:
     """Where the runtime will read token embeddings: "lm_head" when the converted head weight still equals wte,
     else "asset", adding the bundle's own copy of the table to ``assets`` (convert/gpt2/token_table.py says why)."""
     from liteship.convert.gpt2.token_table import mismatch, own_copy
@@ -120,43 +127,102 @@ def check_token_table(folder: Path, wte) -> None:
         raise ConvertError(f"the converted bundle's token table is wrong: {problem}")
 
 
-def build_saved_model(cfg: GPT2Config, params: dict, out_dir: Path, *, max_context: int, prefill_len: int) -> None:
+def build_saved_model(cfg: GPT2Config, params: dict, out_dir: Path, *, max_context: int, prefill_len: int,
+                      placeholders: dict[str, float] | None = None) -> None:
     import tensorflow as tf
 
     from liteship.convert.gpt2.model import GPT2TF
 
-    module = GPT2TF(cfg, params, max_context=max_context, prefill_len=prefill_len)
+    module = GPT2TF(cfg, params, max_context=max_context, prefill_len=prefill_len, placeholders=placeholders)
     tf.saved_model.save(module, str(out_dir), signatures=module.signatures())
 
 
-def convert_to_tflite(saved_model_dir: Path, quant) -> tuple[bytes, dict]:
-    """The prefill and decode signatures, converted together so they share one set of weights in the file.
-    int4 quantizes the float32 model's weights afterwards (the converter has no int4 recipe)."""
-    from liteship.convert.quant import int4_weights
-    from liteship.convert.tflite import convert_saved_model
+def weights_outside_flatbuffer(cfg: GPT2Config) -> bool:
+    """Whether the .tflite keeps its weights after the flatbuffer, at file offsets (the converter's buffer-offset
+    layout), rather than inside it. A flatbuffer cannot pass 2 GiB, so gpt2-large's fp32 weights and beyond must;
+    the inline layout's post-processing also unpacks the whole model into Python objects (several times its
+    size), so every model of a gigabyte or more does. Smaller ones stay inline, the layout every runtime reads
+    (the offset layout is recent: checked here with ai-edge-litert 2.3 only, not with tflite-runtime 2.14)."""
+    from liteship.convert.gpt2.model import param_shapes
 
-    if quant is Quant.INT4:
-        tflite, report = convert_saved_model(saved_model_dir, Quant.FP32, signature_keys=list(SIGNATURES))
-        return int4_weights(tflite), report
-    return convert_saved_model(saved_model_dir, quant, signature_keys=list(SIGNATURES))
+    return sum(int(np.prod(s)) for s in param_shapes(cfg).values()) * 4 >= OFFSETS_FROM_BYTES
+
+
+def convert_to_tflite(saved_model_dir: Path, quant, out: Path, *, offsets: bool,
+                      min_runtime: str | None = None) -> dict:
+    """Writes ``out``: the prefill and decode signatures, converted together so they share one set of weights in
+    the file. int4 quantizes the float32 model afterwards (the converter has no int4 recipe); export calls it."""
+    from liteship.convert.tflite import convert_saved_model, use_buffer_offsets
+
+    tflite, report = convert_saved_model(saved_model_dir, Quant.FP32 if quant is Quant.INT4 else quant,
+                                         signature_keys=list(SIGNATURES),
+                                         configure=use_buffer_offsets if offsets else None,
+                                         min_runtime=min_runtime)
+    out.write_bytes(tflite)
+    return report
+
+
+def convert_with_placeholders(cfg: GPT2Config, params: dict, quant: Quant, work: Path, tflite: Path, *, C: int,
+                              P: int, say, min_runtime: str | None = None) -> dict:
+    """Writes ``tflite``: the model converted with placeholders for its matrices, then the real matrices written
+    in (convert/gpt2/weight_writer.py says why); the small weights (LayerNorms, biases, positions) are real, as the
+    converter's choices may depend on them. Raises PlaceholderMismatch when the converter rewrote a placeholder."""
+    from liteship.convert.gpt2.model import fold_bias, fold_weight, folded_pairs, matrix_names, param_shapes
+    from liteship.convert.gpt2.weight_writer import (
+        check_constants,
+        find_placeholders,
+        placeholder_values,
+        unshare,
+        write_weights,
+    )
+    from liteship.convert.gpt2.weights import materialize
+
+    shapes = param_shapes(cfg)
+    offsets = weights_outside_flatbuffer(cfg)
+    int8 = quant is Quant.DYNAMIC_INT8
+    values = placeholder_values(matrix_names(cfg), shapes, rows=int8 and not offsets)
+    small = {name: materialize(value) for name, value in params.items() if name not in values}
+    small["wpe.weight"] = small["wpe.weight"][:C]  # the rows the model can use: what the converter stores
+    for fc, ln in folded_pairs(cfg).items():  # one matrix read at a time
+        small[fc + ".bias"] = fold_bias(materialize(params[fc + ".weight"]), small[fc + ".bias"], small[ln + ".bias"])
+    say(f"building the TensorFlow graph (max_context={C}, prefill_len={P}, placeholders for the matrices)")
+    build_saved_model(cfg, small, work / "saved_model", max_context=C, prefill_len=P, placeholders=values)
+    gc.collect()
+    say(f"converting to TFLite ({quant.value})")
+    report = convert_to_tflite(work / "saved_model", quant, tflite, offsets=offsets, min_runtime=min_runtime)
+    shutil.rmtree(work / "saved_model")
+    say("writing the weights")
+    folds = {fc + ".weight": small[ln + ".weight"] for fc, ln in folded_pairs(cfg).items()}
+    slots = find_placeholders(tflite, values, shapes, shared=int8 and offsets)
+    if int8 and offsets:
+        slots = unshare(tflite, slots)
+    check_constants(tflite, slots, small.values())
+    write_weights(tflite, slots, lambda name: fold_weight(materialize(params[name]), folds[name])
+                  if name in folds else materialize(params[name]))
+    return report
 
 
 def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefill_len: int | None = None,
-           progress=None) -> ExportReport:
-    """Convert the checkpoint folder ``ckpt`` to a bundle at ``out_dir``; returns what it took."""
+           min_runtime: str | None = None, progress=None) -> ExportReport:
+    """Convert the checkpoint folder ``ckpt`` to a bundle at ``out_dir``; returns what it took. ``min_runtime``
+    (``2.14``): a bundle that TFLite runtime loads, or a ConvertError (convert/quant.py)."""
     from liteship.convert.bundle import hash_source, write_bundle
-    from liteship.convert.gpt2.weights import load_checkpoint
+    from liteship.convert.gpt2.weight_writer import PlaceholderMismatch
+    from liteship.convert.gpt2.weights import load_checkpoint, materialize
     from liteship.convert.prune import read_pruning
+    from liteship.convert.quant import check_min_runtime, int4_weights, parse_min_runtime
 
     say = progress or (lambda msg: None)
     quant = Quant.parse(quant)
+    min_runtime = parse_min_runtime(min_runtime)
+    check_min_runtime(quant, min_runtime)
     if quant not in GPT2_QUANTS:
         raise ConvertError(f"GPT-2 supports --quant fp32, fp16, dynamic-int8 or int4, not {quant.value} "
                            "(full-integer attention needs calibration liteship does not do for text)")
     ckpt = Path(ckpt)
     start = time.perf_counter()
     say(f"reading {ckpt}")
-    cfg, params, source = load_checkpoint(ckpt)
+    cfg, params, source = load_checkpoint(ckpt, lazy=True)  # safetensors' matrices stay on disk until written
     C, P = resolve_lengths(cfg, max_context, prefill_len)
     assets = tokenizer_assets(ckpt)
     config = {
@@ -168,23 +234,35 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     }
     work = work_dir("gpt2")  # named with the pid; a later run sweeps it if this one is killed
     try:
-        say(f"building the TensorFlow graph (max_context={C}, prefill_len={P})")
-        build_saved_model(cfg, params, work / "saved_model", max_context=C, prefill_len=P)
-        wte = params["wte.weight"]  # (V, E): what the runtime's token table must hold
+        tflite = work / "model.tflite"
+        try:
+            report = convert_with_placeholders(cfg, params, quant, work, tflite, C=C, P=P, say=say,
+                                               min_runtime=min_runtime)
+        except PlaceholderMismatch as exc:  # a converter that folds into a weight: the memory-hungry way then
+            say(f"{exc}; converting with the real weights instead")
+            shutil.rmtree(work / "saved_model", ignore_errors=True)
+            say(f"building the TensorFlow graph (max_context={C}, prefill_len={P})")
+            build_saved_model(cfg, {n: materialize(v) for n, v in params.items()}, work / "saved_model",
+                              max_context=C, prefill_len=P)
+            say(f"converting to TFLite ({quant.value})")
+            report = convert_to_tflite(work / "saved_model", quant, tflite, offsets=weights_outside_flatbuffer(cfg),
+                                      min_runtime=min_runtime)
+        if quant is Quant.INT4:
+            tflite.write_bytes(int4_weights(tflite.read_bytes()))
+        wte = materialize(params["wte.weight"])  # (V, E): what the runtime's token table must hold
         del params
-        gc.collect()
-        say(f"converting to TFLite ({quant.value})")
-        tflite, report = convert_to_tflite(work / "saved_model", quant)
+        config["token_table"] = token_table_source(tflite, wte, assets, say)
+        say("writing the bundle")
+        seconds = time.perf_counter() - start
+        rss = peak_rss_bytes()  # of this process: the converter runs here
+        source = dict(source, sha256=hash_source(ckpt))
+        size = tflite.stat().st_size
+        bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
+                              config=config, assets=assets, source=source,
+                              conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss,
+                                          "flex_ops": report["flex_ops"], "pruning": read_pruning(ckpt),
+                                          "runtime": report["runtime"]},
+                              check=lambda folder: check_token_table(folder, wte), move_model=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    config["token_table"] = token_table_source(tflite, wte, assets, say)
-    say("writing the bundle")
-    seconds = time.perf_counter() - start
-    rss = peak_rss_bytes()  # of this process: the converter runs here
-    source = dict(source, sha256=hash_source(ckpt))
-    bundle = write_bundle(out_dir, tflite, family="gpt2", task="text-generation", quantization=quant,
-                          config=config, assets=assets, source=source,
-                          conversion={"seconds": round(seconds, 2), "peak_rss_bytes": rss,
-                                      "flex_ops": report["flex_ops"], "pruning": read_pruning(ckpt)},
-                          check=lambda folder: check_token_table(folder, wte))
-    return ExportReport(Path(bundle), seconds, rss, len(tflite), quant.value)
+    return ExportReport(Path(bundle), seconds, rss, size, quant.value)

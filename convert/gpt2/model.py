@@ -86,26 +86,71 @@ def attend(q, k, v, k_cache, v_cache, mask):
     return tf.matmul(probs[:, :, :-T], v_cache) + tf.matmul(probs[:, :, -T:], v)  # (H, T, hd)
 
 
+def matrix_names(cfg: GPT2Config) -> list[str]:
+    """The weights that hold almost all of the model's bytes: every matrix product's weight and the tied token
+    table (the position table, C x E, is small and gathered, not multiplied)."""
+    return sorted(n for n, shape in param_shapes(cfg).items() if len(shape) == 2 and n != "wpe.weight")
+
+
+# LayerNorm -> matrix product pairs whose LayerNorm scale and shift go into the product (the converter does the same
+# fold on real weights; with placeholders it would fold them into the placeholder and its bias, so export does it).
+FOLDED_NORMS = (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc"))
+
+
+def folded_pairs(cfg: GPT2Config) -> dict[str, str]:
+    """product prefix -> its LayerNorm prefix, e.g. "h.0.attn.c_attn" -> "h.0.ln_1"."""
+    return {f"h.{i}.{fc}": f"h.{i}.{ln}" for i in range(cfg.n_layer) for ln, fc in FOLDED_NORMS}
+
+
+def fold_weight(weight: np.ndarray, ln_weight: np.ndarray) -> np.ndarray:
+    """W (out, in) applied to LN(x) = n * g + b equals (W * g) applied to n, plus W @ b: the weight part."""
+    return weight * ln_weight[None, :]  # (out, in): column j scaled by g_j
+
+
+def fold_bias(weight: np.ndarray, bias: np.ndarray, ln_bias: np.ndarray) -> np.ndarray:
+    """The bias part of the fold: b + W @ b_ln (out,), summed in float64."""
+    return (bias.astype(np.float64) + weight.astype(np.float64) @ ln_bias.astype(np.float64)).astype(np.float32)
+
+
 class GPT2TF(tf.Module):
-    def __init__(self, cfg: GPT2Config, params: dict[str, np.ndarray], *, max_context: int, prefill_len: int):
+    def __init__(self, cfg: GPT2Config, params: dict[str, np.ndarray], *, max_context: int, prefill_len: int,
+                 placeholders: dict[str, "float | np.ndarray"] | None = None):
+        """``placeholders`` (name -> value): these weights are not in ``params``; the graph holds each as a constant
+        of its shape filled with its one value, which TensorFlow and the converter store as a single number
+        (a splat) until the .tflite is written. Export then writes the real weights over them
+        (convert/gpt2/weight_writer.py): the converter never holds a gigabyte-sized constant. With placeholders
+        the LayerNorms before c_attn and c_fc only normalise: their scale and shift are already folded into the
+        product (fold_weight, fold_bias), so nothing is left for the converter to fold into a placeholder."""
         super().__init__(name="gpt2")
         if max_context > cfg.n_positions:
             raise ValueError(f"max_context {max_context} exceeds the model's n_positions {cfg.n_positions}")
         self.cfg, self.C, self.P = cfg, max_context, prefill_len
+        self._placeholders = dict(placeholders or {})
+        self._folded = set(folded_pairs(cfg).values()) if placeholders else set()
+        self._shapes = param_shapes(cfg)
         # Only the first C position rows can ever be used; storing the rest would waste file size.
         params = dict(params, **{"wpe.weight": params["wpe.weight"][:max_context]})
-        self._names = sorted(params)
+        unused = {f"{ln}.{kind}" for ln in self._folded for kind in ("weight", "bias")}
+        self._names = sorted(n for n in params if n not in self._placeholders and n not in unused)
         self.vars = [tf.Variable(params[n], trainable=False, name=n.replace(".", "_")) for n in self._names]
         self._index = {n: i for i, n in enumerate(self._names)}
 
     def _w(self, name):
+        value = self._placeholders.get(name)
+        if isinstance(value, np.ndarray):  # one row, repeated (weight_writer.placeholder_values says why)
+            return tf.broadcast_to(tf.constant(value, tf.float32), self._shapes[name])
+        if value is not None:  # built while tracing: a graph constant, one value and a shape
+            return tf.constant(value, tf.float32, shape=self._shapes[name])
         return self.vars[self._index[name]]
 
     def _layer_norm(self, x, prefix):
         mean = tf.reduce_mean(x, axis=-1, keepdims=True)
         xc = x - mean
         var = tf.reduce_mean(tf.square(xc), axis=-1, keepdims=True)
-        return xc * tf.math.rsqrt(var + self.cfg.layer_norm_epsilon) * self._w(prefix + ".weight") + self._w(prefix + ".bias")
+        normalized = xc * tf.math.rsqrt(var + self.cfg.layer_norm_epsilon)
+        if prefix in self._folded:  # scale and shift live in the next product (FOLDED_NORMS)
+            return normalized
+        return normalized * self._w(prefix + ".weight") + self._w(prefix + ".bias")
 
     def _final_layer_norm(self, x):
         """ln_f, with its scale applied before the normalising rsqrt rather than after it. The LM head's weight is

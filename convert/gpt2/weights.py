@@ -8,11 +8,12 @@ ConvertError names the tensor and the file.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
 
@@ -85,17 +86,49 @@ def tensor_names(cfg: GPT2Config) -> list[TensorName]:
     return out
 
 
-# ---- readers: file -> {source name: array} -------------------------------------------------------------------
+# ---- readers: file -> {source name: array or LazyTensor} -----------------------------------------------------
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor whose data is read from its file only when asked for: a gpt2-xl checkpoint is 6 GB, and the
+    exporter needs each large matrix once, after conversion (export.py), never all of them at the same time."""
+    shape: tuple
+    read: Callable[[], np.ndarray]
+
+
+Tensor = Union[np.ndarray, LazyTensor]
+
+
+def materialize(value: Tensor) -> np.ndarray:
+    return value.read() if isinstance(value, LazyTensor) else value
+
+
+def _safetensors_error(path: Path, e: Exception) -> ConvertError:
+    return ConvertError(f"{path.name}: not a readable safetensors file ({str(e).splitlines()[0]})")
+
+
+def _read_one_safetensor(path: Path, key: str) -> np.ndarray:
+    from safetensors import SafetensorError, safe_open
+    try:  # opened per tensor: the file's mapping (and the pages it touched) ends with each read
+        with safe_open(str(path), framework="numpy") as f:
+            return f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise _safetensors_error(path, e) from None
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError, safe_open
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            if any(s.get_dtype() == "BF16" for s in slices.values()):
+                return _read_torch_like_safetensors(path)
+            return {k: LazyTensor(tuple(s.get_shape()), functools.partial(_read_one_safetensor, path, k))
+                    for k, s in slices.items()}
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         if "bf16" in str(e).lower() or "bfloat16" in str(e).lower():
             return _read_torch_like_safetensors(path)
-        raise ConvertError(f"{path.name}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        raise _safetensors_error(path, e) from None
 
 
 def _read_torch_like_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -122,7 +155,7 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
 
 
-def _read_sharded(index_path: Path, read_one) -> dict[str, np.ndarray]:
+def _read_sharded(index_path: Path, read_one) -> dict[str, Tensor]:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError) as e:
@@ -191,7 +224,7 @@ def weight_format(path: Path) -> str:
             "tf_model.h5": "tf-h5"}[n]
 
 
-def read_raw(path: Path) -> dict[str, np.ndarray]:
+def read_raw(path: Path) -> dict[str, Tensor]:
     fmt = weight_format(path)
     if fmt == "safetensors":
         return _read_safetensors(path)
@@ -204,8 +237,13 @@ def read_raw(path: Path) -> dict[str, np.ndarray]:
     return _read_tf_h5(path)
 
 
-def map_tensors(raw: dict[str, np.ndarray], cfg: GPT2Config, *, source: str, fmt: str) -> dict[str, np.ndarray]:
-    """Apply the name table strictly. raw: source names -> arrays; returns model names -> float32 arrays."""
+def _mapped(value: Tensor, transform: Callable) -> np.ndarray:
+    return transform(np.asarray(materialize(value), dtype=np.float32))
+
+
+def map_tensors(raw: dict[str, Tensor], cfg: GPT2Config, *, source: str, fmt: str) -> dict[str, Tensor]:
+    """Apply the name table strictly. raw: source names -> arrays or LazyTensors; returns model names -> float32
+    arrays, or LazyTensors that read and transform their tensor when asked (shapes are checked here either way)."""
     from liteship.convert.gpt2.model import param_shapes
     shapes = param_shapes(cfg)
     names = tensor_names(cfg)
@@ -229,18 +267,21 @@ def map_tensors(raw: dict[str, np.ndarray], cfg: GPT2Config, *, source: str, fmt
             raise ConvertError(f"{source}: unmapped tensor {key!r} (not part of GPT-2 with n_layer={cfg.n_layer})")
         if t.model in out:
             raise ConvertError(f"{source}: tensor {key!r} duplicates {t.model!r}")
-        arr = t.transform(np.asarray(value, dtype=np.float32))
-        if tuple(arr.shape) != shapes[t.model]:
-            raise ConvertError(f"{source}: tensor {key!r} has shape {tuple(np.shape(value))}, config.json implies "
+        source_shape = tuple(value.shape)
+        if source_shape != _source_shape(t, shapes[t.model]):
+            raise ConvertError(f"{source}: tensor {key!r} has shape {source_shape}, config.json implies "
                                f"{_source_shape(t, shapes[t.model])}")
-        out[t.model] = arr
+        if isinstance(value, LazyTensor):
+            out[t.model] = LazyTensor(shapes[t.model], functools.partial(_mapped, value, t.transform))
+        else:
+            out[t.model] = _mapped(value, t.transform)
     missing = [t for t in names if t.model not in out]
     if missing:
         t = missing[0]
         raise ConvertError(f"{source}: missing tensor {(t.tf[0] if fmt == 'tf-h5' else t.hf)!r}")
     if tied_head is not None:
-        head = np.asarray(tied_head, dtype=np.float32)
-        if head.shape != out["wte.weight"].shape or not np.array_equal(head, out["wte.weight"]):
+        head = np.asarray(materialize(tied_head), dtype=np.float32)
+        if head.shape != shapes["wte.weight"] or not np.array_equal(head, materialize(out["wte.weight"])):
             raise ConvertError(f"{source}: lm_head.weight differs from wte.weight; liteship's GPT-2 ties them")
     return out
 
@@ -249,8 +290,10 @@ def _source_shape(t: TensorName, model_shape: tuple) -> tuple:
     return tuple(reversed(model_shape)) if t.transform is conv1d_in_out_to_fc_out_in else model_shape
 
 
-def load_checkpoint(ckpt) -> tuple[GPT2Config, dict[str, np.ndarray], dict]:
-    """checkpoint folder -> (config, {model name: float32 array}, source info for the manifest)."""
+def load_checkpoint(ckpt, *, lazy: bool = False) -> tuple[GPT2Config, dict[str, Tensor], dict]:
+    """checkpoint folder -> (config, {model name: float32 array}, source info for the manifest).
+
+    ``lazy``: safetensors tensors stay LazyTensors (read on demand; other formats are read whole either way)."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise ConvertError(f"{ckpt}: not a folder")
@@ -258,4 +301,6 @@ def load_checkpoint(ckpt) -> tuple[GPT2Config, dict[str, np.ndarray], dict]:
     path = find_weights(ckpt)
     fmt = weight_format(path)
     params = map_tensors(read_raw(path), cfg, source=path.name, fmt=fmt)
+    if not lazy:  # one tensor read at a time: the raw and the transformed copy of the whole model never coexist
+        params = {name: materialize(value) for name, value in params.items()}
     return cfg, params, {"path": str(ckpt), "format": fmt, "weights": path.name}

@@ -143,3 +143,20 @@ def test_no_weights_and_no_config(tmp_path):
 def test_eos_given_as_a_list_takes_the_first():
     cfg = from_hf_config(dict(hf_config(tiny()).to_dict(), eos_token_id=[299, 5], bos_token_id=None))
     assert cfg.eos_token_id == 299 and cfg.bos_token_id == -1
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "sharded"])
+def test_lazy_load_reads_each_tensor_only_when_asked(tmp_path, monkeypatch, fmt):
+    """lazy=True (what export uses) leaves safetensors tensors on disk as LazyTensors of the model's shape; each
+    reads and transforms to exactly what the eager load gives, and no tensor is read before it is asked for."""
+    make_checkpoint(tmp_path, fmt=fmt)
+    _, eager, _ = W.load_checkpoint(tmp_path)
+    reads = []
+    real = W._read_one_safetensor
+    monkeypatch.setattr(W, "_read_one_safetensor", lambda path, key: reads.append(key) or real(path, key))
+    _, lazy, _ = W.load_checkpoint(tmp_path, lazy=True)
+    assert reads == [] and all(isinstance(v, W.LazyTensor) for v in lazy.values())
+    for name, value in eager.items():
+        assert lazy[name].shape == value.shape
+        np.testing.assert_array_equal(W.materialize(lazy[name]), value, err_msg=name)
+    assert len(reads) == len(eager)

@@ -63,3 +63,35 @@ def test_failed_embed_leaves_no_partial_file(tmp_path, model_path):
     with pytest.raises(BundleError):
         embed_metadata(bad, tmp_path / "out.tflite", {"a": b"x"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tflite"]
+
+
+def test_added_external_buffer_takes_a_weight_and_the_interpreter_reads_it(model_path, tmp_path):
+    """embed_metadata(new_buffers=...) adds a zero-filled buffer after the file's end at a 64-bit offset, and
+    set_tensor_buffers points a weight at it: the interpreter then sees that weight's bytes there (copying the
+    weight into it gives the same outputs; leaving it zero changes them). The GPT-2 weight writer relies on both."""
+    from liteship.convert.tflite_metadata import set_tensor_buffers
+
+    info = read_model(model_path)
+    index, tensor = max(((i, t) for i, t in enumerate(info.subgraphs[0].tensors) if info.tensor_extent(0, i)),
+                        key=lambda it: info.tensor_extent(0, it[0])[1])  # the largest constant
+    offset, length = info.tensor_extent(0, index)
+    out = tmp_path / "more.tflite"
+    (new,) = embed_metadata(model_path, out, {"a": b"x"}, new_buffers=[length])
+    set_tensor_buffers(out, {(0, index): new})
+    moved = read_model(out)
+    new_offset, new_length = moved.tensor_extent(0, index)
+    assert moved.subgraphs[0].tensors[index].buffer == new and new_length == length
+    assert new_offset >= model_path.stat().st_size and new_offset % 64 == 0  # after the old file's bytes
+    assert moved.metadata["a"] == b"x"
+    x = np.random.default_rng(1).uniform(size=(1, 12, 12, 3)).astype(np.float32)
+
+    def run(path):
+        return next(iter(create_interpreter(path).get_signature_runner()(image=x).values()))
+
+    zeroed = run(out)
+    with open(model_path, "rb") as src, open(out, "r+b") as dst:
+        src.seek(offset)
+        dst.seek(new_offset)
+        dst.write(src.read(length))
+    np.testing.assert_array_equal(run(out), run(model_path))
+    assert not np.array_equal(zeroed, run(model_path)), f"zeroing {tensor.name} changed nothing: a useless check"

@@ -161,23 +161,22 @@ def test_benchmark_generation_reports_the_generation_block(root):
 
 
 def test_cli_streams_the_same_text_as_the_api(gen, root):
-    from click.testing import CliRunner
-
     from liteship.runtime.text_cli import command
+    from tests.conftest import cli_runner
 
     want = gen.generate("the sun", 12, temperature=0).text
-    res = CliRunner().invoke(command, [str(root / "gpt2-fp32"), "--prompt", "the sun", "--max-new-tokens", "12",
+    res = cli_runner().invoke(command, [str(root / "gpt2-fp32"), "--prompt", "the sun", "--max-new-tokens", "12",
                                        "--temperature", "0", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert res.output == want + "\n"
     for flags, cache in (([], "grows in steps of 16 slots"), (["--full-cache"], "all 64 slots")):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr("liteship.runtime.generate.SLOT_STEP", 16)
-            res = CliRunner().invoke(command, [str(root / "gpt2-fp32"), "--prompt", "the sun", "--max-new-tokens",
+            res = cli_runner().invoke(command, [str(root / "gpt2-fp32"), "--prompt", "the sun", "--max-new-tokens",
                                                "12", "--temperature", "0", "--stats", *flags])
         assert res.exit_code == 0 and res.stdout == want + "\n"
         assert f"KV cache: {cache}" in res.stderr
-    res = CliRunner().invoke(command, [str(root / "gpt2-fp32"), "--prompt", "x " * 80])
+    res = cli_runner().invoke(command, [str(root / "gpt2-fp32"), "--prompt", "x " * 80])
     assert res.exit_code != 0 and "context is 64" in str(res.exception)
 
 

@@ -57,3 +57,35 @@ def test_the_runtime_refuses_a_model_newer_than_itself(fixture_bundles, tmp_path
     with pytest.raises(RuntimeLiteshipError) as err:
         create_interpreter(model, backend=backend)
     assert str(err.value).startswith(f"{model}: needs TFLite runtime 9.0.0 or newer (the file's min_runtime_version)")
+
+
+def test_the_2_14_conversion_loads_and_answers_here_where_the_default_one_is_refused(fixture_bundles):
+    """`convert --min-runtime 2.14` (dynamic-int8, dense layers per tensor) loads on every backend, tflite-runtime
+    2.14 included (the device-like run), and answers like the source model; the default dynamic-int8 bundle needs
+    2.17 and tflite-runtime 2.14 refuses it in one line."""
+    import numpy as np
+
+    from liteship.runtime.interpreter import version_tuple
+
+    old = fixture_bundles / "dense-dynamic-int8-rt2.14"
+    assert version_tuple(read_model(old / "model.tflite").min_runtime_version()) <= (2, 14, 0)
+    ref = np.load(fixture_bundles / "dense-dynamic-int8-rt2.14.reference.npz")
+    interpreter = create_interpreter(old / "model.tflite")
+    runner = interpreter.get_signature_runner()
+    (name,) = runner.get_input_details()
+    got = np.concatenate([next(iter(runner(**{name: x[None]}).values())) for x in ref["x"]])
+    assert np.abs(got - ref["y"]).max() <= 0.05  # tests/convert/test_generic_convert.py's dynamic-int8 bound
+
+    backend, _, version = interpreter.liteship_backend.partition(" ")  # e.g. "tflite-runtime 2.14.0"
+    if backend == "tflite-runtime" and version_tuple(version) < (2, 17, 0):
+        with pytest.raises(RuntimeLiteshipError, match="needs TFLite runtime 2.17.0 or newer"):
+            create_interpreter(fixture_bundles / "dense-dynamic-int8" / "model.tflite")
+
+
+def test_versions_compare_with_or_without_a_patch_number():
+    """Regression: --min-runtime 2.17 refused a file that needs 2.17.0, because (2, 17) < (2, 17, 0)."""
+    from liteship.runtime.interpreter import version_tuple
+
+    assert version_tuple("2.17") == version_tuple("2.17.0") == (2, 17, 0)
+    assert version_tuple("2.14.0rc1") == (2, 14, 0) and version_tuple("unknown") == ()
+    assert runtime_too_old("2.17.0", "tflite-runtime", "2.17") is None
