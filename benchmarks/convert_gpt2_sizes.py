@@ -317,7 +317,7 @@ NOTES = """Where the memory goes (stage marks of the conversion process, printed
 - Before placeholders (measured 2026-12-01 on this machine, same script and checkpoint): gpt2-medium fp32 peaked at
   6.42 GiB = 4.85x its weights. Measured on its SavedModel alone: `TFLiteConverter.from_saved_model` loads the
   variables again (2.1 GiB before convert() starts) and convert() adds 4.2 GiB (3x) of its own copies of every
-  constant; before that, by the code, the checkpoint, its transposed copy and the TF variables coexisted. The target measured gpt2-large at 13.0 GB fp32 and 8.5 GB dynamic-int8.
+  constant; before that, by the code, the checkpoint, its transposed copy and the TF variables coexisted. An earlier measurement had gpt2-large at 13.0 GB fp32 and 8.5 GB dynamic-int8.
 - Now the converter sees placeholders (one number per matrix, convert/gpt2/weight_writer.py) and the weights are
   written into the finished file one matrix at a time, straight from the safetensors file. What is left: TensorFlow
   itself (~0.7 GiB once imported) and, for fp32 and fp16, the converter materializing the placeholders into its

@@ -95,7 +95,7 @@ def weights_after_flatbuffer(path) -> bool:
     from liteship.runtime import tflite_file as T
 
     data = path.read_bytes()
-    buffers = T._Table(data, T._check_header(data, len(data), str(path))).tables(T.MODEL_BUFFERS)
+    buffers = T.Table(data, T.check_header(data, len(data), str(path))).tables(T.MODEL_BUFFERS)
     info = T.read_model(path)
     used = {t.buffer for sg in info.subgraphs for t in sg.tensors if t.buffer and info.buffer_extents[t.buffer][1]}
     return len(used) > 10 and all(buffers[b].scalar(T.BUFFER_OFFSET, "Q", 0) > 1 for b in used)
