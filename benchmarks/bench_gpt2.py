@@ -80,7 +80,7 @@ def bench_liteship(bundle: Path, threads: int, prompt: int, new: int, grow_cache
     return run_child(f"""
 from liteship.runtime.generation_bench import benchmark_generation
 RESULT = benchmark_generation({str(bundle)!r}, threads={threads}, prompt_tokens={prompt}, new_tokens={new},
-                              context=256, contexts=(1024,), grow_cache={grow_cache})
+                              context=256, contexts=(128, 1024), grow_cache={grow_cache})
 """)
 
 
@@ -117,8 +117,8 @@ RESULT = {{"init_s": init, "decode_tok_s": 32 / (time.perf_counter() - t), "engi
 """, env={"LITESHIP_CACHE": str(cache)})
 
 
-LLAMA_CPP_QUANT = {"dynamic-int8": "q8_0", "fp32": "f32"}
-LLAMA_CPP_Q8_RSS = {128: 230 * 2**20, 896: 264 * 2**20}  # an earlier peer run, when llama.cpp is not installed here  # the llama.cpp type beside each liteship variant
+LLAMA_CPP_QUANT = {"dynamic-int8": "q8_0", "int4": "q4_0", "fp32": "f32"}  # the llama.cpp type beside each variant
+LLAMA_CPP_Q8_RSS = {128: 230 * 2**20, 896: 264 * 2**20}  # an earlier peer run, when llama.cpp is not installed here
 
 
 def llama_cpp_missing() -> str | None:
@@ -158,8 +158,27 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def llama_cpp_convert(ckpt: Path, out: Path, outtype: str) -> Path:
+# llama.cpp's own quantizer (llama_model_quantize, through llama-cpp-python) for the types its converter does
+# not write: Q4_0 from the F32 file, all tensors Q4_0 but the output and token tables' defaults, as llama-quantize.
+GGUF_QUANTIZE = """
+import sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype, params.nthread = int(sys.argv[3]), int(sys.argv[4])
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params))
+"""
+LLAMA_FTYPES = {"q4_0": 2}  # llama_ftype LLAMA_FTYPE_MOSTLY_Q4_0 (llama.h)
+
+
+def llama_cpp_convert(ckpt: Path, out: Path, outtype: str, threads: int = 2) -> Path:
     gguf = out / f"gpt2-{outtype}.gguf"
+    if outtype in LLAMA_FTYPES and not gguf.is_file():
+        source = llama_cpp_convert(ckpt, out, "f32")
+        proc = subprocess.run([sys.executable, "-c", GGUF_QUANTIZE, str(source), str(gguf) + ".partial",
+                               str(LLAMA_FTYPES[outtype]), str(threads)], capture_output=True, text=True)
+        if proc.returncode:
+            sys.stderr.write(proc.stderr[-3000:])
+            raise SystemExit(f"llama.cpp's quantizer failed ({proc.returncode})")
+        os.replace(str(gguf) + ".partial", gguf)
     if not gguf.is_file():
         out.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run([sys.executable, "-c", GGUF_CONVERT, os.environ["LLAMA_CPP_CONVERT"], str(ckpt),
@@ -188,6 +207,34 @@ t = time.perf_counter()
 for _ in range(32):
     m.eval([m.sample(top_k=1, temp=0.0)])  # greedy (scores are kept only with logits_all, which costs memory)
 RESULT = {{"init_s": init, "prefill_tok_s": len(ids) / prefill, "decode_tok_s": 32 / (time.perf_counter() - t)}}
+""")
+
+
+def bench_llama_cpp_speed(gguf: Path, threads: int, prompt: int, new: int, contexts: tuple) -> dict:
+    """liteship's speed protocol through llama-cpp-python: prefill ``prompt`` random tokens from an empty cache;
+    decode at context c = ``new`` greedy steps timed after c - new tokens are in the cache (evaluated, untimed);
+    each rate the best of 3 rounds, the contexts taking turns. n_ctx 1024, as the bundles' max_context."""
+    return run_child(f"""
+import time, numpy as np
+from llama_cpp import Llama
+m = Llama(model_path={str(gguf)!r}, n_ctx=1024, n_threads={threads}, n_threads_batch={threads}, n_batch=128,
+          verbose=False)
+rng = np.random.default_rng(0)
+ids = lambda n: [int(i) for i in rng.integers(0, m.n_vocab(), n)]
+m.eval(ids(16)); m.reset()  # warm-up
+prefill, rates = 0.0, {{c: 0.0 for c in {tuple(contexts)!r}}}
+for _ in range(3):
+    x = ids({prompt}); m.reset()
+    t = time.perf_counter(); m.eval(x); prefill = max(prefill, {prompt} / (time.perf_counter() - t))
+    for c in rates:
+        m.reset(); m.eval(ids(c - {new}))
+        token = m.sample(top_k=1, temp=0.0)
+        t = time.perf_counter()
+        for _ in range({new}):
+            m.eval([token])
+            token = m.sample(top_k=1, temp=0.0)
+        rates[c] = max(rates[c], {new} / (time.perf_counter() - t))
+RESULT = {{"prefill_tok_s": prefill, "decode_tok_s_by_context": {{str(c): r for c, r in rates.items()}}}}
 """)
 
 
@@ -270,7 +317,7 @@ with torch.no_grad():
     model(ids(16))  # warm-up
     x = ids({prompt}); t = time.perf_counter(); model(x); prefill = time.perf_counter() - t
 RESULT = {{"prefill_tok_s": {prompt} / prefill, "decode_tok_s_by_context": {{}}}}
-rates = {{256: 0.0, 1024: 0.0}}
+rates = {{128: 0.0, 256: 0.0, 1024: 0.0}}
 for _ in range(3):  # best of 3 rounds, contexts taking turns: the same treatment liteship's rates get
     for ctx in rates:
         x = ids(ctx - {new})
@@ -293,8 +340,13 @@ def main() -> None:
                                               "is reused, not rebuilt")
     ap.add_argument("--memory-only", action="store_true",
                     help="only the memory and start-up table, over the bundles already in --work")
+    ap.add_argument("--peer-threads", help="thread counts PyTorch and llama.cpp run at, comma-separated (default: "
+                                           "1 and --threads; the verdicts use each peer's better one)")
     args = ap.parse_args()
+    args.peer_threads = sorted({int(n) for n in args.peer_threads.split(",")} if args.peer_threads
+                               else {1, args.threads})
 
+    args.load = [os.getloadavg()[0]]  # the machine's load at the start and the end, written beside the figures
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
     print(f"working in {work}", file=sys.stderr)
     try:
@@ -303,7 +355,15 @@ def main() -> None:
     finally:
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)
+    args.load.append(os.getloadavg()[0])
     write_table(rows, memory, args)
+
+
+def load_note(args) -> str:
+    start, end = args.load
+    return (f" Load average (1 min) {start:.1f} at the start and {end:.1f} at the end, on {os.cpu_count()} cores: "
+            "the machine is shared and busy; peak RSS does not depend on that, the tok/s and seconds do (compare "
+            "rows of one run, not runs).")
 
 
 def measure(work: Path, args) -> list:
@@ -313,7 +373,7 @@ def measure(work: Path, args) -> list:
     rows = []
     # PyTorch at 1 thread and at --threads: its OpenMP pool collapses when other processes share the cores (1 tok/s
     # at 2 threads vs 22 at 1 on this shared machine), so the ratio uses the better of the two.
-    for n in sorted({1, args.threads}):
+    for n in args.peer_threads:
         t = bench_torch(ckpt, n, args.prompt_tokens, args.new_tokens)
         rows.append((f"PyTorch fp32, transformers generate, {n} thread{'s' * (n > 1)}", t, None,
                      sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))))
@@ -334,9 +394,46 @@ def measure(work: Path, args) -> list:
         if grows:
             r = bench_liteship(work / q, args.threads, args.prompt_tokens, args.new_tokens, grow_cache=False)
             rows.append((f"liteship {q}, full cache", r, None, c["size_bytes"]))
+    rows += measure_llama_cpp(work, args, rows)
     whole = [bench_whole_text(work / "dynamic-int8", args.threads, g) for g in (True, False)]
     rows.append(("whole text", whole, None, 0))
     return rows
+
+
+def best_of(a: dict, b: dict) -> dict:
+    """Two speed results of the same model, each rate the better of the two."""
+    out = dict(a, prefill_tok_s=max(a["prefill_tok_s"], b["prefill_tok_s"]))
+    out["decode_tok_s_by_context"] = {c: max(r, b["decode_tok_s_by_context"][c])
+                                      for c, r in a["decode_tok_s_by_context"].items()}
+    return out
+
+
+def measure_llama_cpp(work: Path, args, rows: list) -> list:
+    """llama.cpp beside each liteship variant (LLAMA_CPP_QUANT), at 1 thread and at --threads: under load from
+    other processes its spinning thread pool collapses at 2 threads (as PyTorch's does), so the verdict uses the
+    better. The pair the target compares (dynamic-int8, Q8_0) is measured twice, alternating with liteship, so
+    that a burst of load on this shared machine hits both rather than one."""
+    why = llama_cpp_missing()
+    if why:
+        print(f"llama.cpp peer skipped: {why}", file=sys.stderr)
+        return [(f"llama.cpp: skipped ({why})", None, None, 0)]
+    by_name = {name: i for i, (name, *_) in enumerate(rows)}
+    out = []
+    for q, outtype in LLAMA_CPP_QUANT.items():
+        if f"liteship {q}" not in by_name:
+            continue
+        gguf = llama_cpp_convert(work / "checkpoint", work / "gguf", outtype, args.threads)
+        for n in args.peer_threads:
+            print(f"llama.cpp {outtype} at {n} thread(s) ...", file=sys.stderr)
+            r = bench_llama_cpp_speed(gguf, n, args.prompt_tokens, args.new_tokens, (128, 256, 1024))
+            if q == "dynamic-int8":  # liteship again, then llama.cpp again: each keeps its better rates
+                i = by_name[f"liteship {q}"]
+                again = bench_liteship(work / q, args.threads, args.prompt_tokens, args.new_tokens, None)
+                rows[i] = (rows[i][0], best_of(rows[i][1], again), *rows[i][2:])
+                r = best_of(r, bench_llama_cpp_speed(gguf, n, args.prompt_tokens, args.new_tokens, (128, 256, 1024)))
+            out.append((f"llama.cpp {outtype.upper()} (beside {q}), {n} thread{'s' * (n > 1)}", r, None,
+                        gguf.stat().st_size))
+    return out
 
 
 def target_lines(rows: list, base: float, fp32_size: int) -> list[str]:
@@ -368,6 +465,27 @@ def target_lines(rows: list, base: float, fp32_size: int) -> list[str]:
     ]
 
 
+def peer_lines(rows: list) -> list[str]:
+    """Each liteship variant against the llama.cpp type beside it (the better of its thread counts); the issue's
+    target: dynamic-int8 decode at 1024 >= 2x llama.cpp Q8_0's."""
+    by_name = {name: r for name, r, _, _ in rows if r is not None}
+    lines = []
+    for q, outtype in LLAMA_CPP_QUANT.items():
+        ours = by_name.get(f"liteship {q}")
+        peers = [r for name, r in by_name.items() if name.startswith(f"llama.cpp {outtype.upper()} (beside {q})")]
+        if not ours or not peers:
+            continue
+        peer = {c: max(p["decode_tok_s_by_context"][c] for p in peers) for c in ("128", "1024")}
+        prefill = max(p["prefill_tok_s"] for p in peers)
+        d = ours["decode_tok_s_by_context"]
+        ratio = d["1024"] / peer["1024"]
+        verdict = f" (target >= 2x: {'met' if ratio >= 2 else 'NOT met'})" if q == "dynamic-int8" else ""
+        lines.append(f"- liteship {q} / llama.cpp {outtype.upper()} (its better thread count): decode @1024 "
+                     f"{ratio:.2f}x{verdict}, @128 {d['128'] / peer['128']:.2f}x, prefill "
+                     f"{ours['prefill_tok_s'] / prefill:.2f}x")
+    return lines
+
+
 def int4_lines(by_name: dict, int8: dict, fp32_size: int, verdict) -> list[str]:
     """The int4 targets: file <= 0.16x fp32 and decode no slower than dynamic-int8 (quality: quality_gpt2.py)."""
     if "liteship int4" not in by_name:
@@ -387,9 +505,8 @@ def write_table(rows: list, memory: list, args) -> None:
         table = "\n".join([f"# GPT-2 {'tiny (--quick)' if args.quick else '124M'} memory and start-up", "",
                            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {machine_summary()}; "
                            f"threads={args.threads}; bundles built with max_context=1024, prefill_len=128; "
-                           f"command: `python benchmarks/bench_gpt2.py {' '.join(sys.argv[1:])}`. The "
-                           "machine was shared and busy: peak RSS does not depend on that, the seconds and tok/s "
-                           "do (compare them within a row, not with other sections).", *memory_lines(memory)]) + "\n"
+                           f"command: `python benchmarks/bench_gpt2.py {' '.join(sys.argv[1:])}`."
+                           + load_note(args), *memory_lines(memory)]) + "\n"
         print(table)
         out = args.out.with_name("gpt2_memory.md")
         write_atomic(out, table, mkdir=True)
@@ -405,20 +522,26 @@ def write_table(rows: list, memory: list, args) -> None:
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} on {machine_summary()}; threads={args.threads}; "
         f"prefill {args.prompt_tokens} tokens; decode {args.new_tokens} tokens ending at the context, best of 3 "
         "rounds for every model; "
-        "liteship bundles built with max_context=1024, prefill_len=128.",
+        "liteship bundles built with max_context=1024, prefill_len=128; command: "
+        f"`python benchmarks/bench_gpt2.py {' '.join(sys.argv[1:])}`." + load_note(args),
         "",
-        "| model | prefill tok/s | decode tok/s @256 | decode tok/s @1024 | @1024 / @256 | decode vs best PyTorch @256 "
+        "| model | prefill tok/s | decode tok/s @128 | decode tok/s @256 | decode tok/s @1024 | @1024 / @256 "
+        "| decode vs best PyTorch @256 "
         "| file MB | file vs fp32 | convert s | convert peak RSS MB | runtime peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r, c, size in table_rows:
+        if r is None:  # a peer that could not run here, and why
+            lines.append(f"| {name} |" + " - |" * 11)
+            continue
         d = r["decode_tok_s_by_context"]
         conv_s, conv_rss = ("-", "-") if c is None else (f"{c['seconds']:.1f}", mb(c["peak_rss_bytes"]))
         lines.append(
-            f"| {name} | {r['prefill_tok_s']:.1f} | {d['256']:.1f} | {d['1024']:.1f} | {d['1024'] / d['256']:.2f} "
+            f"| {name} | {r['prefill_tok_s']:.1f} | {d['128']:.1f} | {d['256']:.1f} | {d['1024']:.1f} "
+            f"| {d['1024'] / d['256']:.2f} "
             f"| {d['256'] / base:.2f}x | {mb(size)} | {size / fp32_size:.3f} | "
             f"{conv_s} | {conv_rss} | {mb(r['peak_rss_bytes'])} |")
-    lines += ["", *target_lines(rows, base, fp32_size), *memory_lines(memory)]
+    lines += ["", *target_lines(rows, base, fp32_size), *peer_lines(table_rows), *memory_lines(memory)]
     table = "\n".join(lines) + "\n"
     print(table)
     write_atomic(args.out, table, mkdir=True)

@@ -5,8 +5,9 @@
 Stages: imports (numpy + the interpreter package), the interpreter created (model file mapped), KVCacheSession
 ready (allocate_tensors: XNNPACK packs the weights, arenas are planned), a prompt prefilled, decoded up to the
 context. At each: VmRSS, VmHWM (peak) from /proc/self/status and anonymous vs file-backed resident memory from
-/proc/self/smaps_rollup. Rows: each bundle with XNNPACK on and off, at each --contexts value. Used for the table
-in docs/gpt2_kv_cache.md.
+/proc/self/smaps_rollup ("anon" counts private anonymous memory only: the KV cache's shared anonymous maps are
+in "file"), and at the end the resident bytes per mapping. Rows: each bundle with XNNPACK on and off, at each
+--contexts value. Used for the tables in docs/gpt2_kv_cache.md.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def proc_memory() -> dict:
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {here!r})
-from memory_gpt2 import proc_memory
+from memory_gpt2 import by_mapping, proc_memory
 stages = []
 def mark(name, **extra):
     stages.append(dict(stage=name, **proc_memory(), **extra))
@@ -63,14 +64,30 @@ mark("session ready", seconds=round(time.perf_counter() - t, 3))
 rng = np.random.default_rng(0)
 ids = rng.integers(0, s.vocab_size, {context} - {decode})
 t = time.perf_counter()
-logits = s.prefill(ids, all_logits=False)[-1]
-mark("prefilled {{}} tokens".format(len(ids)), seconds=round(time.perf_counter() - t, 3))
+for start in range(0, len(ids), s.prefill_len):  # chunk by chunk, as prefill() itself runs, to see each growth
+    logits = s.prefill(ids[start:start + s.prefill_len], all_logits=False)[-1]
+    mark("prefilled {{}} tokens ({{}} slots)".format(s.length, s.slots), seconds=round(time.perf_counter() - t, 3))
 t = time.perf_counter()
 for _ in range({decode}):
     logits = s.decode(int(np.argmax(logits)))
 mark("decoded to {context}", seconds=round(time.perf_counter() - t, 3))
+stages[-1]["mappings"] = by_mapping()
 print("RESULT " + json.dumps(stages))
 """
+
+
+def by_mapping(at_least: int = 2 * MIB) -> dict:
+    """Resident bytes per mapped file ("[heap]", "[anon]" for anonymous memory, "/dev/zero" for shared anonymous
+    maps such as the KV cache), largest first, those of at least ``at_least`` bytes (/proc/self/smaps)."""
+    sizes, name = {}, "[anon]"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                name = head[5] if len(head) > 5 else "[anon]"
+            elif line.startswith("Rss:"):
+                sizes[name] = sizes.get(name, 0) + int(head[1]) * 1024
+    return {k: v for k, v in sorted(sizes.items(), key=lambda kv: -kv[1]) if v >= at_least}
 
 
 def measure(bundle: str, *, context: int, threads: int, xnnpack: bool, decode: int = 32,
@@ -105,6 +122,8 @@ def main() -> None:
                           f"{st['stage']} | {st['VmRSS'] / MIB:.0f} | {st['VmHWM'] / MIB:.0f} | "
                           f"{st['anon'] / MIB:.0f} | {st['file'] / MIB:.0f} | {st.get('seconds', '')} |",
                           flush=True)
+                    for name, size in st.get("mappings", {}).items():  # where the last stage's RSS is
+                        print(f"|  |  |  | resident: {name} | {size / MIB:.0f} |  |  |  |  |")
 
 
 if __name__ == "__main__":

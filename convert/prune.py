@@ -195,6 +195,63 @@ def tflite_sizes(tflite: bytes) -> dict:
     return {"bytes": len(tflite), "gzip_bytes": len(gzip.compress(tflite, compresslevel=9, mtime=0))}
 
 
+def gzip_huffman_only(data: bytes) -> bytes:
+    """A .gz of `data` (any gunzip reads it) made with zlib's Huffman-only strategy: no LZ77 matches. On pruned
+    weights gzip's default strategy codes short runs of zeros as matches that cost more bits than the zeros coded
+    one by one; Huffman-only reaches the bytes' order-0 entropy instead."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9, zlib.Z_HUFFMAN_ONLY)  # 16+: gzip framing
+    return packer.compress(data) + packer.flush()
+
+
+def byte_entropy(data: bytes) -> float:
+    """Order-0 entropy in bits per byte: what a coder of single bytes (DEFLATE's Huffman stage, with no repeats
+    for LZ77 to find, as in trained weights) can at best reach."""
+    counts = np.bincount(np.frombuffer(data, np.uint8), minlength=256)
+    p = counts[counts > 0] / max(int(counts.sum()), 1)
+    return float(-(p * np.log2(p)).sum())
+
+
+def int8_weight_entropy(tflite: bytes, dense_below: float = 0.2) -> dict:
+    """What magnitude pruning can buy a gzip'd int8 .tflite, measured on its constant int8 tensors (the weights):
+
+    - bytes, zero fraction and order-0 entropy of all of them together, and of the non-zero bytes alone;
+    - the kernels left dense (zero fraction below `dense_below`): names and bytes;
+    - `rest_gzip_bytes`: gzip -9 of the file without those tensors (graph, biases, scales);
+    - `bound_bytes`: weights at their pooled order-0 entropy + the rest gzip'd: what one fixed code per byte
+      value reaches (DEFLATE re-fits its code every block, so it can land a little below where tensors differ).
+
+    For a pruned model at zero fraction p the weight entropy is h(p) + (1 - p) * H(non-zero) bits per weight,
+    where h is the binary entropy (the zero/non-zero mask): at p = 0.5, 1 + H/2."""
+    from liteship.runtime.tflite_file import read_model
+
+    model = read_model(tflite)
+    chunks, dense, seen, rest = [], {}, set(), bytearray(tflite)
+    for sg_index, sg in enumerate(model.subgraphs):
+        for tensor in sg.tensors:
+            extent = model.tensor_extent(sg_index, tensor.index)
+            if tensor.dtype != "int8" or extent is None or extent in seen:
+                continue
+            seen.add(extent)
+            offset, length = extent
+            data = tflite[offset:offset + length]
+            chunks.append(data)
+            rest[offset:offset + length] = bytes(length)  # blanked: counted with the weights
+            zeros = data.count(0) / length
+            if zeros < dense_below and sum(d > 1 for d in tensor.shape) >= 2:  # a kernel, not a scale or shape
+                dense[tensor.name] = length
+    weights = b"".join(chunks)
+    values = np.frombuffer(weights, np.uint8)
+    h_all = byte_entropy(weights)
+    # the blanked weights gzip to almost nothing, so this is the rest's own compressed size
+    rest_gzip = len(gzip.compress(bytes(rest), compresslevel=9, mtime=0))
+    return {"weight_bytes": len(weights), "zero_fraction": weights.count(0) / max(len(weights), 1),
+            "entropy_bits": h_all, "nonzero_entropy_bits": byte_entropy(values[values != 0].tobytes()),
+            "dense_tensors": dense, "dense_bytes": sum(dense.values()), "rest_gzip_bytes": rest_gzip,
+            "bound_bytes": int(round(len(weights) * h_all / 8)) + rest_gzip}
+
+
 # ---- magnitude pruning (tfmot) -------------------------------------------------------------------------------
 
 def pruning_params(options: PruneOptions) -> dict:

@@ -328,10 +328,41 @@ def create_compiled_model(model_path: str | os.PathLike, *, num_threads: int, we
                                              xnnpack_weight_cache_path=str(weight_cache or "")))
     try:
         with native_stderr_captured():
-            return CompiledModel.from_file(str(model_path), options=options, environment=_litert_environment())
+            model = CompiledModel.from_file(str(model_path), options=options, environment=_litert_environment())
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuntimeLiteshipError(f"{model_path}: LiteRT cannot compile it: {first}") from None
+    if weight_cache:
+        drop_resident_pages(model_path)
+    return model
+
+
+_MADV_DONTNEED = 4  # linux/mman.h; the same number on every Linux architecture
+
+
+def drop_resident_pages(path: str | os.PathLike) -> int:
+    """Give back the pages of this process's read-only mappings of ``path`` (its RSS; the kernel's page cache
+    keeps them), and return how many bytes the mappings span. Compiling a model with a weight cache leaves ~45 MiB
+    of a 122 MiB int8 model resident (pages around the start of every weight, read while the model is loaded),
+    yet nothing reads those weights afterwards: XNNPACK runs on the packed copies in the cache file. A page that
+    is read again later simply faults back in, so this is only ever a saving. Linux only (/proc/self/maps)."""
+    try:
+        target = os.path.realpath(path)
+        with open("/proc/self/maps") as maps:
+            spans = []
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                # read-only mappings only: dropping a private page someone wrote would lose the write
+                if len(fields) == 6 and fields[5].rstrip("\n") == target and "w" not in fields[1]:
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    spans.append((lo, hi - lo))
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return 0
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for start, length in spans:
+        libc.madvise(start, length, _MADV_DONTNEED)
+    return sum(length for _, length in spans)
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,10 +3,10 @@
 Where (manifest config "token_table"; bundles made before the key existed are "lm_head"):
 - "lm_head": the tied LM head's [V, E] weight inside model.tflite, found by following the graph back from the decode
   signature's `logits` output (through shape-only ops and fp16's DEQUANTIZE) to the FULLY_CONNECTED that makes them,
-  and read in place through a memory map. The table is stored once and never dequantized whole; int8 rows carry
-  per-row scales.
+  and read a row at a time with pread (nothing of the file is mapped). The table is stored once and never
+  dequantized whole; int8 rows carry per-row scales.
 - "asset": assets/token_table.npy ([V, E] float32, float16 or int8) plus, for int8, assets/token_scales.npy ([V]
-  float32), memory-mapped. Conversion writes these only when the converter rewrote the LM head weight so that it no
+  float32), read the same way. Conversion writes these only when the converter rewrote the LM head weight so that it no
   longer equals the checkpoint's token embeddings: TFLite folds a constant scale in front of a FULLY_CONNECTED into
   its weight, which is right for the head's logits and wrong for every embedding read from that weight.
 
@@ -15,6 +15,8 @@ Conversion reads the table back through this same module and checks it against t
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -49,6 +51,64 @@ def lm_head_weight(model: TFLiteModel, signature: str = "decode") -> int:
     return weight
 
 
+class _FileTable:
+    """A table stored in a file at ``offset`` (``count`` values of ``dtype``, viewed as ``shape``), read with
+    pread a row at a time: nothing of it is mapped, so only the rows in hand take memory. A memory map of the
+    file paged in far more than the rows read: each fault maps up to 64 KiB of neighbouring pages already in the
+    page cache (the kernel's fault-around, which MADV_RANDOM does not stop), so a ~900-token prompt made 28 of
+    the 37 MiB of an int8 table resident.
+
+    Indexing takes an integer array whose last axis holds positions within one row (``table[ids]`` of a [V, E]
+    table: whole rows; ``table[byte_positions]`` of a flat one: the bytes of one row per index row)."""
+
+    def __init__(self, path, offset: int, dtype, count: int, shape: tuple):
+        self.dtype, self.shape, self._offset = np.dtype(dtype), tuple(shape), offset
+        self.ndim = len(shape)
+        self._count = count
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+    def _read(self, first: int, n: int) -> np.ndarray:
+        size = self.dtype.itemsize
+        if hasattr(os, "pread"):
+            data = os.pread(self._fd, n * size, self._offset + first * size)
+        else:  # Windows has no pread
+            os.lseek(self._fd, self._offset + first * size, os.SEEK_SET)
+            data = os.read(self._fd, n * size)
+        if len(data) != n * size or first < 0 or first + n > self._count:
+            raise RuntimeLiteshipError(f"token table: values {first}..{first + n} are outside the stored table")
+        return np.frombuffer(data, self.dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = np.asarray(index)
+        if self.ndim == 2:  # whole rows
+            width = self.shape[1]
+            return np.stack([self._read(int(i) * width, width) for i in index.reshape(-1)]).reshape(
+                *index.shape, width)
+        flat = index.reshape(-1, index.shape[-1])  # one row's positions per index row: read its span once
+        out = np.empty(flat.shape, self.dtype)
+        for r, positions in enumerate(flat):
+            lo = int(positions.min())
+            out[r] = self._read(lo, int(positions.max()) - lo + 1)[positions - lo]
+        return out.reshape(index.shape)
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _npy_file_table(path) -> "_FileTable | np.ndarray":
+    """A .npy file's array as a _FileTable (read by rows, never mapped); a Fortran-ordered one is loaded whole."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        offset = fh.tell()
+    if fortran or len(shape) != 2 or dtype.hasobject:
+        return np.load(path, allow_pickle=False)
+    return _FileTable(path, offset, dtype, int(np.prod(shape)), shape)
+
+
 class TokenTable:
     """Rows of the [V, E] token embedding table as float32, from a stored table (float32, float16, or int8 or int4
     with one scale per row), without ever widening the whole table.
@@ -63,7 +123,8 @@ class TokenTable:
 
     @classmethod
     def from_model(cls, source, vocab: int, width: int, signature: str = "decode") -> "TokenTable":
-        """The LM head's weight inside a .tflite: a path (memory-mapped) or the model's bytes (viewed in place)."""
+        """The LM head's weight inside a .tflite: a path (read by rows with pread) or the model's bytes (viewed in
+        place)."""
         in_memory = isinstance(source, (bytes, bytearray, memoryview))
         label = "the model" if in_memory else str(source)
         model = read_model(source)
@@ -84,8 +145,8 @@ class TokenTable:
         if in_memory:
             table = np.frombuffer(source, dtype=dtype, count=count, offset=offset)
         else:
-            table = np.memmap(source, dtype=dtype, mode="r", offset=offset, shape=(count,))
-        if not packed:
+            table = _FileTable(source, offset, dtype, count, (count,) if packed else (vocab, width))
+        if not packed and in_memory:
             table = table.reshape(vocab, width)
         scales = None
         if dtype is np.int8 or packed:
@@ -99,9 +160,9 @@ class TokenTable:
 
     @classmethod
     def from_files(cls, table_path, scales_path=None) -> "TokenTable":
-        """A table saved as .npy (and, for int8, its per-row scales), memory-mapped."""
+        """A table saved as .npy (and, for int8, its per-row scales), read by rows with pread."""
         try:
-            table = np.load(table_path, mmap_mode="r", allow_pickle=False)
+            table = _npy_file_table(table_path)
             scales = None if scales_path is None else np.load(scales_path, allow_pickle=False).astype(np.float32)
         except (OSError, ValueError) as exc:
             raise RuntimeLiteshipError(f"{table_path}: not a readable token table ({exc})") from None

@@ -11,6 +11,7 @@ keeps the loopback fake (tests/device/adbd.py).
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import stat
 import sys
@@ -290,14 +291,16 @@ def test_large_writes_are_sent_whole(phone, adb_key, tmp_path):
 
 
 def test_command_timing_out_is_killed_and_the_next_call_reconnects(android, phone):
-    with pytest.raises(DeviceError, match=r"`sleep 3; touch /data/local/tmp/late` timed out after 0.5s"):
-        android.shell("sleep 3; touch /data/local/tmp/late", timeout=0.5)
+    # adbd shares this machine's process table: the late file's name is this run's own, so `ps` counts no other
+    # test's command
+    late = f"/data/local/tmp/late-{secrets.token_hex(4)}"
+    with pytest.raises(DeviceError, match=rf"`sleep 3; touch {late}` timed out after 0.5s"):
+        android.shell(f"sleep 3; touch {late}", timeout=0.5)
     assert android.run(["echo", "back"]).stdout == "back\n"  # a fresh connection
     time.sleep(3.5)
     # adbd hung up on the command with its connection (SIGHUP): it never finished
-    assert not on_phone(phone, "/data/local/tmp/late").exists()
-    # the whole command line, exactly: the phone shares this host's process table, where `sleep 300` may run
-    assert android.run(["sh", "-c", "ps -o args | grep -c '^[s]leep 3$'"], check=False).stdout.strip() == "0"
+    assert not on_phone(phone, late).exists()
+    assert android.run(["sh", "-c", f"ps -o args | grep -c '[t]ouch {late}'"], check=False).stdout.strip() == "0"
 
 
 def test_slow_link_hits_the_timeout(android, phone):
