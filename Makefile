@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # would pull several GB of CUDA wheels, so torch is pinned to the CPU build that this machine kind provides.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test setup test-fast test-device board-up board-down test-board clean
+.PHONY: demo test lint setup test-fast test-device board-up board-down test-board clean
 
 $(BIN)/liteship: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,10 +21,15 @@ setup: $(BIN)/liteship
 demo: setup
 	$(BIN)/liteship demo --workdir liteship-demo
 
-## make test: the whole suite (slow tests included), then the runtime tests again with no TensorFlow installed
+## make test: lint, the whole suite (slow tests included), then the runtime tests again with no TensorFlow installed
 test: setup
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-device
+
+## make lint: ruff (pyflakes and import order, configured in pyproject.toml) over the whole repository
+lint: setup
+	$(BIN)/ruff check .
 
 ## make test-fast: skip the slow tests
 test-fast: setup

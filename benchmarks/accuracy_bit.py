@@ -1,7 +1,7 @@
 """Honest accuracy of BiT bundles: train a tiny BiT on scikit-learn's digits, convert, and evaluate every variant.
 
-    /work/venv/bin/python benchmarks/accuracy_bit.py            # ~7 min on 2 busy cores
-    /work/venv/bin/python benchmarks/accuracy_bit.py --quick    # ~4 min, fewer epochs
+    .venv/bin/python benchmarks/accuracy_bit.py            # ~7 min on 2 busy cores
+    .venv/bin/python benchmarks/accuracy_bit.py --quick    # ~4 min, fewer epochs
 
 What runs, in one process, and why each step is the real user path:
 
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from liteship.runtime.bench import machine_summary
+from liteship.runtime.files import write_atomic
 
 # (row name, quantization, model input/output type, GroupNorm lowering or None for export_bit's default).
 # The four modes; int8 with integer I/O as an Edge TPU runs it (the runtime quantizes the image and dequantizes
@@ -289,10 +290,7 @@ def main(argv=None) -> int:
         table = markdown(rows, keras, info)
         print(table)
         if not args.no_write:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            tmp = RESULTS.with_suffix(".md.partial")
-            tmp.write_text(table)
-            tmp.replace(RESULTS)
+            write_atomic(RESULTS, table, mkdir=True)
             print(f"wrote {RESULTS}", file=sys.stderr)
     finally:
         if args.work is None:

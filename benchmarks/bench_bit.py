@@ -1,9 +1,9 @@
 """BiT speed: TF Keras fp32 vs liteship fp32 / fp16 / dynamic-int8 / int8 .tflite on this machine.
 
-    /work/venv/bin/python benchmarks/bench_bit.py            # BiT-M R50x1 (21843 classes) at 224x224
-    /work/venv/bin/python benchmarks/bench_bit.py --quick    # 1000-class head at 160x160, fewer runs
-    /work/venv/bin/python benchmarks/bench_bit.py --quick --groupnorm channelmean,matmul,reshape,keras5d   # compare lowerings
-    /work/venv/bin/python benchmarks/bench_bit.py --interleave BUNDLE BUNDLE ...              # A/B existing bundles
+    .venv/bin/python benchmarks/bench_bit.py            # BiT-M R50x1 (21843 classes) at 224x224
+    .venv/bin/python benchmarks/bench_bit.py --quick    # 1000-class head at 160x160, fewer runs
+    .venv/bin/python benchmarks/bench_bit.py --quick --groupnorm channelmean,matmul,reshape,keras5d   # compare lowerings
+    .venv/bin/python benchmarks/bench_bit.py --interleave BUNDLE BUNDLE ...              # A/B existing bundles
 
 Weights are random (no downloads), saved in the original BiT npz naming and converted with the real converter
 (export_bit, what `liteship convert bit` runs). int8 is calibrated on scikit-image's sample photos.
@@ -13,7 +13,7 @@ are loaded in ONE process and invoked in turn, round after round, so that load f
 machine falls on all of them alike and the ratios hold even when absolute times do not. Peak RSS: each model alone
 in its own process (`python -m liteship.runtime.bench` for .tflite, what a board runs). Prints a Markdown table and
 writes benchmarks/results/bit_speed.md.
-Targets (issue 4): int8 p50 <= 0.35x TF Keras fp32 p50 in the same run; int8 file <= 0.27x fp32 file.
+Targets: int8 p50 <= 0.35x TF Keras fp32 p50 in the same run; int8 file <= 0.27x fp32 file.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from liteship.runtime.bench import machine_summary
+from liteship.runtime.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.convert.bit_fixtures: npz writer and sample images
@@ -131,8 +132,9 @@ def main() -> int:
         return 0
 
     from liteship.convert.bit.config import get_config
-    from liteship.convert.bit.export import export_bit, xnnpack_coverage
+    from liteship.convert.bit.export import export_bit
     from tests.convert.bit_fixtures import write_bit_npz, write_image_folder
+    from tests.xnnpack_coverage import xnnpack_coverage
 
     classes = 1000 if args.quick else 21843  # BiT-M's ImageNet-21k head
     work = Path(tempfile.mkdtemp(prefix="bench-bit-"))
@@ -196,11 +198,7 @@ def main() -> int:
                      f"(target <= {TARGET_INT8_SIZE}: {'met' if ratio <= TARGET_INT8_SIZE else 'NOT met'})")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_atomic(args.out, text, mkdir=True)
     if not args.keep:
         import shutil
 

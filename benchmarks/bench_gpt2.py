@@ -1,8 +1,8 @@
 """GPT-2 speed, side by side in one run: transformers PyTorch fp32 (generate with its KV cache) vs liteship fp32,
 fp16 and dynamic-int8 bundles. Builds GPT-2 124M with random weights locally (no download).
 
-    /work/venv/bin/python benchmarks/bench_gpt2.py            # 124M, writes benchmarks/results/gpt2_speed.md
-    /work/venv/bin/python benchmarks/bench_gpt2.py --quick    # tiny model, smoke test (seconds)
+    .venv/bin/python benchmarks/bench_gpt2.py            # 124M, writes benchmarks/results/gpt2_speed.md
+    .venv/bin/python benchmarks/bench_gpt2.py --quick    # tiny model, smoke test (seconds)
     .venv/bin/python benchmarks/bench_gpt2.py --memory-only --work benchmarks/out   # peak RSS and start-up only
 
 Every conversion and every measurement runs in its own subprocess so that its peak RSS (ru_maxrss) is its own.
@@ -24,6 +24,7 @@ import textwrap
 from pathlib import Path
 
 from liteship.runtime.bench import machine_summary
+from liteship.runtime.files import write_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
@@ -77,7 +78,7 @@ RESULT = {{"seconds": r.seconds, "size_bytes": r.tflite_bytes}}
 
 def bench_liteship(bundle: Path, threads: int, prompt: int, new: int, grow_cache: bool | None) -> dict:
     return run_child(f"""
-from liteship.runtime.generate import benchmark_generation
+from liteship.runtime.generation_bench import benchmark_generation
 RESULT = benchmark_generation({str(bundle)!r}, threads={threads}, prompt_tokens={prompt}, new_tokens={new},
                               context=256, contexts=(128, 1024), grow_cache={grow_cache})
 """)
@@ -100,7 +101,7 @@ RESULT = {{"tok_s": (s.max_context - 1) / (time.perf_counter() - t), "kv_cache":
 
 def bench_memory(bundle: Path, threads: int, context: int, engine: str, cache: Path) -> dict:
     """Peak RSS of a fresh process that starts a session, prefills context - 32 tokens and decodes 32 (the
-    issue's protocol for llama.cpp: the whole context in the cache), and how long the session took to start.
+    protocol used for llama.cpp: the whole context in the cache), and how long the session took to start.
     ``cache`` is LITESHIP_CACHE: empty for a first (cold) start, filled by it for later ones."""
     return run_child(f"""
 import time, numpy as np
@@ -117,7 +118,7 @@ RESULT = {{"init_s": init, "decode_tok_s": 32 / (time.perf_counter() - t), "engi
 
 
 LLAMA_CPP_QUANT = {"dynamic-int8": "q8_0", "int4": "q4_0", "fp32": "f32"}  # the llama.cpp type beside each variant
-LLAMA_CPP_Q8_RSS = {128: 230 * 2**20, 896: 264 * 2**20}  # issue 9's peer run, when llama.cpp is not installed here
+LLAMA_CPP_Q8_RSS = {128: 230 * 2**20, 896: 264 * 2**20}  # an earlier peer run, when llama.cpp is not installed here
 
 
 def llama_cpp_missing() -> str | None:
@@ -291,7 +292,7 @@ def memory_lines(rows: list[tuple]) -> list[str]:
     ref = {128: peer[128][0], 896: peer[896][0]} if peer else LLAMA_CPP_Q8_RSS
     if target:
         lines.append("")
-        source = "measured in this run" if peer else "llama-cpp-python 0.3.36, measured earlier on this machine (issue 9)"
+        source = "measured in this run" if peer else "llama-cpp-python 0.3.36, measured earlier on this machine"
         for ctx in (128, 896):
             ok = target[ctx][0] <= ref[ctx]
             lines.append(f"- dynamic-int8 (compiled engine) peak RSS @{ctx}: {mib(target[ctx][0])} MiB vs llama.cpp "
@@ -436,7 +437,7 @@ def measure_llama_cpp(work: Path, args, rows: list) -> list:
 
 
 def target_lines(rows: list, base: float, fp32_size: int) -> list[str]:
-    """The issue's targets, as ratios within this run."""
+    """The targets, as ratios within this run."""
     by_name = {name: (r, c, size) for name, r, c, size in rows}
     grown, full_whole = by_name.pop("whole text")[0]
     verdict = lambda ok: "met" if ok else "NOT met"
@@ -486,7 +487,7 @@ def peer_lines(rows: list) -> list[str]:
 
 
 def int4_lines(by_name: dict, int8: dict, fp32_size: int, verdict) -> list[str]:
-    """Issue 9's int4 targets: file <= 0.16x fp32 and decode no slower than dynamic-int8 (quality: quality_gpt2.py)."""
+    """The int4 targets: file <= 0.16x fp32 and decode no slower than dynamic-int8 (quality: quality_gpt2.py)."""
     if "liteship int4" not in by_name:
         return []
     int4, _, int4_size = by_name["liteship int4"]
@@ -508,9 +509,7 @@ def write_table(rows: list, memory: list, args) -> None:
                            + load_note(args), *memory_lines(memory)]) + "\n"
         print(table)
         out = args.out.with_name("gpt2_memory.md")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_name(out.name + ".partial").write_text(table)
-        os.replace(out.with_name(out.name + ".partial"), out)
+        write_atomic(out, table, mkdir=True)
         print(f"wrote {out}", file=sys.stderr)
         return
     table_rows = [row for row in rows if row[0] != "whole text"]
@@ -545,10 +544,7 @@ def write_table(rows: list, memory: list, args) -> None:
     lines += ["", *target_lines(rows, base, fp32_size), *peer_lines(table_rows), *memory_lines(memory)]
     table = "\n".join(lines) + "\n"
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".partial")
-    tmp.write_text(table)
-    os.replace(tmp, args.out)
+    write_atomic(args.out, table, mkdir=True)
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from liteship.runtime.files import write_atomic
+
 HERE = Path(__file__).parent
 ORDER = ["gpt2_speed", "gpt2_quality", "bit_speed", "bit_accuracy"]
 INTRO = """# liteship benchmark results
 
 Measured by the scripts in this folder; each section says the machine, the date and how it was run. Tests check
-correctness; the speed, size, memory and accuracy targets of the issues are checked here, as ratios measured side
+correctness; the speed, size, memory and accuracy targets are checked here, as ratios measured side
 by side in one run. Refresh a section by running its script, then `python benchmarks/collect_results.py`.
 """
 
@@ -25,9 +27,7 @@ def main() -> None:
         text = (HERE / "results" / f"{name}.md").read_text().strip()
         parts.append(re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE))  # each file's headings one level down
     out = HERE / "RESULTS.md"
-    tmp = out.with_suffix(".md.partial")
-    tmp.write_text("\n\n".join(parts) + "\n")
-    tmp.replace(out)
+    write_atomic(out, "\n\n".join(parts) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 Each size gets a checkpoint of its real shape with random weights (written here, tensor by tensor, as one
 model.safetensors: weights that look trained are not needed to measure memory; nothing is downloaded). Each
 conversion runs in a fresh process; its peak RSS is the kernel's high-water mark (VmHWM) of that process and of any
-child it starts, the figure issue 9 bounds: peak <= 2.5x the fp32 weights. With --run-tokens the bundle then
+child it starts, the figure the target bounds: peak <= 2.5x the fp32 weights. With --run-tokens the bundle then
 generates that many greedy tokens in another fresh process (proof it runs; its peak RSS is printed too).
 
 Memory safety on a shared machine: before each conversion the script checks MemAvailable against the expected peak
@@ -34,7 +34,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 GIB = 2**30
-TARGET_RATIO = 2.5  # issue 9: peak RSS <= 2.5x the fp32 weights
+TARGET_RATIO = 2.5  # the target: peak RSS <= 2.5x the fp32 weights
 WATCHDOG_FLOOR = 2 * GIB
 # peak / fp32 weights measured on gpt2-large (benchmarks/results/gpt2_sizes.md) plus a margin: what a cell needs free
 EXPECTED_RATIO = {"fp32": 2.3, "fp16": 1.5, "dynamic-int8": 0.8}
@@ -317,7 +317,7 @@ NOTES = """Where the memory goes (stage marks of the conversion process, printed
 - Before placeholders (measured 2026-12-01 on this machine, same script and checkpoint): gpt2-medium fp32 peaked at
   6.42 GiB = 4.85x its weights. Measured on its SavedModel alone: `TFLiteConverter.from_saved_model` loads the
   variables again (2.1 GiB before convert() starts) and convert() adds 4.2 GiB (3x) of its own copies of every
-  constant; before that, by the code, the checkpoint, its transposed copy and the TF variables coexisted. Issue 9 measured gpt2-large at 13.0 GB fp32 and 8.5 GB dynamic-int8.
+  constant; before that, by the code, the checkpoint, its transposed copy and the TF variables coexisted. An earlier measurement had gpt2-large at 13.0 GB fp32 and 8.5 GB dynamic-int8.
 - Now the converter sees placeholders (one number per matrix, convert/gpt2/weight_writer.py) and the weights are
   written into the finished file one matrix at a time, straight from the safetensors file. What is left: TensorFlow
   itself (~0.7 GiB once imported) and, for fp32 and fp16, the converter materializing the placeholders into its
@@ -354,7 +354,7 @@ def write_results(rows: list[dict], args) -> None:
              "fp32,fp16,dynamic-int8 --run-tokens 3 [--parity] --write`; each row says when it ran. Random weights of "
              "each size's real shape (nothing downloaded), max_context 1024, one fresh process per conversion; peak "
              "RSS is the process's VmHWM (file-backed pages included). The machine was shared and busy (7 agents): "
-             "the seconds depend on that, peak RSS does not. Target (issue 9): gpt2-xl converts in every mode with "
+             "the seconds depend on that, peak RSS does not. Target: gpt2-xl converts in every mode with "
              "peak RSS <= 2.5x its fp32 weights, and runs.", "",
              "| size | params | mode | seconds | file GiB | peak RSS GiB | peak / fp32 weights | <= 2.5x (the target is gpt2-xl's) | measured |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -2,7 +2,7 @@
 (same ops, shapes and quantization recipe as convert/gpt2/model.py) and timed with the same interpreter settings,
 next to the whole decode signature of a real bundle and the runtime's own per-step Python work.
 
-    /work/venv/bin/python benchmarks/profile_gpt2.py [--bundle DIR] [--threads 2]
+    .venv/bin/python benchmarks/profile_gpt2.py [--bundle DIR] [--threads 2]
 
 Prints a Markdown table (used in docs/gpt2_kv_cache.md). Pieces run alone stream their weights from cache/DRAM
 the way the whole model does, so their sum approximates a step; the difference is the rest (norms, adds, GELU,

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/prune_bit.py            # ~30 min on 2 busy cores
     .venv/bin/python benchmarks/prune_bit.py --quick    # a smoke run
 
-Rows (issue 13), all int8 (full-integer, calibrated on 300 training images), accuracy on the 450 held-out digits
+Rows, all int8 (full-integer, calibrated on 300 training images), accuracy on the 450 held-out digits
 through the runtime (`liteship eval bit`), p50 latency from `liteship bench` (liteship.runtime.bench, XNNPACK):
 - the trained model, and the same model fine-tuned as many steps as the pruned ones (the fair baseline: pruning
   rows get that fine-tuning too);
@@ -42,6 +42,7 @@ from accuracy_bit import arrays, train, write_digits  # noqa: E402
 
 from liteship.convert.prune import gzip_huffman_only  # noqa: E402
 from liteship.runtime.bench import machine_summary  # noqa: E402
+from liteship.runtime.files import write_atomic  # noqa: E402
 
 RESULTS = HERE / "results" / "bit_prune.md"
 
@@ -223,10 +224,7 @@ def main(argv=None) -> int:
         table = markdown(rows, info, sparse)
         print(table)
         if not args.no_write:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            tmp = RESULTS.with_suffix(".md.partial")
-            tmp.write_text(table)
-            tmp.replace(RESULTS)
+            write_atomic(RESULTS, table, mkdir=True)
             log(f"wrote {RESULTS}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

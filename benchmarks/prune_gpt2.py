@@ -5,7 +5,7 @@ perplexity, file and gzip size and decode speed side by side in one run.
     .venv/bin/python benchmarks/prune_gpt2.py             # ~25 min on 2 busy cores
     .venv/bin/python benchmarks/prune_gpt2.py --quick     # a smoke run
 
-Rows (issue 13): the trained model; the same fine-tuned as many steps as the pruned ones without pruning (the
+Rows: the trained model; the same fine-tuned as many steps as the pruned ones without pruning (the
 baseline the targets compare with); magnitude 50% of the block projections (targets: gzip <= 0.6x, perplexity
 within 3%); structured 50% of the MLP neurons (targets: decode p50 <= 0.7x and file <= 0.7x, perplexity within
 5%). Writes benchmarks/results/gpt2_prune.md.
@@ -32,6 +32,7 @@ from quality_gpt2 import SETUPS, perplexity_tflite, split_documents, token_strea
 
 from liteship.convert.prune import gzip_huffman_only, int8_weight_entropy  # noqa: E402
 from liteship.runtime.bench import machine_summary  # noqa: E402
+from liteship.runtime.files import write_atomic  # noqa: E402
 
 RESULTS = HERE / "results" / "gpt2_prune.md"
 
@@ -42,7 +43,7 @@ def log(message: str) -> None:
 
 def measure(name: str, folder: Path, out: Path, wins, context: int, threads: int) -> dict:
     from liteship.convert.gpt2.export import export
-    from liteship.runtime.generate import benchmark_generation
+    from liteship.runtime.generation_bench import benchmark_generation
 
     bundle = export(folder, out / name.replace(" ", "-").replace("%", ""), quant="dynamic-int8",
                     max_context=context, prefill_len=context // 2).bundle
@@ -133,10 +134,7 @@ def main(argv=None) -> int:
         table = markdown(rows, info)
         print(table)
         if not args.no_write:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            tmp = RESULTS.with_suffix(".md.partial")
-            tmp.write_text(table)
-            tmp.replace(RESULTS)
+            write_atomic(RESULTS, table, mkdir=True)
             log(f"wrote {RESULTS}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -5,7 +5,7 @@ quantization: per-tensor instead of per-channel weights, and one calibration ima
     .venv/bin/python benchmarks/ptq_search_bit.py                  # ~12 min on 2 busy cores
     .venv/bin/python benchmarks/ptq_search_bit.py --shapes 1,1,1,1:64
 
-A model where int8 loses at least a point is what issue 13's QAT target needs (QAT int8 >= post-training int8
+A model where int8 loses at least a point is what the QAT target needs (QAT int8 >= post-training int8
 there). Writes benchmarks/results/bit_ptq_search.md.
 """
 
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
 def markdown(results: list[dict], info: dict) -> str:
     names = [name for name, *_ in SETTINGS]
     lines = [
-        "# Where does post-training int8 lose on a BiT? (the search issue 13's QAT target needs)",
+        "# Where does post-training int8 lose on a BiT? (the search the QAT target needs)",
         "",
         f"- date: {info['date']}; machine: {info['machine']} (shared and busy; no timings here)",
         f"- small BiTs trained on scikit-learn digits at {info['size']}x{info['size']} (1347 train images), accuracy "

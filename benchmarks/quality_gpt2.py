@@ -1,9 +1,9 @@
 """GPT-2 quality, honestly: train a small GPT-2 on real English, hold part of it out, and compare the held-out
 perplexity of the PyTorch model with each liteship TFLite variant (fp32, fp16, dynamic-int8), in one run.
 
-    /work/venv/bin/python benchmarks/quality_gpt2.py              # 4 layers x 256, ~5 min of training
-    /work/venv/bin/python benchmarks/quality_gpt2.py --minutes 10
-    /work/venv/bin/python benchmarks/quality_gpt2.py --quick      # tiny model, seconds of training: smoke test
+    .venv/bin/python benchmarks/quality_gpt2.py              # 4 layers x 256, ~5 min of training
+    .venv/bin/python benchmarks/quality_gpt2.py --minutes 10
+    .venv/bin/python benchmarks/quality_gpt2.py --quick      # tiny model, seconds of training: smoke test
 
 Data: `pydoc_data.topics`, Python's own documentation (English prose and code), shipped with every Python. It is
 split BY DOCUMENT (a seeded shuffle of the topic names; documents go to the held-out set until it holds
@@ -14,7 +14,7 @@ Perplexity: the held-out documents are joined with <|endoftext|> and cut into no
 model's context; each window starts from an empty cache and every token after the first is predicted
 teacher-forced. PyTorch runs GPT2LMHeadModel; liteship runs the bundle's `prefill` signature through the runtime's
 KVCacheSession in chunks of --prefill-len, so the KV cache is exercised across chunks. All variants score the same
-tokens, with log-softmax in float64. Targets (issue 3): fp16 within 0.1% of fp32, dynamic-int8 within 2%.
+tokens, with log-softmax in float64. Targets: fp16 within 0.1% of fp32, dynamic-int8 within 2%.
 
 Writes the Markdown table to benchmarks/results/gpt2_quality.md (or --quick: gpt2_quality_quick.md).
 """
@@ -43,9 +43,10 @@ sys.path.insert(0, str(ROOT))  # tests.gpt2_tokenizer_fixture: the same local BP
 import numpy as np  # noqa: E402
 
 from liteship.runtime.bench import machine_summary  # noqa: E402
+from liteship.runtime.files import write_atomic, write_json_atomic  # noqa: E402
 
 QUANTS = ("fp32", "fp16", "dynamic-int8", "int4")
-# Allowed relative change of perplexity against liteship fp32 (issue 3); fp32 itself is held to PyTorch.
+# Allowed relative change of perplexity against liteship fp32 (the targets); fp32 itself is held to PyTorch.
 TARGETS = {"fp32": 0.001, "fp16": 0.001, "dynamic-int8": 0.02, "int4": 0.05}
 
 
@@ -349,13 +350,10 @@ def main(argv=None) -> int:
         lines += ["", f"**TFLite part pending**: {why_not}. Only the PyTorch perplexity is reported."]
     text = "\n".join(lines) + "\n"
     print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps({"setup": asdict(setup), "training": stats, "rows": rows, "windows": len(wins),
-                                     "tokens_scored": count, "held_out": list(held_docs)}, indent=2) + "\n")
+    write_atomic(out, text, mkdir=True)
+    json_path = write_json_atomic(out.with_suffix(".json"), {
+        "setup": asdict(setup), "training": stats, "rows": rows, "windows": len(wins), "tokens_scored": count,
+        "held_out": list(held_docs)})
     log(f"wrote {out} and {json_path}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -14,11 +13,21 @@ from typing import Callable, Mapping, Union
 
 import liteship
 from liteship.convert.quant import Quant
+from liteship.convert.tflite_metadata import embed_metadata
 from liteship.errors import ConvertError, check_interrupted
+from liteship.runtime.bench import utc_timestamp
 from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME, SCHEMA
-from liteship.runtime.files import (PARTIAL_SUFFIX, current_umask, nearest_existing_folder, replace_folder,
-                                    sweep_partials, sweep_stale, sweep_work_dirs)
-from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, embed_metadata, read_model, sha256_file
+from liteship.runtime.files import (
+    PARTIAL_SUFFIX,
+    current_umask,
+    nearest_existing_folder,
+    replace_folder,
+    sha256_file,
+    sweep_partials,
+    sweep_stale,
+    sweep_work_dirs,
+)
+from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, read_model
 
 AssetSource = Union[str, os.PathLike, bytes]
 
@@ -132,7 +141,7 @@ def write_bundle(out_dir: str | os.PathLike, tflite: bytes | str | os.PathLike, 
             "source": source or {},
             "conversion": dict(conversion or {}, op_counts=info.op_counts()),
             "versions": library_versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+            "created": utc_timestamp(),
         }
         embedded = json.dumps(manifest, sort_keys=True).encode("utf-8")
         embed_metadata(raw_model, tmp / MODEL_NAME, {MANIFEST_METADATA_NAME: embedded})

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 
-from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
-
 from liteship.convert.quant import CLASSIFIER_MODES, SUFFIXES, Quant
 from liteship.errors import ConvertError
+from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
 
 QUANT_CHOICES = [q.value for q in CLASSIFIER_MODES]
 
@@ -33,7 +32,7 @@ _STAGES = None
 def summary(out, *, quant: str, seconds: float) -> None:
     """The line every converter ends with (stderr): where, how big, which mode, how long, peak RSS; and the bundle
     path alone on stdout, for scripts."""
-    from liteship.runtime.bench import peak_rss_bytes
+    from liteship.runtime.memory import peak_rss_bytes
     from liteship.units import memory_text, size_text
 
     model = Path(out) / "model.tflite"
@@ -208,9 +207,8 @@ def savedmodel(path: Path, quant, out, calibration, io_type, allow_tf_ops, label
 def keras(path: Path, quant, out, calibration, io_type, allow_tf_ops, labels, signature, mean, std,
           min_runtime) -> None:
     """Convert a Keras model file (.keras, .h5) to a bundle."""
-    from liteship.convert.tflite import keras_as_saved_model
-
     from liteship.convert.bundle import check_out_dir
+    from liteship.convert.tflite import keras_as_saved_model
 
     started = time.perf_counter()
     q = Quant.parse(quant)

@@ -93,7 +93,7 @@ def sidecar_path(source: str | os.PathLike) -> Path:
 
 
 def weights_sha256(source: str | os.PathLike, weights_name: str | None = None) -> str:
-    from liteship.runtime.tflite_file import sha256_file
+    from liteship.runtime.files import sha256_file
 
     source = Path(source)
     return sha256_file(source / weights_name if weights_name else source)

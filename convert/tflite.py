@@ -7,8 +7,8 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -19,6 +19,7 @@ from liteship.runtime.interpreter import native_stderr_captured
 from liteship.runtime.tflite_file import read_model
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+TFLITE_FILE_IDENTIFIER = b"TFL3"  # the file_identifier of TensorFlow Lite's schema.fbs
 
 
 def _first_line(exc: BaseException) -> str:
@@ -44,44 +45,60 @@ def _lean_object_to_bytearray(model_object, extra_buffer=b""):
     converter's own copy. Sizing the builder from the buffers' byte count up front and copying out through a
     memoryview keeps it near 2x."""
     import flatbuffers
-    from tensorflow.lite.tools import flatbuffer_utils
 
     data_bytes = sum(b.data.nbytes for b in (model_object.buffers or []) if getattr(b.data, "nbytes", None))
     # + room for the graph itself (it still grows if short); a flatbuffer cannot pass 2 GiB either way
     builder = flatbuffers.Builder(min(data_bytes + (16 << 20), flatbuffers.Builder.MAX_BUFFER_SIZE))
     root = model_object.Pack(builder)
-    builder.Finish(root, file_identifier=flatbuffer_utils._TFLITE_FILE_IDENTIFIER)
+    builder.Finish(root, file_identifier=TFLITE_FILE_IDENTIFIER)
     out = bytes(memoryview(builder.Bytes)[builder.Head():])
     del builder
     return out + extra_buffer if extra_buffer else out
 
 
+@dataclass
+class LeanRun:
+    """What lean_converter_memory did: heap trims before buffer de-duplication, and models written by the lean
+    serializer. Both stay 0 when TensorFlow renamed its internals and its own path ran."""
+
+    trims: int = 0
+    serialized: int = 0
+
+
 @contextlib.contextmanager
-def lean_converter_memory() -> Iterator[None]:
+def lean_converter_memory() -> Iterator[LeanRun]:
     """Lowers TFLiteConverter.convert()'s peak memory, which for a 500 MB model is set by its Python post-processing
     (buffer de-duplication and conversion metadata each unpack the model to objects and re-serialize it) on top
     of the heap the MLIR converter freed but glibc kept. Patches two TensorFlow internals for the duration;
-    if a TensorFlow release renames them, conversion works as before, only with the higher peak."""
+    if a TensorFlow release renames them, conversion works as before, only with the higher peak.
+    Yields a LeanRun that counts what the patched functions did."""
+    run = LeanRun()
     try:
         from tensorflow.lite.python import lite
         from tensorflow.lite.tools import flatbuffer_utils
     except ImportError:
-        yield
+        yield run
         return
     dedup = getattr(lite, "_deduplicate_readonly_buffers", None)
     serialize = getattr(flatbuffer_utils, "convert_object_to_bytearray", None)
-    if dedup is None or serialize is None or not hasattr(flatbuffer_utils, "_TFLITE_FILE_IDENTIFIER"):
-        yield
+    if dedup is None or serialize is None:
+        yield run
         return
 
     def dedup_after_trim(model):
         _release_free_heap()  # the MLIR converter is done; its freed heap would otherwise add to the next peak
+        run.trims += 1
         return dedup(model)
 
+    def lean_serialize(model_object, extra_buffer=b""):
+        out = _lean_object_to_bytearray(model_object, extra_buffer)
+        run.serialized += 1
+        return out
+
     lite._deduplicate_readonly_buffers = dedup_after_trim
-    flatbuffer_utils.convert_object_to_bytearray = _lean_object_to_bytearray
+    flatbuffer_utils.convert_object_to_bytearray = lean_serialize
     try:
-        yield
+        yield run
     finally:
         lite._deduplicate_readonly_buffers = dedup
         flatbuffer_utils.convert_object_to_bytearray = serialize

@@ -28,13 +28,13 @@ import os
 import re
 import socket
 import struct
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from liteship.errors import DeviceError
+from liteship.runtime.files import atomic_path
 
 from .android import DEFAULT_WORKDIR, AdbTimeouts, AndroidTarget, decode_shell_v2, write_failed
 from .base import CommandResult
@@ -286,7 +286,8 @@ class AdbServerTarget(AndroidTarget):
         return self._call(what, limit, run)
 
     # --- files: the file-sync service ---------------------------------------------------------------------
-    def _sync_push(self, source, remote: str, mode: int, mtime: int, timeout: float | None) -> None:
+    def _sync_push(self, source, remote: str, mode: int, mtime: int, timeout: float | None,
+                   progress: Callable[[int], None] | None = None) -> None:
         limit = float(timeout) if timeout is not None else self.timeouts.command_s
 
         def push(_self) -> None:
@@ -295,11 +296,15 @@ class AdbServerTarget(AndroidTarget):
                 conn.request("sync:")
                 target = f"{remote},{mode}".encode()  # st_mode in decimal, file type bits included
                 conn.send(SYNC_HEADER.pack(b"SEND", len(target)) + target)
+                sent = 0
                 while True:
                     block = handle.read(SYNC_DATA_MAX)
                     if not block:
                         break
                     conn.send(SYNC_HEADER.pack(b"DATA", len(block)) + block)
+                    sent += len(block)
+                    if progress is not None:  # bytes sent so far, as AndroidTarget reports them
+                        progress(sent)
                 conn.send(SYNC_HEADER.pack(b"DONE", mtime & 0xFFFFFFFF))
                 status, length = SYNC_HEADER.unpack(conn.recv_exact(SYNC_HEADER.size))
                 if status == b"FAIL":
@@ -311,12 +316,10 @@ class AdbServerTarget(AndroidTarget):
         self._call(f"push to {remote}", limit, push)
 
     def get(self, remote: str, local: Path, *, timeout: float | None = None) -> None:
-        local = Path(local)
         limit = float(timeout) if timeout is not None else self.timeouts.command_s
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
 
-        def pull(_self) -> None:
-            with os.fdopen(fd, "wb") as out, self._transport(limit) as conn:
+        def pull(tmp: Path) -> None:
+            with open(tmp, "wb") as out, self._transport(limit) as conn:
                 conn.request("sync:")
                 path = remote.encode()
                 conn.send(SYNC_HEADER.pack(b"RECV", len(path)) + path)
@@ -333,9 +336,5 @@ class AdbServerTarget(AndroidTarget):
                         raise ConnectionResetError(f"file-sync answered {kind!r} to a pull")
                 conn.send(SYNC_HEADER.pack(b"QUIT", 0))
 
-        try:
-            self._call(f"pull of {remote}", limit, pull)
-            os.replace(tmp_name, local)
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+        with atomic_path(local) as tmp:
+            self._call(f"pull of {remote}", limit, lambda _self: pull(tmp))

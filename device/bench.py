@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import secrets
 import threading
@@ -29,24 +28,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from liteship.errors import DeviceError, LiteshipError
-from liteship.runtime.tflite_file import sha256_file
+from liteship.runtime.bench import utc_timestamp
+from liteship.runtime.bundle import MODEL_NAME, cache_root
+from liteship.runtime.files import sha256_file
 
 from .base import Target, device_python, join, last_line, open_target, quote
-from .benchmark_model import MIB
+from .benchmark_model import DELEGATE_FLAGS, MIB
 from .probe import probe
 from .push import load_local_bundle, push_bundle
+from .run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
 from .runtime_pack import CachedFile, ensure_files_on_device, runtime_file
 
 SCHEMA = "liteship.device-bench/1"
-RUNNERS = ("python", "benchmark_model")
 CORES = ("all", "big", "fastest")
-# --delegate NAME -> the flag benchmark_model takes for it (tensorflow/lite/tools/delegates/*_delegate_provider.cc).
-BENCHMARK_MODEL_DELEGATE_FLAGS = {
-    "xnnpack": "--use_xnnpack=true",
-    "gpu": "--use_gpu=true",
-    "nnapi": "--use_nnapi=true",
-    "hexagon": "--use_hexagon=true",
-}
 
 
 @dataclass(frozen=True)
@@ -78,8 +72,8 @@ class BenchSettings:
             raise DeviceError("--threads must be >= 1")
         if self.benchmark_binary and not Path(self.benchmark_binary).is_file():
             raise DeviceError(f"--benchmark-binary {self.benchmark_binary}: no such file")
-        if self.benchmark_binary and self.delegate and self.delegate not in BENCHMARK_MODEL_DELEGATE_FLAGS:
-            raise DeviceError(f"benchmark_model knows the delegates {', '.join(BENCHMARK_MODEL_DELEGATE_FLAGS)}, "
+        if self.benchmark_binary and self.delegate and self.delegate not in DELEGATE_FLAGS:
+            raise DeviceError(f"benchmark_model knows the delegates {', '.join(DELEGATE_FLAGS)}, "
                               f"not {self.delegate!r}")
         if self.benchmark_binary and self.duration_s:
             raise DeviceError("--duration needs liteship's Python runner; benchmark_model has no sustained mode")
@@ -98,21 +92,8 @@ class BenchSettings:
         return "benchmark_model" if self.benchmark_binary else "python"
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def _host_cache() -> Path:
-    from liteship.runtime.bundle import cache_root
-
     return cache_root() / "runtime-pack"
-
-
-def _run_bench_tools():
-    # D2's module holds the run_bench.sh helpers; importing it does not import adb-shell.
-    from .android import parse_run_bench_result, run_bench_argv, run_bench_script
-
-    return run_bench_script, run_bench_argv, parse_run_bench_result
 
 
 @dataclass(frozen=True)
@@ -213,7 +194,6 @@ class _Run:
         """One command under run_bench.sh -> (its result, the runner's JSON text, the command's output)."""
         s = self.settings
         self.say(f"{self.spec}: running the {s.runner} benchmark ({s.runs} runs, cores={s.cores})")
-        _, run_bench_argv, parse_result = _run_bench_tools()
         argv = run_bench_argv(script, files.result, command, output=files.output, cores=s.cores,
                               cool_below_c=s.cool_below_c)
         try:
@@ -223,7 +203,7 @@ class _Run:
         except BaseException:
             files.remove(target)
             raise
-        run = parse_result(run_text)
+        run = parse_run_bench_result(run_text)
         # run_bench.sh's sampled VmHWM goes into the bench's one peak (one_rss), not beside it
         self.entry["run"] = {k: v for k, v in run.items() if k not in ("output", "schema", "peak_rss_bytes")}
         self._warn_about(run)
@@ -335,7 +315,7 @@ class _Run:
     def _place_runner(self, target: Target, workdir: str, local: bool) -> tuple[str, str | None]:
         """(run_bench.sh, the runtime zipapp or benchmark_model) on the target, cached there by hash; the host
         itself uses them where they are (the local python runner needs no zipapp)."""
-        script = _run_bench_tools()[0]()
+        script = run_bench_script()
         s = self.settings
         if local:
             return str(script), s.benchmark_binary
@@ -371,8 +351,7 @@ class _Run:
         graph = model if model.endswith(".tflite") else f"{model}/model.tflite"
         return benchmark_model_argv(binary, graph, runs=s.runs, warmup=s.warmup, threads=s.threads,
                                     signature=signature or s.signature or self._default_signature(), inputs=inputs,
-                                    op_profiling=s.op_profiling, extra=s.benchmark_args,
-                                    delegate_flag=BENCHMARK_MODEL_DELEGATE_FLAGS[s.delegate] if s.delegate else None)
+                                    op_profiling=s.op_profiling, extra=s.benchmark_args, delegate=s.delegate)
 
     def _default_signature(self) -> str | None:
         """With several signatures (GPT-2's prefill and decode) benchmark_model refuses to pick one: name the one
@@ -380,7 +359,7 @@ class _Run:
         from liteship.runtime.bench import default_signature
         from liteship.runtime.tflite_file import read_model
 
-        path = self.bundle if self.bundle.suffix == ".tflite" else self.bundle / "model.tflite"
+        path = self.bundle if self.bundle.suffix == ".tflite" else self.bundle / MODEL_NAME
         keys = [sig.key for sig in read_model(path).signatures]
         return default_signature(keys) if len(keys) > 1 else None
 
@@ -467,10 +446,10 @@ def bench_targets(
 
     from liteship import __version__
 
-    model = local.files.get("model.tflite")
+    model = local.files.get(MODEL_NAME)
     return {
         "schema": SCHEMA,
-        "created": _now(),
+        "created": utc_timestamp(),
         "bundle": {"path": str(bundle), "name": local.name, "model_sha256": model[0] if model else None,
                    "model_size_bytes": model[1] if model else None, "total_bytes": local.total_bytes},
         "settings": asdict(settings),
@@ -480,13 +459,3 @@ def bench_targets(
     }
 
 
-def write_json_atomic(path: str | Path, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -112,6 +112,15 @@ def check_benchmark_model_flag(arg: str) -> str:
     return arg
 
 
+# --delegate NAME -> the flag benchmark_model takes for it (tensorflow/lite/tools/delegates/*_delegate_provider.cc).
+DELEGATE_FLAGS = {
+    "xnnpack": "--use_xnnpack=true",
+    "gpu": "--use_gpu=true",
+    "nnapi": "--use_nnapi=true",
+    "hexagon": "--use_hexagon=true",
+}
+
+
 def benchmark_model_argv(
     binary: str,
     graph: str,
@@ -120,7 +129,7 @@ def benchmark_model_argv(
     warmup: int = 5,
     threads: int | None = None,
     signature: str | None = None,
-    delegate_flag: str | None = None,
+    delegate: str | None = None,
     peak_memory: bool = True,
     op_profiling: bool = False,
     inputs: tuple[str, ...] = (),
@@ -137,8 +146,8 @@ def benchmark_model_argv(
     """
     argv = [binary, f"--graph={graph}", f"--num_runs={runs}", f"--warmup_runs={warmup}", "--min_secs=0",
             "--warmup_min_secs=0"]
-    if delegate_flag:
-        argv.append(delegate_flag)
+    if delegate:
+        argv.append(DELEGATE_FLAGS[delegate])  # BenchSettings refused any other name up front
     if threads is not None:
         argv.append(f"--num_threads={threads}")
     if signature:

@@ -13,7 +13,6 @@ costs a re-run.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import threading
@@ -23,8 +22,11 @@ from pathlib import Path
 from typing import Callable
 
 from liteship.errors import LiteshipError
+from liteship.runtime.bench import utc_timestamp
+from liteship.runtime.bundle import cache_root, is_bundle
+from liteship.runtime.files import write_json_atomic
 
-from .bench import BenchSettings, bench_targets, write_json_atomic
+from .bench import BenchSettings, bench_targets
 from .budget import Budget, judge, measurements
 
 SCHEMA = "liteship.check/1"
@@ -66,16 +68,7 @@ class Variant:
                    bundle.model_path.stat().st_size)
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 # ---- variants: bundles as given, sources converted (once) ---------------------------------------------------------
-
-def is_bundle(path: Path) -> bool:
-    return (path / "manifest.json").is_file() or (path.is_file() and path.suffix in (".tflite", ".zip", ".tar",
-                                                                                    ".gz", ".tgz"))
-
 
 def source_kind(path: Path) -> str:
     """gpt2 (a Hugging Face folder), savedmodel (a folder with saved_model.pb) or keras (.keras / .h5)."""
@@ -103,8 +96,6 @@ def conversion_key(source_sha256: str, kind: str, quant: str, options: ConvertOp
 
 
 def conversions_dir() -> Path:
-    from liteship.runtime.bundle import cache_root  # the one cache root (LITESHIP_CACHE)
-
     return cache_root() / "conversions"
 
 
@@ -204,7 +195,7 @@ def evaluate_variant(variant: Variant, baseline: Variant | None, data: Path, thr
 def _new_document(budget: Budget) -> dict:
     from liteship import __version__
 
-    return {"schema": SCHEMA, "created": _now(), "liteship": __version__, "budget": budget.as_dict(),
+    return {"schema": SCHEMA, "created": utc_timestamp(), "liteship": __version__, "budget": budget.as_dict(),
             "variants": {}, "cells": [], "passed": None}
 
 
@@ -284,7 +275,7 @@ def run_check(inputs: list[str], budget: Budget, *, devices: list[str], quants: 
         entry = result["results"][0]
         cell = {"variant": variant.name, "device": device, "model_sha256": variant.model_sha256,
                 "settings": settings_dict, "ok": entry["ok"], "error": entry["error"], "entry": entry,
-                "finished": _now()}
+                "finished": utc_timestamp()}
         with lock:
             cells[(variant.name, device)] = cell
             doc["cells"] = ordered(cells)

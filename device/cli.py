@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Number, Threads
-
 from liteship.errors import DeviceError
+from liteship.options import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Number, Threads
 from liteship.runtime.files import check_creatable
 
 TARGET_HELP = ("local, ssh:[user@]host[:port], ssh:ALIAS, adb, adb:SERIAL, adb:HOST:PORT or adb-server[:SERIAL]"
@@ -153,9 +152,10 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
     With several --device options the devices run in parallel; one failing device does not lose the others'
     results (the command then exits 1 after writing them).
     """
+    from liteship.runtime.files import write_atomic, write_json_atomic
     from liteship.runtime.sustained import parse_duration
 
-    from .bench import BenchSettings, bench_targets, write_json_atomic
+    from .bench import BenchSettings, bench_targets
     from .report import markdown_report
 
     if json_file is not None:
@@ -179,7 +179,7 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
     if json_out and not to_stdout:
         write_json_atomic(json_out, document)
     if report_out:
-        _write_text_atomic(report_out, report)
+        write_atomic(report_out, report + "\n", mkdir=True)
     click.echo(report, err=to_stdout)
     if to_stdout:
         click.echo(json.dumps(document, indent=2))
@@ -190,13 +190,3 @@ def bench(bundle: Path, devices: tuple[str, ...], threads, runs, warmup, cores, 
                           + (f" (details in {json_out})" if json_out and not to_stdout else " (details above)"))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -116,16 +116,17 @@ def report(results, html_out, md_out) -> None:
 
     RESULTS are files or --results folders of `liteship check`. Without --html or --md the Markdown goes to stdout.
     """
-    from .cli import _write_text_atomic
+    from liteship.runtime.files import write_atomic
+
     from .html_report import render_html, render_markdown
 
     markdown = render_markdown(list(results))  # reads every input first: a bad one leaves old outputs intact
     html = render_html(list(results)) if html_out else None
     if html_out:
-        _write_text_atomic(html_out, html.rstrip("\n"))
+        write_atomic(html_out, html.rstrip("\n") + "\n", mkdir=True)
         click.echo(f"wrote {html_out}", err=True)
     if md_out:
-        _write_text_atomic(md_out, markdown.rstrip("\n"))
+        write_atomic(md_out, markdown.rstrip("\n") + "\n", mkdir=True)
         click.echo(f"wrote {md_out}", err=True)
     if not html_out and not md_out:
         click.echo(markdown, nl=False)

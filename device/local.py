@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from liteship.errors import DeviceError
+from liteship.runtime.bundle import cache_root
+from liteship.runtime.files import atomic_path
 
 from .base import CHUNK, CommandResult, Target
 
@@ -18,8 +20,6 @@ def _default_workdir() -> str:
     override = os.environ.get("LITESHIP_LOCAL_WORKDIR")
     if override:
         return str(Path(override).expanduser().resolve())
-    from liteship.runtime.bundle import cache_root
-
     return str(cache_root().resolve() / "device")
 
 
@@ -73,20 +73,18 @@ class LocalTarget(Target):
         self._copy(Path(remote), Path(local))
 
     def _copy(self, src: Path, dst: Path, progress: Callable[[int], None] | None = None) -> None:
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
         try:
-            if progress is None:
-                shutil.copyfile(src, tmp)
-            else:
-                with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    sent = 0
-                    while chunk := fin.read(CHUNK):
-                        fout.write(chunk)
-                        sent += len(chunk)
-                        progress(sent)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                if progress is None:
+                    shutil.copyfile(src, tmp)
+                else:
+                    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                        sent = 0
+                        while chunk := fin.read(CHUNK):
+                            fout.write(chunk)
+                            sent += len(chunk)
+                            progress(sent)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise DeviceError(f"{self.name}: cannot copy {src} to {dst}: {exc.strerror}") from None
 
     def default_workdir(self) -> str:

@@ -93,7 +93,7 @@ exit 0
 
 def _pick_cpus_function() -> str:
     """run_bench.sh's ``pick_cpus`` (and the ``is_number`` it calls), cut out between its begin/end markers."""
-    from .android import run_bench_script
+    from .run_bench import run_bench_script
 
     text = run_bench_script().read_text()
     start = text.index("# --- begin pick_cpus")

@@ -30,14 +30,12 @@ from typing import Callable
 
 from liteship.errors import BundleError, DeviceError
 from liteship.progress import Meter
-from liteship.runtime.tflite_file import sha256_file
+from liteship.runtime.bundle import MANIFEST_NAME, MODEL_NAME
+from liteship.runtime.files import sha256_file
 from liteship.units import size_text
-
 
 from .base import Target, quote
 
-MANIFEST_NAME = "manifest.json"
-MODEL_NAME = "model.tflite"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 # A shell function printing the sha256 of stdin, with whatever the device has: coreutils/toybox/busybox
@@ -164,15 +162,6 @@ def parse_hashes(stdout: str, names: list[str]) -> dict[str, str | None]:
             value = parts[2].lower()
             found[names[int(parts[1])]] = value if _HEX64.match(value) else None
     return found
-
-
-def remote_hashes(target: Target, folder: str, names: list[str], *, mkdir: bool = False,
-                  timeout: float = 600) -> dict[str, str | None]:
-    """sha256 of each ``folder/name`` computed ON the device (None where absent or unreadable); ``mkdir``
-    creates ``folder`` first in the same round trip."""
-    script = SHA256_FUNCTION + (f"mkdir -p {quote(folder)} || exit 1\n" if mkdir else "")
-    script += f"hash_files {quote(folder)} {' '.join(quote(n) for n in names)}\n"
-    return parse_hashes(target.shell(script, timeout=timeout).stdout, names)
 
 
 def _parse_df_free(line: str) -> int | None:

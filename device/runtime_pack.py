@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from liteship.errors import DeviceError
+from liteship.runtime.files import write_atomic
 
 from .base import Target, quote
 
@@ -83,9 +83,7 @@ def write_runtime_zip(folder: Path) -> tuple[Path, str]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"liteship-runtime-{digest[:12]}.pyz"
     if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     return path, digest
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
 
 from liteship.errors import DeviceError
+from liteship.runtime.files import atomic_path
 
 from .base import CHUNK, CommandResult, ShellTarget, _short, last_line, quote
 
@@ -262,16 +263,11 @@ class SSHTarget(ShellTarget):
             raise DeviceError(f"{self.name}: cannot write {remote}: {last_line(result.stderr) or 'cat failed'}")
 
     def get(self, remote: str, local: Path, *, timeout: float | None = None) -> None:
-        local = Path(local)
-        tmp = local.with_name(f".{local.name}.partial-{os.getpid()}")
-        try:
+        with atomic_path(local) as tmp:
             with open(tmp, "wb") as handle:
                 result = self._execute(f"cat {quote(remote)}", timeout=timeout, stdout=handle)
             if result.returncode != 0:
                 raise DeviceError(f"{self.name}: cannot read {remote}: {last_line(result.stderr) or 'cat failed'}")
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def default_workdir(self) -> str:
         if self._workdir is None:

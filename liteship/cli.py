@@ -28,9 +28,16 @@ import tempfile
 import click
 
 from liteship import __version__
+from liteship.errors import (
+    EXIT_INTERRUPTED,
+    check_interrupted,
+    debug_enabled,
+    describe,
+    install_interrupt_handler,
+    interrupt_locations,
+    was_interrupted,
+)
 from liteship.progress import end_stage_line
-from liteship.errors import (EXIT_INTERRUPTED, check_interrupted, debug_enabled, describe, install_interrupt_handler,
-                             interrupt_locations, was_interrupted)
 
 # The one CLI tree. Each group maps to a package; each command lives in its stage's own module and is imported
 # only when used. Command modules import TensorFlow inside the command body, so even `--help` never loads it.

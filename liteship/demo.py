@@ -23,7 +23,9 @@ import click
 import numpy as np
 
 from liteship.convert.quant import CLASSIFIER_MODES, SUFFIXES, Quant
+from liteship.errors import LiteshipError
 from liteship.options import POSITIVE_FLOAT, POSITIVE_INT, Threads
+from liteship.runtime.files import write_atomic
 
 IMAGE_SIZE = 16  # digits are 8x8; 2x nearest upscale keeps them exact and gives the convolutions room
 
@@ -63,6 +65,7 @@ def train_classifier(x_train, y_train, *, epochs: int, seed: int = 0):
 def accuracy_of_bundle(bundle_dir: Path, x_test: np.ndarray, y_test: np.ndarray, threads: int | None) -> float:
     """Top-1 accuracy through the device-side runtime (quantizes int inputs, dequantizes int outputs)."""
     from liteship.runtime.bundle import Bundle
+    from liteship.runtime.classify import dequantize, quantize
     from liteship.runtime.interpreter import create_interpreter
 
     bundle = Bundle.open(bundle_dir)
@@ -72,15 +75,8 @@ def accuracy_of_bundle(bundle_dir: Path, x_test: np.ndarray, y_test: np.ndarray,
     (out_name, out_d), = runner.get_output_details().items()
     correct = 0
     for x, y in zip(x_test, y_test):
-        feed = x[None]
-        if in_d["dtype"] != np.float32:
-            scale, zero = in_d["quantization"]
-            info = np.iinfo(in_d["dtype"])
-            feed = np.clip(np.round(feed / scale + zero), info.min, info.max).astype(in_d["dtype"])
-        out = runner(**{in_name: feed})[out_name]
-        if out_d["dtype"] != np.float32:
-            scale, zero = out_d["quantization"]
-            out = (out.astype(np.float32) - zero) * scale
+        out = runner(**{in_name: quantize(x[None], dict(in_d, name=in_name))})[out_name]
+        out = dequantize(out, dict(out_d, name=out_name))
         correct += int(out.argmax() == y)
     return correct / len(y_test)
 
@@ -143,9 +139,10 @@ def build_gpt2_checkpoint(folder: Path, *, train_seconds: float, seed: int = 0) 
     """A Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt) trained here.
 
     The tokenizer and the model learn from pydoc_data.topics, Python's own help text, which ships with Python."""
+    from pydoc_data.topics import topics
+
     import torch
     import transformers
-    from pydoc_data.topics import topics
     from tokenizers import ByteLevelBPETokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +182,8 @@ def run_gpt2(workdir: Path, *, train_seconds: float, threads: int | None, new_to
     import torch
 
     from liteship.convert.gpt2.export import export
-    from liteship.runtime.generate import TextGenerator, benchmark_generation
+    from liteship.runtime.generate import TextGenerator
+    from liteship.runtime.generation_bench import benchmark_generation
 
     click.echo(f"[liteship] training a small GPT-2 on pydoc_data.topics for {train_seconds:.0f} s", err=True)
     ckpt = workdir / "gpt2-checkpoint"
@@ -314,6 +312,21 @@ def format_bit(rows: list[dict]) -> str:
 
 
 PARTS = ("classifier", "gpt2", "bit")
+# The demo trains its models here, so it needs the workstation extras, not only the device install:
+# part -> {module it imports: the distribution that provides it}.
+NEEDS = {
+    "classifier": {"tensorflow": "tensorflow", "sklearn": "scikit-learn", "PIL": "pillow"},
+    "gpt2": {"tensorflow": "tensorflow", "torch": "torch", "transformers": "transformers", "tokenizers": "tokenizers"},
+    "bit": {"tensorflow": "tensorflow", "skimage": "scikit-image", "PIL": "pillow"},
+}
+
+
+def missing_distributions(parts: list[str]) -> list[str]:
+    """The distributions the demo's ``parts`` need that are not installed (found without importing them)."""
+    import importlib.util
+
+    return sorted({dist for part in parts for module, dist in NEEDS[part].items()
+                   if importlib.util.find_spec(module) is None})
 
 # The demo's budget (liteship check): what its models must meet on this host, a shared 2-core machine, so the
 # speed limits are loose; the quality limits are the ones a release would use.
@@ -358,7 +371,7 @@ def budget_check(workdir: Path, parts: list[str], *, threads: int | None, runs: 
     from liteship.device.gate_cli import BudgetExceeded
     from liteship.device.html_report import render_html, render_markdown
 
-    _write_atomic(workdir / "budget.toml", DEMO_BUDGET)
+    write_atomic(workdir / "budget.toml", DEMO_BUDGET)
     budget = load_budget(workdir / "budget.toml")
     settings = BenchSettings(runs=runs, warmup=5, threads=threads)
     checks = []
@@ -370,7 +383,7 @@ def budget_check(workdir: Path, parts: list[str], *, threads: int | None, runs: 
         checks.append(("classifier", bundles, data))
     if "gpt2" in parts:
         data = workdir / "gpt2" / "held-out.txt"
-        _write_atomic(data, held_out_text())
+        write_atomic(data, held_out_text())
         checks.append(("gpt2", [workdir / "gpt2" / f"gpt2-{SUFFIXES[Quant.parse(q)]}" for q in ("fp32",
                                                                                                "dynamic-int8")], data))
     tables, results, failed = [], [], []
@@ -384,8 +397,8 @@ def budget_check(workdir: Path, parts: list[str], *, threads: int | None, runs: 
         tables.append(f"## Budget check: {name}\n\n" + format_text(doc))
         failed += failures(doc)
     if results:
-        _write_atomic(workdir / "report.html", render_html(results))
-        _write_atomic(workdir / "report.md", render_markdown(results))
+        write_atomic(workdir / "report.html", render_html(results))
+        write_atomic(workdir / "report.md", render_markdown(results))
     text = "\n\n".join(tables)
     if failed:
         click.echo(text)
@@ -408,6 +421,10 @@ def command(workdir: Path, only: str, epochs: int, gpt2_seconds: float, runs: in
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise click.BadParameter(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    missing = missing_distributions(parts)
+    if missing:
+        raise LiteshipError(f"liteship demo needs {', '.join(missing)}, which are not installed: "
+                            'pip install "liteship[convert,dev]"')
     workdir.mkdir(parents=True, exist_ok=True)
     results, tables = {}, []
     if "classifier" in parts:
@@ -422,16 +439,10 @@ def command(workdir: Path, only: str, epochs: int, gpt2_seconds: float, runs: in
         results["bit"] = run_bit(workdir / "bit", threads=threads, runs=max(10, runs // 10))
         tables.append("## BiT (random weights, scikit-image sample photos)\n\n" + format_bit(results["bit"]))
     report = "\n\n".join(tables) + "\n"
-    _write_atomic(workdir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    _write_atomic(workdir / "results.md", report)
+    write_atomic(workdir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    write_atomic(workdir / "results.md", report)
     click.echo(report)
     if "classifier" in parts or "gpt2" in parts:
         click.echo(budget_check(workdir, parts, threads=threads, runs=runs) + "\n")
         click.echo(f"the HTML report of the budget check: {workdir / 'report.html'} (Markdown: report.md)")
     click.echo(f"bundles, results.json and results.md are in {workdir}/")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -1,5 +1,5 @@
 """Enum names from the TensorFlow Lite flatbuffer schema (schema.fbs), so that reading a .tflite needs no
-TensorFlow. Regenerate with: python -m liteship.runtime._gen_schema_names (needs ai-edge-litert)."""
+TensorFlow. Regenerate with: python tools/gen_schema_names.py (needs ai-edge-litert)."""
 
 BUILTIN_OPERATORS = {
     0: "ADD",

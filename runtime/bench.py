@@ -14,13 +14,14 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from liteship.errors import LiteshipError, RuntimeLiteshipError
 from liteship.runtime.bundle import Bundle
+from liteship.runtime.files import write_json_atomic
 from liteship.runtime.interpreter import create_interpreter, resolve_backend
+from liteship.runtime.memory import peak_rss_bytes
 from liteship.units import memory_text, size_text
 
 SCHEMA = "liteship.bench/1"
@@ -37,26 +38,9 @@ def default_signature(keys: list[str]) -> str | None:
     return next((k for k in PREFERRED_SIGNATURES if k in keys), keys[0] if keys else None)
 
 
-def peak_rss_bytes() -> int | None:
-    """Peak resident set size of this process so far (VmHWM), or None where the OS does not say.
-
-    The kernel keeps this high-water mark itself, so a read at the end of a run sees the whole run's peak; the
-    difference between two reads is what happened in between (benchmark_model's "memory footprint delta" is the
-    same difference of ``ru_maxrss``, which is VmHWM)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss if sys.platform == "darwin" else rss * 1024
-    except (ImportError, OSError):
-        return None
+def utc_timestamp() -> str:
+    """Now in UTC to the second, as every liteship record writes it: ``2026-12-01T18:40:00Z``."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def rss_figures(peak: int | None, baseline: int | None) -> dict:
@@ -221,7 +205,7 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         result["sustained"] = sustained_runs(partial(runner, **inputs), duration_s)
     del runner, interp
     if generation and bundle.family == "gpt2":
-        from liteship.runtime.generate import benchmark_generation
+        from liteship.runtime.generation_bench import benchmark_generation
 
         contexts = [c for c in (32, 128, 512, 1024) if c < int(bundle.config.get("max_context", 0))]  # report's plot
         result["generation"] = benchmark_generation(bundle, threads=threads, backend=backend,  # already verified
@@ -229,7 +213,7 @@ def benchmark(model: str | os.PathLike, *, runs: int = 50, warmup: int = 5, thre
         result["generation"].pop("peak_rss_bytes", None)  # one peak per run: the one below covers generation too
     result.update(rss_figures(peak_rss_bytes(), baseline_rss))
     result["host"] = host_facts()
-    result["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    result["created"] = utc_timestamp()
     return result
 
 
@@ -289,13 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(result))
     return 0
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

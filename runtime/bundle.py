@@ -10,8 +10,8 @@ import zipfile
 from pathlib import Path
 
 from liteship.errors import BundleError
-from liteship.runtime.files import atomic_output, json_kind, read_json, require, sweep_stale
-from liteship.runtime.tflite_file import read_model, sha256_file
+from liteship.runtime.files import atomic_output, json_kind, read_json, require, sha256_file, sweep_stale
+from liteship.runtime.tflite_file import read_model
 
 SCHEMA = "liteship.bundle/1"
 MODEL_NAME = "model.tflite"
@@ -19,8 +19,16 @@ MANIFEST_NAME = "manifest.json"
 
 
 def cache_root() -> Path:
-    """$LITESHIP_CACHE (unset or empty: ~/.cache/liteship): the one root of every cache liteship keeps."""
+    """$LITESHIP_CACHE (unset or empty: ~/.cache/liteship): the one root of every cache liteship keeps (extracted
+    bundles, weight caches, conversions, the runtime pack, the local target's workdir)."""
     return Path(os.environ.get("LITESHIP_CACHE") or Path.home() / ".cache" / "liteship").expanduser()
+
+
+def is_bundle(path: str | Path) -> bool:
+    """A path Bundle.open takes: a bundle folder, a lone .tflite or an archive of a bundle."""
+    path = Path(path)
+    return (path / MANIFEST_NAME).is_file() or (path.is_file() and path.suffix in (".tflite", ".zip", ".tar",
+                                                                                  ".gz", ".tgz"))
 
 
 def _safe_members(names: list[str], archive: Path) -> None:

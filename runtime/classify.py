@@ -96,6 +96,12 @@ class ImageClassifier:
 
     # ------------------------------------------------------------------------------------------- public API
 
+    @property
+    def batch_size(self) -> int | None:
+        """Images per interpreter call: the model's fixed batch, or None when it takes any batch (then a whole
+        chunk goes in one call). A model whose batch is open in the file but fixed inside drops to 1 on first use."""
+        return self._batch
+
     def classify(self, images_or_paths, top_k: int = 5) -> list[Prediction]:
         """Classify images (paths, bytes, PIL images or pixel arrays; one or a list). A bad image raises.
 

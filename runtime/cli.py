@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import click
-
-from liteship.options import Threads
 import numpy as np
 
 from liteship.errors import RuntimeLiteshipError
+from liteship.options import Threads
 from liteship.runtime.bundle import Bundle
 from liteship.runtime.files import atomic_output, check_output_path, load_array
 from liteship.runtime.tflite_file import read_model

@@ -6,6 +6,7 @@ UnicodeDecodeError or numpy's EOFError escape as a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import zipfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from liteship.errors import LiteshipError, check_interrupted, interrupt_pending, os_error_message, signals_deferred
 
@@ -83,6 +84,15 @@ def load_array(path: str | Path, *, error: type[LiteshipError] = LiteshipError):
         reason = str(exc) or type(exc).__name__
         kind = "an empty file" if path.stat().st_size == 0 else f"not a readable .npz/.npy array ({reason})"
         raise error(f"{path}: {kind}") from None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks (a model may be larger than the memory to spare)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ---- temporary names that a killed run leaves behind, and the sweep that removes them later ---------------------
@@ -183,26 +193,66 @@ def check_creatable(path: str | Path, *, option: str = "", error: type[LiteshipE
     return path
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_output(path: str | Path, *, option: str = "", error: type[LiteshipError] = LiteshipError):
-    """Yields a temporary path to write; it replaces ``path`` only when the block succeeds, with the permissions a
-    plain new file gets under the umask, and is removed on any failure or interrupt."""
-    path = check_output_path(path, option=option, error=error)
-    sweep_partials(path)
+def atomic_path(path: str | Path, *, mkdir: bool = False) -> Iterator[Path]:
+    """The one way liteship replaces a file: yields a temporary path beside ``path`` to write; when the block
+    succeeds the temporary file is flushed to disk and renamed onto ``path`` in one step, so a reader (or a power
+    cut) sees the old file or the new one, never half of one. On any failure or interrupt it is removed and
+    ``path`` is left as it was; its name carries the pid, so a later run sweeps it if this process is killed.
+    ``mkdir`` creates the missing folders first."""
+    path = Path(path)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_name(path)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~current_umask())
-        check_interrupted()
+        _fsync(tmp)
         os.replace(tmp, path)
-    except OSError as exc:  # a full disk or read-only folder: name the output, not the temporary file
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
+
+
+def write_atomic(path: str | Path, data: bytes | str, *, mkdir: bool = False) -> Path:
+    """Replaces ``path`` with ``data`` (text as UTF-8) through atomic_path."""
+    with atomic_path(path, mkdir=mkdir) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """``data`` as indented JSON in ``path`` (its folders created), through atomic_path."""
+    return write_atomic(path, json.dumps(data, indent=2) + "\n", mkdir=True)
+
+
+@contextmanager
+def atomic_output(path: str | Path, *, option: str = "", error: type[LiteshipError] = LiteshipError):
+    """atomic_path for a user's output: checked first, stale temporaries swept, the permissions a plain new file
+    gets under the umask, and an OSError (a full disk, a read-only folder) as ``error`` naming the output."""
+    path = check_output_path(path, option=option, error=error)
+    sweep_partials(path)
+    tmp = None
+    try:
+        with atomic_path(path) as tmp:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~current_umask())
+            check_interrupted()
+    except OSError as exc:  # name the output, not the temporary file
         if exc.filename is not None and exc.filename not in (str(tmp), tmp, str(path), path):
             raise
         label = f"{option} {path}" if option else str(path)
         raise error(f"{label}: {os_error_message(exc).split(': ', 1)[-1]}") from exc
-    finally:
-        if tmp.exists() or tmp.is_symlink():
-            _remove(tmp)
 
 
 def replace_folder(tmp: Path, out: Path) -> None:

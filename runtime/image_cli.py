@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-from liteship.options import POSITIVE_INT, Threads
-
 from liteship.errors import RuntimeLiteshipError
+from liteship.options import POSITIVE_INT, Threads
 
 # User errors are LiteshipError subclasses raised as they are: liteship.cli.main prints them on one line, exit 1.
 

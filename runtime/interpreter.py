@@ -17,8 +17,8 @@ import contextlib
 import ctypes
 import functools
 import importlib
-import importlib.util
 import importlib.metadata as md
+import importlib.util
 import os
 import platform
 import sys

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from liteship.errors import RuntimeLiteshipError
+from liteship.runtime.bundle import is_bundle
 
 # A window's logits, (T, V), from an empty cache: what both a bundle and a reference provide.
 WindowLogits = Callable[[np.ndarray], np.ndarray]
@@ -47,12 +48,6 @@ def bundle_logits(session) -> WindowLogits:
         session.reset()
         return session.prefill(ids, all_logits=True)  # (T, V)
     return run
-
-
-def is_bundle(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / "manifest.json").is_file() or (path.is_file() and path.suffix in (".tflite", ".zip", ".tar",
-                                                                                    ".gz", ".tgz"))
 
 
 def load_reference(path: str | Path, *, context: int, threads: int | None = None,

@@ -304,7 +304,6 @@ class ByteLevelBPETokenizer:
         self._added_by_id = {t.id: t for t in self.added_tokens}
         self._added_by_content = {t.content: t for t in self.added_tokens}
         self._vocab_size = len(set(self.decoder) | set(self._added_by_id))
-        self.special_ids = frozenset(t.id for t in self.added_tokens if t.special)
         self.add_prefix_space = add_prefix_space
         self.use_regex = use_regex
         self.ignore_merges = ignore_merges

@@ -79,7 +79,7 @@ def build_dense(outdir: Path) -> None:
 
 
 def build_gpt2(outdir: Path) -> None:
-    from tests.conftest_gpt2 import build_gpt2 as build
+    from tests.gpt2_fixtures import build_gpt2 as build
 
     build(outdir)
 

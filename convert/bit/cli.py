@@ -6,10 +6,9 @@ import time
 
 import click
 
+from liteship.convert.bit.config import PRESETS
 from liteship.convert.cli import min_runtime_option
 from liteship.options import POSITIVE_INT
-
-from liteship.convert.bit.config import PRESETS
 
 
 @click.command("bit")
@@ -42,9 +41,9 @@ def bit(source, out_dir, variant, quant, calibration, labels, image_size, io_typ
     The network is rebuilt in tf_keras with weight standardization baked into the kernels and GroupNorm lowered to
     ops XNNPACK runs; the bundle records size, resize and normalization so the runtime never guesses.
     """
-    from liteship.convert.bit.export import export_bit
     from pathlib import Path
 
+    from liteship.convert.bit.export import export_bit
     from liteship.convert.bundle import check_out_dir
     from liteship.convert.cli import default_out, progress, summary
     from liteship.convert.quant import Quant

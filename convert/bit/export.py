@@ -249,38 +249,3 @@ def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1
                         source={"path": str(checkpoint.path), "sha256": hash_source(checkpoint.path),
                                 "format": checkpoint.format},
                         conversion=conversion)
-
-
-def xnnpack_coverage(tflite_path: str | Path) -> dict:
-    """Which ops of a .tflite the XNNPACK delegate takes, as LiteRT actually partitions it here.
-
-    After allocate_tensors the interpreter lists the model's original nodes plus one DELEGATE node per partition
-    (LiteRT keeps the replaced nodes in the node table but not in the execution plan). A node still runs on its
-    own iff one of its outputs reaches a model output or a partition's input without leaving a partition, so we
-    walk back from those tensors. Returns {"nodes", "delegated", "partitions", "undelegated": {op: count}}.
-    """
-    import collections
-
-    from liteship.runtime.interpreter import create_interpreter
-
-    interpreter = create_interpreter(tflite_path, use_xnnpack=True)
-    interpreter.allocate_tensors()
-    ops = interpreter._get_ops_details()  # no public API lists the execution plan
-    partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
-    originals = [op for op in ops if op["op_name"] != "DELEGATE"]
-    partition_outputs = {t for op in partitions for t in op["outputs"]}
-    needed = {t for op in partitions for t in op["inputs"]} | {d["index"] for d in interpreter.get_output_details()}
-    undelegated: set[int] = set()
-    changed = True
-    while changed:
-        changed = False
-        for op in originals:
-            if op["index"] in undelegated:
-                continue
-            if any(t in needed and t not in partition_outputs for t in op["outputs"]):
-                undelegated.add(op["index"])
-                needed.update(op["inputs"])
-                changed = True
-    counts = collections.Counter(op["op_name"] for op in originals if op["index"] in undelegated)
-    return {"nodes": len(originals), "delegated": len(originals) - len(undelegated),
-            "partitions": len(partitions), "undelegated": dict(sorted(counts.items()))}

@@ -269,8 +269,14 @@ def prune_bit(source: str | Path, out: str | Path, data: str | Path, options: P.
     """Prune (or only QAT-fine-tune, method "none") a BiT checkpoint on the user's image folder and write the
     result to `out` as a BiT .npz with its pruning record beside it. Returns the record."""
     from liteship.convert.bit.export import load_checkpoint, preprocessing_block
-    from liteship.convert.bit.train import (accuracy, checkpoint_tensors, fine_tune, model_from_layers,
-                                            read_image_folder, save_npz)
+    from liteship.convert.bit.train import (
+        accuracy,
+        checkpoint_tensors,
+        fine_tune,
+        model_from_layers,
+        read_image_folder,
+        save_npz,
+    )
     from liteship.convert.quant import Quant
 
     say = progress or (lambda message: None)

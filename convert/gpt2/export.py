@@ -24,14 +24,13 @@ import numpy as np
 from liteship.convert.gpt2.config import GPT2Config
 from liteship.convert.quant import Quant
 from liteship.errors import ConvertError, RuntimeLiteshipError
-from liteship.runtime.bench import peak_rss_bytes
 from liteship.runtime.files import read_json, require, work_dir
+from liteship.runtime.memory import peak_rss_bytes
 
 SIGNATURES = ("prefill", "decode")
 GPT2_QUANTS = (Quant.FP32, Quant.FP16, Quant.DYNAMIC_INT8, Quant.INT4)
 DEFAULT_PREFILL_LEN = 128
 OFFSETS_FROM_BYTES = 1 << 30  # fp32 weights from which the .tflite keeps them at file offsets (see below)
-CACHE_LAYOUT = {"k": "H,C,hd", "v": "H,C,hd", "mask_empty": -1e9}
 
 # tokenizer file in the checkpoint -> bundle asset role read by liteship.runtime.tokenizer
 TOKENIZER_ASSETS = {
@@ -169,8 +168,13 @@ def convert_with_placeholders(cfg: GPT2Config, params: dict, quant: Quant, work:
     in (convert/gpt2/weight_writer.py says why); the small weights (LayerNorms, biases, positions) are real, as the
     converter's choices may depend on them. Raises PlaceholderMismatch when the converter rewrote a placeholder."""
     from liteship.convert.gpt2.model import fold_bias, fold_weight, folded_pairs, matrix_names, param_shapes
-    from liteship.convert.gpt2.weight_writer import (check_constants, find_placeholders, placeholder_values,
-                                                     unshare, write_weights)
+    from liteship.convert.gpt2.weight_writer import (
+        check_constants,
+        find_placeholders,
+        placeholder_values,
+        unshare,
+        write_weights,
+    )
     from liteship.convert.gpt2.weights import materialize
 
     shapes = param_shapes(cfg)
@@ -225,7 +229,6 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
         "model": cfg.to_dict(),
         "max_context": C,
         "prefill_len": P,
-        "cache": CACHE_LAYOUT,
         **special_tokens(ckpt, cfg),
         "generation": generation_defaults(ckpt),
     }

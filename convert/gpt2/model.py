@@ -38,8 +38,6 @@ import tensorflow as tf
 
 from liteship.convert.gpt2.config import ACTIVATIONS, GPT2Config
 
-MASK_EMPTY = -1e9  # additive mask for an empty cache slot; exp(-1e9 - max) == 0 in float32
-
 
 def param_shapes(cfg: GPT2Config) -> dict[str, tuple]:
     """Every variable the TF model needs, by canonical name, with the shape it wants ([out, in] for products)."""

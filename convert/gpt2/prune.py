@@ -82,8 +82,15 @@ def prune_gpt2(source: str | Path, out: str | Path, data: str | Path, options: P
     result to `out` as a Hugging Face folder with its pruning record inside. Returns the record."""
     import tensorflow_model_optimization as tfmot
 
-    from liteship.convert.gpt2.train import (bundle_perplexity, fine_tune, params_of, perplexity, read_text,
-                                             save_checkpoint, training_model)
+    from liteship.convert.gpt2.train import (
+        bundle_perplexity,
+        fine_tune,
+        params_of,
+        perplexity,
+        read_text,
+        save_checkpoint,
+        training_model,
+    )
     from liteship.convert.gpt2.weights import load_checkpoint
     from liteship.convert.quant import Quant
 

@@ -9,8 +9,9 @@ from typing import Callable
 
 import numpy as np
 
-from liteship.convert.gpt2.model import MASK_EMPTY, GPT2TF, cache_shapes
+from liteship.convert.gpt2.model import GPT2TF, cache_shapes
 from liteship.convert.gpt2.weights import load_checkpoint
+from liteship.runtime.generate import MASK_EMPTY
 
 
 def checkpoint_logits(ckpt: str | Path, *, context: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -159,7 +159,7 @@ def find_placeholders(path: Path, values: dict[str, float], shapes: dict[str, tu
 def unshare(path: Path, slots: dict[str, Slot]) -> dict[str, Slot]:
     """Gives every placeholder that shares its buffer with another one a buffer of its own (new buffers at the
     file's end, zero-filled; its tensors pointed at them). Returns the slots with their new places."""
-    from liteship.runtime.tflite_file import embed_metadata, set_tensor_buffers
+    from liteship.convert.tflite_metadata import embed_metadata, set_tensor_buffers
 
     first: dict[int, str] = {}
     moving = []

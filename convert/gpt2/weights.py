@@ -21,7 +21,6 @@ from liteship.convert.gpt2.config import GPT2Config, from_hf_config
 from liteship.errors import ConvertError
 from liteship.runtime.files import read_json
 
-
 # ---- value transforms, named by direction --------------------------------------------------------------------
 
 def keep(a: np.ndarray) -> np.ndarray:

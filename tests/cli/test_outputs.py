@@ -124,8 +124,8 @@ def test_new_bundles_are_readable_by_everyone_under_umask_022(fixture_bundles, t
 
 def test_run_model_quantizes_float_input_for_an_int8_input_bundle(fixture_bundles, tmp_path):
     from liteship.convert.bundle import write_bundle
-    from liteship.convert.tflite import convert_saved_model
     from liteship.convert.calibration import representative_dataset
+    from liteship.convert.tflite import convert_saved_model
 
     pytest.importorskip("tensorflow")
     spec = {"shape": [-1, 12, 12, 3], "dtype": "float32"}

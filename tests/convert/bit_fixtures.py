@@ -1,4 +1,4 @@
-"""Tiny BiT checkpoints in the original npz naming, and real test images, for BiT tests (B1 and B2 import these).
+"""Tiny BiT checkpoints in the original npz naming, and real test images, for the BiT tests and benchmarks.
 
 The names here are written out independently of convert/bit/weights.py, following the released
 google-research/big_transfer loaders, so a typo in the converter's name table cannot hide behind a shared helper.

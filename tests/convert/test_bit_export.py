@@ -12,13 +12,19 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from tests.convert.bit_fixtures import (bit_tensors, sample_images, to_bit_range, write_bit_npz,  # noqa: E402
-                                        write_hub_style_saved_model, write_image_folder)
-from tests.convert.bit_reference import reference_logits  # noqa: E402
 from liteship.convert.bit.config import tiny  # noqa: E402
-from liteship.convert.bit.export import (build_keras, export_bit, load_checkpoint,  # noqa: E402
-                                         xnnpack_coverage)
+from liteship.convert.bit.export import build_keras, export_bit, load_checkpoint  # noqa: E402
 from liteship.errors import ConvertError  # noqa: E402
+from tests.convert.bit_fixtures import (  # noqa: E402
+    bit_tensors,
+    sample_images,
+    to_bit_range,
+    write_bit_npz,
+    write_hub_style_saved_model,
+    write_image_folder,
+)
+from tests.convert.bit_reference import reference_logits  # noqa: E402
+from tests.xnnpack_coverage import xnnpack_coverage  # noqa: E402
 
 SIZE = 64
 
@@ -294,7 +300,7 @@ def test_runtime_on_a_photo_equals_bits_own_eval_pipeline(bundles, npz, calibrat
 
 
 def test_pruning_can_wrap_the_whole_model():
-    """The pruning issue wraps the re-authored BiT with tfmot; GroupNorm must not block it (nor be pruned)."""
+    """Pruning wraps the re-authored BiT with tfmot; GroupNorm must not block it (nor be pruned)."""
     tfmot = pytest.importorskip("tensorflow_model_optimization")
     from liteship.convert.bit.model import build_model
 

@@ -14,11 +14,11 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_model_optimization")
 
-from tests.convert.bit_fixtures import write_bit_npz  # noqa: E402
-from tests.convert.bit_reference import reference_logits  # noqa: E402
 from liteship.convert import prune as P  # noqa: E402
 from liteship.convert.bit.config import tiny  # noqa: E402
 from liteship.errors import ConvertError  # noqa: E402
+from tests.convert.bit_fixtures import write_bit_npz  # noqa: E402
+from tests.convert.bit_reference import reference_logits  # noqa: E402
 
 SIZE = 32
 CONFIG = tiny(num_classes=3, image_size=SIZE)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.convert.bit_fixtures import bit_tensors, write_bit_npz
 from liteship.convert.bit import weights as W
 from liteship.convert.bit.config import PRESETS, get_config, tiny
 from liteship.errors import ConvertError
+from tests.convert.bit_fixtures import bit_tensors, write_bit_npz
 
 
 def _mapped(tensors, config):

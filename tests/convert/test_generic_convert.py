@@ -212,15 +212,29 @@ def test_op_outside_even_flex_says_so(tmp_path):
     assert_one_line_error(proc, r"ops TFLite cannot run, even as Flex ops: tf\.Erfinv")
 
 
-def test_lean_converter_memory_gives_the_same_bytes_and_restores_tensorflow(tmp_path):
+def test_lean_converter_memory_gives_the_same_bytes_and_restores_tensorflow(tmp_path, monkeypatch):
     """convert_saved_model swaps in a leaner re-serialization for TFLiteConverter's post-processing (GPT-2 124M fp32
-    peaked at 4.06 GB with TensorFlow's own, 3.49 GB with it); the file must come out byte for byte the same, and
+    peaked at 4.06 GB with TensorFlow's own, 3.49 GB with it); the lean path must have run (TensorFlow swallows an
+    exception in its de-duplication pass and skips it), the file must come out byte for byte the same, and
     TensorFlow's functions must be back afterwards, also after a failed conversion."""
+    import contextlib
+
     import tensorflow as tf
     from tensorflow.lite.python import lite
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from liteship.convert.tflite import convert_saved_model, lean_converter_memory
+    from liteship.convert import tflite as convert_tflite
+    from liteship.convert.tflite import TFLITE_FILE_IDENTIFIER, convert_saved_model, lean_converter_memory
+
+    runs = []
+
+    @contextlib.contextmanager
+    def recorded():
+        with lean_converter_memory() as run:
+            runs.append(run)
+            yield run
+
+    monkeypatch.setattr(convert_tflite, "lean_converter_memory", recorded)
 
     class Two(tf.Module):  # two signatures sharing a weight: the de-duplication pass has work to do
         def __init__(self):
@@ -239,6 +253,9 @@ def test_lean_converter_memory_gives_the_same_bytes_and_restores_tensorflow(tmp_
                                                               "b": m.b.get_concrete_function()})
     originals = (lite._deduplicate_readonly_buffers, flatbuffer_utils.convert_object_to_bytearray)
     lean, _ = convert_saved_model(tmp_path / "sm", "fp32", signature_keys=["a", "b"])
+    # one heap trim before de-duplication; two models written by the lean serializer: de-duplication's and metadata's
+    assert [(run.trims, run.serialized) for run in runs] == [(1, 2)]
+    assert lean[4:8] == TFLITE_FILE_IDENTIFIER
     assert (lite._deduplicate_readonly_buffers, flatbuffer_utils.convert_object_to_bytearray) == originals
     converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"), signature_keys=["a", "b"])
     assert lean == converter.convert()  # TensorFlow's own path, unpatched

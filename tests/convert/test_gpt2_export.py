@@ -9,7 +9,7 @@ import pytest
 
 from liteship.convert.gpt2.config import tiny
 from liteship.errors import ConvertError
-from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles, make_checkpoint, torch_logits
+from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles, make_checkpoint, torch_logits
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("torch")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest_gpt2 import gpt2_bundles
+from tests.gpt2_fixtures import gpt2_bundles
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("torch")

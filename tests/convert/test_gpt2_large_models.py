@@ -1,4 +1,4 @@
-"""What makes gpt2-xl convert on a 24 GB machine, tested on tiny models (issue 9, part 3): placeholders for the
+"""What makes gpt2-xl convert on a 24 GB machine, tested on tiny models: placeholders for the
 matrices with the real weights written in afterwards (convert/gpt2/weight_writer.py), and the .tflite layout that
 keeps weights after the flatbuffer at 64-bit offsets (forced here on a tiny model), read by every command."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from liteship.convert.gpt2.config import tiny
-from tests.conftest_gpt2 import liteship_run, make_checkpoint, torch_greedy, torch_logits
+from tests.gpt2_fixtures import liteship_run, make_checkpoint, torch_greedy, torch_logits
 
 pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
@@ -95,7 +95,7 @@ def weights_after_flatbuffer(path) -> bool:
     from liteship.runtime import tflite_file as T
 
     data = path.read_bytes()
-    buffers = T._Table(data, T._check_header(data, len(data), str(path))).tables(T.MODEL_BUFFERS)
+    buffers = T.Table(data, T.check_header(data, len(data), str(path))).tables(T.MODEL_BUFFERS)
     info = T.read_model(path)
     used = {t.buffer for sg in info.subgraphs for t in sg.tensors if t.buffer and info.buffer_extents[t.buffer][1]}
     return len(used) > 10 and all(buffers[b].scalar(T.BUFFER_OFFSET, "Q", 0) > 1 for b in used)

@@ -1,4 +1,4 @@
-"""GPT-2 pruning on the tiny GPT-2 of tests/conftest_gpt2.py, fine-tuned a few steps on Python's own docs.
+"""GPT-2 pruning on the tiny GPT-2 of tests/gpt2_fixtures.py, fine-tuned a few steps on Python's own docs.
 
 A pruned folder is checked where it has to work: transformers' GPT2LMHeadModel loads it as a GPT-2, liteship
 converts it, and the bundle's logits are PyTorch's.
@@ -18,7 +18,7 @@ pytest.importorskip("tensorflow_model_optimization")
 from liteship.convert import prune as P  # noqa: E402
 from liteship.convert.gpt2.config import tiny  # noqa: E402
 from liteship.errors import ConvertError  # noqa: E402
-from tests.conftest_gpt2 import make_checkpoint, torch_logits  # noqa: E402
+from tests.gpt2_fixtures import make_checkpoint, torch_logits  # noqa: E402
 
 CONTEXT = 32
 PROMPT = [5, 77, 200, 13, 42, 256, 7, 99, 150, 3, 61, 290, 18, 33, 8, 120]

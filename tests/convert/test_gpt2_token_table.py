@@ -1,4 +1,4 @@
-"""The token table the runtime reads must be the checkpoint's wte, whatever the weights (issue: a uniform final
+"""The token table the runtime reads must be the checkpoint's wte, whatever the weights (a bug found: a uniform final
 LayerNorm scale was folded by the converter into the tied LM head, so every input embedding arrived scaled)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from liteship.convert.gpt2.config import tiny
-from tests.conftest_gpt2 import liteship_run, make_checkpoint, torch_greedy, torch_logits
+from tests.gpt2_fixtures import liteship_run, make_checkpoint, torch_greedy, torch_logits
 
 pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")

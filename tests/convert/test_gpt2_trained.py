@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest_gpt2 import liteship_run, make_trained_checkpoint, torch_greedy, torch_logits
+from tests.gpt2_fixtures import liteship_run, make_trained_checkpoint, torch_greedy, torch_logits
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("torch")

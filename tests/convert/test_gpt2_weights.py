@@ -11,7 +11,7 @@ import pytest
 from liteship.convert.gpt2 import weights as W
 from liteship.convert.gpt2.config import PRESETS, GPT2Config, from_hf_config, tiny
 from liteship.errors import ConvertError
-from tests.conftest_gpt2 import hf_config, make_checkpoint, state_dict_numpy
+from tests.gpt2_fixtures import hf_config, make_checkpoint, state_dict_numpy
 
 pytest.importorskip("torch")
 

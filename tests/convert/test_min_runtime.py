@@ -1,5 +1,5 @@
 """`convert --min-runtime 2.14`: bundles the last tflite-runtime (2.14, all 32-bit ARM boards have) loads, or one
-line saying why not (issue 10, item 3). The runtime side (loading them on tflite-runtime 2.14 and comparing answers)
+line saying why not. The runtime side (loading them on tflite-runtime 2.14 and comparing answers)
 is tests/runtime/test_min_runtime_version.py in the device-like venv, and tests/device/test_board.py on the
 emulated armv7l board."""
 
@@ -14,10 +14,11 @@ from liteship.errors import ConvertError
 from liteship.runtime.interpreter import version_tuple
 from liteship.runtime.tflite_file import read_model
 from tests.conftest import needs_tensorflow
-from tests.convert.test_generic_convert import (  # noqa: F401 - keras_file is a fixture
-    TOLERANCE, assert_one_line_error, keras_file, leftovers, run_cli)
+from tests.convert import test_generic_convert
+from tests.convert.test_generic_convert import TOLERANCE, assert_one_line_error, leftovers, run_cli
 
 pytestmark = needs_tensorflow
+keras_file = test_generic_convert.keras_file  # the fixture, shared with the generic conversion tests
 
 
 def op_versions(model_path) -> dict[str, int]:
@@ -85,8 +86,8 @@ def test_gpt2_for_2_14(tmp_path_factory):
     Bounds: the max at 1.7x observed as there, rms at 1.2x, top-1 at 80%; a broken cache or table moves ~100%."""
     pytest.importorskip("torch")
     from liteship.convert.gpt2.export import export
-    from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
     from tests.convert.test_gpt2_export import reference, run_sequence
+    from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles
 
     root = gpt2_bundles(tmp_path_factory, quants=("dynamic-int8",))
     bundle = export(root / "gpt2-checkpoint", root / "gpt2-dynamic-int8-rt2.14", quant="dynamic-int8",

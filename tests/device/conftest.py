@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from sshd import SSHServer, find_sshd  # noqa: E402
+from tests.device.sshd import SSHServer, find_sshd
 
 
 def _in_ci() -> bool:
@@ -141,7 +139,7 @@ def real_adbd(tmp_path):
 
     Without the binary (or without root) the tests skip with the reason - except in CI (CI=true), where .ci/run
     builds it with .ci/adbd-build and a skip would hide a broken setup."""
-    from real_adbd import RealAdbd, missing_requirements
+    from tests.device.real_adbd import RealAdbd, missing_requirements
 
     why = missing_requirements()
     if why:
@@ -167,7 +165,7 @@ def real_adbd(tmp_path):
 def host_adb_server(tmp_path, tmp_path_factory):
     """host_adb_server(key) -> a started HostAdbServer (Debian's real adb) using ``key`` as its own, stopped after
     the test. Skips without adb - except in CI, where .ci/run installs it."""
-    from host_adb import HostAdbServer, missing_requirements
+    from tests.device.host_adb import HostAdbServer, missing_requirements
 
     why = missing_requirements()
     if why:

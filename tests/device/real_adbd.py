@@ -201,10 +201,6 @@ class RealAdbd:
                 found.append(int(entry))
         return found
 
-    def used_bytes(self) -> int:
-        st = os.statvfs(self.host_path("/data"))
-        return (st.f_blocks - st.f_bfree) * st.f_frsize
-
     # --- the namespace dialer and the proxy ----------------------------------------------------------------
     def _dialer(self) -> None:
         """A thread that joins the phone's network namespace (setns affects only the calling thread) and opens

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from fake_benchmark_model import MKSH_FAKE
-from real_adbd import make_sysfs
 from liteship.device.adb_server import AdbServerTarget, ServerAddress, parse_spec, server_address
 from liteship.device.android import ensure_adb_key
 from liteship.device.base import open_target
 from liteship.errors import DeviceError
+from tests.device.fake_benchmark_model import MKSH_FAKE
+from tests.device.real_adbd import make_sysfs
 
 WORKDIR = "/data/local/tmp/liteship"
 ALLOWED = sorted(os.sched_getaffinity(0))

@@ -21,21 +21,19 @@ from pathlib import Path
 
 import pytest
 
-from fake_benchmark_model import MKSH_FAKE
-from real_adbd import make_sysfs
 from liteship.device.android import (
     AdbAddress,
     AndroidTarget,
     _usb_owned_hint,
     ensure_adb_key,
     host_adb_server_devices,
-    parse_run_bench_result,
     parse_spec,
-    run_bench_argv,
-    run_bench_script,
 )
 from liteship.device.base import open_target
+from liteship.device.run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
 from liteship.errors import DeviceError
+from tests.device.fake_benchmark_model import MKSH_FAKE
+from tests.device.real_adbd import make_sysfs
 
 WORKDIR = "/data/local/tmp/liteship"
 ALLOWED = sorted(os.sched_getaffinity(0))
@@ -102,7 +100,7 @@ def test_bad_spec_names_the_forms():
 
 
 def test_importing_the_android_kind_does_not_import_adb_shell():
-    """bench.py imports this module for run_bench.sh on every target kind; adb-shell loads only to connect."""
+    """Opening any target may import the android kind; adb-shell loads only to connect to a phone."""
     import subprocess
 
     code = "import sys, liteship.device.android, liteship.device.bench; print('adb_shell' in sys.modules)"
@@ -435,7 +433,6 @@ def test_data_filling_up_during_the_push_is_a_clear_error(android, phone, tiny_b
     """The space check passed, then /data filled up under the push: the write itself fails (ENOSPC from the
     real adbd) and the partial folder is removed."""
     import liteship.device.push as push
-
     from liteship.device.push import push_bundle
 
     real_parse = push._parse_df_free

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from real_adbd import make_sysfs
-from liteship.device.android import parse_run_bench_result, run_bench_argv, run_bench_script
+from liteship.device.run_bench import parse_run_bench_result, run_bench_argv, run_bench_script
+from tests.device.real_adbd import make_sysfs
 
 SCRIPT = run_bench_script()
 SHELLS = [s for s in (["dash"], ["mksh"], ["busybox", "sh"], ["bash", "--posix"]) if shutil.which(s[0])]

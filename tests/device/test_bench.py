@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from liteship.device.bench import SCHEMA, BenchSettings, bench_targets, write_json_atomic
+from liteship.device.bench import SCHEMA, BenchSettings, bench_targets
 from liteship.device.report import markdown_report
 from liteship.errors import DeviceError
+from liteship.runtime.files import write_json_atomic
+from tests.device.fake_benchmark_model import python_fake
 
-from fake_benchmark_model import python_fake
 
 def assert_one_peak_rss(entry: dict) -> None:
     """One peak RSS per run, in the bench record, with the model's share of it; none beside it in the run record."""
@@ -43,12 +44,12 @@ def test_python_runner_over_ssh_end_to_end(ssh_env, tiny_bundle, remote_python, 
     assert bench["runs"] == 5 and len(bench["latency_ms"]["samples"]) == 5
     assert bench["model"]["sha256"] == manifest["files"]["model.tflite"]["sha256"]
     assert bench["model"]["path"] == f"{workdir}/bundles/tiny-classifier/model.tflite"
-    assert bench["runtime"]["backend"].startswith("litert") or "litert" in bench["runtime"]["backend"]
+    assert "litert" in bench["runtime"]["backend"]
     assert_one_peak_rss(entry)
     # it ran from the pushed runtime zipapp under run_bench.sh, which recorded the pinning policy
     assert ".pyz bench " in entry["run"]["command"] and entry["run"]["cores_policy"] == "big"
     assert entry["device"]["python"]["path"] == remote_python
-    assert sorted(entry["push"]["sent"]) == sorted(manifest["files"]) + ["manifest.json"] or entry["push"]["sent"]
+    assert sorted(entry["push"]["sent"]) == sorted([*manifest["files"], "manifest.json"])  # a fresh workdir: all
     assert list((workdir / "results").iterdir()) == []  # result files are removed once read
     [pyz] = (workdir / "runtime").glob("liteship-runtime-*.pyz")
 
@@ -303,6 +304,7 @@ def test_runtime_zipapp_holds_only_the_runtime_and_is_reproducible(tmp_path):
     assert {"__main__.py", "liteship/__init__.py", "liteship/errors.py", "liteship/runtime/bench.py"} <= set(names)
     top = ("__main__.py", "liteship/__init__.py", "liteship/errors.py", "liteship/units.py")
     assert all(n in top or n.startswith("liteship/runtime/") for n in names)
+    assert "liteship/runtime/tflite_file.py" in names and not [n for n in names if "gen_schema" in n]  # no dev tools
     out = subprocess.run([sys.executable, str(path), "version"], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip() == __version__
     bad = subprocess.run([sys.executable, str(path), "convert"], capture_output=True, text=True, cwd=tmp_path)
@@ -311,7 +313,7 @@ def test_runtime_zipapp_holds_only_the_runtime_and_is_reproducible(tmp_path):
 
 @pytest.mark.slow
 def test_gpt2_bundle_reports_generation_speed_over_ssh(ssh_env, remote_python, tmp_path_factory, tmp_path):
-    from tests.conftest_gpt2 import gpt2_bundles
+    from tests.gpt2_fixtures import gpt2_bundles
 
     bundle = gpt2_bundles(tmp_path_factory) / "gpt2-fp32"
     settings = _settings(python=remote_python, workdir=str(tmp_path / "wd"), runs=3, threads=1)
@@ -415,7 +417,7 @@ def test_benchmark_model_is_told_which_signature_of_several(ssh_env, tmp_path):
 def test_benchmark_model_times_gpt2_prefill_and_decode_at_stated_contexts(tmp_path_factory, tmp_path):
     """A GPT-2 bundle under benchmark_model: one run for prefill and one per decode context, each with every input
     of its subgraph spelled out (the open cache dimension filled in, a valid position), turned into tok/s."""
-    from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
+    from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles
 
     bundle = gpt2_bundles(tmp_path_factory) / "gpt2-fp32"
     binary = tmp_path / "benchmark_model"
@@ -447,7 +449,7 @@ def test_benchmark_model_prefill_fills_the_open_cache_like_the_runtime(tmp_path_
     a first chunk's one masked slot, a mask of 1 + P columns and one row of logits, the last position."""
     from liteship.device.benchmark_model import gpt2_phases
     from liteship.runtime.bundle import Bundle
-    from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
+    from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles
 
     b = Bundle.open(gpt2_bundles(tmp_path_factory) / "gpt2-fp32")
     prefill = gpt2_phases(b.model_path, b.config, (16,))[0]

@@ -176,6 +176,15 @@ def test_command_line_asks_for_exact_counts_and_the_signature():
         assert flag in argv
 
 
+def test_a_delegate_is_asked_for_by_the_flag_the_tool_takes():
+    from liteship.device.benchmark_model import DELEGATE_FLAGS
+
+    for name, flag in DELEGATE_FLAGS.items():
+        argv = benchmark_model_argv("bm", "/x/model.tflite", delegate=name)
+        assert [a for a in argv if a.startswith("--use_")] == [flag]
+    assert not [a for a in benchmark_model_argv("bm", "/x/model.tflite") if a.startswith("--use_")]
+
+
 PROFILED = MODERN.replace("INFO: Inference timings in us:", """\
 WARN: Unconsumed cmdline flags: --use_caching_please=true
 INFO: Operator-wise Profiling Info for Regular Benchmark Runs:
@@ -207,9 +216,8 @@ def test_op_profiling_and_ignored_flags_are_read():
 
 def test_liteship_flag_table_matches_the_one_read_from_the_sources():
     """liteship's flag list (device/benchmark_model.py) against the tests' own reading of the same sources."""
-    from fake_benchmark_model import REAL_FLAGS
-
     from liteship.device.benchmark_model import BENCHMARK_MODEL_FLAGS
+    from tests.device.fake_benchmark_model import REAL_FLAGS
 
     kinds = {bool: "bool", int: "int32", float: "float", str: "string"}
     assert {name: kinds[kind] for name, kind in BENCHMARK_MODEL_FLAGS.items()} == REAL_FLAGS

@@ -1,8 +1,8 @@
-"""liteship on a board over SSH, end to end, against the device in LITESHIP_TEST_DEVICE (issue 10, item 2).
+"""liteship on a board over SSH, end to end, against the device in LITESHIP_TEST_DEVICE.
 
 CI runs these against emulated aarch64 and armv7l boards (.ci/board-tests arm64|armhf): probe, push and bench over
 SSH with the report naming the board's ABI; GPT-2 greedy tokens and BiT top-5 computed on the board equal to this
-host's; and a runtime older than a model needs refused with one line before anything is pushed (item 3). Where the
+host's; and a runtime older than a model needs refused with one line before anything is pushed. Where the
 board's runtime is older than today's converter writes for (LITESHIP_TEST_DEVICE_MIN_RUNTIME, 2.14 on armv7l: only
 tflite-runtime 2.14 exists there), the quantized bundles are converted with --min-runtime for it. Bundles are built
 here (TensorFlow is on the host only), pushed, and run there from liteship's runtime zipapp.
@@ -15,9 +15,9 @@ import os
 
 import pytest
 
-from board import GREEDY_TOKENS, SCORES, DeviceRuntime, assert_same_top5, device_spec, run_here
 from liteship.device.bench import BenchSettings, bench_targets
 from liteship.device.report import markdown_report
+from tests.device.board import GREEDY_TOKENS, SCORES, DeviceRuntime, assert_same_top5, device_spec, run_here
 
 pytestmark = pytest.mark.device
 
@@ -84,7 +84,7 @@ def device_min_runtime() -> str | None:
 @pytest.fixture(scope="module")
 def gpt2_root(tmp_path_factory):
     """Tiny GPT-2 bundles as converted by default."""
-    from tests.conftest_gpt2 import gpt2_bundles
+    from tests.gpt2_fixtures import gpt2_bundles
 
     return gpt2_bundles(tmp_path_factory, quants=("fp32", "dynamic-int8"))
 
@@ -93,7 +93,7 @@ def gpt2_root(tmp_path_factory):
 def gpt2_for_device(gpt2_root):
     """{quant: bundle} the board's runtime loads: dynamic-int8 converted with --min-runtime where it needs it."""
     from liteship.convert.gpt2.export import export
-    from tests.conftest_gpt2 import BUNDLE_OPTIONS
+    from tests.gpt2_fixtures import BUNDLE_OPTIONS
 
     bundles = {"fp32": gpt2_root / "gpt2-fp32", "dynamic-int8": gpt2_root / "gpt2-dynamic-int8"}
     target = device_min_runtime()
@@ -106,7 +106,7 @@ def gpt2_for_device(gpt2_root):
 @pytest.mark.parametrize("quant", ["fp32", "dynamic-int8"])
 def test_gpt2_greedy_tokens_on_the_board_equal_the_hosts(device, gpt2_for_device, quant):
     """Where LITESHIP_TEST_DEVICE_MIN_RUNTIME is set (armv7l), dynamic-int8 is the --min-runtime conversion."""
-    from tests.conftest_gpt2 import REFERENCE_PROMPT
+    from tests.gpt2_fixtures import REFERENCE_PROMPT
 
     bundle = gpt2_for_device[quant]
     prompt = ",".join(map(str, REFERENCE_PROMPT))
@@ -244,7 +244,7 @@ def test_gpt2_for_2_14_on_the_old_runtime_equals_the_hosts(device, gpt2_root, ol
     """`convert --min-runtime 2.14` makes a dynamic-int8 GPT-2 that the board's tflite-runtime 2.14 loads, and its
     greedy tokens there are this host's (on every board with an old interpreter, aarch64 too)."""
     from liteship.convert.gpt2.export import export
-    from tests.conftest_gpt2 import BUNDLE_OPTIONS, REFERENCE_PROMPT
+    from tests.gpt2_fixtures import BUNDLE_OPTIONS, REFERENCE_PROMPT
 
     folder = gpt2_root / "gpt2-dynamic-int8-rt2.14"
     bundle = folder if folder.is_dir() else export(gpt2_root / "gpt2-checkpoint", folder, quant="dynamic-int8",

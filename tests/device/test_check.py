@@ -255,7 +255,7 @@ def test_gpt2_source_end_to_end(tmp_path_factory, tmp_path, monkeypatch):
     GPT-2 limits (tok/s, perplexity change, agreement) are measured and equal what eval gpt2 computes."""
     pytest.importorskip("tensorflow")
     from liteship.runtime.text_eval import evaluate_text
-    from tests.conftest_gpt2 import TRAINING_TEXT, gpt2_bundles
+    from tests.gpt2_fixtures import TRAINING_TEXT, gpt2_bundles
 
     monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "cache"))
     root = gpt2_bundles(tmp_path_factory)

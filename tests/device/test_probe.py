@@ -43,7 +43,7 @@ def test_probe_over_ssh_reports_this_machine(board, remote_python):
     assert "ssh:board" in text and platform.python_version() in text
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     total_gib = int(meminfo["MemTotal"].split()[0]) / 2**20
-    assert f"\nRAM " in text and f"{total_gib:.1f} GiB total" in text
+    assert "\nRAM " in text and f"{total_gib:.1f} GiB total" in text
 
 
 def test_probe_without_python_says_so(board):

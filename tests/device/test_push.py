@@ -153,7 +153,7 @@ def test_connection_dropped_mid_file_leaves_no_partial_folder(board, ssh_env, ti
 
 
 def test_server_gone_mid_push_then_next_push_sweeps_the_partial(ssh_env, tiny_bundle, tmp_path, monkeypatch):
-    from sshd import SSHServer
+    from tests.device.sshd import SSHServer
 
     server = SSHServer(tmp_path / "own-sshd").start()
     monkeypatch.setenv("LITESHIP_SSH_CONFIG", str(server.config))
@@ -228,7 +228,7 @@ def test_disk_filling_up_during_the_push_is_a_clear_error(ssh_env, tiny_bundle, 
 def test_write_failing_mid_file_rolls_back(tiny_bundle, tmp_path, monkeypatch):
     """Runs without root: a session file-size limit (RLIMIT_FSIZE) makes the board's writes fail part way, as
     a disk filling up does; the push must fail naming the file and leave nothing behind."""
-    from sshd import SSHServer
+    from tests.device.sshd import SSHServer
 
     blob = variant(tiny_bundle, tmp_path / "blob", {"assets/blob.bin": os.urandom(400 << 10)})
     server = SSHServer(tmp_path / "limited-sshd", file_size_limit=256 << 10).start()

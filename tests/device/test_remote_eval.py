@@ -15,7 +15,7 @@ from liteship.device.remote_eval import eval_on_device, folder_archive
 from liteship.errors import DeviceError
 from liteship.runtime.classify import evaluate
 from liteship.runtime.text_eval import evaluate_text
-from tests.conftest_gpt2 import TRAINING_TEXT, gpt2_bundles
+from tests.gpt2_fixtures import TRAINING_TEXT, gpt2_bundles
 
 
 @pytest.fixture(scope="module")

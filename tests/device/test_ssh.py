@@ -93,7 +93,7 @@ def test_wrong_user_is_refused_without_a_prompt(ssh_env):
 
 
 def test_closed_port_is_a_clear_error(ssh_env, monkeypatch):
-    from sshd import _free_port
+    from tests.device.sshd import _free_port
 
     port = _free_port()
     with open_target(f"ssh:127.0.0.1:{port}", multiplex=False) as target, pytest.raises(DeviceError) as info:

@@ -1,5 +1,5 @@
 """tflite-runtime on ARM crashes (SIGSEGV) on a full-integer FULLY_CONNECTED resized to a batch of 2 or more,
-measured under qemu on aarch64 and armv7l boards (issue 10, item 3): the runtime runs such a model one row at a
+measured under qemu on aarch64 and armv7l boards: the runtime runs such a model one row at a
 time there, and only there. On the emulated armv7l board this whole file, and tests/device/test_board.py's batch
 test, run on the real tflite-runtime 2.14 where the crash happens."""
 

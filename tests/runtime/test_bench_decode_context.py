@@ -1,5 +1,5 @@
 """The Python runner's GPT-2 latency times a real decode step: one after a stated number of filled cache slots,
-not the one-slot cache that filling decode's open dimension with 1 gave (issue 10, item 5)."""
+not the one-slot cache that filling decode's open dimension with 1 gave."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import liteship.runtime.bench as bench_module
 from liteship.runtime.bench import benchmark, decode_inputs, main
-from tests.conftest_gpt2 import BUNDLE_OPTIONS, gpt2_bundles
+from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles
 
 
 @pytest.fixture(scope="module")

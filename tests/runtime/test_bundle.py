@@ -102,3 +102,16 @@ def test_lone_tflite_describes_itself(bundle_copy, tmp_path):
     shutil.copy(bundle_copy / "model.tflite", lone)
     b = Bundle.open(lone)
     assert b.quantization == "fp16" and b.family == "classifier"
+
+
+def test_one_cache_root_for_the_runtime_and_the_local_device(monkeypatch, tmp_path):
+    from liteship.device.local import LocalTarget
+    from liteship.runtime.bundle import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LITESHIP_LOCAL_WORKDIR", raising=False)
+    monkeypatch.setenv("LITESHIP_CACHE", "")  # set but empty: the default, not the current folder
+    assert cache_root() == tmp_path / "home" / ".cache" / "liteship"
+    monkeypatch.setenv("LITESHIP_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    assert LocalTarget("local").default_workdir() == str((tmp_path / "c" / "device").resolve())

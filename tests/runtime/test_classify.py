@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -125,7 +124,7 @@ def test_without_logits_flag_scores_are_the_raw_outputs(bundles):
 
 def test_tflite_scores_match_the_keras_model_on_photos(bundles):
     classifier = ImageClassifier(bundles["random"])
-    assert classifier._batch == 1  # the fixed-batch path
+    assert classifier.batch_size == 1  # the fixed-batch path
     predictions = classifier.classify(photos(), top_k=5)
     inputs = np.stack([preprocess(p, PREPROCESSING) for p in photos()])
     logits = bundles["random_model"](inputs).numpy()
@@ -141,7 +140,7 @@ def test_tflite_scores_match_the_keras_model_on_photos(bundles):
 
 def test_dynamic_batch_runs_a_folder_in_batches_like_one_by_one(bundles, tmp_path):
     classifier = ImageClassifier(bundles["fp32"])
-    assert classifier._batch is None
+    assert classifier.batch_size is None
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8) for i in range(11)]  # > one batch of 8
     together = classifier.classify(images, top_k=3)
@@ -153,7 +152,9 @@ def test_dynamic_batch_runs_a_folder_in_batches_like_one_by_one(bundles, tmp_pat
 
 def test_int8_io_bundle_is_fed_quantized_and_read_dequantized(bundles, tmp_path):
     classifier = ImageClassifier(bundles["int8"])
-    assert np.dtype(classifier._input["dtype"]) == np.int8 and np.dtype(classifier._output["dtype"]) == np.int8
+    [input_details], [output_details] = classifier.interpreter.get_input_details(), \
+        classifier.interpreter.get_output_details()
+    assert np.dtype(input_details["dtype"]) == np.int8 and np.dtype(output_details["dtype"]) == np.int8
     paths = [png(tmp_path / f"{name}.png", rgb) for name, rgb in COLOURS.items()]
     predictions = classifier.classify(paths, top_k=3)
     reference = ImageClassifier(bundles["fp32"]).classify(paths, top_k=3)
@@ -345,7 +346,7 @@ def random_bit_npz(path, config, seed=0):
 
 
 def test_bit_bundle_from_the_bit_converter_matches_its_keras_model(tmp_path):
-    """B1's `export_bit` writes the manifest; the runtime reads it back and reproduces the tf_keras BiT."""
+    """`export_bit` writes the manifest; the runtime reads it back and reproduces the tf_keras BiT."""
     pytest.importorskip("tf_keras")
     from liteship.convert.bit.config import tiny
     from liteship.convert.bit.export import build_keras, export_bit, load_checkpoint
@@ -399,11 +400,11 @@ def test_a_batch_that_is_dynamic_only_in_name_falls_back_to_one_image_at_a_time(
     bundle = write_bundle(tmp_path / "fixed-inside", tflite, family="classifier", task="image-classification",
                           quantization="fp32", preprocessing=PREPROCESSING, config={"output": "logits"})
     classifier = ImageClassifier(bundle)
-    assert classifier._dynamic_batch
+    assert classifier.batch_size is None  # the file says any batch
     rng = np.random.default_rng(4)
     images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(3)]
     together = classifier.classify(images, top_k=3)
-    assert classifier._batch == 1  # it fell back
+    assert classifier.batch_size == 1  # it fell back
     for image, prediction in zip(images, together):
         logits = preprocess(image, PREPROCESSING).reshape(1, -1) @ weights.numpy()
         assert prediction.index == int(logits.argmax())

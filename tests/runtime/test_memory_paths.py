@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from liteship.runtime.token_table import TokenTable
-from tests.conftest_gpt2 import gpt2_bundles
+from tests.gpt2_fixtures import gpt2_bundles
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 

@@ -1,5 +1,5 @@
 """A model's required runtime version, read from the file, and the one-line refusal when the runtime is older
-(issue 10, item 3: tflite-runtime 2.14 cannot load bundles whose ops need 2.17). The board test
+(tflite-runtime 2.14 cannot load bundles whose ops need 2.17). The board test
 (tests/device/test_board.py) checks the same against a real tflite-runtime 2.14 on aarch64."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import shutil
 
 import pytest
 
+from liteship.convert.tflite_metadata import embed_metadata
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.interpreter import create_interpreter, runtime_too_old
-from liteship.runtime.tflite_file import MIN_RUNTIME_METADATA_NAME, embed_metadata, read_model
+from liteship.runtime.tflite_file import MIN_RUNTIME_METADATA_NAME, read_model
 
 
 def test_the_converter_records_a_version_and_we_read_it(fixture_bundles):

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from liteship.runtime.text_eval import evaluate_text, windows
-from tests.conftest_gpt2 import TRAINING_TEXT, gpt2_bundles
+from tests.gpt2_fixtures import TRAINING_TEXT, gpt2_bundles
 
 # The text spans several 64-token windows of the test bundles (prefill chunks of 8), so the cache carries over
 # eight chunks per window and windows restart it.

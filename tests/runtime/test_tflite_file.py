@@ -1,4 +1,4 @@
-"""The TF-free .tflite reader and metadata embedding, checked against the interpreter and the official schema."""
+"""The TF-free .tflite reader, checked against the interpreter and against LiteRT's generated schema module."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from liteship.errors import BundleError
 from liteship.runtime.interpreter import create_interpreter
-from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, embed_metadata, read_model
+from liteship.runtime.tflite_file import MANIFEST_METADATA_NAME, read_model
 
 
 @pytest.fixture(scope="module")
@@ -54,44 +54,111 @@ def test_quantization_parameters_are_read(fixture_bundles):
     assert checked > 3
 
 
-def test_embedded_metadata_round_trips_and_model_still_runs(model_path, tmp_path):
-    out = tmp_path / "with-md.tflite"
-    embed_metadata(model_path, out, {"a": b"first", "blob": bytes(range(256)) * 3})
-    embed_metadata(out, out, {"a": b"second"})  # replace in place
-    info = read_model(out)
-    assert info.metadata["a"] == b"second"
-    assert info.metadata["blob"] == bytes(range(256)) * 3
-    assert info.op_counts() == read_model(model_path).op_counts()
-    x = np.random.default_rng(1).uniform(size=(1, 12, 12, 3)).astype(np.float32)
-    outputs = []
-    for path in (model_path, out):
-        runner = create_interpreter(path).get_signature_runner()
-        outputs.append(next(iter(runner(image=x).values())))
-    np.testing.assert_array_equal(outputs[0], outputs[1])
+def fixture_models(root):
+    """Every model.tflite of the shared fixture bundles: the classifier in each quantization mode and GPT-2 (two
+    signatures, prefill and decode, in their own subgraphs)."""
+    return sorted(root.glob("*/model.tflite"))
 
 
-def test_official_schema_reads_what_we_embed(model_path, tmp_path):
-    """LiteRT's generated flatbuffer code (an independent reader) finds our metadata."""
-    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
-    out = tmp_path / "m.tflite"
-    embed_metadata(model_path, out, {"liteship.test": b'{"k": 1}'})
-    model = schema.Model.GetRootAsModel(out.read_bytes(), 0)
-    names = {model.Metadata(i).Name().decode(): model.Metadata(i).Buffer() for i in range(model.MetadataLength())}
-    buf = model.Buffers(names["liteship.test"])
-    assert bytes(buf.DataAsNumpy()) == b'{"k": 1}'
-    # Every weight buffer moves by the same multiple of 64 bytes, so whatever alignment the converter gave it
-    # (XNNPACK and mmap'd weights care) is kept.
-    before = schema.Model.GetRootAsModel(model_path.read_bytes(), 0)
-    raw = out.read_bytes()
+def expected_dtype(type_name: str) -> str:
+    """The reader's dtype for a TensorType name: numpy's name where numpy has the type, else the TFLite name."""
+    if type_name == "STRING":
+        return "object"
+    try:
+        return np.dtype(type_name.lower()).name
+    except TypeError:
+        return type_name
 
-    def data_start(m, i):
-        b = m.Buffers(i)
-        return b._tab.Vector(b._tab.Offset(4)) if b.DataLength() else None
 
-    shifts = {data_start(model, i) - data_start(before, i)
-              for i in range(before.BuffersLength()) if data_start(before, i) is not None}
-    assert len(shifts) == 1 and shifts.pop() % 64 == 0
-    assert raw[4:8] == b"TFL3"
+def generated_reading(path, schema) -> dict:
+    """What LiteRT's generated schema module (an independent reader, with the flatbuffers package) finds in a file,
+    in the reader's terms."""
+    raw = path.read_bytes()
+    model = schema.Model.GetRootAsModel(raw, 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    operators = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        name = op_names[max(oc.DeprecatedBuiltinCode(), oc.BuiltinCode())]
+        operators.append(f"CUSTOM:{oc.CustomCode().decode()}" if name == "CUSTOM" else name)
+    subgraphs = []
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        tensors = []
+        for t in (sg.Tensors(i) for i in range(sg.TensorsLength())):
+            q = t.Quantization()
+            tensors.append({
+                "name": t.Name().decode(),
+                "shape": (t.ShapeSignatureAsNumpy() if t.ShapeSignatureLength() else t.ShapeAsNumpy()).tolist()
+                if t.ShapeSignatureLength() or t.ShapeLength() else [],
+                "dtype": expected_dtype(type_names[t.Type()]),
+                "buffer": t.Buffer(),
+                "scale": q.ScaleAsNumpy().tolist() if q and q.ScaleLength() else [],
+                "zero_point": q.ZeroPointAsNumpy().tolist() if q and q.ZeroPointLength() else [],
+                "quantized_dimension": q.QuantizedDimension() if q else 0,
+            })
+        ops = [sg.Operators(i) for i in range(sg.OperatorsLength())]
+        subgraphs.append({
+            "name": (sg.Name() or b"").decode(),
+            "tensors": tensors,
+            "inputs": sg.InputsAsNumpy().tolist() if sg.InputsLength() else [],
+            "outputs": sg.OutputsAsNumpy().tolist() if sg.OutputsLength() else [],
+            "op_codes": [op.OpcodeIndex() for op in ops],
+            "op_inputs": [op.InputsAsNumpy().tolist() if op.InputsLength() else [] for op in ops],
+            "op_outputs": [op.OutputsAsNumpy().tolist() if op.OutputsLength() else [] for op in ops],
+        })
+    buffers = []
+    for b in (model.Buffers(i) for i in range(model.BuffersLength())):
+        data = raw[b.Offset():b.Offset() + b.Size()] if b.Offset() > 1 else (
+            b.DataAsNumpy().tobytes() if b.DataLength() else b"")
+        buffers.append(data)
+    signatures = []
+    for sd in (model.SignatureDefs(i) for i in range(model.SignatureDefsLength())):
+        signatures.append({
+            "key": sd.SignatureKey().decode(),
+            "subgraph": sd.SubgraphIndex(),
+            "inputs": {sd.Inputs(i).Name().decode(): sd.Inputs(i).TensorIndex() for i in range(sd.InputsLength())},
+            "outputs": {sd.Outputs(i).Name().decode(): sd.Outputs(i).TensorIndex()
+                        for i in range(sd.OutputsLength())},
+        })
+    metadata = {model.Metadata(i).Name().decode(): buffers[model.Metadata(i).Buffer()]
+                for i in range(model.MetadataLength())}
+    return {"version": model.Version(), "description": (model.Description() or b"").decode(),
+            "operator_names": operators, "subgraphs": subgraphs, "signatures": signatures, "buffers": buffers,
+            "metadata": metadata}
+
+
+def test_reader_agrees_with_the_generated_schema_on_every_fixture_model(fixture_bundles):
+    """Tensors, buffers, operators, signatures, quantization, metadata and min_runtime_version, field by field."""
+    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")  # not on tflite-runtime boards
+    paths = fixture_models(fixture_bundles)
+    assert {p.parent.name for p in paths} >= {"classifier-fp32", "classifier-int8", "classifier-int8x16", "gpt2-fp32"}
+    for path in paths:
+        want = generated_reading(path, schema)
+        info = read_model(path)
+        raw = path.read_bytes()
+        got = {
+            "version": info.version, "description": info.description, "operator_names": info.operator_names,
+            "subgraphs": [{
+                "name": sg.name,
+                "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "buffer": t.buffer,
+                             "scale": list(t.scale), "zero_point": list(t.zero_point),
+                             "quantized_dimension": t.quantized_dimension} for t in sg.tensors],
+                "inputs": sg.inputs, "outputs": sg.outputs, "op_codes": sg.op_codes,
+                "op_inputs": sg.op_inputs, "op_outputs": sg.op_outputs,
+            } for sg in info.subgraphs],
+            "signatures": [{"key": s.key, "subgraph": s.subgraph, "inputs": s.inputs, "outputs": s.outputs}
+                           for s in info.signatures],
+            "buffers": [raw[start:start + n] for start, n in info.buffer_extents],
+            "metadata": info.metadata,
+        }
+        for key in want:
+            assert got[key] == want[key], f"{path.parent.name}: {key} differs from the generated schema's reading"
+        if path.parent.name in ("classifier-int8", "classifier-int8x16", "classifier-fp32"):  # the scales compared
+            assert any(t.scale for t in info.subgraphs[0].tensors) == (path.parent.name != "classifier-fp32"), path
+        recorded = want["metadata"]["min_runtime_version"].split(b"\0", 1)[0].decode()
+        assert info.min_runtime_version() == recorded and recorded, path
 
 
 def test_bundle_model_carries_its_manifest(fixture_bundles):
@@ -116,43 +183,3 @@ def test_foreign_file_is_not_a_model(tmp_path):
     bad.write_text("this is a text file, not a flatbuffer" * 10)
     with pytest.raises(BundleError, match="no 'TFL3' file identifier"):
         read_model(bad)
-
-
-def test_failed_embed_leaves_no_partial_file(tmp_path, model_path):
-    bad = tmp_path / "bad.tflite"
-    bad.write_bytes(model_path.read_bytes()[:200])
-    with pytest.raises(BundleError):
-        embed_metadata(bad, tmp_path / "out.tflite", {"a": b"x"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tflite"]
-
-
-def test_added_external_buffer_takes_a_weight_and_the_interpreter_reads_it(model_path, tmp_path):
-    """embed_metadata(new_buffers=...) adds a zero-filled buffer after the file's end at a 64-bit offset, and
-    set_tensor_buffers points a weight at it: the interpreter then sees that weight's bytes there (copying the
-    weight into it gives the same outputs; leaving it zero changes them). The GPT-2 weight writer relies on both."""
-    from liteship.runtime.tflite_file import set_tensor_buffers
-
-    info = read_model(model_path)
-    index, tensor = max(((i, t) for i, t in enumerate(info.subgraphs[0].tensors) if info.tensor_extent(0, i)),
-                        key=lambda it: info.tensor_extent(0, it[0])[1])  # the largest constant
-    offset, length = info.tensor_extent(0, index)
-    out = tmp_path / "more.tflite"
-    (new,) = embed_metadata(model_path, out, {"a": b"x"}, new_buffers=[length])
-    set_tensor_buffers(out, {(0, index): new})
-    moved = read_model(out)
-    new_offset, new_length = moved.tensor_extent(0, index)
-    assert moved.subgraphs[0].tensors[index].buffer == new and new_length == length
-    assert new_offset >= model_path.stat().st_size and new_offset % 64 == 0  # after the old file's bytes
-    assert moved.metadata["a"] == b"x"
-    x = np.random.default_rng(1).uniform(size=(1, 12, 12, 3)).astype(np.float32)
-
-    def run(path):
-        return next(iter(create_interpreter(path).get_signature_runner()(image=x).values()))
-
-    zeroed = run(out)
-    with open(model_path, "rb") as src, open(out, "r+b") as dst:
-        src.seek(offset)
-        dst.seek(new_offset)
-        dst.write(src.read(length))
-    np.testing.assert_array_equal(run(out), run(model_path))
-    assert not np.array_equal(zeroed, run(model_path)), f"zeroing {tensor.name} changed nothing: a useless check"

@@ -1,6 +1,12 @@
-"""Regenerates runtime/_schema_names.py from the schema that ai-edge-litert ships (a developer tool, not runtime)."""
+"""Regenerates runtime/_schema_names.py from the schema that ai-edge-litert ships.
+
+A developer tool: it lives outside the runtime package so the device zipapp does not carry it.
+Run from the repository root: python tools/gen_schema_names.py
+"""
 
 from pathlib import Path
+
+OUTPUT = Path(__file__).resolve().parents[1] / "runtime" / "_schema_names.py"
 
 NUMPY_NAMES = {
     "FLOAT32": "float32", "FLOAT16": "float16", "INT32": "int32", "UINT8": "uint8", "INT64": "int64",
@@ -16,7 +22,7 @@ def main() -> None:
     types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     lines = [
         '"""Enum names from the TensorFlow Lite flatbuffer schema (schema.fbs), so that reading a .tflite needs no',
-        'TensorFlow. Regenerate with: python -m liteship.runtime._gen_schema_names (needs ai-edge-litert)."""',
+        'TensorFlow. Regenerate with: python tools/gen_schema_names.py (needs ai-edge-litert)."""',
         "",
         "BUILTIN_OPERATORS = {",
         *(f'    {k}: "{ops[k]}",' for k in sorted(ops)),
@@ -27,7 +33,7 @@ def main() -> None:
         *(f'    {k}: ("{types[k]}", "{NUMPY_NAMES.get(types[k], "")}"),' for k in sorted(types)),
         "}",
     ]
-    Path(__file__).with_name("_schema_names.py").write_text("\n".join(lines) + "\n")
+    OUTPUT.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
