@@ -256,22 +256,32 @@ def atomic_output(path: str | Path, *, option: str = "", error: type[LiteshipErr
 
 
 def replace_folder(tmp: Path, out: Path) -> None:
-    """Moves the finished folder ``tmp`` to ``out``, replacing an old ``out``, as one step against Ctrl-C: the
-    signal is held back meanwhile, and one that came during the renames puts the old folder back (the new one returns
-    to ``tmp`` for the caller to remove) before it is raised. The old folder is removed only once the new one stays."""
-    with signals_deferred():
-        if interrupt_pending():
-            return  # raised as the block ends; nothing moved
-        old = out.with_name(f".{out.name}.old-{os.getpid()}") if out.exists() else None
-        if old is not None:
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if interrupt_pending():
-            os.replace(out, tmp)
-            if old is not None:
-                os.replace(old, out)
-        elif old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    """Moves the finished folder ``tmp`` to ``out``, replacing an old ``out``, as one step against Ctrl-C: SIGINT is
+    held back during the renames, and one that came meanwhile puts the old folder back (the new one returns to
+    ``tmp`` for the caller to remove) before it is raised. The old folder is removed only once the new one stays.
+    A signal the kernel hands to another thread reaches Python a moment later: if that is after the swap, the swap
+    stands and the run still ends with 130."""
+    old, moved = None, False
+    try:
+        with signals_deferred():
+            if interrupt_pending():
+                raise KeyboardInterrupt
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.replace(out, old)
+            os.replace(tmp, out)
+            moved = True
+            if interrupt_pending():
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        if moved:
+            with signals_deferred():
+                os.replace(out, tmp)
+                if old is not None:
+                    os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def current_umask() -> int:

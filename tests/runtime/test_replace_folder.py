@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 
@@ -32,14 +33,15 @@ def folders(tmp_path):
 
 
 def interrupt_at_rename(monkeypatch, number: int):
-    """Sends this process a SIGINT right after its ``number``-th os.replace, as a Ctrl-C arriving mid-swap."""
+    """Sends the main thread a SIGINT right after the ``number``-th os.replace, as a Ctrl-C arriving mid-swap (to the
+    thread itself: a signal for the process may go to one of TensorFlow's threads and reach Python only later)."""
     real, calls = os.replace, []
 
     def replace(src, dst):
         real(src, dst)
         calls.append((src, dst))
         if len(calls) == number:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     monkeypatch.setattr(files.os, "replace", replace)
     return calls
@@ -69,7 +71,7 @@ def test_a_ctrl_c_before_the_swap_moves_nothing(tmp_path, handler):
     out, tmp = folders(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         with errors.signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)  # held back by the OS
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # held back by the OS
             files.replace_folder(tmp, out)
     assert (out / "model.tflite").read_text() == "old"
     assert (tmp / "model.tflite").read_text() == "new"
