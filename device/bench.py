@@ -183,7 +183,7 @@ class _Run:
                 run, _, output = self._run_under_run_bench(target, script, files,
                                                            self._benchmark_model_command(tool, model))
                 bench = self._benchmark_model_result(output)
-            bench.update(one_rss(bench, sampled_peak(run)))
+            bench.update(one_rss(bench, run.get("peak_rss_bytes")))
         self.entry["bench"] = bench
 
     def _files(self, workdir: str) -> "_RunFiles":
@@ -246,7 +246,7 @@ class _Run:
             command = self._benchmark_model_command(tool, model, signature=phase.signature, inputs=phase.input_flags)
             run, _, output = self._run_under_run_bench(target, script, self._files(workdir), command)
             phase_bench = self._benchmark_model_result(output)
-            phase_bench.update(one_rss(phase_bench, sampled_peak(run)))
+            phase_bench.update(one_rss(phase_bench, run.get("peak_rss_bytes")))
             results.append((phase, phase_bench))
 
         def tok_s(phase, bench) -> float:
@@ -388,13 +388,6 @@ class _Run:
         load_local_bundle(self.bundle)  # same checks as a push
         bundle = Bundle.open(self.bundle, verify=False)
         return bundle.model_path if self.bundle.suffix == ".tflite" else bundle.root
-
-
-def sampled_peak(run: dict) -> int | None:
-    """run_bench.sh's VmHWM of the command, when it is the command's: the first read can come before the forked
-    shell has exec'd the command (a 140 KiB shell, seen with a command done within one sampling interval), so a
-    single read tells nothing; from the second on, the command's own high-water mark is what is read."""
-    return run.get("peak_rss_bytes") if (run.get("memory_samples") or 0) >= 2 else None
 
 
 def one_rss(bench: dict, sampled_peak: int | None) -> dict:

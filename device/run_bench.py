@@ -76,6 +76,12 @@ def parse_run_bench_result(text: str) -> dict[str, Any]:
         return out
 
     peak_kb = _int_or_none(raw.get("peak_rss_kb", ""))
+    samples = _int_or_none(raw.get("memory_samples", ""))
+    if (samples or 0) < 2:
+        # The first read can come before the forked shell has exec'd the command (a 140 KiB shell, seen with a
+        # command done within one sampling interval): one read tells nothing. From the second on, VmHWM is the
+        # command's own high-water mark.
+        peak_kb = None
     cpus = raw.get("cpus", "all")
     return {
         "schema": raw["schema"],
@@ -96,7 +102,7 @@ def parse_run_bench_result(text: str) -> dict[str, Any]:
         "freq_before": freqs(raw.get("freq_before", "")),
         "freq_after": freqs(raw.get("freq_after", "")),
         "peak_rss_bytes": None if peak_kb is None else peak_kb * 1024,
-        "memory_samples": _int_or_none(raw.get("memory_samples", "")),
+        "memory_samples": samples,
         "started": _int_or_none(raw.get("started", "")),
         "finished": _int_or_none(raw.get("finished", "")),
     }
