@@ -45,6 +45,7 @@ import numpy as np
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.bundle import cache_root
 from liteship.runtime.interpreter import HostTensorBuffer, backend_version, native_stderr_captured
+from liteship.runtime.memory import unmap_large_blocks
 from liteship.runtime.token_table import TokenTable
 
 MASK_EMPTY = np.float32(-1e9)  # additive mask of an empty cache slot; exp(-1e9 - max) == 0 in float32
@@ -235,6 +236,7 @@ class KVCacheSession:
                  engine: str = "auto", prefill_chunk: int | None = None):
         from liteship.runtime.interpreter import compiled_model_available, create_compiled_model, create_interpreter
 
+        unmap_large_blocks()  # before LiteRT allocates: its re-planned arenas must not pile up in the heap
         self.bundle = _open_bundle(bundle)
         if self.bundle.family != "gpt2":
             raise RuntimeLiteshipError(f"{self.bundle.root}: a {self.bundle.family!r} bundle, not a GPT-2 one")
