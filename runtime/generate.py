@@ -45,7 +45,12 @@ import numpy as np
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.bundle import cache_root
 from liteship.runtime.interpreter import HostTensorBuffer, backend_version, native_stderr_captured
-from liteship.runtime.memory import unmap_large_blocks
+from liteship.runtime.memory import (
+    PLANNING_MMAP_THRESHOLD,
+    STEADY_MMAP_THRESHOLD,
+    large_blocks_unmapped,
+    set_mmap_threshold,
+)
 from liteship.runtime.token_table import TokenTable
 
 MASK_EMPTY = np.float32(-1e9)  # additive mask of an empty cache slot; exp(-1e9 - max) == 0 in float32
@@ -186,8 +191,8 @@ class _CompiledSignature:
         return [self.inputs[f"k_{l}"] for l in range(n_layer)], [self.inputs[f"v_{l}"] for l in range(n_layer)]
 
     def invoke(self) -> None:
-        if self._resized:  # LiteRT logs each automatic re-shape on stderr
-            with native_stderr_captured():
+        if self._resized:  # LiteRT re-plans now, and logs each automatic re-shape on stderr
+            with native_stderr_captured(), large_blocks_unmapped():
                 self._model.run_by_name(self._key, self._bound_in, self._bound_out)
             self._resized = False
         else:
@@ -236,7 +241,7 @@ class KVCacheSession:
                  engine: str = "auto", prefill_chunk: int | None = None):
         from liteship.runtime.interpreter import compiled_model_available, create_compiled_model, create_interpreter
 
-        unmap_large_blocks()  # before LiteRT allocates: its re-planned arenas must not pile up in the heap
+        set_mmap_threshold(PLANNING_MMAP_THRESHOLD)  # LiteRT plans here: see large_blocks_unmapped
         self.bundle = _open_bundle(bundle)
         if self.bundle.family != "gpt2":
             raise RuntimeLiteshipError(f"{self.bundle.root}: a {self.bundle.family!r} bundle, not a GPT-2 one")
@@ -323,6 +328,7 @@ class KVCacheSession:
         self._decode_cache = self._decode.cache(self.n_layer)
         self._prefill_cache = self._prefill.cache(self.n_layer)
         self.reset()
+        set_mmap_threshold(STEADY_MMAP_THRESHOLD)
 
     def cache_description(self) -> str:
         return f"grows in steps of {self.slot_step} slots" if self.grow_cache else f"all {self.max_context} slots"
@@ -409,6 +415,10 @@ class KVCacheSession:
 
     def _resize_decode(self, slots: int) -> None:
         """Re-allocate decode's cache at ``slots`` slots, keeping the filled ones (a resize moves every buffer)."""
+        with large_blocks_unmapped():
+            self._resize_decode_now(slots)
+
+    def _resize_decode_now(self, slots: int) -> None:
         keep = min(self.length, slots)
         if self._shared_cache:
             self._grow_shared(slots, keep)
@@ -501,6 +511,11 @@ class KVCacheSession:
         C = self.max_context
         if self.length + len(ids) > C:
             raise RuntimeLiteshipError(f"{self.length + len(ids)} tokens do not fit the bundle's context of {C}")
+        with large_blocks_unmapped():  # each new chunk shape re-plans prefill's arena
+            return self._prefill_chunks(ids, all_logits)
+
+    def _prefill_chunks(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        C = self.max_context
         out = []
         s = 0
         while s < len(ids):
