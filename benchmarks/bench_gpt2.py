@@ -109,11 +109,14 @@ t = time.perf_counter()
 from liteship.runtime.generate import KVCacheSession
 s = KVCacheSession({str(bundle)!r}, threads={threads}, engine={engine!r})
 init = time.perf_counter() - t
+t = time.perf_counter()
 logits = s.prefill(np.random.default_rng(0).integers(0, s.vocab_size, {context} - 32), all_logits=False)[-1]
+prefill = time.perf_counter() - t
 t = time.perf_counter()
 for _ in range(32):
     logits = s.decode(int(np.argmax(logits)))
-RESULT = {{"init_s": init, "decode_tok_s": 32 / (time.perf_counter() - t), "engine": s.engine}}
+RESULT = {{"init_s": init, "prefill_tok_s": ({context} - 32) / prefill, "decode_tok_s": 32 / (time.perf_counter() - t),
+          "engine": s.engine}}
 """, env={"LITESHIP_CACHE": str(cache)})
 
 
@@ -239,10 +242,10 @@ RESULT = {{"prefill_tok_s": prefill, "decode_tok_s_by_context": {{str(c): r for 
 
 
 def measure_memory(work: Path, args) -> list[tuple]:
-    """Rows (name, init cold s, init warm s, {context: (peak RSS bytes, decode tok/s)}) for each liteship variant
-    and engine, and llama.cpp beside them when it is installed."""
+    """Rows (name, init cold s, init warm s, {context: (peak RSS bytes, decode tok/s, prefill tok/s)}) for each
+    liteship variant and engine, and llama.cpp beside them when it is installed."""
     rows = []
-    for q in QUANTS:
+    for q in args.quants:
         if not (work / q / "manifest.json").is_file():
             continue
         for engine in ("compiled", "interpreter"):
@@ -254,49 +257,57 @@ def measure_memory(work: Path, args) -> list[tuple]:
             by_ctx = {}
             for ctx in (128, 896):
                 r = bench_memory(work / q, args.threads, ctx, engine, cache)
-                by_ctx[ctx] = (r["peak_rss_bytes"], r["decode_tok_s"], r["init_s"])
-            rows.append((f"liteship {q}, {engine} engine", first["init_s"], by_ctx[128][2],
-                         {c: v[:2] for c, v in by_ctx.items()}))
+                by_ctx[ctx] = (r["peak_rss_bytes"], r["decode_tok_s"], r["prefill_tok_s"], r["init_s"])
+            rows.append((f"liteship {q}, {engine} engine", first["init_s"], by_ctx[128][3],
+                         {c: v[:3] for c, v in by_ctx.items()}))
     why = llama_cpp_missing()
     if why:
         print(f"llama.cpp peer skipped: {why}", file=sys.stderr)
         rows.append((f"llama.cpp: skipped ({why})", None, None, {}))
         return rows
     for q, outtype in LLAMA_CPP_QUANT.items():
+        if q not in args.quants:
+            continue
         gguf = llama_cpp_convert(work / "checkpoint", work / "gguf", outtype)
         by_ctx = {ctx: bench_llama_cpp(gguf, args.threads, ctx) for ctx in (128, 896)}
         rows.append((f"llama.cpp {outtype.upper()} (beside {q})", by_ctx[128]["init_s"], None,
-                     {c: (r["peak_rss_bytes"], r["decode_tok_s"]) for c, r in by_ctx.items()}))
+                     {c: (r["peak_rss_bytes"], r["decode_tok_s"], r["prefill_tok_s"]) for c, r in by_ctx.items()}))
     return rows
 
 
 def memory_lines(rows: list[tuple]) -> list[str]:
     mib = lambda b: f"{b / 2**20:.0f}"
     lines = ["", "### Memory and start-up", "",
-             "Fresh process per cell: start a session, prefill context - 32 random tokens, decode 32 greedy "
-             "(decode tok/s of those 32 steps; one run, not best of rounds). Start-up: session creation with "
-             "imports; cold = first start with an empty LITESHIP_CACHE (the compiled engine writes its XNNPACK "
-             "weight cache), warm = later starts.", "",
+             "Fresh process per cell: start a session, prefill context - 32 random tokens (prefill tok/s: that "
+             "one call), decode 32 greedy (decode tok/s of those 32 steps; one run, not best of rounds). Start-up: "
+             "session creation with imports; cold = first start with an empty LITESHIP_CACHE (the compiled engine "
+             "writes its XNNPACK weight cache), warm = later starts.", "",
              "| runtime | start-up cold s | start-up warm s | peak RSS MiB @128 | peak RSS MiB @896 "
-             "| decode tok/s @128 | decode tok/s @896 |",
-             "|---|---|---|---|---|---|---|"]
+             "| prefill tok/s @128 | prefill tok/s @896 | decode tok/s @128 | decode tok/s @896 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, cold, warm, by_ctx in rows:
         if not by_ctx:
-            lines.append(f"| {name} | - | - | - | - | - | - |")
+            lines.append(f"| {name} |" + " - |" * 8)
             continue
         f = lambda v: "-" if v is None else f"{v:.2f}"
         lines.append(f"| {name} | {f(cold)} | {f(warm)} | {mib(by_ctx[128][0])} | {mib(by_ctx[896][0])} "
-                     f"| {by_ctx[128][1]:.1f} | {by_ctx[896][1]:.1f} |")
-    target = next((c for n, _, _, c in rows if n.startswith("liteship dynamic-int8, compiled")), None)
-    peer = next((c for n, _, _, c in rows if n.startswith("llama.cpp Q8_0") and c), None)
-    ref = {128: peer[128][0], 896: peer[896][0]} if peer else LLAMA_CPP_Q8_RSS
-    if target:
-        lines.append("")
-        source = "measured in this run" if peer else "llama-cpp-python 0.3.36, measured earlier on this machine"
+                     f"| {by_ctx[128][2]:.0f} | {by_ctx[896][2]:.0f} | {by_ctx[128][1]:.1f} | {by_ctx[896][1]:.1f} |")
+    lines.append("")
+    for q, outtype in (("dynamic-int8", "q8_0"), ("int4", "q4_0")):
+        ours = next((c for n, _, _, c in rows if n.startswith(f"liteship {q}, compiled")), None)
+        peer = next((c for n, _, _, c in rows if n.startswith(f"llama.cpp {outtype.upper()}") and c), None)
+        if q == "dynamic-int8" and not peer:
+            peer = {c: (rss,) for c, rss in LLAMA_CPP_Q8_RSS.items()}
+        if not ours or not peer:
+            continue
+        source = "measured in this run" if len(peer[128]) > 1 else \
+            "llama-cpp-python 0.3.36, measured earlier on this machine"
         for ctx in (128, 896):
-            ok = target[ctx][0] <= ref[ctx]
-            lines.append(f"- dynamic-int8 (compiled engine) peak RSS @{ctx}: {mib(target[ctx][0])} MiB vs llama.cpp "
-                         f"Q8_0 {mib(ref[ctx])} MiB ({source}): target <= llama.cpp: {'met' if ok else 'NOT met'}")
+            ok = ours[ctx][0] <= peer[ctx][0]
+            verdict = f"target <= llama.cpp: {'met' if ok else 'NOT met'}" if q == "dynamic-int8" else \
+                ("below" if ok else "above")
+            lines.append(f"- {q} (compiled engine) peak RSS @{ctx}: {mib(ours[ctx][0])} MiB vs llama.cpp "
+                         f"{outtype.upper()} {mib(peer[ctx][0])} MiB ({source}): {verdict}")
     return lines
 
 
@@ -340,9 +351,18 @@ def main() -> None:
                                               "is reused, not rebuilt")
     ap.add_argument("--memory-only", action="store_true",
                     help="only the memory and start-up table, over the bundles already in --work")
+    ap.add_argument("--quants", default=",".join(QUANTS),
+                    help=f"the liteship variants (and the llama.cpp types beside them) to measure, comma-separated "
+                         f"(default: {','.join(QUANTS)}); e.g. dynamic-int8,int4 for the memory targets alone")
     ap.add_argument("--peer-threads", help="thread counts PyTorch and llama.cpp run at, comma-separated (default: "
                                            "1 and --threads; the verdicts use each peer's better one)")
     args = ap.parse_args()
+    args.quants = [q for q in args.quants.split(",") if q]
+    unknown = sorted(set(args.quants) - set(QUANTS))
+    if unknown:
+        ap.error(f"--quants: unknown {', '.join(unknown)} (choose from {', '.join(QUANTS)})")
+    if "fp32" not in args.quants and not args.memory_only:
+        ap.error("--quants: the speed table compares every variant with fp32; include it (or use --memory-only)")
     args.peer_threads = sorted({int(n) for n in args.peer_threads.split(",")} if args.peer_threads
                                else {1, args.threads})
 
@@ -377,7 +397,7 @@ def measure(work: Path, args) -> list:
         t = bench_torch(ckpt, n, args.prompt_tokens, args.new_tokens)
         rows.append((f"PyTorch fp32, transformers generate, {n} thread{'s' * (n > 1)}", t, None,
                      sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))))
-    for q in QUANTS:
+    for q in args.quants:
         if (work / q / "manifest.json").is_file():  # reused from --work: what its manifest recorded
             from liteship.runtime.bundle import Bundle
             b = Bundle.open(work / q)
@@ -420,7 +440,7 @@ def measure_llama_cpp(work: Path, args, rows: list) -> list:
     by_name = {name: i for i, (name, *_) in enumerate(rows)}
     out = []
     for q, outtype in LLAMA_CPP_QUANT.items():
-        if f"liteship {q}" not in by_name:
+        if f"liteship {q}" not in by_name or q not in args.quants:
             continue
         gguf = llama_cpp_convert(work / "checkpoint", work / "gguf", outtype, args.threads)
         for n in args.peer_threads:

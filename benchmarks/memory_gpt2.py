@@ -64,7 +64,7 @@ mark("session ready", seconds=round(time.perf_counter() - t, 3))
 rng = np.random.default_rng(0)
 ids = rng.integers(0, s.vocab_size, {context} - {decode})
 t = time.perf_counter()
-for start in range(0, len(ids), s.prefill_len):  # chunk by chunk, as prefill() itself runs, to see each growth
+for start in range(0, len(ids), s.prefill_len):  # a mark per prefill_len tokens (prefill() chunks them further)
     logits = s.prefill(ids[start:start + s.prefill_len], all_logits=False)[-1]
     mark("prefilled {{}} tokens ({{}} slots)".format(s.length, s.slots), seconds=round(time.perf_counter() - t, 3))
 t = time.perf_counter()

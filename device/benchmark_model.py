@@ -184,7 +184,8 @@ def gpt2_phases(model_path: str | Path, config: dict, contexts: tuple[int, ...] 
     benchmark_model matches --input_layer to the subgraph's inputs by position (a name that differs only WARNs)
     and rejects a -1 in --input_layer_shape, so every input is listed in subgraph order with a full shape: decode's
     open cache dimension becomes the context S (k_i, v_i: [H, S, hd]) and S + 1 for the mask ([1, S + 1]); prefill's
-    open ones (bundles since its cache was opened) a first chunk's one slot, and its rows the last position. Inputs
+    open ones (bundles since its cache was opened) a first chunk's one slot (k_i, v_i, cache_mask [1, 1]), its
+    rows the last position, and its chunk (bundles since that was opened: embeds, positions, chunk_mask) P. Inputs
     are named by their signature names, not tensor names: --input_layer_value_range separates its items with ':',
     which tensor names like ``decode_position:0`` contain. Integer inputs get a valid value: decode's position is
     S, prefill's positions lie in [0, P). Float inputs (embeddings, mask) are filled with random numbers by the tool,
@@ -202,15 +203,17 @@ def gpt2_phases(model_path: str | Path, config: dict, contexts: tuple[int, ...] 
                           f"{', '.join(sorted(missing))} missing")
 
     def flags(key: str, slots: int, tokens: int, ranges: dict[str, tuple[int, int]]) -> tuple[str, ...]:
-        """The --input_layer* flags of one call: open dimensions filled (k_i, v_i: ``slots``; mask: ``slots`` +
-        ``tokens``; prefill's rows: 1, the last position, as generation asks), integer inputs given ``ranges``."""
+        """The --input_layer* flags of one call: open dimensions filled (k_i, v_i, cache_mask: ``slots``; mask:
+        ``slots`` + ``tokens``; embeds, positions, chunk_mask: ``tokens``; prefill's rows: 1, the last position, as
+        generation asks), integer inputs given ``ranges``."""
         sig = signatures[key]
         subgraph = model.subgraphs[sig.subgraph]
         by_index = {index: name for name, index in sig.inputs.items()}
         names, shapes, values = [], [], []
         for index in subgraph.inputs:
             name, tensor = by_index[index], subgraph.tensors[index]
-            fill = {"mask": slots + tokens, "rows": 1}.get(name, slots)
+            fill = {"mask": slots + tokens, "rows": 1, "embeds": tokens, "positions": tokens,
+                    "chunk_mask": tokens}.get(name, slots)
             shape = [fill if d == -1 else d for d in tensor.shape]
             names.append(name)
             shapes.append(",".join(str(d) for d in shape))

@@ -2,15 +2,19 @@
 
 The KV cache lives in numpy arrays the model reads in place (no cache is ever passed in or copied back per step).
 Shapes as this module sees them, for L layers, H heads, head size hd, context C (manifest config "max_context"),
-prefill chunk P ("prefill_len"), S cache slots (SLOT_STEP at first, grown in steps of it as the text grows, at
-most C) and R rows of prefill logits (1 in generation, P for evaluation):
+largest prefill chunk P ("prefill_len"), T the chunk prefill runs now (P, or less at long context: see
+KVCacheSession.chunk_length), S cache slots (SLOT_STEP at first, grown in steps of it as the text grows, at most
+C) and R rows of prefill logits (1 in generation, T for evaluation):
 
-  prefill: embeds[P, E] float32, positions[P] int32, mask[P, S+P] float32, k_i[H, S, hd], v_i[H, S, hd], rows[R]
-           -> logits[R, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
+  prefill: embeds[T, E] float32, positions[T] int32, cache_mask[1, S] float32, chunk_mask[T, T] float32,
+           k_i[H, S, hd], v_i[H, S, hd], rows[R]
+           -> logits[R, V], k_new_i[H, T, hd], v_new_i[H, T, hd]
   decode:  embeds[1, E], position[1], mask[1, S+1], k_i[H, S, hd], v_i[H, S, hd]
            -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
 
-Older bundles have prefill with a fixed C (and decode too, before that) and no rows.
+Older bundles have prefill with a fixed T = P, one mask[P, S+P] and stacked k_new/v_new[L, H, P, hd] outputs;
+older still, a fixed C in prefill (and decode too, before that) and no rows. The runtime runs what the bundle's
+signatures offer.
 
 Two engines run them. ``compiled`` (ai-edge-litert 2.x): LiteRT's CompiledModel with XNNPACK's packed
 weights in a file under LITESHIP_CACHE (built on the first start, mapped afterwards, shared by both signatures),
@@ -41,6 +45,12 @@ import numpy as np
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.bundle import cache_root
 from liteship.runtime.interpreter import HostTensorBuffer, backend_version, native_stderr_captured
+from liteship.runtime.memory import (
+    PLANNING_MMAP_THRESHOLD,
+    STEADY_MMAP_THRESHOLD,
+    large_blocks_unmapped,
+    set_mmap_threshold,
+)
 from liteship.runtime.token_table import TokenTable
 
 MASK_EMPTY = np.float32(-1e9)  # additive mask of an empty cache slot; exp(-1e9 - max) == 0 in float32
@@ -77,6 +87,7 @@ class _SignatureBuffers:
         self._interp = interp  # its wrapper is looked up per call: holding it would fail allocate_tensors' check
         self._sub = runner._subgraph_index
         self._in, self._out = sig["inputs"], sig["outputs"]
+        self.output_names = list(self._out)
         details = {d["index"]: d for d in _tensor_details(interp, self._sub)}
         # -1 marks a dimension the graph leaves open (the slot count, prefill's rows); older bundles have none
         self.shape_signature = {n: [int(x) for x in details[i].get("shape_signature", details[i]["shape"])]
@@ -138,6 +149,7 @@ class _CompiledSignature:
         self._dtype = {t["name"]: np.dtype(t["dtype"]) for t in specs["inputs"] + specs["outputs"]}
         self._in = [t["name"] for t in specs["inputs"]]
         self._out = [t["name"] for t in specs["outputs"]]
+        self.output_names = list(self._out)
         self.shape_signature = {t["name"]: [int(x) for x in t["shape"]] for t in specs["inputs"]}
         self.shapes: dict[str, tuple] = {}
         self.inputs: dict = {}
@@ -179,8 +191,8 @@ class _CompiledSignature:
         return [self.inputs[f"k_{l}"] for l in range(n_layer)], [self.inputs[f"v_{l}"] for l in range(n_layer)]
 
     def invoke(self) -> None:
-        if self._resized:  # LiteRT logs each automatic re-shape on stderr
-            with native_stderr_captured():
+        if self._resized:  # LiteRT re-plans now, and logs each automatic re-shape on stderr
+            with native_stderr_captured(), large_blocks_unmapped():
                 self._model.run_by_name(self._key, self._bound_in, self._bound_out)
             self._resized = False
         else:
@@ -209,6 +221,7 @@ def default_threads() -> int:
 
 
 SLOT_STEP = 128  # decode's cache grows this many slots at a time; a growth re-allocates (20-250 ms at 124M)
+MIN_CHUNK = 16  # prefill's chunk is never shortened below this (KVCacheSession.chunk_length)
 
 
 class KVCacheSession:
@@ -220,12 +233,15 @@ class KVCacheSession:
     only the cache in use: at 124M int8 a step over 256 slots costs about half one over 1024. ``grow_cache=False``
     (or an older bundle) sizes it to max_context from the start: a constant step time, that of the longest text.
     The default (None) grows the cache except for fp16 bundles, where a growth costs too much (see below).
+    ``prefill_chunk`` fixes prefill's chunk length (at most prefill_len) where the bundle leaves it open; by
+    default chunk_length chooses it per chunk.
     """
 
     def __init__(self, bundle, *, threads: int | None = None, backend: str = "auto", grow_cache: bool | None = None,
-                 engine: str = "auto"):
+                 engine: str = "auto", prefill_chunk: int | None = None):
         from liteship.runtime.interpreter import compiled_model_available, create_compiled_model, create_interpreter
 
+        set_mmap_threshold(PLANNING_MMAP_THRESHOLD)  # LiteRT plans here: see large_blocks_unmapped
         self.bundle = _open_bundle(bundle)
         if self.bundle.family != "gpt2":
             raise RuntimeLiteshipError(f"{self.bundle.root}: a {self.bundle.family!r} bundle, not a GPT-2 one")
@@ -278,10 +294,20 @@ class KVCacheSession:
         # row of logits only. Older bundles: C slots and P rows, fixed.
         self._prefill_open = -1 in self._prefill.shape_signature.get("k_0", [])
         self._prefill_rows_open = self._prefill.shape_signature.get("rows") == [-1]
+        # Bundles made since prefill's chunk was left open: its length T is chosen per chunk (chunk_length), the
+        # mask comes in two blocks (cache_mask, chunk_mask) and each layer's K/V is an output of its own.
+        self._chunk_open = "chunk_mask" in self._prefill.shape_signature
+        self._kv_per_layer = "k_new_0" in self._prefill.output_names
+        self.prefill_chunk = prefill_chunk  # None: chunk_length decides
+        if prefill_chunk is not None and not 1 <= prefill_chunk <= self.prefill_len:
+            raise RuntimeLiteshipError(f"prefill_chunk {prefill_chunk} must be between 1 and the bundle's "
+                                       f"prefill_len ({self.prefill_len})")
         # A first chunk attends to no cache; it gets one masked slot: XNNPACK cannot reshape around a zero-sized one.
         self._prefill_min_slots = 1 if self.grow_cache else self.max_context
         self.prefill_slots = self._prefill_min_slots if self._prefill_open else self.max_context
         self.prefill_rows = 1 if self._prefill_rows_open else self.prefill_len
+        self.prefill_T = self.prefill_len  # the chunk length prefill is allocated for now
+        self._chunk_mask = np.triu(np.full((self.prefill_T,) * 2, MASK_EMPTY, np.float32), k=1)  # (T, T): t sees <= t
         # One cache memory for both signatures where the engine binds our arrays (compiled) and both slot counts are
         # open: prefill attends over decode's slots, and nothing is copied between two caches.
         self._shared_cache = engine == "compiled" and self._open_slots and self._prefill_open and self.grow_cache
@@ -289,7 +315,7 @@ class KVCacheSession:
             self.prefill_slots = self.slots
         # Shapes before the first allocation, so the delegate is prepared at these sizes
         self._decode.resize(self._decode_shapes(self.slots))
-        self._prefill.resize(self._prefill_shapes(self.prefill_slots, self.prefill_rows))
+        self._prefill.resize(self._prefill_shapes(self.prefill_slots, self.prefill_rows, self.prefill_T))
         if engine == "interpreter":
             self.interp.allocate_tensors()  # applies the default (XNNPACK) delegate to every subgraph
         if self._shared_cache:  # the session's own arrays, bound to both signatures
@@ -299,11 +325,10 @@ class KVCacheSession:
         self._decode.allocate()
         self._prefill.allocate()
         self.tokens = TokenTable.from_bundle(self.bundle)
-        P = self.prefill_len
-        self._prefill_self_mask = np.triu(np.full((P, P), MASK_EMPTY, np.float32), k=1)  # (P, P): t sees <= t
         self._decode_cache = self._decode.cache(self.n_layer)
         self._prefill_cache = self._prefill.cache(self.n_layer)
         self.reset()
+        set_mmap_threshold(STEADY_MMAP_THRESHOLD)
 
     def cache_description(self) -> str:
         return f"grows in steps of {self.slot_step} slots" if self.grow_cache else f"all {self.max_context} slots"
@@ -318,33 +343,65 @@ class KVCacheSession:
         return {"embeds": (1, E), "position": (1,), "mask": (1, slots + 1), **self._cache_shapes(slots),
                 "logits": (1, self.vocab_size), "k_new": (L, H, 1, hd), "v_new": (L, H, 1, hd)}
 
-    def _prefill_shapes(self, slots: int, rows: int) -> dict[str, tuple]:
-        """Every input and output of prefill at ``slots`` cache slots and ``rows`` rows of logits."""
-        E, L, H, hd, P = self.n_head * self.head_dim, self.n_layer, self.n_head, self.head_dim, self.prefill_len
-        shapes = {"embeds": (P, E), "positions": (P,), "mask": (P, slots + P), **self._cache_shapes(slots),
-                  "logits": (rows, self.vocab_size), "k_new": (L, H, P, hd), "v_new": (L, H, P, hd)}
+    def _prefill_shapes(self, slots: int, rows: int, T: int) -> dict[str, tuple]:
+        """Every input and output of prefill at ``slots`` cache slots, ``rows`` rows of logits and chunk length
+        ``T`` (P for bundles whose chunk is fixed)."""
+        E, L, H, hd = self.n_head * self.head_dim, self.n_layer, self.n_head, self.head_dim
+        shapes = {"embeds": (T, E), "positions": (T,), **self._cache_shapes(slots), "logits": (rows, self.vocab_size)}
+        if self._chunk_open:
+            shapes.update({"cache_mask": (1, slots), "chunk_mask": (T, T)})
+        else:
+            shapes["mask"] = (T, slots + T)
+        if self._kv_per_layer:
+            shapes.update({f"{kv}_new_{l}": (H, T, hd) for kv in "kv" for l in range(L)})
+        else:
+            shapes.update({"k_new": (L, H, T, hd), "v_new": (L, H, T, hd)})
         if self._prefill_rows_open:
             shapes["rows"] = (rows,)
         return shapes
 
-    def _size_prefill(self, needed: int, rows: int) -> None:
+    def _slots_holding(self, n: int) -> int:
+        """Decode's slot count once the cache holds ``n`` tokens."""
+        if not self.grow_cache:
+            return self.max_context
+        return max(self._min_slots, min(self.max_context, -(-n // self.slot_step) * self.slot_step))
+
+    def chunk_length(self, start: int) -> int:
+        """Prefill's chunk length T for a chunk starting at position ``start``: P (prefill_len), halved until the
+        chunk's attention scores, [H, T, S + T] floats over the S slots it attends to, are no larger than a full
+        first chunk's, [H, P, first S + P]. Those scores, and the [H, T, S] tensors beside them, are what prefill's
+        arena grows with at long context (docs/gpt2_kv_cache.md): at 124M, T = 128 over 896 slots held ~15 MiB of
+        it. Never below MIN_CHUNK (or P, if smaller). Bundles whose chunk is fixed: always P."""
+        P = self.prefill_len
+        if not self._chunk_open:
+            return P
+        if self.prefill_chunk is not None:
+            return self.prefill_chunk
+        budget = P * (self._slots_holding(P) + P)
+        T = P
+        while T // 2 >= min(P, MIN_CHUNK) and T * (self._slots_holding(start + T) + T) > budget:
+            T //= 2
+        return T
+
+    def _size_prefill(self, needed: int, rows: int, T: int) -> None:
         """Make prefill's cache hold at least ``needed`` slots (in steps of slot_step) and return ``rows`` rows of
-        logits (where the bundle leaves them open)."""
+        logits (where the bundle leaves them open) for chunks of ``T``."""
         slots = self.prefill_slots
         if self._prefill_open and needed > slots:
             slots = min(self.max_context, -(-needed // self.slot_step) * self.slot_step)
-        self._resize_prefill(slots, rows if self._prefill_rows_open else self.prefill_rows)
+        self._resize_prefill(slots, rows if self._prefill_rows_open else self.prefill_rows, T)
 
-    def _resize_prefill(self, slots: int, rows: int, *, force: bool = False) -> None:
+    def _resize_prefill(self, slots: int, rows: int, T: int, *, force: bool = False) -> None:
         """A change re-allocates prefill's tensors. Its own cache copy starts empty and is synced again from
         decode's, which always holds the sequence; a shared cache is decode's own arrays, bound again."""
-        if (slots, rows) == (self.prefill_slots, self.prefill_rows) and not force:
+        if (slots, rows, T) == (self.prefill_slots, self.prefill_rows, self.prefill_T) and not force:
             return
-        self._prefill.resize(self._prefill_shapes(slots, rows))
+        self._prefill.resize(self._prefill_shapes(slots, rows, T))
         if self._shared_cache:
             self._prefill.bind(self._cache_arrays(self._decode_cache))
         self._prefill.allocate()
-        self.prefill_slots, self.prefill_rows = slots, rows
+        self.prefill_slots, self.prefill_rows, self.prefill_T = slots, rows, T
+        self._chunk_mask = np.triu(np.full((T, T), MASK_EMPTY, np.float32), k=1)  # (T, T): t sees <= t
         self._prefill_cache = self._prefill.cache(self.n_layer)
         if not self._shared_cache:
             for arrays in self._prefill_cache:
@@ -358,6 +415,10 @@ class KVCacheSession:
 
     def _resize_decode(self, slots: int) -> None:
         """Re-allocate decode's cache at ``slots`` slots, keeping the filled ones (a resize moves every buffer)."""
+        with large_blocks_unmapped():
+            self._resize_decode_now(slots)
+
+    def _resize_decode_now(self, slots: int) -> None:
         keep = min(self.length, slots)
         if self._shared_cache:
             self._grow_shared(slots, keep)
@@ -396,7 +457,7 @@ class KVCacheSession:
         self.slots = slots
         self._decode_cache = self._decode.cache(self.n_layer)
         self._write_decode_mask()
-        self._prefill.resize(self._prefill_shapes(slots, self.prefill_rows))
+        self._prefill.resize(self._prefill_shapes(slots, self.prefill_rows, self.prefill_T))
         self._prefill.bind(cache)
         self._prefill.allocate()
         self.prefill_slots = slots
@@ -420,7 +481,7 @@ class KVCacheSession:
         if self.slots != self._min_slots:
             self._resize_decode(self._min_slots)
         if self._prefill_open and not self._shared_cache:
-            self._resize_prefill(self._prefill_min_slots, self.prefill_rows)
+            self._resize_prefill(self._prefill_min_slots, self.prefill_rows, self.prefill_T)
         # Empty slots are masked, but 0 * NaN is NaN: fresh buffers hold garbage, so zero them.
         for arrays in (*self._decode_cache, *self._prefill_cache):
             for a in arrays:
@@ -428,29 +489,46 @@ class KVCacheSession:
         self._write_decode_mask()
 
     def _write(self, k_new, v_new, start: int, n: int, targets) -> None:
-        """Copy the K/V of n new tokens (k_new/v_new: (L, H, T, hd)) into cache slots start..start+n-1."""
+        """Copy the K/V of n new tokens into cache slots start..start+n-1. k_new/v_new: (L, H, T, hd), or per
+        layer a list of (H, T, hd)."""
         for ks, vs in targets:
             for l in range(self.n_layer):
-                ks[l][:, start:start + n, :] = k_new[l, :, :n, :]  # (H, n, hd)
-                vs[l][:, start:start + n, :] = v_new[l, :, :n, :]  # (H, n, hd)
+                ks[l][:, start:start + n, :] = k_new[l][:, :n, :]  # (H, n, hd)
+                vs[l][:, start:start + n, :] = v_new[l][:, :n, :]  # (H, n, hd)
+
+    def _new_kv(self, outputs: dict):
+        """Prefill's new K and V, indexable by layer: the stacked outputs or each layer's own."""
+        if self._kv_per_layer:
+            return ([outputs[f"k_new_{l}"] for l in range(self.n_layer)],
+                    [outputs[f"v_new_{l}"] for l in range(self.n_layer)])
+        return outputs["k_new"], outputs["v_new"]
 
     def prefill(self, ids: Iterable[int], *, all_logits: bool = True) -> np.ndarray:
-        """Feed tokens in chunks of P; returns their logits (n, V), or only the last token's (1, V) when
-        ``all_logits`` is false (generation: saves copying up to P x V floats per chunk). The sequence continues
-        from self.length."""
+        """Feed tokens in chunks (of chunk_length(position) tokens); returns their logits (n, V), or only the last
+        token's (1, V) when ``all_logits`` is false (generation: saves computing and copying up to T x V floats per
+        chunk). The sequence continues from self.length."""
         ids = np.asarray(list(ids), dtype=np.int32)
-        C, P = self.max_context, self.prefill_len
+        C = self.max_context
         if self.length + len(ids) > C:
             raise RuntimeLiteshipError(f"{self.length + len(ids)} tokens do not fit the bundle's context of {C}")
+        with large_blocks_unmapped():  # each new chunk shape re-plans prefill's arena
+            return self._prefill_chunks(ids, all_logits)
+
+    def _prefill_chunks(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        C = self.max_context
         out = []
-        for s in range(0, len(ids), P):
-            chunk = ids[s:s + P]
-            n, start = len(chunk), self.length
+        s = 0
+        while s < len(ids):
+            start = self.length
+            T = self.chunk_length(start)
+            chunk = ids[s:s + T]
+            n = len(chunk)
+            rows = T if all_logits else 1
             if self._shared_cache:  # decode's cache is prefill's: it must hold this chunk's slots too
                 self._ensure_slots(start + n)
-                self._resize_prefill(self.slots, P if all_logits else 1)
+                self._resize_prefill(self.slots, rows, T)
             else:
-                self._size_prefill(start, P if all_logits else 1)  # the slots this chunk attends to
+                self._size_prefill(start, rows, T)  # the slots this chunk attends to
             pre, S = self._prefill.inputs, self.prefill_slots
             if self._prefill_synced < start and not self._shared_cache:  # earlier tokens came through decode
                 a = self._prefill_synced
@@ -459,26 +537,34 @@ class KVCacheSession:
                     pk[l][:, a:start, :] = dk[l][:, a:start, :]
                     pv[l][:, a:start, :] = dv[l][:, a:start, :]
                 self._prefill_synced = start
-            embeds = pre["embeds"]  # (P, E); rows past n are padding whose outputs are ignored
+            embeds = pre["embeds"]  # (T, E); rows past n are padding whose outputs are ignored
             embeds[n:] = 0.0
             self.tokens.rows(chunk, embeds)
-            pre["positions"][:] = np.minimum(np.arange(start, start + P), C - 1)
-            mask = pre["mask"]  # (P, S+P)
-            mask[:, :S] = MASK_EMPTY
-            mask[:, :start] = 0.0
-            mask[:, S:] = self._prefill_self_mask
+            pre["positions"][:] = np.minimum(np.arange(start, start + T), C - 1)
+            if self._chunk_open:
+                cache_mask = pre["cache_mask"]  # (1, S): every token of the chunk sees the filled slots
+                cache_mask[:] = MASK_EMPTY
+                cache_mask[0, :start] = 0.0
+                pre["chunk_mask"][:] = self._chunk_mask  # (T, T)
+            else:
+                mask = pre["mask"]  # (T, S+T)
+                mask[:, :S] = MASK_EMPTY
+                mask[:, :start] = 0.0
+                mask[:, S:] = self._chunk_mask
             if "rows" in pre:  # which positions of the chunk get logits: (R,)
-                pre["rows"][:] = np.arange(P) if all_logits else n - 1
+                pre["rows"][:] = np.arange(T) if all_logits else n - 1
             self._prefill.invoke()
             o = self._prefill.outputs
             if all_logits:
                 out.append(np.array(o["logits"][:n]))  # (n, V)
-            elif s + P >= len(ids):
-                out.append(np.array(o["logits"][n - 1:n] if self.prefill_rows == P else o["logits"][-1:]))
+            elif s + n >= len(ids):
+                out.append(np.array(o["logits"][n - 1:n] if self.prefill_rows == T else o["logits"][-1:]))
             self._ensure_slots(start + n)
-            self._write(o["k_new"], o["v_new"], start, n, [self._decode_cache])  # decode's buffers hold the sequence
+            k_new, v_new = self._new_kv(o)
+            self._write(k_new, v_new, start, n, [self._decode_cache])  # decode's buffers hold the sequence
             self._decode.inputs["mask"][0, start:start + n] = 0.0
             self.length += n
+            s += n
         return np.concatenate(out) if out else np.zeros((0, self.vocab_size), np.float32)
 
     def decode(self, token: int) -> np.ndarray:

@@ -233,6 +233,43 @@ def build_gpt2(outdir: Path, quants=("fp32",)) -> None:
         export(ckpt, outdir / f"gpt2-{q}", quant=q, **BUNDLE_OPTIONS)
 
 
+def previous_layout(monkeypatch, *, fixed_cache: bool = False) -> None:
+    """Make export write the GPT-2 graph of bundles converted before prefill's chunk was left open: prefill takes
+    embeds[P, E], positions[P] and one mask[P, S+P] and returns stacked k_new/v_new[L, H, P, hd], its attention one
+    softmax over the concatenated cache and chunk scores. ``fixed_cache``: the layout before that, every slot count
+    fixed at C and no `rows`. The runtime must keep running both."""
+    import tensorflow as tf
+
+    from liteship.convert.gpt2 import model as gpt2_model
+
+    decode_attend = gpt2_model.attend
+
+    def attend(q, k, v, k_cache, v_cache, mask):
+        T = q.shape[1]
+        if T == 1:
+            return decode_attend(q, k, v, k_cache, v_cache, mask)
+        cached = tf.matmul(q, k_cache, transpose_b=True)  # (H, T, S)
+        itself = tf.matmul(q, k, transpose_b=True)  # (H, T, T)
+        probs = tf.nn.softmax(tf.concat([cached, itself], axis=-1) + mask, axis=-1)  # (H, T, S+T)
+        return tf.matmul(probs[:, :, :-T], v_cache) + tf.matmul(probs[:, :, -T:], v)  # (H, T, hd)
+
+    def input_signature(self, decode):
+        cfg, T = self.cfg, 1 if decode else self.P
+        S = self.C if fixed_cache else None
+        cache = (cfg.n_head, S, cfg.head_dim)
+        specs = [tf.TensorSpec((T, cfg.n_embd), tf.float32, name="embeds"),
+                 tf.TensorSpec((T,), tf.int32, name="position" if decode else "positions"),
+                 tf.TensorSpec((T, None if S is None else S + T), tf.float32, name="mask"),
+                 *[tf.TensorSpec(cache, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)],
+                 *[tf.TensorSpec(cache, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]]
+        if not decode and not fixed_cache:
+            specs.append(tf.TensorSpec((None,), tf.int32, name="rows"))
+        return specs
+
+    monkeypatch.setattr(gpt2_model, "attend", attend)
+    monkeypatch.setattr(gpt2_model.GPT2TF, "input_signature", input_signature)
+
+
 _BUILT: dict = {}
 
 

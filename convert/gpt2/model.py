@@ -3,14 +3,17 @@
 Two functions share one set of variables (exported as a SavedModel with variables, so the converter never holds the
 weights as embedded graph constants):
 
-  prefill(embeds[P, E], positions[P], mask[P, S+P], k_0..k_{L-1}[H, S, hd], v_0..v_{L-1}[H, S, hd], rows[R])
-      -> logits[R, V], k_new[L, H, P, hd], v_new[L, H, P, hd]
+  prefill(embeds[T, E], positions[T], cache_mask[1, S], chunk_mask[T, T], k_0..k_{L-1}[H, S, hd],
+          v_0..v_{L-1}[H, S, hd], rows[R])
+      -> logits[R, V], k_new_0..k_new_{L-1}[H, T, hd], v_new_0..v_new_{L-1}[H, T, hd]
   decode(embeds[1, E], position[1], mask[1, S+1], k_i[H, S, hd], v_i[H, S, hd])
       -> logits[1, V], k_new[L, H, 1, hd], v_new[L, H, 1, hd]
 
-C is max_context, P the static prefill chunk, L layers, H heads, hd head size, V vocab. S, the cache's slot count,
-is left open in the graph: the runtime sizes it to the slots in use (S <= C, grown in steps), per signature. R,
-the number of positions that get logits (`rows`, indices into the chunk), is open too: 1 in generation.
+C is max_context, P the prefill chunk the bundle records (the runtime's largest), L layers, H heads, hd head size,
+V vocab. S, the cache's slot count, is left open in the graph: the runtime sizes it to the slots in use (S <= C,
+grown in steps), per signature. T, prefill's chunk length, is open too: the runtime chooses it per chunk, smaller
+at long context, so that prefill's [H, T, S] attention scores stay within a fixed budget. R, the number of
+positions that get logits (`rows`, indices into the chunk), is open too: 1 in generation.
 Why this layout (measured, see docs/gpt2_kv_cache.md):
 - The cache is an *input* per layer that the runtime owns and never sends back: the model emits only the K/V of
   the new token(s); the runtime writes that slice into the interpreter's input buffer in place. Nothing in the
@@ -19,7 +22,10 @@ Why this layout (measured, see docs/gpt2_kv_cache.md):
   MUL + SUM over the cache (each byte read once), prefill with BATCH_MATMUL (see attend()).
 - Attention runs over the S slots with an additive mask the runtime maintains (0 = valid, -1e9 = empty), plus the
   new token(s) attending to themselves through a separate [.., T] block, so the new K/V never has to be in the cache
-  before the step that produces it.
+  before the step that produces it. In prefill the two blocks are never concatenated: one softmax spans both
+  (attend_chunk), so no [H, T, S+T] copy and no slices of it take arena memory.
+- Prefill returns each layer's K/V as its own output: a stacked [L, H, T, hd] output kept all 2L values alive in
+  the arena until the stack at the very end.
 - Weights for matrix products are stored [out, in] (FULLY_CONNECTED's own layout) so the converter folds no
   transposes.
 - The token embedding table exists once, as the tied LM head's FULLY_CONNECTED weight. The runtime looks token rows
@@ -62,28 +68,41 @@ def cache_shapes(cfg: GPT2Config, max_context: int | None) -> tuple[tuple, tuple
 
 
 def attend(q, k, v, k_cache, v_cache, mask):
-    """Attention of T new tokens over C cached slots plus themselves.
+    """Decode's attention: one new token over S cached slots plus itself.
 
-    q, k, v: (H, T, hd); k_cache, v_cache: (H, C, hd); mask: (T, C+T) additive. Returns (H, T, hd).
-    Decode (T=1) uses MUL + SUM instead of BATCH_MATMUL: with a non-constant right-hand side the BATCH_MATMUL
-    kernels repack/transpose the whole cache on every call, which made attention over C=1024 cost more than all
-    the int8 weights of a step (docs/gpt2_kv_cache.md); the elementwise form reads each cache byte once.
-    C is not fixed in the graph (the runtime sizes the cache inputs to the slots in use, in prefill too), so
-    nothing here may depend on it: shapes are -1 and the new tokens' own columns are the last T.
+    q, k, v: (H, 1, hd); k_cache, v_cache: (H, S, hd); mask: (1, S+1) additive. Returns (H, 1, hd).
+    MUL + SUM instead of BATCH_MATMUL: with a non-constant right-hand side the BATCH_MATMUL kernels repack/transpose
+    the whole cache on every call, which made attention over C=1024 cost more than all the int8 weights of a step
+    (docs/gpt2_kv_cache.md); the elementwise form reads each cache byte once. S is not fixed in the graph (the
+    runtime sizes the cache inputs to the slots in use), so nothing here may depend on it: shapes are -1 and the
+    new token's own column is the last.
     """
-    H, T, hd = q.shape
-    if T == 1:
-        cached = tf.reshape(tf.reduce_sum(q * k_cache, axis=-1), (H, 1, -1))  # (H, 1, C)
-        itself = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # (H, 1, 1)
-    else:
-        cached = tf.matmul(q, k_cache, transpose_b=True)  # (H, T, C): prefill is compute-bound, a product is right
-        itself = tf.matmul(q, k, transpose_b=True)  # (H, T, T)
-    probs = tf.nn.softmax(tf.concat([cached, itself], axis=-1) + mask, axis=-1)  # (H, T, C+T)
-    if T == 1:
-        weights = tf.reshape(probs[:, :, :-1], (H, -1, 1))  # (H, C, 1)
-        out = tf.reduce_sum(weights * v_cache, axis=1, keepdims=True)  # (H, 1, hd)
-        return out + probs[:, :, -1:] * v  # (H, 1, hd)
-    return tf.matmul(probs[:, :, :-T], v_cache) + tf.matmul(probs[:, :, -T:], v)  # (H, T, hd)
+    H = q.shape[0]
+    cached = tf.reshape(tf.reduce_sum(q * k_cache, axis=-1), (H, 1, -1))  # (H, 1, S)
+    itself = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # (H, 1, 1)
+    probs = tf.nn.softmax(tf.concat([cached, itself], axis=-1) + mask, axis=-1)  # (H, 1, S+1)
+    weights = tf.reshape(probs[:, :, :-1], (H, -1, 1))  # (H, S, 1)
+    out = tf.reduce_sum(weights * v_cache, axis=1, keepdims=True)  # (H, 1, hd)
+    return out + probs[:, :, -1:] * v  # (H, 1, hd)
+
+
+def attend_chunk(q, k, v, k_cache, v_cache, cache_mask, chunk_mask):
+    """Prefill's attention: T new tokens over S cached slots plus themselves, one softmax over the two blocks.
+
+    q, k, v: (H, T, hd); k_cache, v_cache: (H, S, hd); cache_mask: (1, S) additive, the same for every token of the
+    chunk (they all see the filled slots); chunk_mask: (T, T) additive (causal, plus padding). Returns (H, T, hd).
+    Neither T nor S is fixed in the graph. The blocks are exponentiated against their common maximum and summed
+    apart, so nothing concatenates or slices the [H, T, S] scores: each such tensor at T=128, S=896 is 5.5 MiB of
+    arena (docs/gpt2_kv_cache.md). BATCH_MATMUL here: prefill is compute-bound.
+    """
+    cached = tf.matmul(q, k_cache, transpose_b=True) + cache_mask  # (H, T, S)
+    itself = tf.matmul(q, k, transpose_b=True) + chunk_mask  # (H, T, T)
+    top = tf.maximum(tf.reduce_max(cached, axis=-1, keepdims=True),
+                     tf.reduce_max(itself, axis=-1, keepdims=True))  # (H, T, 1)
+    cached = tf.exp(cached - top)  # (H, T, S)
+    itself = tf.exp(itself - top)  # (H, T, T)
+    total = tf.reduce_sum(cached, axis=-1, keepdims=True) + tf.reduce_sum(itself, axis=-1, keepdims=True)
+    return (tf.matmul(cached, v_cache) + tf.matmul(itself, v)) / total  # (H, T, hd)
 
 
 def matrix_names(cfg: GPT2Config) -> list[str]:
@@ -174,50 +193,62 @@ class GPT2TF(tf.Module):
             return tf.nn.gelu(x, approximate=False)
         return tf.nn.relu(x)
 
-    def _block(self, i, x, k_cache, v_cache, mask):
+    def _block(self, i, x, k_cache, v_cache, masks):
+        """masks: (mask,) in decode, (cache_mask, chunk_mask) in prefill (see attend, attend_chunk)."""
         H, hd, E = self.cfg.n_head, self.cfg.head_dim, self.cfg.n_embd
-        T = x.shape[0]
         h = self._layer_norm(x, f"h.{i}.ln_1")
         qkv = self._linear(h, f"h.{i}.attn.c_attn")  # (T, 3E)
         q, k, v = tf.split(qkv, 3, axis=-1)  # (T, E) each
-        q = tf.transpose(tf.reshape(q * (1.0 / math.sqrt(hd)), (T, H, hd)), (1, 0, 2))  # (H, T, hd)
-        k = tf.transpose(tf.reshape(k, (T, H, hd)), (1, 0, 2))  # (H, T, hd)
-        v = tf.transpose(tf.reshape(v, (T, H, hd)), (1, 0, 2))  # (H, T, hd)
-        out = attend(q, k, v, k_cache, v_cache, mask)  # (H, T, hd)
-        out = tf.reshape(tf.transpose(out, (1, 0, 2)), (T, E))
+        q = tf.transpose(tf.reshape(q * (1.0 / math.sqrt(hd)), (-1, H, hd)), (1, 0, 2))  # (H, T, hd)
+        k = tf.transpose(tf.reshape(k, (-1, H, hd)), (1, 0, 2))  # (H, T, hd)
+        v = tf.transpose(tf.reshape(v, (-1, H, hd)), (1, 0, 2))  # (H, T, hd)
+        if len(masks) == 1:
+            out = attend(q, k, v, k_cache, v_cache, masks[0])  # (H, 1, hd)
+        else:
+            out = attend_chunk(q, k, v, k_cache, v_cache, *masks)  # (H, T, hd)
+        out = tf.reshape(tf.transpose(out, (1, 0, 2)), (-1, E))  # (T, E)
         x = x + self._linear(out, f"h.{i}.attn.c_proj")
         h = self._layer_norm(x, f"h.{i}.ln_2")
         x = x + self._linear(self._act(self._linear(h, f"h.{i}.mlp.c_fc")), f"h.{i}.mlp.c_proj")
         return x, k, v
 
-    def forward(self, embeds, positions, mask, k_caches, v_caches, rows=None):
-        """rows (prefill only): which of the T positions get logits. Generation asks for the last one only: the
-        LM head is 38.6M multiply-adds per row, and P rows of logits are P x V floats of arena."""
+    def forward(self, embeds, positions, masks, k_caches, v_caches, rows=None):
+        """masks: (mask,) for decode, (cache_mask, chunk_mask) for prefill. rows (prefill only): which of the T
+        positions get logits. Generation asks for the last one only: the LM head is 38.6M multiply-adds per row,
+        and T rows of logits are T x V floats of arena."""
         wte = self._w("wte.weight")
         x = embeds + tf.gather(self._w("wpe.weight"), positions)  # (T, E)
         ks, vs = [], []
         for i in range(self.cfg.n_layer):
-            x, k, v = self._block(i, x, k_caches[i], v_caches[i], mask)
+            x, k, v = self._block(i, x, k_caches[i], v_caches[i], masks)
             ks.append(k)
             vs.append(v)
         if rows is not None:
             x = tf.gather(x, rows)  # (R, E)
         x = self._final_layer_norm(x)
         logits = tf.matmul(x, wte, transpose_b=True)  # (R, V): the LM head is the tied token embedding
-        return {"logits": logits, "k_new": tf.stack(ks), "v_new": tf.stack(vs)}  # k/v: (L, H, T, hd)
+        if len(masks) == 1:  # decode: one token's K/V, 2L rows in all; one output each is enough
+            return {"logits": logits, "k_new": tf.stack(ks), "v_new": tf.stack(vs)}  # k/v: (L, H, 1, hd)
+        return {"logits": logits, **{f"k_new_{i}": k for i, k in enumerate(ks)},  # each (H, T, hd)
+                **{f"v_new_{i}": v for i, v in enumerate(vs)}}
 
     def input_signature(self, decode: bool) -> list:
-        """Prefill: T = P tokens; decode: T = 1. In both the cache's slot count is left open (-1 in the .tflite's
-        shape signature): the runtime sizes its cache inputs to the slots in use and grows them with the text, so
-        a step at position 100 reads 128 slots of cache rather than max_context, and a prefill of the first chunk
-        holds no cache at all (docs/gpt2_kv_cache.md). Prefill's ``rows`` (length open) picks the positions that
-        get logits: the last one in generation, all P for evaluation."""
+        """Decode: one token; prefill: T tokens, T left open (-1 in the .tflite's shape signature): the runtime
+        picks each chunk's length, up to P. In both the cache's slot count is open too: the runtime sizes its
+        cache inputs to the slots in use and grows them with the text, so a step at position 100 reads 128 slots
+        of cache rather than max_context, and a prefill of the first chunk holds no cache at all
+        (docs/gpt2_kv_cache.md). Prefill's ``rows`` (length open) picks the positions that get logits: the last
+        one in generation, all T for evaluation."""
         cfg = self.cfg
-        T = 1 if decode else self.P
         (kshape, vshape) = cache_shapes(cfg, None)
+        T = 1 if decode else None
         specs = [tf.TensorSpec((T, cfg.n_embd), tf.float32, name="embeds"),
-                 tf.TensorSpec((T,), tf.int32, name="position" if decode else "positions"),
-                 tf.TensorSpec((T, None), tf.float32, name="mask")]
+                 tf.TensorSpec((T,), tf.int32, name="position" if decode else "positions")]
+        if decode:
+            specs.append(tf.TensorSpec((1, None), tf.float32, name="mask"))
+        else:
+            specs += [tf.TensorSpec((1, None), tf.float32, name="cache_mask"),
+                      tf.TensorSpec((None, None), tf.float32, name="chunk_mask")]
         specs += [tf.TensorSpec(kshape, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)]
         specs += [tf.TensorSpec(vshape, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]
         if not decode:
@@ -226,12 +257,15 @@ class GPT2TF(tf.Module):
 
     def concrete_function(self, decode: bool):
         L = self.cfg.n_layer
+        signature = self.input_signature(decode)
+        masks = sum(spec.name.endswith("mask") for spec in signature)  # (mask,) or (cache_mask, chunk_mask)
 
         def fn(*args):
-            rows = args[3 + 2 * L] if len(args) > 3 + 2 * L else None  # prefill's; absent: logits for all T
-            return self.forward(args[0], args[1], args[2], list(args[3:3 + L]), list(args[3 + L:3 + 2 * L]), rows)
+            caches = args[2 + masks:2 + masks + 2 * L]
+            rows = args[2 + masks + 2 * L] if len(args) > 2 + masks + 2 * L else None  # prefill's
+            return self.forward(args[0], args[1], args[2:2 + masks], list(caches[:L]), list(caches[L:]), rows)
 
-        return tf.function(fn, input_signature=self.input_signature(decode)).get_concrete_function()
+        return tf.function(fn, input_signature=signature).get_concrete_function()
 
     def signatures(self) -> dict:
         return {"prefill": self.concrete_function(decode=False), "decode": self.concrete_function(decode=True)}

@@ -26,8 +26,9 @@ def checkpoint_logits(ckpt: str | Path, *, context: int) -> Callable[[np.ndarray
 
     def run(ids: np.ndarray) -> np.ndarray:
         T = len(ids)
-        mask = np.triu(np.full((T, T), MASK_EMPTY, np.float32), k=1)  # (T, 0 + T): token t sees tokens <= t
-        out = model.forward(tf.constant(wte[np.asarray(ids)]), tf.range(T, dtype=tf.int32), tf.constant(mask),
+        chunk_mask = np.triu(np.full((T, T), MASK_EMPTY, np.float32), k=1)  # (T, T): token t sees tokens <= t
+        masks = (tf.zeros((1, 0)), tf.constant(chunk_mask))  # prefill's: no cached slot, the chunk itself
+        out = model.forward(tf.constant(wte[np.asarray(ids)]), tf.range(T, dtype=tf.int32), masks,
                             [empty_k] * cfg.n_layer, [empty_v] * cfg.n_layer)
         return out["logits"].numpy()  # (T, V)
 

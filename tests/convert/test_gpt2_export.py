@@ -9,7 +9,7 @@ import pytest
 
 from liteship.convert.gpt2.config import tiny
 from liteship.errors import ConvertError
-from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles, make_checkpoint, torch_logits
+from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles, make_checkpoint, previous_layout, torch_logits
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("torch")
@@ -95,12 +95,17 @@ def test_bundle_carries_signatures_tokenizer_and_generation_config(tmp_path_fact
     specs = {s: {t["name"]: t for t in b.signatures[s]["inputs"] + b.signatures[s]["outputs"]}
              for s in ("prefill", "decode")}
     # both leave the cache's slot count open (-1): the runtime sizes each cache to the slots in use; prefill's
-    # rows (which positions get logits) is open too: 1 in generation, P for evaluation
-    assert specs["decode"]["mask"]["shape"] == [1, -1] and specs["prefill"]["mask"]["shape"] == [P, -1]
+    # rows (which positions get logits) is open too: 1 in generation, all T for evaluation; and so is prefill's
+    # chunk length T, with its mask in two blocks and each layer's K/V an output of its own
+    assert specs["decode"]["mask"]["shape"] == [1, -1] and "mask" not in specs["prefill"]
+    assert specs["prefill"]["cache_mask"]["shape"] == [1, -1] and specs["prefill"]["chunk_mask"]["shape"] == [-1, -1]
     assert specs["decode"]["k_1"]["shape"] == [2, -1, 16] and specs["decode"]["v_1"]["shape"] == [2, -1, 16]
     assert specs["prefill"]["k_1"]["shape"] == [2, -1, 16] and specs["prefill"]["rows"]["shape"] == [-1]
     assert specs["decode"]["logits"]["shape"] == [1, 300] and specs["decode"]["embeds"]["shape"] == [1, 32]
-    assert specs["prefill"]["logits"]["shape"] == [-1, 300] and specs["prefill"]["k_new"]["shape"] == [2, 2, P, 16]
+    assert specs["prefill"]["embeds"]["shape"] == [-1, 32] and specs["prefill"]["positions"]["shape"] == [-1]
+    assert specs["prefill"]["logits"]["shape"] == [-1, 300] and specs["decode"]["k_new"]["shape"] == [2, 2, 1, 16]
+    assert {n for n in specs["prefill"] if "_new" in n} == {"k_new_0", "k_new_1", "v_new_0", "v_new_1"}
+    assert specs["prefill"]["k_new_1"]["shape"] == [2, -1, 16] and specs["prefill"]["v_new_0"]["shape"] == [2, -1, 16]
 
 
 @pytest.mark.parametrize("quant,dtype", [("fp32", "float32"), ("dynamic-int8", "int8")])
@@ -164,30 +169,16 @@ def test_a_bundle_with_a_fixed_decode_cache_still_runs(tmp_path, monkeypatch):
     """Bundles converted before the slot counts were left open have a fixed [H, C, hd] cache in both signatures
     and prefill logits for all P positions (no `rows`): they run with all C slots, and asking to grow the cache
     says to re-convert."""
-    from liteship.convert.gpt2 import model as gpt2_model
     from liteship.convert.gpt2.export import export
     from liteship.errors import RuntimeLiteshipError
     from liteship.runtime.generate import KVCacheSession
 
-    open_signature = gpt2_model.GPT2TF.input_signature
-
-    def fixed_signature(self, decode):  # the layout of those bundles: shaped I/O, a fixed C everywhere
-        import tensorflow as tf
-
-        cfg, C, T = self.cfg, self.C, 1 if decode else self.P
-        cache = (cfg.n_head, C, cfg.head_dim)
-        return [tf.TensorSpec((T, cfg.n_embd), tf.float32, name="embeds"),
-                tf.TensorSpec((T,), tf.int32, name="position" if decode else "positions"),
-                tf.TensorSpec((T, C + T), tf.float32, name="mask"),
-                *[tf.TensorSpec(cache, tf.float32, name=f"k_{i}") for i in range(cfg.n_layer)],
-                *[tf.TensorSpec(cache, tf.float32, name=f"v_{i}") for i in range(cfg.n_layer)]]
-
-    monkeypatch.setattr(gpt2_model.GPT2TF, "input_signature", fixed_signature)
     ckpt = tmp_path / "ckpt"
     make_checkpoint(ckpt)
-    export(ckpt, tmp_path / "old", quant="fp32", **BUNDLE_OPTIONS)
-    monkeypatch.setattr(gpt2_model.GPT2TF, "input_signature", open_signature)
     export(ckpt, tmp_path / "new", quant="fp32", **BUNDLE_OPTIONS)
+    with monkeypatch.context() as patch:
+        previous_layout(patch, fixed_cache=True)
+        export(ckpt, tmp_path / "old", quant="fp32", **BUNDLE_OPTIONS)
 
     old = KVCacheSession(tmp_path / "old")
     assert not old.grow_cache and old.slots == BUNDLE_OPTIONS["max_context"]
@@ -200,3 +191,36 @@ def test_a_bundle_with_a_fixed_decode_cache_still_runs(tmp_path, monkeypatch):
                                atol=1e-5, rtol=0)  # same weights, same graph up to the cache's shape
     with pytest.raises(RuntimeLiteshipError, match="fixed cache of 64 slots.*re-convert"):
         KVCacheSession(tmp_path / "old", grow_cache=True)
+
+
+@pytest.mark.parametrize("engine", ["compiled", "interpreter"])
+def test_a_bundle_with_a_fixed_prefill_chunk_still_runs(tmp_path, monkeypatch, engine):
+    """Bundles converted before prefill's chunk was left open (embeds[P, E], one mask[P, S+P], stacked
+    k_new/v_new[L, H, P, hd]) run in chunks of P and give the logits and greedy tokens of the new layout."""
+    from liteship.convert.gpt2.export import export
+    from liteship.runtime.generate import KVCacheSession, TextGenerator
+    from liteship.runtime.interpreter import compiled_model_available
+
+    if engine == "compiled" and not compiled_model_available():
+        pytest.skip("the compiled engine needs ai-edge-litert 2.x on x86-64")
+    monkeypatch.setattr("liteship.runtime.generate.SLOT_STEP", 16)
+    ckpt = tmp_path / "ckpt"
+    model = make_checkpoint(ckpt)
+    export(ckpt, tmp_path / "new", quant="fp32", **BUNDLE_OPTIONS)
+    with monkeypatch.context() as patch:
+        previous_layout(patch)
+        export(ckpt, tmp_path / "old", quant="fp32", **BUNDLE_OPTIONS)
+    from liteship.runtime.bundle import Bundle
+
+    specs = {t["name"]: t["shape"] for t in Bundle.open(tmp_path / "old").signatures["prefill"]["outputs"]}
+    assert specs["k_new"] == [2, 2, BUNDLE_OPTIONS["prefill_len"], 16]  # it is the old layout
+
+    old = KVCacheSession(tmp_path / "old", engine=engine)
+    assert not old._chunk_open and not old._kv_per_layer and old.chunk_length(50) == BUNDLE_OPTIONS["prefill_len"]
+    ids = list(range(3, 45))  # 30 through prefill: 4 chunks, the last partial; the cache grows 16 -> 32 -> 48
+    got = np.concatenate([old.prefill(ids[:30])] + [old.decode(t)[None] for t in ids[30:]])
+    np.testing.assert_allclose(got, torch_logits(model, ids), atol=1e-4, rtol=0)  # tolerance: see the fp32 test
+    np.testing.assert_allclose(got, run_sequence(tmp_path / "new", ids, 30, engine=engine), atol=1e-5, rtol=0)
+    prompt = list(range(7, 30))
+    want = list(TextGenerator(tmp_path / "new").generate_ids(prompt, 20, temperature=0, stop_on_eos=False))
+    assert list(TextGenerator(tmp_path / "old").generate_ids(prompt, 20, temperature=0, stop_on_eos=False)) == want

@@ -445,8 +445,9 @@ def test_benchmark_model_times_gpt2_prefill_and_decode_at_stated_contexts(tmp_pa
 
 
 def test_benchmark_model_prefill_fills_the_open_cache_like_the_runtime(tmp_path_factory):
-    """Bundles whose prefill leaves its cache slots and logits rows open: benchmark_model (which refuses a -1) gets
-    a first chunk's one masked slot, a mask of 1 + P columns and one row of logits, the last position."""
+    """Bundles whose prefill leaves its cache slots, logits rows and chunk length open: benchmark_model (which
+    refuses a -1) gets a first chunk's one masked slot, a chunk of P tokens with its [P, P] mask and one row of
+    logits, the last position."""
     from liteship.device.benchmark_model import gpt2_phases
     from liteship.runtime.bundle import Bundle
     from tests.gpt2_fixtures import BUNDLE_OPTIONS, gpt2_bundles
@@ -457,6 +458,7 @@ def test_benchmark_model_prefill_fills_the_open_cache_like_the_runtime(tmp_path_
     flags = dict(f[2:].split("=", 1) for f in prefill.input_flags)
     shapes = dict(zip(flags["input_layer"].split(","), flags["input_layer_shape"].split(":")))
     assert (prefill.signature, prefill.tokens, prefill.context) == ("prefill", P, 1)
-    assert shapes["k_0"].split(",")[1] == "1" and shapes["mask"] == f"{P},{P + 1}" and shapes["rows"] == "1"
+    assert shapes["k_0"].split(",")[1] == "1" and shapes["cache_mask"] == "1,1" and shapes["rows"] == "1"
+    assert shapes["chunk_mask"] == f"{P},{P}" and shapes["embeds"] == f"{P},32" and shapes["positions"] == f"{P}"
     assert f"rows,{P - 1},{P - 1}" in flags["input_layer_value_range"].split(":")
     assert f"positions,0,{P - 1}" in flags["input_layer_value_range"].split(":")
