@@ -39,8 +39,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from liteship.errors import RuntimeLiteshipError
-from liteship.runtime.bundle import cache_root
 from liteship.runtime.backend_private import HostTensorBuffer, SignatureSubgraph
+from liteship.runtime.bundle import cache_root
 from liteship.runtime.interpreter import backend_version, native_stderr_captured
 from liteship.runtime.token_table import TokenTable
 
