@@ -44,6 +44,28 @@ def read_json(path: str | Path, *, kind: type = dict, error: type[LiteshipError]
     return data
 
 
+def read_text(path: str | Path, *, what: str = "", error: type[LiteshipError] = LiteshipError, hint: str = "") -> str:
+    """The UTF-8 text in ``path``; raises ``error`` as ``<what> <path>: <reason>[; <hint>]`` when it is missing, a
+    folder, unreadable, not UTF-8, or holds no text (nothing but white space)."""
+    path = Path(path)
+    where = f"{what} {path}" if what else str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        reason = "no such file"
+    except IsADirectoryError:
+        reason = "is a folder, not a text file"
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        reason = f"cannot read it ({exc.strerror})"
+    else:
+        if text.strip():
+            return text
+        reason = "no text in it"
+    raise error(f"{where}: {reason}" + (f"; {hint}" if hint else ""))
+
+
 def json_kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
