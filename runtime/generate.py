@@ -285,6 +285,13 @@ class KVCacheSession:
     def cache_description(self) -> str:
         return f"grows in steps of {self.slot_step} slots" if self.grow_cache else f"all {self.max_context} slots"
 
+    def tensors(self) -> dict[str, dict[str, np.ndarray]]:
+        """{"decode": {name: array}, "prefill": {...}}: every input and output of each signature as the array the
+        engine reads or writes now (the caches, prefill's logits rows), to see what memory a session holds. Valid
+        until the next prefill or decode (either may re-allocate); do not write to them."""
+        return {"decode": {**self._decode.inputs, **self._decode.outputs},
+                "prefill": {**self._prefill.inputs, **self._prefill.outputs}}
+
     def _cache_shapes(self, slots: int) -> dict[str, tuple]:
         shape = (self.n_head, slots, self.head_dim)
         return {f"{kv}_{l}": shape for kv in "kv" for l in range(self.n_layer)}
