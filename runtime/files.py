@@ -44,9 +44,11 @@ def read_json(path: str | Path, *, kind: type = dict, error: type[LiteshipError]
     return data
 
 
-def read_text(path: str | Path, *, what: str = "", error: type[LiteshipError] = LiteshipError, hint: str = "") -> str:
+def read_text(path: str | Path, *, what: str = "", error: type[LiteshipError] = LiteshipError, hint: str = "",
+              empty_ok: bool = False) -> str:
     """The UTF-8 text in ``path``; raises ``error`` as ``<what> <path>: <reason>[; <hint>]`` when it is missing, a
-    folder, unreadable, not UTF-8, or holds no text (nothing but white space)."""
+    folder, unreadable, not UTF-8, or holds no text (nothing but white space) unless ``empty_ok`` (for a caller
+    whose own check of the content says more, e.g. how many tokens it needs)."""
     path = Path(path)
     where = f"{what} {path}" if what else str(path)
     try:
@@ -60,7 +62,7 @@ def read_text(path: str | Path, *, what: str = "", error: type[LiteshipError] = 
     except OSError as exc:
         reason = f"cannot read it ({exc.strerror})"
     else:
-        if text.strip():
+        if empty_ok or text.strip():
             return text
         reason = "no text in it"
     raise error(f"{where}: {reason}" + (f"; {hint}" if hint else ""))

@@ -124,7 +124,7 @@ def evaluate_text(bundle, text_file: str | Path, *, reference: str | Path | None
     bundle = Bundle.open(bundle)
     if bundle.family != "gpt2":
         raise RuntimeLiteshipError(f"{bundle.root}: a {bundle.family!r} bundle, not a GPT-2 one")
-    text = read_text(text_file, error=RuntimeLiteshipError)  # the text first: fail fast
+    text = read_text(text_file, error=RuntimeLiteshipError, empty_ok=True)  # the text first: fail fast
     ids = ByteLevelBPETokenizer.from_bundle(bundle).encode(text)
     if len(ids) < 2:
         raise RuntimeLiteshipError(f"{text_file}: {len(ids)} token(s); perplexity needs at least 2")

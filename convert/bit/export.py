@@ -153,7 +153,7 @@ def build_keras(checkpoint: Checkpoint, *, image_size: int | None = None, groupn
 
 def read_labels(path: str | Path, num_classes: int) -> bytes:
     """The labels file's bytes, checked to hold one label per class."""
-    labels = read_text(path, what="labels file", error=ConvertError).splitlines()
+    labels = read_text(path, what="labels file", error=ConvertError, empty_ok=True).splitlines()  # counted below
     while labels and not labels[-1].strip():
         labels.pop()
     if len(labels) != num_classes:

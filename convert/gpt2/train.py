@@ -177,7 +177,8 @@ def read_text(path: str | Path, ckpt: Path, cfg: GPT2Config, seq: int) -> TextDa
     """The text file tokenized with the checkpoint's own tokenizer, cut into windows of seq + 1 tokens; the last
     HOLDOUT of the tokens is held out. Too little text, or tokens the model has no row for, fail here."""
     path = Path(path)
-    text = files.read_text(path, what="--data", error=ConvertError, hint="GPT-2 fine-tunes on one UTF-8 text file")
+    text = files.read_text(path, what="--data", error=ConvertError, hint="GPT-2 fine-tunes on one UTF-8 text file",
+                           empty_ok=True)  # too little text fails below, saying how much is needed
     ids = np.asarray(tokenizer_of(ckpt).encode(text), dtype=np.int32)
     if len(ids) and ids.max() >= cfg.vocab_size:
         raise ConvertError(f"--data {path}: the tokenizer gives token id {int(ids.max())} but the model has "

@@ -82,6 +82,8 @@ def test_read_text_names_the_file_and_why_in_one_line(tmp_path, content, reason)
 def test_read_text_returns_the_text(tmp_path):
     (tmp_path / "t.txt").write_bytes("héllo\nwörld\n".encode())
     assert read_text(tmp_path / "t.txt", error=RuntimeLiteshipError) == "héllo\nwörld\n"
+    (tmp_path / "e.txt").write_bytes(b"\n")
+    assert read_text(tmp_path / "e.txt", empty_ok=True) == "\n"  # the caller's own check of the content says more
 
 
 def test_every_text_reader_goes_through_it(tmp_path):
@@ -95,5 +97,10 @@ def test_every_text_reader_goes_through_it(tmp_path):
         read_labels(missing)
     with pytest.raises(ConvertError, match=rf"^labels file {binary}: not UTF-8 text"):
         bit_labels(binary, 3)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ConvertError, match="^--labels .*empty.txt: no text in it"):
+        read_labels(tmp_path / "empty.txt")
+    with pytest.raises(ConvertError, match="has 0 labels but the checkpoint head has 3 classes"):  # its own count
+        bit_labels(tmp_path / "empty.txt", 3)
     (tmp_path / "l.txt").write_text("cat\n\ndog\n")
     assert read_labels(tmp_path / "l.txt") == ["cat", "dog"]
