@@ -284,7 +284,7 @@ def replace_folder(tmp: Path, out: Path) -> None:
     held back during the renames, and one that came meanwhile puts the old folder back (the new one returns to
     ``tmp`` for the caller to remove) before it is raised. The old folder is removed only once the new one stays.
     A signal the kernel hands to another thread reaches Python a moment later: if that is after the swap, the swap
-    stands and the run still ends with 130."""
+    stands, the old folder is still removed (with SIGINT held back again), and the run ends with 130."""
     old, moved = None, False
     try:
         with signals_deferred():
@@ -303,9 +303,12 @@ def replace_folder(tmp: Path, out: Path) -> None:
                 os.replace(out, tmp)
                 if old is not None:
                     os.replace(old, out)
+                moved = False
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if moved and old is not None:  # the new folder stands
+            with signals_deferred():
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def current_umask() -> int:
