@@ -20,9 +20,9 @@ dimensions come from ``runner.get_input_details()`` / ``get_output_details()``).
    unwraps: both are private contracts.
 
 Checked on x86-64 with ai-edge-litert 2.3.0 (1, 2, 3), tflite-runtime 2.14.0 (1, 2) and tf.lite of TensorFlow
-2.21.0 (1, 2); .ci/board-tests runs 1 inside the emulated boards too (aarch64: ai-edge-litert and tflite-runtime
-2.14; armv7l: tflite-runtime 2.14). ``.ci/litert-newest`` runs the runtime tests on the newest ai-edge-litert
-release as well, so that a rename shows in CI first.
+2.21.0 (1, 2); inside the emulated boards of .ci/board-tests with ai-edge-litert 2.3.0 and tflite-runtime 2.14.0 on
+aarch64 and tflite-runtime 2.14.0 on armv7l (1, 2; 3 is not used off x86-64). ``.ci/litert-newest`` runs the
+runtime tests on the newest ai-edge-litert release as well, so that a rename shows in CI first.
 
 A missing private name fails in one line naming the backend and its version (RuntimeLiteshipError), where nothing
 else can serve. Where something can, it is used instead: without 3, ``host_buffers_available()`` is false and GPT-2
