@@ -11,6 +11,7 @@ import click
 from liteship.convert.quant import CLASSIFIER_MODES, SUFFIXES, Quant
 from liteship.errors import ConvertError
 from liteship.options import POSITIVE_FLOAT, MultiValueCommand, Number
+from liteship.runtime.files import read_text
 
 QUANT_CHOICES = [q.value for q in CLASSIFIER_MODES]
 
@@ -79,18 +80,10 @@ def image_preprocessing(input_spec: dict, mean: tuple[float, ...], std: tuple[fl
 
 def read_labels(path: Path) -> list[str]:
     """One class name per line (blank lines skipped), UTF-8 text; raises ConvertError naming the file."""
-    if not path.is_file():
-        raise ConvertError(f"--labels {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConvertError(f"--labels {path}: not UTF-8 text (byte {exc.start}); give one label per line") from None
+    text = read_text(path, what="--labels", error=ConvertError, hint="give one label per line")
     if "\0" in text:
         raise ConvertError(f"--labels {path}: a binary file, not one label per line")
-    found = [line.strip() for line in text.splitlines() if line.strip()]
-    if not found:
-        raise ConvertError(f"--labels {path}: no labels in it")
-    return found
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def convert_to_bundle(saved_model: Path, *, source: Path, out: Path, quant: Quant, calibration: Path | None,

@@ -44,6 +44,30 @@ def read_json(path: str | Path, *, kind: type = dict, error: type[LiteshipError]
     return data
 
 
+def read_text(path: str | Path, *, what: str = "", error: type[LiteshipError] = LiteshipError, hint: str = "",
+              empty_ok: bool = False) -> str:
+    """The UTF-8 text in ``path``; raises ``error`` as ``<what> <path>: <reason>[; <hint>]`` when it is missing, a
+    folder, unreadable, not UTF-8, or holds no text (nothing but white space) unless ``empty_ok`` (for a caller
+    whose own check of the content says more, e.g. how many tokens it needs)."""
+    path = Path(path)
+    where = f"{what} {path}" if what else str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        reason = "no such file"
+    except IsADirectoryError:
+        reason = "is a folder, not a text file"
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        reason = f"cannot read it ({exc.strerror})"
+    else:
+        if empty_ok or text.strip():
+            return text
+        reason = "no text in it"
+    raise error(f"{where}: {reason}" + (f"; {hint}" if hint else ""))
+
+
 def json_kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
@@ -260,7 +284,7 @@ def replace_folder(tmp: Path, out: Path) -> None:
     held back during the renames, and one that came meanwhile puts the old folder back (the new one returns to
     ``tmp`` for the caller to remove) before it is raised. The old folder is removed only once the new one stays.
     A signal the kernel hands to another thread reaches Python a moment later: if that is after the swap, the swap
-    stands and the run still ends with 130."""
+    stands, the old folder is still removed (with SIGINT held back again), and the run ends with 130."""
     old, moved = None, False
     try:
         with signals_deferred():
@@ -279,9 +303,12 @@ def replace_folder(tmp: Path, out: Path) -> None:
                 os.replace(out, tmp)
                 if old is not None:
                     os.replace(old, out)
+                moved = False
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if moved and old is not None:  # the new folder stands
+            with signals_deferred():
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def current_umask() -> int:

@@ -43,8 +43,9 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from liteship.errors import RuntimeLiteshipError
+from liteship.runtime.backend_private import HostTensorBuffer, SignatureSubgraph
 from liteship.runtime.bundle import cache_root
-from liteship.runtime.interpreter import HostTensorBuffer, backend_version, native_stderr_captured
+from liteship.runtime.interpreter import backend_version, native_stderr_captured
 from liteship.runtime.memory import (
     PLANNING_MMAP_THRESHOLD,
     STEADY_MMAP_THRESHOLD,
@@ -56,42 +57,25 @@ from liteship.runtime.token_table import TokenTable
 MASK_EMPTY = np.float32(-1e9)  # additive mask of an empty cache slot; exp(-1e9 - max) == 0 in float32
 
 
-def _tensor_details(interp, subgraph: int) -> list[dict]:
-    """interp.get_tensor_details(subgraph). tflite-runtime 2.14's public method reads subgraph 0 only, so there
-    ask its per-tensor helper, which takes the subgraph."""
-    try:
-        return interp.get_tensor_details(subgraph)
-    except TypeError:
-        details = []
-        for index in range(interp._interpreter.NumTensors(subgraph)):
-            try:
-                details.append(interp._get_tensor_details(index, subgraph))
-            except ValueError:  # a temporary tensor without a name: get_tensor_details skips those too
-                continue
-        return details
-
-
 class _SignatureBuffers:
     """A signature's input/output tensors as numpy views into the interpreter's own memory.
 
-    Uses the interpreter wrapper's per-subgraph ``tensor()``/``Invoke``/``ResizeInputTensor`` (ai-edge-litert,
-    tflite-runtime, tf.lite). The views stay valid until the next ``allocate()``, which replaces them: a resize
-    moves every tensor of the subgraph, so callers re-read ``inputs``/``outputs`` after one."""
+    The signature's subgraph is driven through runtime.backend_private (the wrapper's per-subgraph calls of
+    ai-edge-litert, tflite-runtime and tf.lite). The views stay valid until the next ``allocate()``, which replaces
+    them: a resize moves every tensor of the subgraph, so callers re-read ``inputs``/``outputs`` after one."""
 
     def __init__(self, interp, key: str):
         try:
             runner = interp.get_signature_runner(key)
         except ValueError:
             raise RuntimeLiteshipError(f"the model has no {key!r} signature; is it a liteship GPT-2 bundle?") from None
-        sig = interp._get_full_signature_list()[key]
-        self._interp = interp  # its wrapper is looked up per call: holding it would fail allocate_tensors' check
-        self._sub = runner._subgraph_index
-        self._in, self._out = sig["inputs"], sig["outputs"]
+        self._subgraph = SignatureSubgraph(interp, runner)
+        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        self._in = {n: d["index"] for n, d in inputs.items()}
+        self._out = {n: d["index"] for n, d in outputs.items()}
         self.output_names = list(self._out)
-        details = {d["index"]: d for d in _tensor_details(interp, self._sub)}
         # -1 marks a dimension the graph leaves open (the slot count, prefill's rows); older bundles have none
-        self.shape_signature = {n: [int(x) for x in details[i].get("shape_signature", details[i]["shape"])]
-                                for n, i in self._in.items() if i in details}
+        self.shape_signature = {n: [int(x) for x in d.get("shape_signature", d["shape"])] for n, d in inputs.items()}
         self.inputs: dict = {}
         self.outputs: dict = {}
 
@@ -100,26 +84,19 @@ class _SignatureBuffers:
         views) at the next allocate()."""
         for name, shape in shapes.items():
             if name in self._in:
-                self._interp._interpreter.ResizeInputTensor(self._in[name], np.array(shape, np.int32), False,
-                                                            self._sub)
+                self._subgraph.resize_input(self._in[name], shape)
 
     def allocate(self) -> None:
-        wrapper = self._interp._interpreter
-        try:
-            wrapper.AllocateTensors(self._sub)
-            self.inputs = {n: wrapper.tensor(self._interp, i, self._sub) for n, i in self._in.items()}
-            self.outputs = {n: wrapper.tensor(self._interp, i, self._sub) for n, i in self._out.items()}
-        except TypeError:  # an old interpreter whose tensor() has no subgraph argument
-            backend = getattr(self._interp, "liteship_backend", "this interpreter")
-            raise RuntimeLiteshipError(f"{backend} cannot give per-signature tensor views; GPT-2 generation needs "
-                                       "ai-edge-litert (pip install ai-edge-litert)") from None
+        self._subgraph.allocate()
+        self.inputs = {n: self._subgraph.view(i) for n, i in self._in.items()}
+        self.outputs = {n: self._subgraph.view(i) for n, i in self._out.items()}
 
     def cache(self, n_layer: int):
         """([k_0..k_{L-1}], [v_0..v_{L-1}]) as views, valid until the next allocate()."""
         return [self.inputs[f"k_{l}"] for l in range(n_layer)], [self.inputs[f"v_{l}"] for l in range(n_layer)]
 
     def invoke(self) -> None:
-        self._interp._interpreter.Invoke(self._sub)
+        self._subgraph.invoke()
 
 
 def _aligned(shape: tuple, dtype, align: int = 64) -> np.ndarray:
@@ -332,6 +309,13 @@ class KVCacheSession:
 
     def cache_description(self) -> str:
         return f"grows in steps of {self.slot_step} slots" if self.grow_cache else f"all {self.max_context} slots"
+
+    def tensors(self) -> dict[str, dict[str, np.ndarray]]:
+        """{"decode": {name: array}, "prefill": {...}}: every input and output of each signature as the array the
+        engine reads or writes now (the caches, prefill's logits rows), to see what memory a session holds. Valid
+        until the next prefill or decode (either may re-allocate); do not write to them."""
+        return {"decode": {**self._decode.inputs, **self._decode.outputs},
+                "prefill": {**self._prefill.inputs, **self._prefill.outputs}}
 
     def _cache_shapes(self, slots: int) -> dict[str, tuple]:
         shape = (self.n_head, slots, self.head_dim)

@@ -7,7 +7,8 @@ Backends, in the order ``auto`` tries them:
   imported here lazily and only when chosen, so importing liteship.runtime never pulls TensorFlow in.
 
 All three share the Interpreter API (get_signature_runner, allocate_tensors, tensor views), so callers use the
-returned object directly; ``interp.liteship_backend`` says which one it is.
+returned object directly; ``interp.liteship_backend`` says which one it is. What only their private API can do is
+reached through runtime.backend_private, which lists each such call and the versions it was checked on.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from liteship.errors import RuntimeLiteshipError
+from liteship.runtime.backend_private import host_buffers_available
 from liteship.runtime.tflite_file import read_model
 
 
@@ -242,74 +244,7 @@ def compiled_model_available(backend: str = "auto") -> bool:
         from ai_edge_litert.cpu_options import CpuOptions
     except ImportError:
         return False
-    return "xnnpack_weight_cache_path" in getattr(CpuOptions, "__dataclass_fields__", {}) and _litert_c() is not None
-
-
-class _Layout(ctypes.Structure):  # LiteRtLayout (litert/c/litert_layout.h): rank:7 and has_strides:1 in one uint
-    _fields_ = [("rank_bits", ctypes.c_uint32), ("dimensions", ctypes.c_int32 * 8), ("strides", ctypes.c_uint32 * 8)]
-
-
-class _RankedTensorType(ctypes.Structure):  # LiteRtRankedTensorType (litert/c/litert_model_types.h), 72 bytes
-    _fields_ = [("element_type", ctypes.c_int), ("layout", _Layout)]
-
-
-_ELEMENT_TYPES = {"float32": 1, "int32": 2}  # LiteRtElementType = TfLiteType values
-
-
-@functools.lru_cache(maxsize=None)
-def _litert_c():
-    """LiteRT's C library as shipped in the ai-edge-litert wheel, or None. The one private door this module opens
-    besides the interpreter wrapper: the Python API of ai-edge-litert 2.3 makes host-memory TensorBuffers rank-1
-    only, which a shaped input (the KV cache [H, S, hd]) refuses; the C API's LiteRtCreateTensorBufferFromHostMemory
-    (a public, versioned symbol) takes the shape. Checked on ai-edge-litert 2.3.0, x86-64."""
-    try:
-        import ai_edge_litert
-
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(ai_edge_litert.__file__), "libLiteRt.so"))
-        create, destroy = lib.LiteRtCreateTensorBufferFromHostMemory, lib.LiteRtDestroyTensorBuffer
-    except (ImportError, OSError, AttributeError):
-        return None
-    if ctypes.sizeof(_RankedTensorType) != 72:
-        return None
-    create.argtypes = [ctypes.POINTER(_RankedTensorType), ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                       ctypes.POINTER(ctypes.c_void_p)]
-    create.restype = ctypes.c_int
-    destroy.argtypes = [ctypes.c_void_p]
-    destroy.restype = None
-    return lib
-
-
-_new_capsule = ctypes.pythonapi.PyCapsule_New
-_new_capsule.restype = ctypes.py_object
-_new_capsule.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-_CAPSULE_NAME = ctypes.c_char_p(b"LiteRtTensorBuffer")  # what ai_edge_litert's CompiledModel.run_by_name unwraps
-
-
-class HostTensorBuffer:
-    """A LiteRT TensorBuffer over a numpy array's own memory, in the array's shape: LiteRT reads and writes the
-    array in place. ``capsule`` is what CompiledModel.run_by_name takes; keep this object (and the array) alive
-    as long as the model may use it. The array must be C-contiguous and 64-byte aligned."""
-
-    def __init__(self, array):
-        lib = _litert_c()
-        if not array.flags.c_contiguous or array.ctypes.data % 64:
-            raise ValueError("a host tensor buffer needs a C-contiguous, 64-byte aligned array")
-        kind = _RankedTensorType(element_type=_ELEMENT_TYPES[array.dtype.name])
-        kind.layout.rank_bits = array.ndim  # has_strides (bit 7) stays 0
-        for i, d in enumerate(array.shape):
-            kind.layout.dimensions[i] = d
-        handle = ctypes.c_void_p()
-        status = lib.LiteRtCreateTensorBufferFromHostMemory(ctypes.byref(kind), array.ctypes.data, array.nbytes,
-                                                            None, ctypes.byref(handle))
-        if status:
-            raise RuntimeLiteshipError(f"LiteRT could not wrap a {array.shape} buffer (status {status})")
-        self._lib, self._handle, self.array = lib, handle.value, array
-        self.capsule = _new_capsule(handle.value, _CAPSULE_NAME, None)
-
-    def __del__(self):
-        if getattr(self, "_handle", None):
-            self._lib.LiteRtDestroyTensorBuffer(self._handle)  # the model holds its own reference while it uses it
-            self._handle = None
+    return "xnnpack_weight_cache_path" in getattr(CpuOptions, "__dataclass_fields__", {}) and host_buffers_available()
 
 
 def create_compiled_model(model_path: str | os.PathLike, *, num_threads: int, weight_cache: str | os.PathLike | None):

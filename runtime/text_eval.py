@@ -20,6 +20,7 @@ import numpy as np
 
 from liteship.errors import RuntimeLiteshipError
 from liteship.runtime.bundle import is_bundle
+from liteship.runtime.files import read_text
 
 # A window's logits, (T, V), from an empty cache: what both a bundle and a reference provide.
 WindowLogits = Callable[[np.ndarray], np.ndarray]
@@ -110,17 +111,6 @@ def evaluate_ids(model: WindowLogits, ids: Sequence[int], *, context: int, refer
     return result
 
 
-def read_text(path: str | Path) -> str:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise RuntimeLiteshipError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise RuntimeLiteshipError(f"{path}: cannot read it ({exc.strerror})") from None
-    return text
-
-
 def evaluate_text(bundle, text_file: str | Path, *, reference: str | Path | None = None,
                   threads: int | None = None, backend: str = "auto",
                   progress: Callable[[int], None] | None = None, on_windows: Callable[[int], None] | None = None
@@ -134,7 +124,8 @@ def evaluate_text(bundle, text_file: str | Path, *, reference: str | Path | None
     bundle = Bundle.open(bundle)
     if bundle.family != "gpt2":
         raise RuntimeLiteshipError(f"{bundle.root}: a {bundle.family!r} bundle, not a GPT-2 one")
-    ids = ByteLevelBPETokenizer.from_bundle(bundle).encode(read_text(text_file))  # the text first: fail fast
+    text = read_text(text_file, error=RuntimeLiteshipError, empty_ok=True)  # the text first: fail fast
+    ids = ByteLevelBPETokenizer.from_bundle(bundle).encode(text)
     if len(ids) < 2:
         raise RuntimeLiteshipError(f"{text_file}: {len(ids)} token(s); perplexity needs at least 2")
     session = KVCacheSession(bundle, threads=threads, backend=backend)

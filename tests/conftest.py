@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
 needs_tensorflow = pytest.mark.skipif(not HAS_TENSORFLOW, reason="needs the [convert] extra (TensorFlow)")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, size)`` mounts a tmpfs of ``size`` (mount's size=, e.g. "64k") at tmp_path / name, unmounted
+    after the test: a small disk to fill up or remount read-only. Skips the test where mounting is not allowed
+    (it needs root with CAP_SYS_ADMIN)."""
+    mounts = []
+
+    def mount(name: str, size: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True)
+        if made.returncode != 0:
+            pytest.skip(f"cannot mount a {size} tmpfs here ({made.stderr.decode().strip()}); the full-disk tests "
+                        "need root with CAP_SYS_ADMIN")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

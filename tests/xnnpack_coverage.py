@@ -16,11 +16,12 @@ def xnnpack_coverage(tflite_path: str | Path) -> dict:
     """
     import collections
 
+    from liteship.runtime.backend_private import ops_details
     from liteship.runtime.interpreter import create_interpreter
 
     interpreter = create_interpreter(tflite_path, use_xnnpack=True)
     interpreter.allocate_tensors()
-    ops = interpreter._get_ops_details()  # no public API lists the execution plan
+    ops = ops_details(interpreter)  # no public API lists the execution plan
     partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
     originals = [op for op in ops if op["op_name"] != "DELEGATE"]
     partition_outputs = {t for op in partitions for t in op["outputs"]}

@@ -21,7 +21,7 @@ from liteship.convert.bit.config import BiTConfig, get_config
 from liteship.convert.prune import read_pruning
 from liteship.convert.quant import Quant
 from liteship.errors import ConvertError
-from liteship.runtime.files import work_dir
+from liteship.runtime.files import read_text, work_dir
 
 FAMILY = "bit"
 TASK = "image-classification"
@@ -153,14 +153,7 @@ def build_keras(checkpoint: Checkpoint, *, image_size: int | None = None, groupn
 
 def read_labels(path: str | Path, num_classes: int) -> bytes:
     """The labels file's bytes, checked to hold one label per class."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConvertError(f"labels file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise ConvertError(f"labels file {path} is not UTF-8 text") from None
-    labels = text.splitlines()
+    labels = read_text(path, what="labels file", error=ConvertError, empty_ok=True).splitlines()  # counted below
     while labels and not labels[-1].strip():
         labels.pop()
     if len(labels) != num_classes:

@@ -27,6 +27,7 @@ from liteship.convert.gpt2 import weights as W
 from liteship.convert.gpt2.config import ACTIVATIONS, GPT2Config
 from liteship.convert.gpt2.model import param_shapes
 from liteship.errors import ConvertError
+from liteship.runtime import files
 
 HOLDOUT = 0.1  # the last tenth of the text's tokens is held out to measure perplexity
 MIN_WINDOWS = 2  # training and held-out text each need at least this many windows
@@ -176,12 +177,8 @@ def read_text(path: str | Path, ckpt: Path, cfg: GPT2Config, seq: int) -> TextDa
     """The text file tokenized with the checkpoint's own tokenizer, cut into windows of seq + 1 tokens; the last
     HOLDOUT of the tokens is held out. Too little text, or tokens the model has no row for, fail here."""
     path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"--data {path}: not a file (GPT-2 fine-tunes on one UTF-8 text file)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ConvertError(f"--data {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = files.read_text(path, what="--data", error=ConvertError, hint="GPT-2 fine-tunes on one UTF-8 text file",
+                           empty_ok=True)  # too little text fails below, saying how much is needed
     ids = np.asarray(tokenizer_of(ckpt).encode(text), dtype=np.int32)
     if len(ids) and ids.max() >= cfg.vocab_size:
         raise ConvertError(f"--data {path}: the tokenizer gives token id {int(ids.max())} but the model has "

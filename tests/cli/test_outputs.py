@@ -20,15 +20,9 @@ from tests.cli.harness import assert_failed_cleanly, cli_env, command, leftovers
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A 64 KiB tmpfs (root only); the test is skipped where mounting is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    return tmpfs("disk", "64k")
 
 
 def fill(folder: Path) -> None:

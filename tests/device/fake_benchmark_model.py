@@ -155,8 +155,9 @@ print("INFO: Running benchmark for at least %s iterations and at least 0 seconds
 print("INFO: " + stat(r))
 if flags.get("enable_op_profiling") in ("true", "1"):
     # The run's mean time shared over the model's op types by their op counts: the table's layout is the point.
+    from liteship.runtime.backend_private import ops_details
     ops = {{}}
-    for op in interp._get_ops_details():
+    for op in ops_details(interp):
         ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
     total, mean_ms, cdf = sum(ops.values()), np.mean(r) / 1e3, 0.0
     print("INFO: Operator-wise Profiling Info for Regular Benchmark Runs:")

@@ -188,16 +188,9 @@ def test_hostile_names_are_quoted(board, tiny_bundle, tmp_path):
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
+def tiny_disk(tmpfs):
     """A 1 MiB tmpfs as the board's working folder (needs root / CAP_SYS_ADMIN)."""
-    mount = tmp_path / "tiny-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a 1 MiB tmpfs here ({done.stderr.decode().strip()}); the full-disk tests "
-                    f"need root with CAP_SYS_ADMIN")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    return tmpfs("tiny-disk", "1m")
 
 
 def test_full_disk_is_refused_before_sending(ssh_env, tiny_bundle, tiny_disk, tmp_path):

@@ -198,16 +198,17 @@ def test_prefill_cache_holds_only_the_slots_a_chunk_attends_to(root, monkeypatch
     grown = KVCacheSession(root / "gpt2-fp32", engine="interpreter")
     full = KVCacheSession(root / "gpt2-fp32", grow_cache=False, engine="interpreter")
     H, hd = 2, 16
-    assert grown._prefill_cache[0][0].shape == (H, 1, hd) and full._prefill_cache[0][0].shape == (H, 64, hd)
+    assert grown.tensors()["prefill"]["k_0"].shape == (H, 1, hd)  # layer 0's cache copy: (H, slots, hd)
+    assert full.tensors()["prefill"]["k_0"].shape == (H, 64, hd)
     first = grown.prefill(seq[:8])  # one chunk, nothing cached before it
     assert grown.prefill_slots == 1
     rest = grown.prefill(seq[8:40])  # chunks starting at 8, 16, 24, 32 attend to 16, 16, 32, 32 slots
-    assert grown.prefill_slots == 32 and grown._prefill_cache[0][0].shape == (H, 32, hd)
+    assert grown.prefill_slots == 32 and grown.tensors()["prefill"]["k_0"].shape == (H, 32, hd)
     got = np.concatenate([first, rest])
     np.testing.assert_allclose(got, full.prefill(seq[:40]), atol=1e-5, rtol=0)
     np.testing.assert_allclose(got, ref["logits"][:40], atol=1e-4, rtol=0)  # the fp32 export test's tolerance
     grown.reset()
-    assert grown.prefill_slots == 1 and grown._prefill_cache[0][0].shape == (H, 1, hd)
+    assert grown.prefill_slots == 1 and grown.tensors()["prefill"]["k_0"].shape == (H, 1, hd)
 
 
 def test_generation_prefill_computes_one_row_of_logits(root):
@@ -218,11 +219,11 @@ def test_generation_prefill_computes_one_row_of_logits(root):
     prompt = list(ref["prompt"])  # 11 tokens: a full chunk of 8, then 3
     s = KVCacheSession(root / "gpt2-fp32")
     last = s.prefill(prompt, all_logits=False)
-    assert s.prefill_rows == 1 and s._prefill.outputs["logits"].shape == (1, 300)
+    assert s.prefill_rows == 1 and s.tensors()["prefill"]["logits"].shape == (1, 300)
     np.testing.assert_allclose(last[0], ref["logits"][len(prompt) - 1], atol=1e-4, rtol=0)  # fp32 tolerance
     s.reset()
     every = s.prefill(prompt)
-    assert s.prefill_rows == 8 and s._prefill.outputs["logits"].shape == (8, 300)
+    assert s.prefill_rows == 8 and s.tensors()["prefill"]["logits"].shape == (8, 300)
     np.testing.assert_allclose(every, ref["logits"][:len(prompt)], atol=1e-4, rtol=0)
     s.reset()
     np.testing.assert_array_equal(s.prefill(prompt, all_logits=False), last)
@@ -310,10 +311,11 @@ def test_compiled_engine_has_one_cache_memory_for_both_signatures(root, monkeypa
     s = KVCacheSession(root / "gpt2-fp32", engine="compiled")
 
     def shared():
-        (dk, dv), (pk, pv) = s._decode_cache, s._prefill.cache(s.n_layer)
-        return all(a is b for a, b in zip(dk + dv, pk + pv))
+        tensors = s.tensors()
+        names = [f"{kv}_{l}" for kv in "kv" for l in range(s.n_layer)]
+        return all(tensors["decode"][n] is tensors["prefill"][n] for n in names)
 
-    assert s._shared_cache and shared() and s.prefill_slots == s.slots == 16
+    assert shared() and s.prefill_slots == s.slots == 16
     got = [s.prefill(seq[:20])]  # grows to 32 slots before the chunk at 16
     assert s.slots == s.prefill_slots == 32 and shared()
     got += [s.decode(t)[None] for t in seq[20:36]]

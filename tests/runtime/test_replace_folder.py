@@ -86,3 +86,22 @@ def test_a_handler_run_inside_the_block_records_and_the_block_end_raises(handler
             errors._on_sigint(signal.SIGINT, None)  # what Python runs for a signal that arrived a moment before
             reached_end = True
     assert reached_end and errors.was_interrupted()
+
+
+def test_a_ctrl_c_while_the_old_folder_is_removed_still_removes_it(tmp_path, handler, monkeypatch):
+    """A Ctrl-C that reaches Python after the swap (sent to another thread, handled a moment later) lands while the
+    old folder is being removed: the new folder stands, the old one still goes (it was left as .b.old-PID), and the
+    run ends with the interrupt."""
+    out, tmp = folders(tmp_path)
+    real = files.shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        files.replace_folder(tmp, out)
+    assert (out / "model.tflite").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert errors.was_interrupted()
