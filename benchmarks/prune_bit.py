@@ -141,7 +141,7 @@ ALLOCATIONS = {
     "early-heavy (blocks 1-2 at one channel per group)": ((32, 32), (32, 32), (160, 160), (352, 352)),
     "earliest-max (blocks 1-3 at one channel per group)": ((32, 32), (32, 32), (32, 32), (480, 480)),
     "late-heavy (block 4 only)": ((64, 64), (128, 128), (256, 256), (128, 128)),
-    "a-heavy (the 1x1 a convolutions only)": ((32, 64), (32, 128), (32, 256), (128, 512)),
+    "a-heavy (the 1x1 a convolutions only)": ((32, 64), (32, 128), (32, 256), (96, 512)),
     "floor: one channel per group everywhere": ((32, 32), (32, 32), (32, 32), (32, 32)),
 }
 
