@@ -45,6 +45,7 @@ from liteship.runtime.bench import machine_summary  # noqa: E402
 from liteship.runtime.files import write_atomic  # noqa: E402
 
 RESULTS = HERE / "results" / "bit_prune.md"
+STRUCTURED_ROWS = ("fine-tuned", "structured 40%", "structured 40%, global")  # timed at larger inputs too
 
 
 def log(message: str) -> None:
@@ -191,8 +192,8 @@ def allocation_rows(variants: dict, config, data: dict, size: int, out: Path, th
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: export_only(variants[name][0], config, data, size, out / "uniform") / "model.tflite"
-             for name in ("fine-tuned", "structured 40%")}
-    removed = {"fine-tuned": 0.0, "structured 40%": variants["structured 40%"][1]["sparsity"]["measured"]}
+             for name in STRUCTURED_ROWS}
+    removed = {name: variants[name][1]["sparsity"]["measured"] for name in STRUCTURED_ROWS}
     for name, widths in ALLOCATIONS.items():
         narrowed, layers, removed[name] = allocation_layers(variants["fine-tuned"][0], config, widths)
         tflite = convert_layers(narrowed, layers, size, Quant.parse("int8"), data["calibration"],
@@ -277,6 +278,8 @@ def main(argv=None) -> int:
             f"magnitude {args.high_sparsity:.0%}": tuned("magnitude-high", method="magnitude",
                                                         sparsity=args.high_sparsity),
             "structured 40%": tuned("structured", method="structured", sparsity=0.4),
+            "structured 40%, global": tuned("structured-global", method="structured", sparsity=0.4,
+                                            allocation="global"),
             "QAT": tuned("qat", method="none", sparsity=0.0, qat=True),
         }
         out = work / "bundles"
@@ -292,9 +295,9 @@ def main(argv=None) -> int:
         scaling = {}
         for larger in args.latency_sizes:
             bundles = {name: export_only(variants[name][0], config, data, larger, out / f"at{larger}")
-                       for name in ("fine-tuned", "structured 40%")}
+                       for name in STRUCTURED_ROWS}
             scaling[larger] = timed(bundles, args.threads, args.runs, args.rounds)
-        macs = {s_: {name: conv_macs(variants[name][0], config, s_) for name in ("fine-tuned", "structured 40%")}
+        macs = {s_: {name: conv_macs(variants[name][0], config, s_) for name in STRUCTURED_ROWS}
                 for s_ in [size, *args.latency_sizes]}
         entropy = {name: P.int8_weight_entropy((rows[name]["bundle"] / "model.tflite").read_bytes())
                    for name in ("fine-tuned", "magnitude 50%", f"magnitude {args.high_sparsity:.0%}")}
@@ -348,6 +351,7 @@ def markdown(rows: dict, info: dict, sparse: dict) -> str:
                      f"{row['bytes']:,} | {row['bytes'] / base['bytes']:.3f} | {row['gzip']:,} | "
                      f"{row['gzip'] / base['gzip']:.3f} | {row['p50']:.3f} | {row['p50'] / base['p50']:.3f} |")
     mag, high, struct = rows["magnitude 50%"], rows[info["high"]], rows["structured 40%"]
+    glob = rows["structured 40%, global"]
     lines += [
         "",
         f"- magnitude 50% + fine-tune + int8: gzip {mag['gzip'] / base['gzip']:.3f}x (target <= 0.6x: "
@@ -359,9 +363,16 @@ def markdown(rows: dict, info: dict, sparse: dict) -> str:
         f"{ok(struct['bytes'] <= 0.7 * base['bytes'])}), accuracy "
         f"{100 * (struct['accuracy'] - base['accuracy']):+.2f} points "
         f"(target within 1: {ok(struct['accuracy'] >= base['accuracy'] - 0.01)})",
-        f"- QAT vs post-training int8: {100 * rows['QAT']['accuracy']:.2f}% vs {100 * base['accuracy']:.2f}% (target "
-        f"QAT >= PTQ: {ok(rows['QAT']['accuracy'] >= base['accuracy'])}); but post-training int8 loses nothing on "
-        "this model, and no BiT was found where it loses a point: benchmarks/results/bit_ptq_search.md",
+        f"- structured 40% with `--allocation global` (the same number of channels, taken where they cost the most "
+        f"compute): p50 {glob['p50'] / base['p50']:.3f}x (target <= 0.7x: {ok(glob['p50'] <= 0.7 * base['p50'])}), "
+        f"file {glob['bytes'] / base['bytes']:.3f}x (target <= 0.7x: {ok(glob['bytes'] <= 0.7 * base['bytes'])}), "
+        f"accuracy {100 * (glob['accuracy'] - base['accuracy']):+.2f} points "
+        f"(target within 1: {ok(glob['accuracy'] >= base['accuracy'] - 0.01)}); widths "
+        + ", ".join(f"{unit}: {text}" for unit, text in info["records"]["structured 40%, global"]["layers"].items()),
+        f"- QAT vs post-training int8 on this model: {100 * rows['QAT']['accuracy']:.2f}% vs "
+        f"{100 * base['accuracy']:.2f}% (QAT >= PTQ: {ok(rows['QAT']['accuracy'] >= base['accuracy'])}); "
+        "post-training int8 loses nothing here. The model where it loses a point (made with outlier channels) and "
+        "QAT against it: benchmarks/results/bit_qat_outlier.md",
         "- magnitude pruning leaves the dense .tflite the same size and speed (XNNPACK runs the zeros); only the "
         "compressed file shrinks. Structured pruning shrinks the file and the latency on any delegate.",
     ]
@@ -450,21 +461,23 @@ def latency_section(rows: dict, info: dict) -> list[str]:
         "",
         "## Structured 40%: latency against compute",
         "",
-        "The same two int8 checkpoints (fine-tuned, structured 40%) built at larger inputs: a dense int8 graph's "
+        "The same int8 checkpoints (fine-tuned, structured 40% uniform and global) built at larger inputs: a dense int8 graph's "
         "latency does not depend on its weight values, so these time the architectures where the convolutions' "
         f"work grows with the image and per-call costs do not (accuracy is measured at {size}x{size} only).",
         "",
-        "| input | MACs fine-tuned | MACs structured | MAC ratio | p50 fine-tuned ms | p50 structured ms | p50 ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| {size}x{size} | {macs[size]['fine-tuned']:,} | {macs[size]['structured 40%']:,} | "
-        f"{macs[size]['structured 40%'] / macs[size]['fine-tuned']:.3f} | {base['p50']:.3f} | {struct['p50']:.3f} | "
-        f"{struct['p50'] / base['p50']:.3f} |",
+        "| input | MACs fine-tuned | MAC ratio uniform | MAC ratio global | p50 fine-tuned ms | p50 uniform ms "
+        "| p50 global ms | p50 ratio uniform | p50 ratio global |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for larger, p50 in info["scaling"].items():
-        m = macs[larger]
-        lines.append(f"| {larger}x{larger} | {m['fine-tuned']:,} | {m['structured 40%']:,} | "
-                     f"{m['structured 40%'] / m['fine-tuned']:.3f} | {p50['fine-tuned']:.3f} | "
-                     f"{p50['structured 40%']:.3f} | {p50['structured 40%'] / p50['fine-tuned']:.3f} |")
+    glob = rows["structured 40%, global"]
+    for side, p50 in [(size, {"fine-tuned": base["p50"], "structured 40%": struct["p50"],
+                              "structured 40%, global": glob["p50"]}), *info["scaling"].items()]:
+        m = macs[side]
+        lines.append(f"| {side}x{side} | {m['fine-tuned']:,} | {m['structured 40%'] / m['fine-tuned']:.3f} | "
+                     f"{m['structured 40%, global'] / m['fine-tuned']:.3f} | {p50['fine-tuned']:.3f} | "
+                     f"{p50['structured 40%']:.3f} | {p50['structured 40%, global']:.3f} | "
+                     f"{p50['structured 40%'] / p50['fine-tuned']:.3f} | "
+                     f"{p50['structured 40%, global'] / p50['fine-tuned']:.3f} |")
     record = info["records"]["structured 40%"]
     widths = ", ".join(f"{unit}: {row}" for unit, row in record["layers"].items())
     lines += [
@@ -508,12 +521,14 @@ def allocation_section(info: dict) -> list[str]:
         "| allocation | (a, b) widths per unit | removed | MACs vs unpruned | p50 ms | p50 vs unpruned | XNNPACK |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    widths = {"fine-tuned": "64,64 / 128,128 / 256,256 / 512,512",
-              "structured 40%": " / ".join(f"{a},{b}" for a, b in info["records"]["structured 40%"]["unit_widths"])}
+    widths = {"fine-tuned": "64,64 / 128,128 / 256,256 / 512,512"}
+    widths |= {name: " / ".join(f"{a},{b}" for a, b in info["records"][name]["unit_widths"])
+               for name in STRUCTURED_ROWS[1:]}
     widths |= {name: " / ".join(f"{a},{b}" for a, b in w) for name, w in ALLOCATIONS.items()}
     for name, row in rows.items():
         cov = row["coverage"]
-        label = {"fine-tuned": "unpruned (fine-tuned)", "structured 40%": "uniform 40% (today's)"}.get(name, name)
+        label = {"fine-tuned": "unpruned (fine-tuned)", "structured 40%": "uniform 40% (`--allocation uniform`)",
+                 "structured 40%, global": "global 40% (`--allocation global`)"}.get(name, name)
         lines.append(f"| {label} | {widths[name]} | {row['removed']:.3f} | {row['macs'] / base['macs']:.3f} | "
                      f"{row['p50']:.3f} | {row['p50'] / base['p50']:.3f} | {cov['delegated']}/{cov['nodes']} "
                      f"nodes, {cov['partitions']} partitions |")
