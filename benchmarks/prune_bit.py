@@ -544,9 +544,9 @@ def allocation_section(info: dict) -> list[str]:
         f"- the fastest 40% allocation here: {best_name} at {best['p50'] / base['p50']:.3f}x (target <= 0.7x: "
         f"{'met' if best['p50'] <= 0.7 * base['p50'] else 'NOT met'}). Even the floor, "
         f"{floor['removed']:.1%} of the bottleneck channels gone, runs at {floor['p50'] / base['p50']:.3f}x: "
-        f"{floor['p50']:.3f} of the unpruned {base['p50']:.3f} ms is spent outside the bottleneck convolutions "
-        "(the stem, the projection shortcuts, every GroupNorm over the residual width, the residual adds, the head), "
-        "which no choice of bottleneck channels removes",
+        f"{floor['p50']:.3f} of the unpruned {base['p50']:.3f} ms remains with every bottleneck at its narrowest: "
+        "the stem, the projection shortcuts, every GroupNorm over the residual width, the residual adds, the head "
+        "and the one-channel-per-group bottlenecks themselves, which no choice of 40% removes",
         f"- ops XNNPACK leaves to LiteRT's own kernels in the unpruned int8 graph: {left_text}. They act on the "
         "(1, 1, groups, 1) per-group statistics, whose size is the group count (32), not the residual width or the "
         "image: the same in every row (each costs a trip out of the delegate and back, a fixed cost per GroupNorm "
