@@ -33,6 +33,9 @@ SIDECAR_NAME = "liteship-pruning.json"
 SIDECAR_SUFFIX = ".pruning.json"
 SCHEMA = "liteship.pruning/1"
 METHODS = ("structured", "magnitude")
+# Structured BiT: which channels make up the fraction removed (convert/bit/prune.py). uniform: the same fraction of
+# every unit; global: one ranking over all bottleneck channels, importance per unit of compute.
+ALLOCATIONS = ("uniform", "global")
 # Magnitude pruning reaches its final sparsity at this fraction of the fine-tuning steps and trains the rest with
 # the mask fixed, so the last steps recover accuracy at the sparsity that ships.
 PRUNE_UNTIL = 0.7
@@ -53,6 +56,7 @@ class PruneOptions:
     qat: bool = False  # quantization-aware fine-tuning (TFMOT quantize_model) after pruning
     quant: str = "fp32"  # the quantization the "after conversion" figures are measured in
     seed: int = 0
+    allocation: str = "uniform"  # structured BiT: one of ALLOCATIONS
 
     def __post_init__(self):
         if self.method not in METHODS + ("none",):
@@ -73,6 +77,11 @@ class PruneOptions:
             raise ConvertError(f"--learning-rate {self.learning_rate} must be positive")
         if self.batch_size < 1:
             raise ConvertError(f"--batch-size {self.batch_size} must be at least 1")
+        if self.allocation not in ALLOCATIONS:
+            raise ConvertError(f"unknown --allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
+        if self.allocation != "uniform" and self.method != "structured":
+            raise ConvertError(f"--allocation {self.allocation} picks channels to remove; use it with "
+                               "--method structured")
 
 
 def parse_m_by_n(text: str | None) -> tuple[int, int] | None:
@@ -122,7 +131,8 @@ def make_record(options: PruneOptions, *, family: str, source: str, weights_file
             "requested": {"sparsity": options.sparsity,
                           "m_by_n": f"{options.m_by_n[0]}:{options.m_by_n[1]}" if options.m_by_n else None,
                           "steps": options.steps, "learning_rate": options.learning_rate,
-                          "prune_embeddings": options.prune_embeddings, "qat": options.qat},
+                          "prune_embeddings": options.prune_embeddings, "qat": options.qat,
+                          "allocation": options.allocation},
             "source": source, "weights": {"file": weights_file.name, "sha256": weights_sha256(weights_file)},
             **report}
 

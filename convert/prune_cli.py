@@ -81,14 +81,18 @@ def _options(**kw):
 @prune_options
 @bit_options
 @click.option("--qat", is_flag=True, help="Fine-tune quantization-aware (TFMOT quantize_model) for int8.")
+@click.option("--allocation", type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
+              help="Structured: which bottleneck channels make up --sparsity. uniform: that fraction of every "
+                   "unit; global: one ranking over all units, importance per multiply-accumulate a channel costs "
+                   "(narrows the high-resolution early blocks first).")
 def prune_bit_command(source, out, data, steps, learning_rate, batch_size, quant, no_convert, seed, method,
-                      sparsity, m_by_n, prune_embeddings, variant, image_size, input_range, qat):
+                      sparsity, m_by_n, prune_embeddings, variant, image_size, input_range, qat, allocation):
     """Prune a BiT checkpoint (.npz or SavedModel folder), fine-tune it on your images; writes a BiT .npz."""
     from liteship.convert.bit.prune import prune_bit
 
     options = _options(method=method, sparsity=sparsity, m_by_n=m_by_n, steps=steps, learning_rate=learning_rate,
                        batch_size=batch_size, prune_embeddings=prune_embeddings, qat=qat, quant=quant or "fp32",
-                       seed=seed)
+                       seed=seed, allocation=allocation)
     prune_bit(source, out, data, options, variant=variant, image_size=image_size, input_range=input_range,
               convert=not no_convert, progress=progress)
     click.echo(out)

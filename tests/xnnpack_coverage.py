@@ -12,7 +12,9 @@ def xnnpack_coverage(tflite_path: str | Path) -> dict:
     After allocate_tensors the interpreter lists the model's original nodes plus one DELEGATE node per partition
     (LiteRT keeps the replaced nodes in the node table but not in the execution plan). A node still runs on its
     own iff one of its outputs reaches a model output or a partition's input without leaving a partition, so we
-    walk back from those tensors. Returns {"nodes", "delegated", "partitions", "undelegated": {op: count}}.
+    walk back from those tensors. Returns {"nodes", "delegated", "partitions", "undelegated": {op: count},
+    "undelegated_shapes": {op: sorted output shapes}} (the shapes say what a node left out of the delegate costs:
+    one of a fixed size, or one that grows with the model's width or the image).
     """
     import collections
 
@@ -38,5 +40,11 @@ def xnnpack_coverage(tflite_path: str | Path) -> dict:
                 needed.update(op["inputs"])
                 changed = True
     counts = collections.Counter(op["op_name"] for op in originals if op["index"] in undelegated)
+    shapes = {detail["index"]: tuple(int(d) for d in detail["shape"]) for detail in interpreter.get_tensor_details()}
+    left = collections.defaultdict(set)
+    for op in originals:
+        if op["index"] in undelegated:
+            left[op["op_name"]].update(shapes.get(t, ()) for t in op["outputs"])
     return {"nodes": len(originals), "delegated": len(originals) - len(undelegated),
-            "partitions": len(partitions), "undelegated": dict(sorted(counts.items()))}
+            "partitions": len(partitions), "undelegated": dict(sorted(counts.items())),
+            "undelegated_shapes": {name: sorted(value) for name, value in sorted(left.items())}}

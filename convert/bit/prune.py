@@ -13,6 +13,15 @@ filter's own L1 norm ranks nothing. What decides how much a bottleneck channel c
 (|gamma|: the GroupNorm in front of the next convolution) times the L1 norm of the standardized weights that read
 it. Channels are ranked inside their GroupNorm group and the same number is kept in every group: each new group
 is a subset of an old one (its statistics stay close), and the width stays a multiple of the group count.
+
+Which channels make up the fraction removed (--allocation):
+    uniform: every a and b convolution loses that fraction of its own channels (rounded per group).
+    global:  one ranking over all bottleneck channels, in steps of one channel from every group of a convolution
+             (its least important one in each group). A step is worth its channels' importance, normalised by the
+             mean importance of that convolution's channels (scores are not comparable across layers), divided by
+             the multiply-accumulates one of its channels costs at the training resolution (NetAdapt's idea: take
+             away where a channel costs the most time). The cheapest steps go first until the fraction of all
+             bottleneck channels is removed; every group keeps at least one channel.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import numpy as np
 from liteship.convert import prune as P
 from liteship.convert.bit import weights as W
 from liteship.convert.bit.config import BiTConfig
+from liteship.errors import ConvertError
 
 FAMILY = "bit"
 QAT_RANGE_SAMPLES = 64  # training images whose float activations set QAT's starting ranges
@@ -37,12 +47,56 @@ QAT_RANGE_SAMPLES = 64  # training images whose float activations set QAT's star
 
 def keep_per_group(scores: np.ndarray, groups: int, sparsity: float) -> np.ndarray:
     """Indices (sorted) of the channels to keep: the same number in every GroupNorm group, by score within it."""
-    width = len(scores)
-    size = width // groups  # channels per group
-    keep = max(1, int(round(size * (1.0 - sparsity))))
+    size = len(scores) // groups  # channels per group
+    return keep_top(scores, groups, max(1, int(round(size * (1.0 - sparsity)))))
+
+
+def keep_top(scores: np.ndarray, groups: int, keep: int) -> np.ndarray:
+    """Indices (sorted) of the `keep` best-scored channels of every GroupNorm group."""
+    size = len(scores) // groups
     kept = [g * size + np.sort(np.argsort(-scores[g * size:(g + 1) * size], kind="stable")[:keep])
             for g in range(groups)]
     return np.concatenate(kept)
+
+
+def channel_costs(config: BiTConfig, image_size: int) -> list[tuple[int, int]]:
+    """Multiply-accumulates one channel of each unit's a and b output costs at `image_size` (unpruned widths):
+    an a channel is an output of the 1x1 a conv at the unit's input resolution and an input of the 3x3 b conv; a
+    b channel is an output of the b conv and an input of the 1x1 c conv, both at the output resolution (BiT
+    strides in b). Positions are (image_size / stride)^2, the stem's stride 4 included."""
+    costs, channels = [], config.root_width
+    for block, units in enumerate(config.block_units):
+        width = config.bottleneck_width(block)
+        for unit in range(1, units + 1):
+            stride = 2 if block > 0 and unit == 1 else 1
+            out_side = max(1, image_size // (4 * 2 ** block))
+            in_positions, out_positions = (out_side * stride) ** 2, out_side ** 2
+            costs.append((channels * in_positions + 9 * width * out_positions,
+                          9 * width * out_positions + 4 * width * out_positions))
+            channels = 4 * width
+    return costs
+
+
+def global_keep_counts(scores: list[tuple[np.ndarray, np.ndarray]], costs: list[tuple[int, int]], groups: int,
+                       sparsity: float) -> list[tuple[int, int]]:
+    """Channels kept per group in every unit's (a, b), for the global allocation (module docstring). `scores` are
+    the channel importances of each unit's a and b outputs."""
+    convs = [score for pair in scores for score in pair]
+    cost = [c for pair in costs for c in pair]
+    total = sum(len(score) for score in convs)
+    steps_wanted = int(round(sparsity * total / groups))  # one step removes one channel from every group
+    candidates = []  # (value, conv, step)
+    for i, score in enumerate(convs):
+        size = len(score) // groups
+        ranked = np.sort((score / max(score.mean(), 1e-12)).reshape(groups, size), axis=1)  # (groups, size)
+        for step in range(size - 1):  # at least one channel stays in every group
+            candidates.append((float(ranked[:, step].mean()) / cost[i], i, step))
+    removed = [0] * len(convs)
+    # within a convolution a step is worth at least the one before it, so the cheapest steps are always prefixes
+    for _, i, _ in sorted(candidates)[:steps_wanted]:
+        removed[i] += 1
+    keep = [len(score) // groups - r for score, r in zip(convs, removed)]
+    return list(zip(keep[0::2], keep[1::2]))
 
 
 def channel_scores(gamma: np.ndarray, next_kernel: np.ndarray) -> np.ndarray:
@@ -50,33 +104,49 @@ def channel_scores(gamma: np.ndarray, next_kernel: np.ndarray) -> np.ndarray:
     return np.abs(gamma) * np.abs(next_kernel).sum(axis=(0, 1, 3))
 
 
-def structured_prune(config: BiTConfig, layers: dict, sparsity: float
-                     ) -> tuple[BiTConfig, dict, dict[str, str], float]:
-    """Narrow every unit's a and b convolutions. `layers` are `weights.map_tensors`' (standardized kernels).
+def unit_scopes(config: BiTConfig) -> list[str]:
+    return [f"block{block + 1}/unit{unit:02d}" for block, units in enumerate(config.block_units)
+            for unit in range(1, units + 1)]
+
+
+def structured_prune(config: BiTConfig, layers: dict, sparsity: float, *, allocation: str = "uniform",
+                     image_size: int | None = None) -> tuple[BiTConfig, dict, dict[str, str], float]:
+    """Narrow every unit's a and b convolutions. `layers` are `weights.map_tensors`' (standardized kernels);
+    `allocation` and `image_size` (global: the resolution the costs are counted at) as in the module docstring.
 
     Returns (config with unit_widths, new layers, per-unit "a 64->32, b 64->32", fraction of bottleneck channels
     removed)."""
     layers = {scope: dict(values) for scope, values in layers.items()}
+    groups = config.num_groups
+
+    def scores(scope):  # (a channel importances, b channel importances): each read by the next GroupNorm + conv
+        return tuple(channel_scores(layers[f"{scope}/{p}/group_norm"]["gamma"],
+                                    layers[f"{scope}/{p}/standardized_conv2d"]["kernel"]) for p in ("b", "c"))
+
+    if allocation == "global":
+        counts = global_keep_counts([scores(scope) for scope in unit_scopes(config)],
+                                    channel_costs(config, image_size or config.image_size), groups, sparsity)
+    elif allocation == "uniform":
+        counts = [tuple(max(1, int(round(len(s) // groups * (1.0 - sparsity)))) for s in scores(scope))
+                  for scope in unit_scopes(config)]
+    else:
+        raise ConvertError(f"unknown allocation {allocation!r}")
     widths, report, removed, total = [], {}, 0, 0
-    for block, units in enumerate(config.block_units):
-        for unit in range(1, units + 1):
-            scope = f"block{block + 1}/unit{unit:02d}"
-            conv = lambda p: layers[f"{scope}/{p}/standardized_conv2d"]  # noqa: E731
-            norm = lambda p: layers[f"{scope}/{p}/group_norm"]  # noqa: E731
-            keep_a = keep_per_group(channel_scores(norm("b")["gamma"], conv("b")["kernel"]), config.num_groups,
-                                    sparsity)
-            keep_b = keep_per_group(channel_scores(norm("c")["gamma"], conv("c")["kernel"]), config.num_groups,
-                                    sparsity)
-            old_a, old_b = conv("a")["kernel"].shape[3], conv("b")["kernel"].shape[3]
-            conv("a")["kernel"] = conv("a")["kernel"][:, :, :, keep_a]  # (1, 1, C_in, a)
-            norm("b").update(gamma=norm("b")["gamma"][keep_a], beta=norm("b")["beta"][keep_a])
-            conv("b")["kernel"] = conv("b")["kernel"][:, :, keep_a][:, :, :, keep_b]  # (3, 3, a, b)
-            norm("c").update(gamma=norm("c")["gamma"][keep_b], beta=norm("c")["beta"][keep_b])
-            conv("c")["kernel"] = conv("c")["kernel"][:, :, keep_b]  # (1, 1, b, 4w)
-            widths.append((len(keep_a), len(keep_b)))
-            report[scope] = f"a {old_a}->{len(keep_a)}, b {old_b}->{len(keep_b)}"
-            removed += old_a - len(keep_a) + old_b - len(keep_b)
-            total += old_a + old_b
+    for scope, (count_a, count_b) in zip(unit_scopes(config), counts):
+        conv = lambda p: layers[f"{scope}/{p}/standardized_conv2d"]  # noqa: E731
+        norm = lambda p: layers[f"{scope}/{p}/group_norm"]  # noqa: E731
+        score_a, score_b = scores(scope)
+        keep_a, keep_b = keep_top(score_a, groups, count_a), keep_top(score_b, groups, count_b)
+        old_a, old_b = conv("a")["kernel"].shape[3], conv("b")["kernel"].shape[3]
+        conv("a")["kernel"] = conv("a")["kernel"][:, :, :, keep_a]  # (1, 1, C_in, a)
+        norm("b").update(gamma=norm("b")["gamma"][keep_a], beta=norm("b")["beta"][keep_a])
+        conv("b")["kernel"] = conv("b")["kernel"][:, :, keep_a][:, :, :, keep_b]  # (3, 3, a, b)
+        norm("c").update(gamma=norm("c")["gamma"][keep_b], beta=norm("c")["beta"][keep_b])
+        conv("c")["kernel"] = conv("c")["kernel"][:, :, keep_b]  # (1, 1, b, 4w)
+        widths.append((len(keep_a), len(keep_b)))
+        report[scope] = f"a {old_a}->{len(keep_a)}, b {old_b}->{len(keep_b)}"
+        removed += old_a - len(keep_a) + old_b - len(keep_b)
+        total += old_a + old_b
     return dataclasses.replace(config, unit_widths=tuple(widths)), layers, report, removed / total
 
 
@@ -299,7 +369,8 @@ def prune_bit(source: str | Path, out: str | Path, data: str | Path, options: P.
     callbacks = [P.progress_callback(options.steps)]
     new_config = config
     if options.method == "structured":
-        new_config, layers, layer_report, removed = structured_prune(config, checkpoint.layers, options.sparsity)
+        new_config, layers, layer_report, removed = structured_prune(config, checkpoint.layers, options.sparsity,
+                                                                     allocation=options.allocation, image_size=size)
         model = model_from_layers(new_config, layers, size)
         quality["after_pruning"] = accuracy(model, images.x_test, images.y_test)
     elif options.method == "magnitude":

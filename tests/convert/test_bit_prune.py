@@ -57,9 +57,9 @@ def prune(work, name, **options):
     return work / f"{name}.npz", record
 
 
-@pytest.fixture(scope="module")
-def structured(work):
-    return prune(work, "structured", method="structured", sparsity=0.4)
+@pytest.fixture(scope="module", params=["uniform", "global"])
+def structured(work, request):
+    return prune(work, f"structured-{request.param}", method="structured", sparsity=0.4, allocation=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,43 @@ def test_structured_npz_is_narrower_and_groupnorm_valid(structured):
     assert sum(a + b for a, b in config.unit_widths) < sum(2 * CONFIG.bottleneck_width(b) for b in range(4))
     assert record["params"]["after"] < record["params"]["before"]
     assert record["params"]["after"] == sum(v.size for v in np.load(npz).values())
+
+
+def test_structured_removes_the_fraction_asked(structured):
+    """40% of all a and b output channels, within one channel per GroupNorm group of one convolution (the step the
+    global allocation removes in) for either allocation."""
+    npz, record = structured
+    from liteship.convert.bit.export import load_checkpoint
+
+    widths = load_checkpoint(npz, CONFIG).config.unit_widths
+    total = sum(2 * CONFIG.bottleneck_width(b) for b in range(4))
+    removed = total - sum(a + b for a, b in widths)
+    assert record["sparsity"]["measured"] == pytest.approx(removed / total)
+    assert abs(removed / total - 0.4) <= CONFIG.num_groups / total / 2 + 1e-9
+    assert record["requested"]["allocation"] in ("uniform", "global")
+
+
+def test_global_allocation_takes_the_costly_channels_first():
+    """Equal importance everywhere: the steps go where a channel costs the most multiply-accumulates (block1's at
+    the highest resolution), never below one channel per group, and the count removed is the one asked."""
+    from liteship.convert.bit.prune import channel_costs, global_keep_counts
+
+    config = CONFIG.replace(base_width=64)
+    groups = config.num_groups
+    scores = [(np.ones(config.bottleneck_width(b)), np.ones(config.bottleneck_width(b))) for b in range(4)]
+    costs = channel_costs(config, 32)
+    assert costs[0][0] > costs[1][0] > costs[2][0] > costs[3][0]  # the same channel costs less deeper down
+    keep = global_keep_counts(scores, costs, groups, 0.4)
+    total = sum(2 * config.bottleneck_width(b) for b in range(4))
+    assert total - groups * sum(a + b for a, b in keep) == round(0.4 * total / groups) * groups
+    assert keep[0] == (1, 1) and keep[1] == (1, 1) and keep[2] == (1, 1)  # blocks 1-3 as narrow as valid
+    assert min(min(pair) for pair in keep) >= 1
+    # one unimportant layer: the ranking is per unit of compute after normalising within each layer, so a layer
+    # whose channels are all alike is no cheaper to cut than another; a layer with a few weak channels is
+    weak = [tuple(s.copy() for s in pair) for pair in scores]
+    weak[3][1][::16] = 0.01  # one weak channel in every group of block4's b
+    keep_weak = global_keep_counts(weak, costs, groups, 0.4)
+    assert keep_weak[3][1] < keep[3][1]
 
 
 def test_structured_npz_agrees_with_the_pytorch_reference(structured):
@@ -285,3 +322,15 @@ def test_cli_reports_bad_data_in_one_line(work, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --data") and "not a folder" in err[-1]
     assert "Traceback" not in "\n".join(err)
+
+
+def test_cli_allocation_needs_structured_in_one_line(work, tmp_path, capsys):
+    from liteship.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "bit", str(work / "source.npz"), "--variant", "tiny", "--out", str(tmp_path / "o.npz"),
+              "--data", str(work / "digits"), "--method", "magnitude", "--allocation", "global"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: --allocation global picks channels to remove; use it with --method structured"
+    assert not (tmp_path / "o.npz").exists()
