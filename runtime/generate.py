@@ -507,9 +507,12 @@ class KVCacheSession:
     def _write(self, k_new, v_new, start: int, n: int, targets) -> None:
         """Copy the K/V of n new tokens into cache slots start..start+n-1. k_new/v_new: (L, H, T, hd), or per
         layer a list of (H, T, hd)."""
-        if self._kv_scales:
-            k_new = [_quantized(k_new[l][:, :n, :], self._kv_scales["k"][l]) for l in range(self.n_layer)]
-            v_new = [_quantized(v_new[l][:, :n, :], self._kv_scales["v"][l]) for l in range(self.n_layer)]
+        if self._kv_scales:  # one layer's temporaries at a time: all 2L at once stayed in the heap (12 MiB)
+            for ks, vs in targets:
+                for l in range(self.n_layer):
+                    ks[l][:, start:start + n, :] = _quantized(k_new[l][:, :n, :], self._kv_scales["k"][l])
+                    vs[l][:, start:start + n, :] = _quantized(v_new[l][:, :n, :], self._kv_scales["v"][l])
+            return
         for ks, vs in targets:
             for l in range(self.n_layer):
                 ks[l][:, start:start + n, :] = k_new[l][:, :n, :]  # (H, n, hd)
