@@ -123,3 +123,17 @@ def test_calibration_text_errors_name_the_option(tmp_path):
     (tmp_path / "ok.txt").write_text("x" * 40)
     assert [len(w) for w in calibration_windows(tmp_path / "ok.txt", Chars(), 16)] == [16, 16, 8]
     assert sum(len(w) for w in calibration_windows(tmp_path / "ok.txt", Chars(), 16, max_tokens=20)) == 20
+
+
+def test_device_benchmark_phases_read_an_int8_cache(bundles):
+    """benchmark_model's flags for an int8-cache bundle: the cache gets its shape and no value range (only the
+    int32 index inputs do); it asked for a range for every integer input and failed on k_0."""
+    from liteship.device.benchmark_model import gpt2_phases
+    from liteship.runtime.bundle import Bundle
+
+    b = Bundle.open(bundles / "int8")
+    phases = gpt2_phases(b.model_path, b.config, (16,))
+    decode = dict(f[2:].split("=", 1) for f in phases[1].input_flags)
+    shapes = dict(zip(decode["input_layer"].split(","), decode["input_layer_shape"].split(":")))
+    assert shapes["k_0"].split(",")[1] == "16"
+    assert [r.split(",")[0] for r in decode["input_layer_value_range"].split(":")] == ["position"]
