@@ -137,3 +137,23 @@ def test_device_benchmark_phases_read_an_int8_cache(bundles):
     shapes = dict(zip(decode["input_layer"].split(","), decode["input_layer_shape"].split(":")))
     assert shapes["k_0"].split(",")[1] == "16"
     assert [r.split(",")[0] for r in decode["input_layer_value_range"].split(":")] == ["position"]
+
+
+def test_each_dequantize_sits_before_its_reader_and_prefill_copies(bundles):
+    """Where the DEQUANTIZEs go decides the memory (docs/gpt2_kv_cache.md): all at the front kept every layer's
+    float32 copy alive at once (+80 MiB at 896 tokens, 124M), and prefill's BATCH_MATMUL reading one directly kept
+    18 MiB more per 128-token chunk. So: each right before the operator that reads it, and in prefill through an
+    ADD (of 0) first."""
+    from liteship.runtime.tflite_file import read_model
+
+    m = read_model(bundles / "int8" / "model.tflite")
+    for sig in m.signatures:
+        sg = m.subgraphs[sig.subgraph]
+        ops = [(m.operator_names[c], ins, outs) for c, ins, outs in zip(sg.op_codes, sg.op_inputs, sg.op_outputs)]
+        for name in ("k_0", "v_0", "k_1", "v_1"):
+            [at] = [i for i, (op, ins, _) in enumerate(ops) if op == "DEQUANTIZE" and ins == [sig.inputs[name]]]
+            out = ops[at][2][0]
+            reader = ops[at + 1]
+            assert out in reader[1], (sig.key, name, reader[0])  # the next operator reads it
+            assert not any(out in ins for _, ins, _ in ops[:at]), (sig.key, name)
+            assert (reader[0] == "ADD") == (sig.key == "prefill"), (sig.key, name, reader[0])
