@@ -217,7 +217,7 @@ def gpt2_phases(model_path: str | Path, config: dict, contexts: tuple[int, ...] 
             shape = [fill if d == -1 else d for d in tensor.shape]
             names.append(name)
             shapes.append(",".join(str(d) for d in shape))
-            if tensor.dtype.startswith("int"):
+            if tensor.dtype == "int32":  # indices (positions, rows); an int8 KV cache takes any values
                 lo, hi = ranges[name]
                 values.append(f"{name},{lo},{hi}")
         out = [f"--input_layer={','.join(names)}", f"--input_layer_shape={':'.join(shapes)}"]

@@ -113,7 +113,7 @@ class _RankedTensorType(ctypes.Structure):  # LiteRtRankedTensorType (litert/c/l
     _fields_ = [("element_type", ctypes.c_int), ("layout", _Layout)]
 
 
-_ELEMENT_TYPES = {"float32": 1, "int32": 2}  # LiteRtElementType = TfLiteType values
+_ELEMENT_TYPES = {"float32": 1, "int32": 2, "int8": 9}  # LiteRtElementType = TfLiteType values
 
 
 @functools.lru_cache(maxsize=None)

@@ -201,6 +201,19 @@ SLOT_STEP = 128  # decode's cache grows this many slots at a time; a growth re-a
 MIN_CHUNK = 16  # prefill's chunk is never shortened below this (KVCacheSession.chunk_length)
 
 
+def _int8_cache_scales(decode_spec: dict, n_layer: int) -> dict | None:
+    """{"k": [L], "v": [L]} scales when the bundle's cache inputs are int8 (convert/gpt2/kv_int8.py), else None."""
+    inputs = {t["name"]: t for t in decode_spec.get("inputs", [])}
+    if inputs.get("k_0", {}).get("dtype") != "int8":
+        return None
+    return {kv: [float(inputs[f"{kv}_{l}"]["quantization"]["scale"]) for l in range(n_layer)] for kv in "kv"}
+
+
+def _quantized(x: np.ndarray, scale: float) -> np.ndarray:
+    """float32 K/V rows as the int8 cache holds them: round to nearest, saturate at the calibrated range."""
+    return np.clip(np.rint(x / np.float32(scale)), -128, 127).astype(np.int8)
+
+
 class KVCacheSession:
     """One sequence's state: the model (``engine``: auto, compiled or interpreter; see the module docstring), the
     cache, and how many slots are filled.
@@ -295,8 +308,11 @@ class KVCacheSession:
         self._prefill.resize(self._prefill_shapes(self.prefill_slots, self.prefill_rows, self.prefill_T))
         if engine == "interpreter":
             self.interp.allocate_tensors()  # applies the default (XNNPACK) delegate to every subgraph
+        # An int8 cache (bundles converted with --kv-cache int8): each new row is quantized as it is written
+        self._kv_scales = _int8_cache_scales(specs.get("decode", {}), self.n_layer)
+        self._cache_dtype = np.int8 if self._kv_scales else np.float32
         if self._shared_cache:  # the session's own arrays, bound to both signatures
-            cache = {n: _mapped(shape, np.float32) for n, shape in self._cache_shapes(self.slots).items()}
+            cache = {n: _mapped(shape, self._cache_dtype) for n, shape in self._cache_shapes(self.slots).items()}
             self._decode.bind(cache)
             self._prefill.bind(cache)
         self._decode.allocate()
@@ -431,7 +447,7 @@ class KVCacheSession:
         self._decode_cache = self._prefill_cache = None
         for arrays in (ks, vs):
             for l in range(self.n_layer):
-                new = _mapped((self.n_head, slots, self.head_dim), np.float32)  # (H, slots, hd), zeros
+                new = _mapped((self.n_head, slots, self.head_dim), self._cache_dtype)  # (H, slots, hd), zeros
                 new[:, :keep, :] = arrays[l][:, :keep, :]
                 arrays[l] = new  # the old array's last reference goes: unmapped here
         cache = self._cache_arrays((ks, vs))
@@ -475,6 +491,12 @@ class KVCacheSession:
     def _write(self, k_new, v_new, start: int, n: int, targets) -> None:
         """Copy the K/V of n new tokens into cache slots start..start+n-1. k_new/v_new: (L, H, T, hd), or per
         layer a list of (H, T, hd)."""
+        if self._kv_scales:  # one layer's temporaries at a time: all 2L at once stayed in the heap (12 MiB)
+            for ks, vs in targets:
+                for l in range(self.n_layer):
+                    ks[l][:, start:start + n, :] = _quantized(k_new[l][:, :n, :], self._kv_scales["k"][l])
+                    vs[l][:, start:start + n, :] = _quantized(v_new[l][:, :n, :], self._kv_scales["v"][l])
+            return
         for ks, vs in targets:
             for l in range(self.n_layer):
                 ks[l][:, start:start + n, :] = k_new[l][:, :n, :]  # (H, n, hd)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from liteship.convert.gpt2.config import GPT2Config
+from liteship.convert.gpt2.kv_int8 import KV_CACHE_TYPES
 from liteship.convert.quant import Quant
 from liteship.errors import ConvertError, RuntimeLiteshipError
 from liteship.runtime.files import read_json, require, work_dir
@@ -202,10 +203,32 @@ def convert_with_placeholders(cfg: GPT2Config, params: dict, quant: Quant, work:
     return report
 
 
+def int8_cache_scales(ckpt: Path, cfg: GPT2Config, params: dict, calibration, say) -> tuple[dict, dict]:
+    """(scales for kv_int8.int8_cache_inputs, what the manifest records) from the calibration text's K/V ranges,
+    measured on the checkpoint's float32 weights."""
+    from types import SimpleNamespace
+
+    from liteship.convert.gpt2.kv_int8 import calibration_windows, kv_ranges, scales_for
+    from liteship.convert.gpt2.weights import materialize
+    from liteship.runtime.tokenizer import ByteLevelBPETokenizer
+
+    assets = tokenizer_assets(ckpt)
+    files = SimpleNamespace(root=ckpt, manifest={"assets": {role: rel for role, (rel, _) in assets.items()}},
+                            config={}, asset=lambda role: assets[role][1])
+    windows = calibration_windows(calibration, ByteLevelBPETokenizer.from_bundle(files), cfg.n_positions)
+    tokens = sum(len(w) for w in windows)
+    say(f"measuring K/V ranges on {tokens} calibration tokens")
+    ranges = kv_ranges(cfg, {n: materialize(v) for n, v in params.items()}, windows)
+    gc.collect()
+    return scales_for(ranges), {"dtype": "int8", "calibration_tokens": tokens, "ranges": ranges}
+
+
 def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefill_len: int | None = None,
-           min_runtime: str | None = None, progress=None) -> ExportReport:
+           min_runtime: str | None = None, progress=None, kv_cache: str = "float32",
+           kv_calibration=None) -> ExportReport:
     """Convert the checkpoint folder ``ckpt`` to a bundle at ``out_dir``; returns what it took. ``min_runtime``
-    (``2.14``): a bundle that TFLite runtime loads, or a ConvertError (convert/quant.py)."""
+    (``2.14``): a bundle that TFLite runtime loads, or a ConvertError (convert/quant.py). ``kv_cache="int8"``:
+    the KV cache is stored as int8 with per-layer scales fixed from ``kv_calibration`` text (kv_int8.py)."""
     from liteship.convert.bundle import hash_source, write_bundle
     from liteship.convert.gpt2.weight_writer import PlaceholderMismatch
     from liteship.convert.gpt2.weights import load_checkpoint, materialize
@@ -219,11 +242,21 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
     if quant not in GPT2_QUANTS:
         raise ConvertError(f"GPT-2 supports --quant fp32, fp16, dynamic-int8 or int4, not {quant.value} "
                            "(full-integer attention needs calibration liteship does not do for text)")
+    if kv_cache not in KV_CACHE_TYPES:
+        raise ConvertError(f"--kv-cache must be one of {', '.join(KV_CACHE_TYPES)}, not {kv_cache!r}")
+    if kv_cache == "int8" and kv_calibration is None:
+        raise ConvertError("--kv-cache int8 needs --kv-calibration TEXT (text like the model's, to fix the scales)")
     ckpt = Path(ckpt)
     start = time.perf_counter()
     say(f"reading {ckpt}")
     cfg, params, source = load_checkpoint(ckpt, lazy=True)  # safetensors' matrices stay on disk until written
     C, P = resolve_lengths(cfg, max_context, prefill_len)
+    kv_scales = None
+    if kv_cache == "int8":
+        if weights_outside_flatbuffer(cfg):
+            raise ConvertError("--kv-cache int8 is for models under 1 GiB of fp32 weights (the rewrite needs the "
+                               "weights inside the flatbuffer)")
+        kv_scales, kv_config = int8_cache_scales(ckpt, cfg, params, kv_calibration, say)
     assets = tokenizer_assets(ckpt)
     config = {
         "model": cfg.to_dict(),
@@ -249,6 +282,12 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
                                       min_runtime=min_runtime)
         if quant is Quant.INT4:
             tflite.write_bytes(int4_weights(tflite.read_bytes()))
+        if kv_scales:
+            from liteship.convert.gpt2.kv_int8 import int8_cache_inputs
+
+            say("storing the KV cache as int8")
+            tflite.write_bytes(int8_cache_inputs(tflite.read_bytes(), kv_scales))
+            config["kv_cache"] = kv_config
         wte = materialize(params["wte.weight"])  # (V, E): what the runtime's token table must hold
         del params
         config["token_table"] = token_table_source(tflite, wte, assets, say)
