@@ -208,13 +208,14 @@ def allocation_rows(variants: dict, config, data: dict, size: int, out: Path, th
 
 def conv_macs_of(tflite: Path) -> int:
     """Multiply-accumulates of the CONV_2D and FULLY_CONNECTED ops of a .tflite (from its tensor shapes)."""
+    from liteship.runtime.backend_private import ops_details
     from liteship.runtime.interpreter import create_interpreter
 
     interpreter = create_interpreter(tflite, use_xnnpack=False)
     interpreter.allocate_tensors()
     shapes = {d["index"]: tuple(d["shape"]) for d in interpreter.get_tensor_details()}
     total = 0
-    for op in interpreter._get_ops_details():  # the node table; no public API lists it (as xnnpack_coverage)
+    for op in ops_details(interpreter):  # the node table; no public API lists it
         if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED"):
             weights, output = shapes[op["inputs"][1]], shapes[op["outputs"][0]]
             total += int(np.prod(weights)) * int(np.prod(output[1:-1]))  # (O, kh, kw, I) x output positions
