@@ -312,25 +312,26 @@ def test_an_interrupted_run_writes_nothing_and_keeps_the_old_output(work, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.npz"]
 
 
-def test_cli_reports_bad_data_in_one_line(work, tmp_path, capsys):
+def _prune_bit_cli(work, out, capsys, *args) -> tuple[int, list[str]]:
+    """`liteship prune bit` on the tiny source in-process: its exit code and stderr lines."""
     from liteship.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["prune", "bit", str(work / "source.npz"), "--variant", "tiny", "--out", str(tmp_path / "o.npz"),
-              "--data", str(tmp_path / "missing"), "--method", "structured", "--image-size", "32"])
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()
+        main(["prune", "bit", str(work / "source.npz"), "--variant", "tiny", "--out", str(out), *args])
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_cli_reports_bad_data_in_one_line(work, tmp_path, capsys):
+    code, err = _prune_bit_cli(work, tmp_path / "o.npz", capsys, "--data", str(tmp_path / "missing"),
+                               "--method", "structured", "--image-size", "32")
+    assert code == 1
     assert err[-1].startswith("error: --data") and "not a folder" in err[-1]
     assert "Traceback" not in "\n".join(err)
 
 
 def test_cli_allocation_needs_structured_in_one_line(work, tmp_path, capsys):
-    from liteship.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["prune", "bit", str(work / "source.npz"), "--variant", "tiny", "--out", str(tmp_path / "o.npz"),
-              "--data", str(work / "digits"), "--method", "magnitude", "--allocation", "global"])
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    code, err = _prune_bit_cli(work, tmp_path / "o.npz", capsys, "--data", str(work / "digits"),
+                               "--method", "magnitude", "--allocation", "global")
+    assert code == 1
     assert err[-1] == "error: --allocation global picks channels to remove; use it with --method structured"
     assert not (tmp_path / "o.npz").exists()
