@@ -430,7 +430,7 @@ def test_prefill_chunk_shrinks_at_long_context_and_changes_no_logit(root, monkey
     np.testing.assert_allclose(got, ref["logits"][:60], atol=1e-4, rtol=0)  # the fp32 export test's tolerance
     for fixed in (1, 3, P):
         other = KVCacheSession(root / "gpt2-fp32", engine=engine, prefill_chunk=fixed)
-        np.testing.assert_allclose(other.prefill(seq[:60]), got, atol=1e-5, rtol=0)  # only sum order differs
+        np.testing.assert_allclose(other.prefill(seq[:60]), got, atol=1e-4, rtol=0)  # sum order: 2e-5 on tflite-runtime
         assert other.prefill_T == fixed
     gen = TextGenerator(root / "gpt2-fp32")
     assert list(gen.generate_ids(seq[:50], 10, temperature=0, stop_on_eos=False)) == seq[50:60]
