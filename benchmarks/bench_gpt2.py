@@ -463,7 +463,9 @@ def target_lines(rows: list, base: float, fp32_size: int) -> list[str]:
     verdict = lambda ok: "met" if ok else "NOT met"
     int8, _, int8_size = by_name["liteship dynamic-int8"]
     full = by_name["liteship dynamic-int8, full cache"][0]["decode_tok_s_by_context"]
-    fp16_size = next(size for name, (_, _, size) in by_name.items() if name.startswith("liteship fp16"))
+    fp16_size = next((size for name, (_, _, size) in by_name.items() if name.startswith("liteship fp16")), None)
+    fp16 = ("not measured (--quants)" if fp16_size is None else
+            f"{fp16_size / fp32_size:.3f} (target <= 0.51: {verdict(fp16_size / fp32_size <= 0.51)})")
     d = int8["decode_tok_s_by_context"]
     peak = max(c["peak_rss_bytes"] for _, c, _ in by_name.values() if c)
     return [
@@ -475,7 +477,7 @@ def target_lines(rows: list, base: float, fp32_size: int) -> list[str]:
         f"- dynamic-int8 decode over a whole text, position 1 to 1024, every growth of the cache included: "
         f"{grown['tok_s']:.1f} tok/s grown, {full_whole['tok_s']:.1f} tok/s with the full cache",
         f"- file vs fp32: dynamic-int8 {int8_size / fp32_size:.3f} (target <= 0.27: {verdict(int8_size / fp32_size <= 0.27)}),"
-        f" fp16 {fp16_size / fp32_size:.3f} (target <= 0.51: {verdict(fp16_size / fp32_size <= 0.51)})",
+        f" fp16 {fp16}",
         *int4_lines(by_name, int8, fp32_size, verdict),
         f"- conversion peak RSS, worst variant: {peak / 1e9:.2f} GB = {peak / 2**30:.2f} GiB (target <= 4 GB: "
         f"{verdict(peak <= 4e9)})",
