@@ -14,9 +14,10 @@ Nothing else changes: the token table, the LM head and every other weight are th
 from the calibration text's per-channel ranges (kv_int8.kv_channel_ranges).
 
 Quantized weights: c_attn's rows are quantized one scale per output row (dynamic-int8, int4), which absorbs a row's
-factor exactly. c_proj's are too, so its input columns scaled by 1 / t_c change how its rows quantize: V's
-outlier channels, shrunk in the cache, come back as wider columns of c_proj. V_STRENGTH says how far V is
-equalized; docs/gpt2_kv_cache.md has the measurements behind it.
+factor exactly (not so with --min-runtime 2.14's one scale per tensor). c_proj's are too, so its input columns
+scaled by 1 / t_c change how its rows quantize: V's outlier channels, shrunk in the cache, come back as wider
+columns of c_proj. Measured (docs/gpt2_kv_cache.md), full equalization of both lost nothing in any weight format
+and beat equalizing halfway (strength 0.5) or K or V alone.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from liteship.convert.gpt2.weights import LazyTensor, materialize
 
 # factor = (reference / range) ** strength per channel: 1 gives every channel the same range, 0.5 meets halfway
-K_STRENGTH = 1.0  # nothing quantized pays for K's factors (Q stays float; c_attn's rows absorb them)
+K_STRENGTH = 1.0  # Q stays float and c_attn's per-row weight scales absorb the factors
 V_STRENGTH = 1.0
 # The equalized cache's range over the calibration's widest channel. Equalized, every channel sits at the top
 # of the range, where without equalization only the widest did: a channel that goes past its calibration range
