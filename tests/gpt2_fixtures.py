@@ -103,6 +103,23 @@ def make_trained_like(model, seed: int = 0) -> None:
             block.attn.c_attn.bias[:2 * E] *= QK_GAIN
 
 
+def add_kv_outliers(model, channels=(3, 17, 40), gain: float = 50.0) -> None:
+    """Give a transformers GPT-2 the K and V outlier channels trained GPT-2 has, in place, without changing what it
+    computes: K channel c times ``gain`` and Q channel c divided by it (q . k stays), V channel c times ``gain``
+    and c_proj's input row c divided by it (the attention output is a weighted sum of V rows, read by c_proj)."""
+    import torch
+
+    E = model.config.n_embd
+    with torch.no_grad():
+        for block in model.transformer.h:
+            w, b = block.attn.c_attn.weight, block.attn.c_attn.bias  # Conv1D [in, out]: columns q | k | v
+            for c in channels:
+                for column, factor in ((c, 1 / gain), (E + c, gain), (2 * E + c, gain)):
+                    w[:, column] *= factor
+                    b[column] *= factor
+                block.attn.c_proj.weight[c, :] /= gain  # [in, out]: input row c
+
+
 def write_tokenizer(folder: Path, cfg: GPT2Config, added: list[str] = ()) -> None:
     """vocab.json + merges.txt filling ids [0, vocab_size - 1 - len(added)), EOS after them, added tokens last."""
     vocab, merges = train_bpe(cfg.vocab_size - 257 - len(added))

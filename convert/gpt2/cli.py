@@ -25,8 +25,13 @@ from liteship.options import POSITIVE_INT
 @click.option("--kv-calibration", type=click.Path(path_type=str), default=None,
               help="Text like the model's (a UTF-8 .txt file or a folder of them) that fixes the int8 cache's "
                    "scales; needed with --kv-cache int8.")
+@click.option("--kv-equalize/--no-kv-equalize", default=None,
+              help="With --kv-cache int8: first even out K's and V's channels by factors folded into the attention "
+                   "weights (exact in float), so that the cache's one scale per tensor serves outlier channels and "
+                   "the rest alike [default: on].")
 @min_runtime_option
-def command(checkpoint_dir, out_dir, quant, max_context, prefill_len, kv_cache, kv_calibration, min_runtime):
+def command(checkpoint_dir, out_dir, quant, max_context, prefill_len, kv_cache, kv_calibration, kv_equalize,
+            min_runtime):
     """Convert a GPT-2 checkpoint (config.json, model.safetensors / pytorch_model.bin / tf_model.h5, tokenizer
     files) to a bundle with `prefill` and `decode` signatures and a runtime-owned KV cache."""
     from pathlib import Path
@@ -41,12 +46,15 @@ def command(checkpoint_dir, out_dir, quant, max_context, prefill_len, kv_cache, 
         raise click.UsageError("--kv-cache int8 needs --kv-calibration (text that fixes the cache's scales)")
     if kv_calibration is not None and kv_cache != "int8":
         raise click.UsageError("--kv-calibration is for --kv-cache int8")
+    if kv_equalize is not None and kv_cache != "int8":
+        raise click.UsageError("--kv-equalize / --no-kv-equalize is for --kv-cache int8")
     if out_dir is None:
         out_dir = str(default_out(Path(checkpoint_dir), Quant.parse(quant)))
     check_out_dir(out_dir)
     check_tokenizer(checkpoint_dir)
     report = export(checkpoint_dir, out_dir, quant=quant, max_context=max_context, prefill_len=prefill_len,
-                    min_runtime=min_runtime, progress=progress, kv_cache=kv_cache, kv_calibration=kv_calibration)
+                    min_runtime=min_runtime, progress=progress, kv_cache=kv_cache, kv_calibration=kv_calibration,
+                    kv_equalize=kv_equalize is not False)
     summary(report.bundle, quant=report.quantization, seconds=report.seconds)
 
 

@@ -203,12 +203,16 @@ def convert_with_placeholders(cfg: GPT2Config, params: dict, quant: Quant, work:
     return report
 
 
-def int8_cache_scales(ckpt: Path, cfg: GPT2Config, params: dict, calibration, say) -> tuple[dict, dict]:
-    """(scales for kv_int8.int8_cache_inputs, what the manifest records) from the calibration text's K/V ranges,
-    measured on the checkpoint's float32 weights."""
+def int8_cache(ckpt: Path, cfg: GPT2Config, params: dict, calibration, say, *,
+               equalize: bool = True) -> tuple[dict, dict, dict]:
+    """(the weights to convert, scales for kv_int8.int8_cache_inputs, what the manifest records) from the
+    calibration text's per-channel K/V ranges, measured on the checkpoint's float32 weights. ``equalize``: the
+    channels' ranges are first evened out by factors folded into the attention weights (kv_equalize.py), and
+    the weights returned are those; else they are ``params`` as they came."""
     from types import SimpleNamespace
 
-    from liteship.convert.gpt2.kv_int8 import calibration_windows, kv_ranges, scales_for
+    from liteship.convert.gpt2 import kv_equalize
+    from liteship.convert.gpt2.kv_int8 import calibration_windows, kv_channel_ranges, layer_ranges, scales_for
     from liteship.convert.gpt2.weights import materialize
     from liteship.runtime.tokenizer import ByteLevelBPETokenizer
 
@@ -218,17 +222,26 @@ def int8_cache_scales(ckpt: Path, cfg: GPT2Config, params: dict, calibration, sa
     windows = calibration_windows(calibration, ByteLevelBPETokenizer.from_bundle(files), cfg.n_positions)
     tokens = sum(len(w) for w in windows)
     say(f"measuring K/V ranges on {tokens} calibration tokens")
-    ranges = kv_ranges(cfg, {n: materialize(v) for n, v in params.items()}, windows)
+    channels = kv_channel_ranges(cfg, {n: materialize(v) for n, v in params.items()}, windows)
     gc.collect()
-    return scales_for(ranges), {"dtype": "int8", "calibration_tokens": tokens, "ranges": ranges}
+    config = {"dtype": "int8", "calibration_tokens": tokens, "equalized": equalize}
+    if equalize:
+        factors = kv_equalize.equalization(channels)
+        params = kv_equalize.equalized_params(params, factors)
+        config["ranges_unequalized"] = layer_ranges(channels)
+        # what the equalized weights give, exactly, and room above it
+        channels = {kv: channels[kv] * factors[kv] * kv_equalize.HEADROOM for kv in "kv"}
+    ranges = config["ranges"] = layer_ranges(channels)
+    return params, scales_for(ranges), config
 
 
 def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefill_len: int | None = None,
            min_runtime: str | None = None, progress=None, kv_cache: str = "float32",
-           kv_calibration=None) -> ExportReport:
+           kv_calibration=None, kv_equalize: bool = True) -> ExportReport:
     """Convert the checkpoint folder ``ckpt`` to a bundle at ``out_dir``; returns what it took. ``min_runtime``
     (``2.14``): a bundle that TFLite runtime loads, or a ConvertError (convert/quant.py). ``kv_cache="int8"``:
-    the KV cache is stored as int8 with per-layer scales fixed from ``kv_calibration`` text (kv_int8.py)."""
+    the KV cache is stored as int8 with per-layer scales fixed from ``kv_calibration`` text (kv_int8.py), its
+    channels first evened out in the attention weights unless ``kv_equalize`` is False (kv_equalize.py)."""
     from liteship.convert.bundle import hash_source, write_bundle
     from liteship.convert.gpt2.weight_writer import PlaceholderMismatch
     from liteship.convert.gpt2.weights import load_checkpoint, materialize
@@ -256,7 +269,7 @@ def export(ckpt, out_dir, *, quant="fp32", max_context: int | None = None, prefi
         if weights_outside_flatbuffer(cfg):
             raise ConvertError("--kv-cache int8 is for models under 1 GiB of fp32 weights (the rewrite needs the "
                                "weights inside the flatbuffer)")
-        kv_scales, kv_config = int8_cache_scales(ckpt, cfg, params, kv_calibration, say)
+        params, kv_scales, kv_config = int8_cache(ckpt, cfg, params, kv_calibration, say, equalize=kv_equalize)
     assets = tokenizer_assets(ckpt)
     config = {
         "model": cfg.to_dict(),

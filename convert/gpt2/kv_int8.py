@@ -13,8 +13,9 @@ In prefill each DEQUANTIZE's output goes through an ADD of 0 before the graph re
 prefill's BATCH_MATMUL directly, XNNPACK kept an extra 18 MiB of anonymous memory after a 128-token chunk (it
 appears to fuse the pair into something of its own); the copy costs one pass over the cache per chunk.
 
-The scales are fixed here, from K/V ranges measured on calibration text (kv_ranges): a value beyond the range
-saturates at run time.
+The scales are fixed here, from K/V ranges measured on calibration text (kv_channel_ranges): a value beyond the
+range saturates at run time. Before that, export evens out the channels' ranges by factors folded into the
+attention weights (kv_equalize.py), so that one scale per tensor serves every channel.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def calibration_windows(path, tokenizer, context: int, max_tokens: int = CALIBRA
     return [arr[s:s + context] for s in range(0, len(arr), context)]
 
 
-def kv_ranges(cfg, params: dict, token_ids: "list[np.ndarray]") -> dict[str, list[float]]:
-    """{"k": [L], "v": [L]}: the largest |K| and |V| each layer produces over the calibration windows (each a
-    token id array of at most n_positions), from the converter's own TF model on the float32 weights."""
+def kv_channel_ranges(cfg, params: dict, token_ids: "list[np.ndarray]") -> dict[str, np.ndarray]:
+    """{"k": (L, E), "v": (L, E)}: the largest |K| and |V| of every channel each layer produces over the
+    calibration windows (each a token id array of at most n_positions), from the converter's own TF model on the
+    float32 weights. Channel h * head_dim + d is head h's dimension d: the order of c_attn's output rows."""
     import tensorflow as tf
 
     from liteship.convert.gpt2.model import GPT2TF, cache_shapes
@@ -71,7 +73,7 @@ def kv_ranges(cfg, params: dict, token_ids: "list[np.ndarray]") -> dict[str, lis
     wte = np.asarray(params["wte.weight"], np.float32)
     kshape, vshape = cache_shapes(cfg, 0)
     empty_k, empty_v = tf.zeros(kshape), tf.zeros(vshape)
-    top = {"k": np.zeros(cfg.n_layer), "v": np.zeros(cfg.n_layer)}
+    top = {"k": np.zeros((cfg.n_layer, cfg.n_embd)), "v": np.zeros((cfg.n_layer, cfg.n_embd))}
     for ids in token_ids:
         T = len(ids)
         chunk_mask = np.triu(np.full((T, T), MASK_EMPTY, np.float32), k=1)
@@ -80,8 +82,14 @@ def kv_ranges(cfg, params: dict, token_ids: "list[np.ndarray]") -> dict[str, lis
                             [empty_k] * cfg.n_layer, [empty_v] * cfg.n_layer)
         for kv in "kv":
             for l in range(cfg.n_layer):
-                top[kv][l] = max(top[kv][l], float(np.abs(out[f"{kv}_new_{l}"].numpy()).max()))
-    return {kv: [float(x) for x in top[kv]] for kv in "kv"}
+                seen = np.abs(out[f"{kv}_new_{l}"].numpy()).max(axis=1)  # (H, T, hd) -> (H, hd)
+                top[kv][l] = np.maximum(top[kv][l], seen.reshape(-1))
+    return top
+
+
+def layer_ranges(channel_ranges: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    """{"k": [L], "v": [L]}: each layer's widest channel, the range its one int8 scale covers."""
+    return {kv: [float(x) for x in np.asarray(channel_ranges[kv]).max(axis=1)] for kv in "kv"}
 
 
 def scales_for(ranges: dict[str, list[float]]) -> dict[str, list[float]]:

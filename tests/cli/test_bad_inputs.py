@@ -202,6 +202,8 @@ CASES = [
     Case("kv-calibration-without-int8", ("convert", "gpt2", "{fx}/gpt2-checkpoint", "-o", "{tmp}/kv",
                                          "--kv-calibration", "{tmp}/t.txt"), ("--kv-calibration",), exit_code=2,
          setup=text_file, absent=("reading",)),
+    Case("kv-equalize-without-int8", ("convert", "gpt2", "{fx}/gpt2-checkpoint", "-o", "{tmp}/kv",
+                                      "--no-kv-equalize"), ("--no-kv-equalize",), exit_code=2, absent=("reading",)),
     Case("temperature-nan", (*GPT2, "--temperature", "nan"), ("--temperature",), exit_code=2),
     Case("temperature-denormal", (*GPT2, "--temperature", "1e-320"), ("--temperature",), exit_code=2),
     Case("temperature-negative", (*GPT2, "--temperature", "-1"), ("--temperature",), exit_code=2),

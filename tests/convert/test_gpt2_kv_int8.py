@@ -73,14 +73,17 @@ def test_int8_cache_holds_a_quarter_and_keeps_the_text(bundles, engine):
     # The int8 cache's values are the float cache's rounded: close, but not the same numbers (the path is live)
     diff = np.abs(logits["int8"] - logits["float"])
     assert diff.max() > 0
-    # This fixture's attention is sharp (random weights at 15x GPT-2's init range): observed mean |diff| 0.035 on
-    # logits up to 6.9 (max 0.75), and the same choice on 38 of 40 positions. Writing rows unscaled, or reading
+    # This fixture's attention is sharp (random weights at 15x GPT-2's init range): observed mean |diff| 0.044 on
+    # logits up to 6.9 (max 0.48), and the same choice on 37 of 40 positions; without equalization 0.035 (max
+    # 0.75), 38 of 40 (equalized, the int8 weights round differently too: see the first chunk below). Writing rows unscaled, or reading
     # them at a wrong scale, moves every logit by whole units.
     assert diff.mean() < 0.02 * np.abs(logits["float"]).max(), diff.mean()
     agree = (logits["int8"].argmax(1) == logits["float"].argmax(1)).mean()
     assert agree >= 0.9, agree
-    # Positions before any cached token (the prompt's first chunk) see no cache: identical there
-    np.testing.assert_array_equal(logits["int8"][0], logits["float"][0])
+    # Positions before any cached token (the prompt's first chunk) see no cache: there only the equalized weights
+    # differ, in how int8 rounds them (kv_equalize.py; with fp32 weights equal to 1e-4: test_gpt2_kv_equalize.py)
+    first = np.abs(logits["int8"][0] - logits["float"][0])
+    assert first.max() < 0.2 and first.max() < diff.max() / 2, (first.max(), diff.max())  # seen: 0.084, 0.48
 
 
 def test_engines_agree_on_the_int8_cache(bundles):
