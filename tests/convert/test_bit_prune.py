@@ -435,10 +435,12 @@ def test_other_modes_record_that_they_leave_the_ranges(work, qat, tmp_path, quan
 
 
 def test_checkpoint_without_ranges_converts_as_before(work, tmp_path):
-    """No ranges: export_bit's int8 file is byte for byte what converting the Keras model directly gives."""
+    """No ranges: the int8 file is byte for byte what converting the Keras model directly gives, and the manifest
+    has no qat_ranges."""
     from liteship.convert.bit.export import (
         build_keras,
         calibration_dataset,
+        checkpoint_to_tflite,
         export_bit,
         keras_to_tflite,
         load_checkpoint,
@@ -446,13 +448,14 @@ def test_checkpoint_without_ranges_converts_as_before(work, tmp_path):
     )
     from liteship.convert.quant import Quant
 
-    bundle = export_bit(work / "source.npz", tmp_path / "int8", variant=CONFIG, image_size=SIZE, quant="int8",
-                        calibration=work / "digits")
     checkpoint = load_checkpoint(work / "source.npz", CONFIG)
     assert checkpoint.qat_ranges == {}
-    rep = calibration_dataset(work / "digits", preprocessing_block(SIZE, "-1,1"))
-    direct, _ = keras_to_tflite(build_keras(checkpoint, image_size=SIZE), Quant.INT8, representative_dataset=rep)
-    assert (bundle / "model.tflite").read_bytes() == direct
+    rep = lambda: calibration_dataset(work / "digits", preprocessing_block(SIZE, "-1,1"))  # noqa: E731
+    ours, report = checkpoint_to_tflite(checkpoint, Quant.INT8, image_size=SIZE, representative_dataset=rep())
+    direct, _ = keras_to_tflite(build_keras(checkpoint, image_size=SIZE), Quant.INT8, representative_dataset=rep())
+    assert ours == direct and "qat_ranges" not in report
+    bundle = export_bit(work / "source.npz", tmp_path / "int8", variant=CONFIG, image_size=SIZE, quant="int8",
+                        calibration=work / "digits")
     assert "qat_ranges" not in json.loads((bundle / "manifest.json").read_text())["conversion"]
 
 
