@@ -419,6 +419,7 @@ def test_int8_bundle_follows_the_fake_quantized_model(work, tmp_path):
     bundle = export_bit(tmp_path / "qat.npz", tmp_path / "int8", variant=CONFIG, image_size=SIZE, quant="int8",
                         calibration=work / "digits")
     got = run_tflite(bundle, x)
+    # measured: 5.3% of the logit scale with the ranges, 14% when the same weights are re-calibrated instead
     np.testing.assert_allclose(got, want, atol=0.1 * np.abs(want).max())
     assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.9
 
