@@ -182,8 +182,8 @@ def allocation_rows(variants: dict, config, data: dict, size: int, out: Path, th
     """Other ways to pick which 40% of the bottleneck channels go, timed in int8 beside the unpruned and the
     uniform 40% models in one interleaved run (latency only: a dense int8 graph's latency does not depend on its
     weight values, so these are the fine-tuned checkpoint narrowed, not fine-tuned again)."""
-    from liteship.convert.bit.export import preprocessing_block
-    from liteship.convert.bit.prune import convert_layers
+    from liteship.convert.bit.export import Checkpoint, preprocessing_block
+    from liteship.convert.bit.prune import convert_checkpoint
     from liteship.convert.quant import Quant
 
     sys.path.insert(0, str(HERE.parent))  # tests.xnnpack_coverage: which ops XNNPACK leaves out
@@ -195,8 +195,8 @@ def allocation_rows(variants: dict, config, data: dict, size: int, out: Path, th
     removed = {name: variants[name][1]["sparsity"]["measured"] for name in STRUCTURED_ROWS}
     for name, widths in ALLOCATIONS.items():
         narrowed, layers, removed[name] = allocation_layers(variants["fine-tuned"][0], config, widths)
-        tflite = convert_layers(narrowed, layers, size, Quant.parse("int8"), data["calibration"],
-                                preprocessing_block(size, "-1,1"))
+        tflite = convert_checkpoint(Checkpoint(narrowed, layers, "-1,1", "bit-npz", Path(".")), size,
+                                    Quant.parse("int8"), data["calibration"], preprocessing_block(size, "-1,1"))
         paths[name] = out / f"allocation{len(paths)}.tflite"
         paths[name].write_bytes(tflite)
     coverage = {name: xnnpack_coverage(path) for name, path in paths.items()}

@@ -5,6 +5,7 @@ quantization: per-tensor instead of per-channel weights, and one calibration ima
     .venv/bin/python benchmarks/ptq_search_bit.py                  # ~12 min on 2 busy cores
     .venv/bin/python benchmarks/ptq_search_bit.py --shapes 1,1,1,1:64
     .venv/bin/python benchmarks/ptq_search_bit.py --outlier       # make one, then QAT vs PTQ (~25 min)
+    .venv/bin/python benchmarks/ptq_search_bit.py --outlier --model 1x192   # no sweep: that model only
 
 A model where int8 loses at least a point is what the QAT target needs (QAT int8 >= post-training int8
 there). No trained BiT here is one (the search), so --outlier makes one: trained networks often carry a few
@@ -14,7 +15,8 @@ the head's weights reading those channels divided by k. ReLU is positively homog
 linear, so the float logits do not change (asserted), but the per-tensor int8 scale of every tensor those channels
 pass through is now set by them. The sweep finds the fewest channels and smallest k at which post-training int8
 loses at least a point; that model is then fine-tuned the same number of steps once in float (then post-training
-int8) and once quantization-aware (`liteship qat bit`, then the same int8 conversion).
+int8) and once quantization-aware (`liteship qat bit`: learned activation ranges, which the int8 conversion then
+uses for those tensors instead of calibrating them).
 Writes benchmarks/results/bit_ptq_search.md (the search) or benchmarks/results/bit_qat_outlier.md (--outlier).
 """
 
@@ -39,6 +41,8 @@ from liteship.runtime.files import write_atomic  # noqa: E402
 
 RESULTS = HERE / "results" / "bit_ptq_search.md"
 OUTLIER_RESULTS = HERE / "results" / "bit_qat_outlier.md"
+# the tensors the pre-head outlier passes through that QAT gives a learned range (convert/bit/weights.py's names)
+HEAD_SITES = ("group_norm.scale", "group_norm.scaled", "group_norm__relu", "pool", "head__conv2d")
 HEAD_GAMMA, HEAD_BETA, HEAD_KERNEL = ("resnet/group_norm/gamma", "resnet/group_norm/beta",
                                       "resnet/head/conv2d/kernel")  # (C,), (C,), (1, 1, C, classes)
 SETTINGS = (("fp32", "fp32", None, False), ("int8, per-channel, 300 images", "int8", 300, False),
@@ -146,8 +150,21 @@ def runtime_accuracy(npz: Path, config, data: dict, size: int, quant: str, work:
     return accuracy
 
 
+def head_ranges(npz: Path, config, size: int, x) -> dict:
+    """{site: {"float": the checkpoint's float range on `x`, "qat": the range it carries}} for the tensors the
+    outlier passes through."""
+    from liteship.convert.bit.export import load_checkpoint
+    from liteship.convert.bit.prune import float_ranges
+    from liteship.convert.bit.train import model_from_layers
+
+    checkpoint = load_checkpoint(npz, config, input_range="-1,1")
+    floats = float_ranges(model_from_layers(checkpoint.config, checkpoint.layers, size), x)
+    return {site: {"float": floats[site], "qat": checkpoint.qat_ranges.get(site)} for site in HEAD_SITES}
+
+
 def outlier_experiment(data: dict, work: Path, size: int, epochs: int, counts: list[int], factors: list[float],
-                       steps: int, learning_rate: float) -> dict:
+                       steps: int, learning_rate: float, forced: bool = False) -> dict:
+    """`forced`: one count and one factor given (--model): that model is compared whatever its int8 loss."""
     import numpy as np
 
     from liteship.convert import prune as P
@@ -193,6 +210,8 @@ def outlier_experiment(data: dict, work: Path, size: int, epochs: int, counts: l
                 chosen = chosen or sweep[-1]
                 if int8 <= fp32 - 0.05:
                     break  # past the threshold: larger factors only lose more
+    if forced:
+        chosen = sweep[-1]
     if chosen is None:
         return {"trained": trained, "rows": rows, "sweep": sweep, "chosen": None, "test": len(y_test)}
     # the threshold model, and (if the sweep went further at that channel count) the most severe one
@@ -211,11 +230,14 @@ def outlier_experiment(data: dict, work: Path, size: int, epochs: int, counts: l
             options = P.PruneOptions(method="none", sparsity=0.0, steps=steps, learning_rate=learning_rate,
                                      batch_size=32, qat=qat)
             log(f"{name}, {label}: {options}")
-            prune_bit(npz, out, data["test_dir"].parent / "train", options, variant=config, image_size=size,
-                      convert=False, progress=log)
+            record = prune_bit(npz, out, data["test_dir"].parent / "train", options, variant=config,
+                               image_size=size, convert=False, progress=log)
             tuned[f"{name}, {label}"] = {q: runtime_accuracy(out, config, data, size, q, work, x_test, y_test)
                                          for q in ("fp32", "int8")}
             tuned[f"{name}, {label}"]["ratio"] = outlier_ratio(out, picked["channels"])
+            if qat:
+                tuned[f"{name}, {label}"]["fake_quantized"] = record["quality"]["fake_quantized"]
+                tuned[f"{name}, {label}"]["ranges"] = head_ranges(out, config, size, x_train)
             log(f"  {tuned}")
         rows |= tuned
         comparisons.append({"name": name, "outlier": rows[name], "ptq": list(tuned.values())[0],
@@ -235,6 +257,8 @@ def main(argv=None) -> int:
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8], help="--outlier: channels rescaled, fewest first")
     ap.add_argument("--factors", type=float, nargs="+", default=[8, 16, 32, 64, 128, 160, 192, 224, 256],
                     help="--outlier: the factors k tried, smallest first")
+    ap.add_argument("--model", default=None, metavar="COUNTxFACTOR",
+                    help="--outlier: skip the sweep and compare QAT with PTQ on this model (e.g. 1x192)")
     ap.add_argument("--steps", type=int, default=300, help="--outlier: fine-tuning steps (the pruning rows' budget)")
     ap.add_argument("--learning-rate", type=float, default=5e-4)
     ap.add_argument("--no-write", action="store_true")
@@ -243,12 +267,17 @@ def main(argv=None) -> int:
     if args.outlier:
         try:
             data = write_digits(work / "digits", test_fraction=0.25, calibration_count=300)
-            result = outlier_experiment(data, work, args.image_size, args.epochs, args.counts, args.factors,
-                                        args.steps, args.learning_rate)
+            counts, factors = args.counts, args.factors
+            if args.model:
+                count, factor = args.model.split("x")
+                counts, factors = [int(count)], [float(factor)]
+            result = outlier_experiment(data, work, args.image_size, args.epochs, counts, factors,
+                                        args.steps, args.learning_rate, forced=bool(args.model))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "machine": machine_summary(), "size": args.image_size, "epochs": args.epochs}
+                "machine": machine_summary(), "size": args.image_size, "epochs": args.epochs,
+                "load": os.getloadavg(), "model": args.model}
         text = outlier_markdown(result, info)
         print(text)
         if not args.no_write:
@@ -310,7 +339,8 @@ def outlier_markdown(result: dict, info: dict) -> str:
     lines = [
         "# A BiT where post-training int8 loses, made by outlier channels; QAT against it",
         "",
-        f"- date: {info['date']}; machine: {info['machine']} (shared and busy; no timings here)",
+        f"- date: {info['date']}; machine: {info['machine']}; load average at the end "
+        f"{', '.join(f'{v:.2f}' for v in info['load'])} (shared and busy; no timings here)",
         f"- base: the pruning benchmark's tiny BiT (one unit per block, stem width 64) trained "
         f"{result['trained']['epochs']} epochs on scikit-learn digits at {info['size']}x{info['size']}; accuracy on "
         f"the {test} held-out digits (one image is {100 / test:.2f} points) through LiteRT; int8 = `liteship convert "
@@ -323,8 +353,9 @@ def outlier_markdown(result: dict, info: dict) -> str:
         "",
         "## The sweep: fewest channels, smallest k at which post-training int8 loses a point",
         "",
-        f"Against the trained model's fp32 accuracy {100 * fp32:.2f}% (the rescale leaves fp32 as it is). For each "
-        "channel count, k grows until int8 loses at least a point.",
+        f"Against the trained model's fp32 accuracy {100 * fp32:.2f}% (the rescale leaves fp32 as it is). "
+        + (f"Run with `--model {info['model']}`: no sweep, that model only (the threshold an earlier full sweep "
+           "found)." if info.get("model") else "For each channel count, k grows until int8 loses at least a point."),
         "",
         "| channels | k | drift | float top-1 agreement | int8 accuracy | int8 vs fp32 (points) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -339,14 +370,19 @@ def outlier_markdown(result: dict, info: dict) -> str:
         return "\n".join(lines) + "\n"
     lines += [
         "",
-        f"- the threshold model: {chosen['count']} channel(s) x{chosen['factor']:g}, the first in the sweep (fewest "
-        f"channels, then smallest k) at which int8 loses at least a point ({100 * (chosen['int8'] - fp32):+.2f})",
+        (f"- the model compared: {chosen['count']} channel(s) x{chosen['factor']:g}, given with --model "
+         f"(post-training int8 {100 * (chosen['int8'] - fp32):+.2f} points against fp32)" if info.get("model") else
+         f"- the threshold model: {chosen['count']} channel(s) x{chosen['factor']:g}, the first in the sweep (fewest "
+         f"channels, then smallest k) at which int8 loses at least a point ({100 * (chosen['int8'] - fp32):+.2f})"),
         "",
         "## QAT against post-training int8 on those models, in one run",
         "",
         f"Both fine-tunings {result['steps']} steps (Adam, lr {result['lr']}, batch 32) from the outlier model, the "
         "pruning rows' budget: once in float (then post-training int8), once quantization-aware with `liteship qat "
-        "bit` (TFMOT quantize_model; its float weights are then converted to int8 exactly like the others).",
+        "bit` (TFMOT quantize_model with learned activation ranges: every convolution, ReLU, Add, the pooled "
+        "features, the logits and GroupNorm's two gamma-carrying inner tensors; the checkpoint carries the ranges "
+        "and `liteship convert bit --quant int8` gives those tensors them instead of calibrating, every other "
+        "tensor calibrated on the same 300 images).",
         "",
         "| model | fp32 | int8 | int8 vs fp32 (points) | outlier gamma / median abs(gamma) of the others |",
         "|---|---:|---:|---:|---:|",
@@ -360,22 +396,36 @@ def outlier_markdown(result: dict, info: dict) -> str:
         lines.append(f"- {c['name']}: QAT int8 {100 * qat:.2f}% vs post-training int8 {100 * ptq:.2f}% after the same "
                      f"fine-tuning (target QAT >= PTQ: {'met' if qat >= ptq else 'NOT met'}); before fine-tuning "
                      f"int8 {100 * c['outlier']['int8']:.2f}% vs fp32 {100 * c['outlier']['fp32']:.2f}%")
+    for c in result["comparisons"]:
+        qat = c["qat"]
+        lines += [
+            f"- {c['name']}: the QAT model itself (fake-quantized weights and activations, in TensorFlow) scores "
+            f"{100 * qat['fake_quantized']:.2f}% on the fifth of the training folder `liteship qat bit` holds out "
+            f"(not the held-out digits above, where its int8 bundle scores {100 * qat['int8']:.2f}%)",
+            "",
+            "Ranges of the tensors the outlier passes through, after QAT: its float weights' range on the "
+            "training images (what calibration would set) against the range QAT learned, which the bundle uses.",
+            "",
+            "| tensor | float min | float max | QAT min | QAT max | float width / QAT width |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for site, pair in qat["ranges"].items():
+            (flo, fhi), learned = pair["float"], pair["qat"]
+            if learned is None:
+                lines.append(f"| {site} | {flo:.4g} | {fhi:.4g} | - | - | - |")
+                continue
+            lines.append(f"| {site} | {flo:.4g} | {fhi:.4g} | {learned[0]:.4g} | {learned[1]:.4g} | "
+                         f"{(fhi - flo) / (learned[1] - learned[0]):.2f} |")
+        lines.append("")
     fine = [r for r in result["sweep"] if r["count"] == chosen["count"] and r["factor"] < chosen["factor"]]
-    last_fine = max((r["factor"] for r in fine), default=0)
-    max_before = max((100 * (fp32 - r["int8"]) for r in fine), default=0.0)
-    lines += [
-        f"- why QAT can do little here: the int8 scale of the pre-head activation is set by the outlier, "
-        f"{result['comparisons'][0]['outlier']['ratio']:.0f} times the median of the other channels' (last "
-        f"column; {result['rows']['trained']['ratio']:.1f} for the most important channel before the rescale). Undoing that means moving the outlier's gamma and beta by about "
-        "their own size or every other channel's by a large factor; Adam moves a weight by at most about the "
-        f"learning rate per step, {result['lr']} x {result['steps']} = {result['lr'] * result['steps']:.2f} in the "
-        "whole budget, and int8 conversion recalibrates every range from the float weights afterwards (QAT's "
-        "learned ranges are not kept). The ratio after either fine-tuning (last column) shows how little it moved.",
-        f"- the loss comes at a cliff: int8 loses at most {max_before:.2f} points up to x{last_fine:g}, then "
-        f"{-100 * (chosen['int8'] - fp32):.2f} at x{chosen['factor']:g}. Consistent with the per-tensor step "
-        "(range / 255 for a ReLU output) growing past the other channels' typical activations, so that they round "
-        "to zero together (inferred from the sweep, not traced tensor by tensor).",
-    ]
+    if fine:
+        last_fine = max(r["factor"] for r in fine)
+        max_before = max(100 * (fp32 - r["int8"]) for r in fine)
+        lines.append(
+            f"- the loss comes at a cliff: int8 loses at most {max_before:.2f} points up to x{last_fine:g}, then "
+            f"{-100 * (chosen['int8'] - fp32):.2f} at x{chosen['factor']:g}. Consistent with the per-tensor step "
+            "(range / 255) of the tensors the outlier passes through growing past the other channels' values, so "
+            "that they round together (inferred from the sweep, not traced tensor by tensor).")
     return "\n".join(lines) + "\n"
 
 

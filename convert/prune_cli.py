@@ -121,8 +121,9 @@ def prune_gpt2_command(source, out, data, steps, learning_rate, batch_size, quan
 @bit_options
 def qat_bit_command(source, out, data, steps, learning_rate, batch_size, quant, no_convert, seed, variant,
                     image_size, input_range):
-    """Quantization-aware fine-tuning (TFMOT quantize_model) of a BiT checkpoint on your images, for when
-    post-training int8 loses too much; writes a BiT .npz to convert with --quant int8."""
+    """Quantization-aware fine-tuning (TFMOT quantize_model, learned activation ranges) of a BiT checkpoint on
+    your images, for when post-training int8 loses too much; writes a BiT .npz that carries the ranges, to convert
+    with --quant int8 (which uses them instead of calibrating those tensors)."""
     from liteship.convert.bit.prune import prune_bit
     from liteship.convert.prune import PruneOptions
 

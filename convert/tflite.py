@@ -104,6 +104,31 @@ def lean_converter_memory() -> Iterator[LeanRun]:
         flatbuffer_utils.convert_object_to_bytearray = serialize
 
 
+@contextlib.contextmanager
+def calibration_edited(edit: Callable[[bytes], bytes]) -> Iterator[list]:
+    """While active, the converter's calibrated model (the float .tflite with each tensor's calibrated min and max,
+    convert/calibrated_ranges.py) passes through `edit` before the int8 quantizer reads it. Patches TensorFlow's
+    Calibrator.calibrate (tensorflow.lite.python.optimize.calibrator, private), which on TensorFlow 2.21 (checked)
+    the int8 recipe calls once and the MLIR quantizer then reads; the int16-activation recipe never calls it
+    (it calibrates and quantizes in one native call). Yields a list with one entry per edit made, so that a caller
+    can refuse a conversion the edit did not reach."""
+    from tensorflow.lite.python.optimize import calibrator
+
+    original = calibrator.Calibrator.calibrate
+    edits: list = []
+
+    def calibrate(self, dataset_gen):
+        result = edit(original(self, dataset_gen))
+        edits.append(True)
+        return result
+
+    calibrator.Calibrator.calibrate = calibrate
+    try:
+        yield edits
+    finally:
+        calibrator.Calibrator.calibrate = original
+
+
 def use_buffer_offsets(converter) -> None:
     """Has the converter write the weights after the flatbuffer, at 64-bit file offsets (schema.fbs Buffer.offset
     and .size), the layout of models past the flatbuffer's 2 GiB limit; it also skips the Python post-processing
@@ -162,14 +187,16 @@ def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str"
                         signature_keys: list[str] | None = None,
                         representative_dataset: Callable | None = None, io_type: str = "float32",
                         allow_tf_ops: bool = False, configure: Callable | None = None,
-                        min_runtime: str | None = None) -> tuple[bytes, dict]:
+                        min_runtime: str | None = None, calibrated_edit: Callable[[bytes], bytes] | None = None
+                        ) -> tuple[bytes, dict]:
     """Converts a SavedModel. Returns the .tflite bytes and a report (seconds, size, op counts, flex ops, and the
     runtime the file needs: ``runtime`` = {"target": min_runtime, "min_runtime_version": what the file records}).
 
     Without ``allow_tf_ops`` an op with no TFLite builtin is a ConvertError naming it; with it, the op is kept as a
     Flex (SELECT_TF_OPS) op and the report lists it: the runtime then needs the Flex delegate.
     ``min_runtime`` (e.g. ``2.14``) converts with the mode's recipe for that runtime and refuses a result that
-    needs a newer one."""
+    needs a newer one. ``calibrated_edit`` edits the calibrated model before int8 quantization
+    (calibration_edited); a conversion that does not calibrate raises then."""
     import tensorflow as tf
 
     path = Path(saved_model_dir)
@@ -188,8 +215,11 @@ def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str"
     if configure is not None:
         configure(converter)
     try:
-        with native_stderr_captured(), lean_converter_memory():
+        edited = calibration_edited(calibrated_edit) if calibrated_edit else contextlib.nullcontext([])
+        with native_stderr_captured(), lean_converter_memory(), edited as edits:
             data = converter.convert()
+    except ConvertError:  # from calibrated_edit, already one line naming what is wrong
+        raise
     except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
         message = str(exc)
         ops = unsupported_ops(message)
@@ -203,6 +233,9 @@ def convert_saved_model(saved_model_dir: str | os.PathLike, quant: "Quant | str"
         if "representative" in message.lower() or "calibrat" in message.lower():
             raise ConvertError(f"{path}: calibration failed: {_first_line(exc)}") from None
         raise ConvertError(f"{path}: conversion failed: {_first_line(exc)}") from None
+    if calibrated_edit is not None and len(edits) != 1:
+        raise ConvertError(f"{path}: --quant {quant.value}: the converter did not pass through the calibration step "
+                           "the quantization ranges are set in (checked on TensorFlow 2.21)")
     info = read_model(data)
     needed = info.min_runtime_version()
     check_runtime_target(info, min_runtime, f"--quant {quant.value}")  # the option, not a temporary SavedModel

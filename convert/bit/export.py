@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class Checkpoint:
     input_range: str  # a key of INPUT_RANGES
     format: str  # "bit-npz" | "saved-model"
     path: Path
+    qat_ranges: dict = field(default_factory=dict)  # {site: (min, max)} `liteship qat bit` learned (weights.py)
 
 
 def preprocessing_block(image_size: int, input_range: str) -> dict:
@@ -67,11 +68,12 @@ def load_checkpoint(source: str | Path, variant: str | BiTConfig, *, input_range
         raise ConvertError(f"BiT checkpoint not found: {path}")
     if path.is_dir():
         return _load_saved_model(path, base, input_range, image_size)
-    tensors = W.normalize_names(W.read_npz(path), str(path))
+    tensors, ranges = W.split_qat_ranges(W.read_npz(path), str(path))
+    tensors = W.normalize_names(tensors, str(path))
     config = dataclasses.replace(base, num_classes=W.num_classes_of(tensors, str(path)),
                                  unit_widths=W.unit_widths_of(tensors, base))
     layers = W.map_tensors(tensors, config, str(path))
-    return Checkpoint(config, layers, input_range or "-1,1", "bit-npz", path)
+    return Checkpoint(config, layers, input_range or "-1,1", "bit-npz", path, ranges)
 
 
 def _load_saved_model(path: Path, base: BiTConfig, input_range: str | None, image_size: int | None) -> Checkpoint:
@@ -163,7 +165,7 @@ def read_labels(path: str | Path, num_classes: int) -> bytes:
 
 
 def keras_to_tflite(model, quant: Quant, *, representative_dataset=None, io_type: str = "float32",
-                    min_runtime: str | None = None) -> tuple[bytes, dict]:
+                    min_runtime: str | None = None, calibrated_edit=None) -> tuple[bytes, dict]:
     """tf_keras model -> (.tflite bytes, conversion report) through a temporary SavedModel."""
     from liteship.convert.tflite import convert_saved_model, export_keras_to_saved_model
 
@@ -171,9 +173,75 @@ def keras_to_tflite(model, quant: Quant, *, representative_dataset=None, io_type
     try:
         export_keras_to_saved_model(model, tmp / "saved_model")
         return convert_saved_model(tmp / "saved_model", quant, representative_dataset=representative_dataset,
-                                   io_type=io_type, min_runtime=min_runtime)
+                                   io_type=io_type, min_runtime=min_runtime, calibrated_edit=calibrated_edit)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def qat_ranges_use(checkpoint: Checkpoint, quant: Quant, groupnorm: str) -> dict | None:
+    """What becomes of the checkpoint's QAT ranges in `quant` (the manifest's conversion.qat_ranges), or None
+    when it has none. int8 uses them; int8x16's 16-bit activations have the resolution to take the calibrated
+    ranges (and its converter calibrates and quantizes in one step no range can be set in between); the float
+    and dynamic modes have no activation ranges."""
+    if not checkpoint.qat_ranges:
+        return None
+    use = {"sites": len(checkpoint.qat_ranges), "used": quant is Quant.INT8}
+    if quant is Quant.INT8 and groupnorm != "channelmean":
+        raise ConvertError(f"{checkpoint.path}: its QAT ranges were learned on the channelmean GroupNorm lowering; "
+                           f"convert it with --groupnorm channelmean, not {groupnorm}")
+    if quant is Quant.INT8X16:
+        use["why_not"] = "int8x16 calibrates its 16-bit activation ranges"
+    elif quant is not Quant.INT8:
+        use["why_not"] = f"--quant {quant.value} has no calibrated activation ranges"
+    return use
+
+
+def qat_site_values(model, sites, image: np.ndarray) -> dict[str, np.ndarray]:
+    """The float values of each QAT range's site (weights.QAT_RANGES_PREFIX) in the exported Keras `model` on
+    `image` (1, S, S, 3): a layer's output, or a GroupNorm's inner tensor ("name.scale")."""
+    import tf_keras
+
+    layers = {layer.name: layer for layer in model.layers}
+    wanted = []  # (site, layer, inner tensor or None)
+    for site in sites:
+        name, _, inner = site.partition(".")
+        if name not in layers or (inner and inner not in ("scale", "scaled")):
+            raise ConvertError(f"QAT range {site!r} names no tensor of this BiT")
+        wanted.append((site, layers[name], inner or None))
+    probe = tf_keras.Model(model.inputs, [layer.input if inner else layer.output for _, layer, inner in wanted])
+    outputs = probe(image, training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return {site: np.asarray(layer.internals(value)[inner] if inner else value)
+            for (site, layer, inner), value in zip(wanted, outputs)}
+
+
+def checkpoint_to_tflite(checkpoint: Checkpoint, quant: Quant, *, image_size: int, groupnorm: str = "channelmean",
+                         representative_dataset=None, io_type: str = "float32", min_runtime: str | None = None
+                         ) -> tuple[bytes, dict]:
+    """The checkpoint as .tflite bytes and the conversion report. In int8, QAT ranges the checkpoint carries set
+    the ranges of their tensors (convert/calibrated_ranges.py; the report's "qat_ranges" says which); every other
+    tensor is calibrated on `representative_dataset`. A checkpoint without them converts as it always has."""
+    model = build_keras(checkpoint, image_size=image_size, groupnorm=groupnorm)
+    use = qat_ranges_use(checkpoint, quant, groupnorm)
+    edit = None
+    if use and use["used"]:
+        from liteship.convert.calibrated_ranges import set_ranges
+
+        spec = INPUT_RANGES[checkpoint.input_range]
+        image = (_probe_image(image_size) - np.float32(spec["mean"][0])) / np.float32(spec["std"][0])
+        values = qat_site_values(model, checkpoint.qat_ranges, image)
+        sites = {site: (values[site], pair) for site, pair in checkpoint.qat_ranges.items()}
+
+        def edit(calibrated: bytes) -> bytes:
+            edited, names = set_ranges(calibrated, image, sites)
+            use["tflite_tensors"] = sum(len(found) for found in names.values())
+            return edited
+
+    tflite, report = keras_to_tflite(model, quant, representative_dataset=representative_dataset, io_type=io_type,
+                                     min_runtime=min_runtime, calibrated_edit=edit)
+    if use is not None:
+        report["qat_ranges"] = use
+    return tflite, report
 
 
 def calibration_dataset(folder: str | Path, preprocessing: dict, *, limit: int | None = 200):
@@ -220,10 +288,11 @@ def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1
     if quant.needs_calibration:  # read (and check) the images before the slow part
         rep = calibration_dataset(calibration, preprocessing, limit=calibration_limit)
     say(f"building BiT {W.describe(config)} ({config.num_classes} classes) at {size}x{size}")
-    model = build_keras(checkpoint, image_size=size, groupnorm=groupnorm)
-    say(f"converting to TFLite ({quant.value}, io {io_type})")
-    tflite, report = keras_to_tflite(model, quant, representative_dataset=rep, io_type=io_type,
-                                     min_runtime=min_runtime)
+    qat_ranges_use(checkpoint, quant, groupnorm)  # a lowering the ranges do not fit fails before the slow part
+    say(f"converting to TFLite ({quant.value}, io {io_type})"
+        + (f", {len(checkpoint.qat_ranges)} QAT ranges" if quant is Quant.INT8 and checkpoint.qat_ranges else ""))
+    tflite, report = checkpoint_to_tflite(checkpoint, quant, image_size=size, groupnorm=groupnorm,
+                                          representative_dataset=rep, io_type=io_type, min_runtime=min_runtime)
     from liteship.convert.bundle import hash_source, write_bundle
 
     model_config = {
@@ -235,6 +304,8 @@ def export_bit(source: str | Path, out_dir: str | Path, *, variant: str = "R50x1
     conversion = {"seconds": round(time.perf_counter() - started, 3), "flex_ops": report.get("flex_ops", []),
                   "pruning": read_pruning(checkpoint.path), "calibration_samples": getattr(rep, "num_samples", None),
                   "runtime": report["runtime"]}
+    if "qat_ranges" in report:
+        conversion["qat_ranges"] = report["qat_ranges"]
     assets = {"labels": ("assets/labels.txt", label_bytes)} if label_bytes is not None else None
     say(f"writing bundle {out_dir}")
     return write_bundle(out_dir, tflite, family=FAMILY, task=TASK, quantization=quant, io_type=io_type,

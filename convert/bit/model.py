@@ -59,6 +59,9 @@ class GroupNorm(tf_keras.layers.Layer):
         self.groups = groups
         self.epsilon = epsilon
         self.lowering = lowering
+        # quantization-aware training sets this to fake-quantize the inner tensors (convert/bit/prune.py): a
+        # callable (site, tensor) -> tensor; None in the exported model, whose graph it then leaves as it is
+        self.quantize_internal = None
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
@@ -100,7 +103,8 @@ class GroupNorm(tf_keras.layers.Layer):
             # gamma rides on the copy to channels, in the small grouped layout: the converter would otherwise
             # reassociate gamma * rsqrt * centered and give the (N, 1, 1, C) scale the int8 range of the output
             scale = self._to_channels(tf.math.rsqrt(var + self.epsilon), gamma)  # (N, 1, 1, C)
-            return centered * scale + self.beta
+            scale = self._quantize("scale", scale)
+            return self._quantize("scaled", centered * scale) + self.beta  # (N, H, W, C)
         if self.lowering == "matmul":
             mean = self._group_mean_per_channel(tf.reduce_mean(x, axis=[1, 2], keepdims=True))  # (N, 1, 1, C)
             centered = x - mean  # (N, H, W, C)
@@ -121,6 +125,23 @@ class GroupNorm(tf_keras.layers.Layer):
         mean, var = tf.nn.moments(grouped, axes=[1, 2, 4], keepdims=True)
         normed = tf.reshape((grouped - mean) * tf.math.rsqrt(var + self.epsilon), (-1, height, width, channels))
         return normed * self.gamma + self.beta
+
+    def _quantize(self, site: str, tensor):
+        return tensor if self.quantize_internal is None else self.quantize_internal(site, tensor)
+
+    def internals(self, x) -> dict:
+        """The channelmean lowering's two inner tensors that carry gamma, by site name: "scale" (N, 1, 1, C), the
+        per-channel gamma * rsqrt(var), and "scaled" (N, H, W, C), the centred input times it. A channel with a
+        large gamma sets the int8 range of both; quantization-aware training gives each its own range."""
+        if self.lowering != "channelmean":
+            raise ConvertError(f"GroupNorm {self.name}: inner ranges exist for the channelmean lowering only")
+        found = {}
+        hook, self.quantize_internal = self.quantize_internal, lambda site, tensor: found.setdefault(site, tensor)
+        try:
+            self.call(x)
+        finally:
+            self.quantize_internal = hook
+        return found
 
     def get_prunable_weights(self):
         """tfmot's pruning hook (duck-typed, so no tfmot import): gamma/beta are per-channel scales, never pruned.

@@ -5,8 +5,10 @@
                 output width (the residual stream) is untouched.
     magnitude:  TFMOT prune_low_magnitude on every standardized convolution (the stem and the head too with
                 prune_embeddings), a polynomial-decay schedule over the fine-tuning, then strip_pruning.
-    qat:        TFMOT quantize_model fine-tuning, so the weights settle where int8 rounding leaves them; the
-                int8 bundle then comes from `liteship convert bit --quant int8` as usual.
+    qat:        TFMOT quantize_model fine-tuning with learned activation ranges (quantize_aware), so the weights
+                settle where int8 rounding leaves them and each range where it costs the least; the ranges travel
+                in the .npz (weights.QAT_RANGES_PREFIX) and `liteship convert bit --quant int8` uses them instead of
+                calibrating those tensors.
 
 Channel importance (structured): under weight standardization every filter has the same norm (sqrt(H*W*I)), so a
 filter's own L1 norm ranks nothing. What decides how much a bottleneck channel carries is its GroupNorm scale
@@ -195,15 +197,53 @@ def one_shot_magnitude(model, names: list[str], sparsity: float):
 
 # ---- quantization-aware training ------------------------------------------------------------------------------
 
-def quantize_aware(model, sample: np.ndarray | None = None):
-    """TFMOT quantize_model for BiT: the standardized convolutions and GroupNorm get their own QuantizeConfigs
-    (TFMOT's registry knows neither); everything else (ReLU, Add, padding, pooling, the Dense head) TFMOT's
-    default 8-bit scheme covers.
+def learned_fake_quant(x, low, high):
+    """8-bit asymmetric fake quantization of `x` to [low, high] whose range learns by gradient (LSQ's idea).
 
-    TFMOT starts every activation range at [-6, 6] and moves it by an EMA with decay 0.999, so over a few hundred
-    fine-tuning steps the ranges barely leave [-6, 6] and BiT's residual stream (|x| in the tens) is clipped:
-    QAT then trains against damage that int8 conversion (calibrated) never does. With `sample` (N, S, S, 3) images the ranges
-    start at what the float model produces on them, as calibration would set them."""
+    The forward value is TensorFlow's fake_quant_with_min_max_vars, which nudges the range so that zero lies on the
+    grid exactly as the int8 converter does, so the trained model sees what the bundle will compute. Its own
+    gradient for the range counts only the clipped values (they want a wider range); the surrogate here, rounding
+    passed straight through, adds each value's rounding error (every other value wants a finer step, so a
+    narrower range): a range can then shrink and clip an outlier when the rest of the tensor gains more than the
+    outlier loses."""
+    import tensorflow as tf
+
+    exact = tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8)
+    step = tf.maximum((high - low) / 255.0, 1e-12)
+    levels = tf.clip_by_value((x - low) / step, 0.0, 255.0)
+    surrogate = (levels + tf.stop_gradient(tf.round(levels) - levels)) * step + low
+    return surrogate + tf.stop_gradient(exact - surrogate)
+
+
+# A learned range is low0 * exp(gain * a), high0 * exp(gain * b) with a, b trained (from 0) and gain =
+# RANGE_LOG_RATE / learning rate. Adam moves a weight by about the learning rate per step, so a range's log moves
+# by about RANGE_LOG_RATE per step whatever the weights' learning rate, and keeps its sign (low <= 0 <= high, which
+# int8 needs): 300 steps can shrink a range up to e^6 times where the gradient keeps agreeing.
+RANGE_LOG_RATE = 0.02
+RANGE_PARTS = ("low0", "high0", "log_low", "log_high", "gain")
+
+
+def learned_range(weights: dict):
+    """(low, high) tensors of one learned range from its variables (RANGE_PARTS)."""
+    import tensorflow as tf
+
+    gain = weights["gain"]
+    return (weights["low0"] * tf.exp(gain * weights["log_low"]), weights["high0"] * tf.exp(gain * weights["log_high"]))
+
+
+def quantize_aware(model, sample: np.ndarray | None = None, *, learning_rate: float = 1e-4):
+    """TFMOT quantize_model for BiT, with learned activation ranges where the int8 bundle quantizes activations.
+
+    Weights: the standardized convolutions (StandardizedKernelQuantizer) and the Dense head per output channel,
+    symmetric, as the int8 converter quantizes them. Activations: every convolution, ReLU, residual Add, the
+    pooled features and the logits get a learned range (learned_fake_quant), and so do each GroupNorm's two inner
+    tensors that carry gamma (GroupNorm.internals: a channel with a large gamma sets their int8 scale, which
+    TFMOT's output quantizers never see). The GroupNorm output itself is not quantized: int8 fuses the ReLU after
+    it, so that tensor does not exist in the bundle. Padding and max-pool keep their input's range, as in int8;
+    the model input gets TFMOT's input quantizer. `learned_range_values` reads the ranges back, for the checkpoint.
+
+    With `sample` (N, S, S, 3) images every range starts at what the float model produces on them, as calibration
+    would set it (TFMOT's own start, [-6, 6], would clip BiT's residual stream)."""
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
@@ -211,6 +251,23 @@ def quantize_aware(model, sample: np.ndarray | None = None):
     from liteship.convert.bit.train import StandardizedConv2D, masked_standardize
 
     quantizers = tfmot.quantization.keras.quantizers
+    gain = RANGE_LOG_RATE / learning_rate
+
+    class LearnedRangeQuantizer(quantizers.Quantizer):
+        def __init__(self, gain: float):
+            self.gain = gain
+
+        def build(self, tensor_shape, name, layer):
+            start = {"low0": -6.0, "high0": 6.0, "log_low": 0.0, "log_high": 0.0, "gain": self.gain}
+            return {part: layer.add_weight(f"{name}_{part}", shape=(), trainable=part.startswith("log"),
+                                           initializer=tf_keras.initializers.Constant(start[part]))
+                    for part in RANGE_PARTS}
+
+        def __call__(self, inputs, training, weights, **kwargs):
+            return learned_fake_quant(inputs, *learned_range(weights))
+
+        def get_config(self):
+            return {"gain": self.gain}
 
     class StandardizedKernelQuantizer(quantizers.LastValueQuantizer):
         """Standardize, then fake-quantize per output channel: int8 sees the standardized kernel, so that is
@@ -220,65 +277,165 @@ def quantize_aware(model, sample: np.ndarray | None = None):
             return super().__call__(masked_standardize(inputs, StandardizedConv2D.epsilon), training, weights,
                                     **kwargs)
 
-    class ConvConfig(tfmot.quantization.keras.QuantizeConfig):
+    def per_channel_weights():
+        return dict(num_bits=8, per_axis=True, symmetric=True, narrow_range=True)
+
+    class OutputConfig(tfmot.quantization.keras.QuantizeConfig):
+        """No weights; the output gets a learned range."""
+
+        def __init__(self, gain: float):
+            self.gain = gain
+
         def get_weights_and_quantizers(self, layer):
-            return [(layer.kernel, StandardizedKernelQuantizer(num_bits=8, per_axis=True, symmetric=True,
-                                                                narrow_range=True))]
+            return []
 
         def get_activations_and_quantizers(self, layer):
             return []
 
         def set_quantize_weights(self, layer, quantize_weights):
-            layer.kernel = quantize_weights[0]
-            layer.prestandardized = True
+            pass
 
         def set_quantize_activations(self, layer, quantize_activations):
             pass
 
         def get_output_quantizers(self, layer):
-            return [quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
-                                                      narrow_range=False)]
+            return [LearnedRangeQuantizer(self.gain)]
 
         def get_config(self):
-            return {}
+            return {"gain": self.gain}
 
-    class NormConfig(ConvConfig):
+    class ConvConfig(OutputConfig):
         def get_weights_and_quantizers(self, layer):
-            return []
+            return [(layer.kernel, StandardizedKernelQuantizer(**per_channel_weights()))]
 
         def set_quantize_weights(self, layer, quantize_weights):
-            pass
+            layer.kernel = quantize_weights[0]
+            layer.prestandardized = True
+
+    class DenseConfig(OutputConfig):
+        def get_weights_and_quantizers(self, layer):
+            return [(layer.kernel, quantizers.LastValueQuantizer(**per_channel_weights()))]
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            layer.kernel = quantize_weights[0]
+
+    class PassConfig(OutputConfig):
+        """No quantizer: a GroupNorm (its ranges are inside, see below), or an op int8 runs at its input's scale."""
+
+        def get_output_quantizers(self, layer):
+            return []
+
+    # The paddings and the max-pool are annotated too: TFMOT would otherwise put an EMA output quantizer on each
+    # unannotated layer that feeds an annotated one, a second rounding the bundle does not have.
+    configs = ((StandardizedConv2D, ConvConfig), (GroupNorm, PassConfig), (tf_keras.layers.Dense, DenseConfig),
+               (tf_keras.layers.ReLU, OutputConfig), (tf_keras.layers.Add, OutputConfig),
+               (tf_keras.layers.GlobalAveragePooling2D, OutputConfig),
+               ((tf_keras.layers.ZeroPadding2D, tf_keras.layers.MaxPool2D), PassConfig))
 
     def annotate(layer):
-        if isinstance(layer, StandardizedConv2D):
-            return tfmot.quantization.keras.quantize_annotate_layer(layer, ConvConfig())
-        if isinstance(layer, GroupNorm):
-            return tfmot.quantization.keras.quantize_annotate_layer(layer, NormConfig())
+        for kind, config in configs:
+            if isinstance(layer, kind):
+                return tfmot.quantization.keras.quantize_annotate_layer(layer, config(gain))
         return layer
 
     annotated = tf_keras.models.clone_model(model, clone_function=annotate)
     annotated.set_weights(model.get_weights())
     scope = {"StandardizedConv2D": StandardizedConv2D, "GroupNorm": GroupNorm, "ConvConfig": ConvConfig,
-             "NormConfig": NormConfig}
+             "PassConfig": PassConfig, "OutputConfig": OutputConfig, "DenseConfig": DenseConfig}
     with tfmot.quantization.keras.quantize_scope(scope):
         qat = tfmot.quantization.keras.quantize_apply(annotated)
+    for wrapper in qat.layers:  # the GroupNorms' inner ranges: variables of the wrapper, applied by the layer
+        inner = getattr(wrapper, "layer", None)
+        if isinstance(inner, GroupNorm):
+            quantizer = LearnedRangeQuantizer(gain)
+            ranges = {site: quantizer.build((), site, wrapper) for site in ("scale", "scaled")}
+            inner.quantize_internal = lambda site, tensor, q=quantizer, r=ranges: q(tensor, True, r[site])
     if sample is not None:
         set_activation_ranges(qat, model, sample)
     return qat
 
 
-def set_activation_ranges(qat_model, float_model, sample: np.ndarray) -> None:
-    """Start each quantized output's [min, max] (TFMOT's output_* / post_activation_* variables) at the range the
-    float layer produces on `sample`, widened to contain 0 as TFMOT's ranges do."""
-    import tf_keras
+def _range_variables(wrapper) -> dict[str, dict]:
+    """{range name ("output", "scale", "scaled"): {part: variable}} of a quantize wrapper's learned ranges."""
+    found: dict[str, dict] = {}
+    for variable in wrapper.weights:
+        short = variable.name.split("/")[-1].split(":")[0]
+        for part in RANGE_PARTS:
+            if short.endswith("_" + part):
+                found.setdefault(short[:-len(part) - 1], {})[part] = variable
+    return {name: parts for name, parts in found.items() if set(parts) == set(RANGE_PARTS)}
 
-    names = [layer.name for layer in float_model.layers if not isinstance(layer, tf_keras.layers.InputLayer)]
-    probe = tf_keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in names])
-    outputs = probe.predict(sample, batch_size=32, verbose=0)
-    ranges = {n: (min(float(o.min()), 0.0), max(float(o.max()), 0.0)) for n, o in zip(names, outputs)}
+
+def _site(layer_name: str, range_name: str) -> str:
+    """The checkpoint's name for a range (weights.QAT_RANGES_PREFIX): the layer's output, or layer.inner_tensor."""
+    return layer_name if range_name == "output" else f"{layer_name}.{range_name}"
+
+
+def learned_range_values(qat_model) -> dict[str, tuple[float, float]]:
+    """{site: (low, high)} of every learned range of a `quantize_aware` model, as trained."""
+    values = {}
     for wrapper in qat_model.layers:
         inner = getattr(wrapper, "layer", None)
-        if inner is None or inner.name not in ranges:
+        if inner is None:
+            continue
+        for name, parts in _range_variables(wrapper).items():
+            low, high = learned_range(parts)
+            values[_site(inner.name, name)] = (float(low.numpy()), float(high.numpy()))
+    return values
+
+
+def float_ranges(float_model, sample: np.ndarray, *, batch_size: int = 8) -> dict[str, tuple[float, float]]:
+    """{site: (min, max)} the float model produces on `sample` (N, S, S, 3), widened to contain 0: every layer's
+    output by its name, each GroupNorm's inner tensors as "name.scale" / "name.scaled", and the input as "input"."""
+    import tf_keras
+
+    from liteship.convert.bit.model import GroupNorm
+
+    layers = [layer for layer in float_model.layers if not isinstance(layer, tf_keras.layers.InputLayer)]
+    norms = [layer for layer in layers if isinstance(layer, GroupNorm)]
+    probe = tf_keras.Model(float_model.inputs, [layer.output for layer in layers] + [n.input for n in norms])
+    low: dict[str, float] = {"input": min(float(sample.min()), 0.0)}
+    high: dict[str, float] = {"input": max(float(sample.max()), 0.0)}
+
+    def see(site, value):
+        low[site] = min(low.get(site, 0.0), float(np.min(value)))
+        high[site] = max(high.get(site, 0.0), float(np.max(value)))
+
+    for start in range(0, len(sample), batch_size):  # a batch at a time: every activation of a big BiT is large
+        outputs = probe(sample[start:start + batch_size], training=False)
+        for layer, value in zip(layers, outputs[:len(layers)]):
+            see(layer.name, value)
+        for norm, value in zip(norms, outputs[len(layers):]):
+            for name, inner in norm.internals(value).items():
+                see(_site(norm.name, name), inner)
+    return {site: (low[site], high[site]) for site in low}
+
+
+def set_activation_ranges(qat_model, float_model, sample: np.ndarray) -> None:
+    """Start every range of the QAT model (the learned ones, TFMOT's output_* / post_activation_* ones and the
+    input's) at what the float model produces on `sample` (float_ranges)."""
+    ranges = float_ranges(float_model, sample)
+    for wrapper in qat_model.layers:
+        inner = getattr(wrapper, "layer", None)
+        if inner is None and type(wrapper).__name__ == "QuantizeLayer":  # TFMOT's quantizer of the model input
+            low, high = ranges["input"]
+            for variable in wrapper.weights:
+                short = variable.name.split("/")[-1].split(":")[0]
+                if short.endswith("_min"):
+                    variable.assign(low)
+                elif short.endswith("_max"):
+                    variable.assign(high)
+            continue
+        if inner is None:
+            continue
+        for name, parts in _range_variables(wrapper).items():
+            site = _site(inner.name, name)
+            if site in ranges:
+                parts["low0"].assign(ranges[site][0])
+                parts["high0"].assign(ranges[site][1])
+                parts["log_low"].assign(0.0)
+                parts["log_high"].assign(0.0)
+        if inner.name not in ranges:
             continue
         low, high = ranges[inner.name]
         for variable in wrapper.weights:
@@ -291,7 +448,7 @@ def set_activation_ranges(qat_model, float_model, sample: np.ndarray) -> None:
 
 def dequantized_float_model(qat_model, config: BiTConfig, image_size: int):
     """The float training model holding the QAT model's trained weights (the quantize wrappers' own variables,
-    min/max ranges, are dropped: int8 conversion calibrates its ranges on the user's images)."""
+    the ranges, are not part of it: learned_range_values reads those)."""
     from liteship.convert.bit.train import training_model
 
     model = training_model(config, image_size)
@@ -324,12 +481,11 @@ def tflite_accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(logits.argmax(-1) == y))
 
 
-def convert_layers(config: BiTConfig, layers: dict, size: int, quant, calibration, preprocessing) -> bytes:
-    from liteship.convert.bit.export import Checkpoint, build_keras, calibration_dataset, keras_to_tflite
+def convert_checkpoint(checkpoint, size: int, quant, calibration, preprocessing) -> bytes:
+    from liteship.convert.bit.export import calibration_dataset, checkpoint_to_tflite
 
-    checkpoint = Checkpoint(config, layers, "-1,1", "bit-npz", Path("."))
     rep = calibration_dataset(calibration, preprocessing) if quant.needs_calibration else None
-    tflite, _ = keras_to_tflite(build_keras(checkpoint, image_size=size), quant, representative_dataset=rep)
+    tflite, _ = checkpoint_to_tflite(checkpoint, quant, image_size=size, representative_dataset=rep)
     return tflite
 
 
@@ -382,16 +538,22 @@ def prune_bit(source: str | Path, out: str | Path, data: str | Path, options: P.
         callbacks += P.pruning_callbacks()
     if options.qat:
         step = max(1, len(images.x_train) // QAT_RANGE_SAMPLES)  # spread over the classes (files sort by class)
-        model = quantize_aware(model, images.x_train[::step][:QAT_RANGE_SAMPLES])
+        model = quantize_aware(model, images.x_train[::step][:QAT_RANGE_SAMPLES],
+                               learning_rate=options.learning_rate)
     say(f"fine-tuning {options.steps} steps (batch {options.batch_size}, learning rate {options.learning_rate})")
     loss = fine_tune(model, images, steps=options.steps, learning_rate=options.learning_rate,
                      batch_size=options.batch_size, seed=options.seed, callbacks=callbacks)
     if options.method == "magnitude":
         model = P.strip_pruning(model)
+    ranges = {}
     if options.qat:
+        quality["fake_quantized"] = accuracy(model, images.x_test, images.y_test)  # what int8 should come close to
+        ranges = learned_range_values(model)
         model = dequantized_float_model(model, new_config, size)
     quality["after_fine_tuning"] = accuracy(model, images.x_test, images.y_test)
     tensors = checkpoint_tensors(model, new_config)
+    params_after = int(sum(v.size for v in tensors.values()))
+    tensors |= W.qat_range_arrays(ranges)
 
     if options.method == "magnitude":
         kernels = {name.replace("__", "/"): tensors[W.PREFIX + name.replace("__", "/") + "/kernel"]
@@ -403,17 +565,17 @@ def prune_bit(source: str | Path, out: str | Path, data: str | Path, options: P.
     else:
         sparsity = {"measured": 0.0, "of": "nothing pruned"}
     report = {"family": FAMILY, "method": options.method, "sparsity": sparsity, "layers": layer_report,
-              "params": {"before": params_before, "after": int(sum(v.size for v in tensors.values()))},
+              "params": {"before": params_before, "after": params_after},
               "metric": "accuracy", "quality": quality, "fine_tuning": {"steps": options.steps, "final_loss": loss},
-              "qat": options.qat, "unit_widths": [list(w) for w in new_config.unit_widths or ()] or None}
+              "qat": options.qat, "qat_ranges": len(ranges), "unit_widths": [list(w) for w in new_config.unit_widths or ()] or None}
 
     with P.staged_output(out, source, folder=False) as staged:
         save_npz(tensors, staged)
         if convert:
             say(f"converting before and after ({quant.value}) to measure size and accuracy")
             pruned = load_checkpoint(staged, variant, input_range=checkpoint.input_range)
-            before = convert_layers(config, checkpoint.layers, size, quant, data, preprocessing)
-            after = convert_layers(pruned.config, pruned.layers, size, quant, data, preprocessing)
+            before = convert_checkpoint(checkpoint, size, quant, data, preprocessing)
+            after = convert_checkpoint(pruned, size, quant, data, preprocessing)
             quality["after_conversion"] = tflite_accuracy(after, images.x_test, images.y_test)
             report["tflite"] = {"quant": quant.value, "before": P.tflite_sizes(before),
                                 "after": P.tflite_sizes(after)}

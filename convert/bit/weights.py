@@ -43,6 +43,14 @@ ALIASES = {
 }
 
 
+# Quantization-aware training's activation ranges (`liteship qat bit`), one (min, max) float32 pair per tensor the
+# QAT model fake-quantized, keyed by the site: a Keras layer name of liteship's BiT ("block1__unit01__add",
+# "group_norm__relu"), or a GroupNorm's name and one of its inner tensors ("group_norm.scale",
+# "group_norm.scaled"). Not part of the BiT release; the converter gives them to int8 instead of calibrating those
+# tensors.
+QAT_RANGES_PREFIX = "liteship_qat_ranges/"
+
+
 # ---- value transforms, named by direction ----
 
 STANDARDIZED_TOLERANCE = 1e-5  # |mean| and |var - 1| under which a filter counts as standardized already
@@ -135,6 +143,28 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     if not isinstance(arrays, dict):
         raise ConvertError(f"{path}: a single .npy array, not a BiT .npz checkpoint of named tensors")
     return arrays
+
+
+def split_qat_ranges(arrays: dict[str, np.ndarray], source: str
+                     ) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]:
+    """(the BiT tensors, {site: (min, max)}) of a .npz; each range must be two finite floats with min <= 0 <= max
+    (int8 represents zero exactly)."""
+    tensors, ranges = {}, {}
+    for name, value in arrays.items():
+        if not name.startswith(QAT_RANGES_PREFIX):
+            tensors[name] = value
+            continue
+        low, high = (np.asarray(value, np.float64).tolist() if np.shape(value) == (2,) else (np.nan, np.nan))
+        if not (np.isfinite(low) and np.isfinite(high) and low <= 0.0 <= high and low < high):
+            raise ConvertError(f"{source}: {name!r} is not a quantization range (two finite numbers, "
+                               f"min <= 0 <= max, min < max): {np.asarray(value).tolist()}")
+        ranges[name[len(QAT_RANGES_PREFIX):]] = (low, high)
+    return tensors, ranges
+
+
+def qat_range_arrays(ranges: dict[str, tuple[float, float]]) -> dict[str, np.ndarray]:
+    """The .npz arrays that carry `ranges` (split_qat_ranges reads them back)."""
+    return {QAT_RANGES_PREFIX + site: np.array(pair, np.float32) for site, pair in ranges.items()}
 
 
 def normalize_names(tensors: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:

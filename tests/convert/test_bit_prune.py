@@ -255,20 +255,219 @@ def test_qat_ranges_start_from_the_float_activations():
     """Not TFMOT's [-6, 6]: BiT activations leave it, and an EMA of decay 0.999 would not catch up in a fine-tune."""
     import tf_keras
 
-    from liteship.convert.bit.prune import quantize_aware
+    from liteship.convert.bit.prune import learned_range_values, quantize_aware
     from liteship.convert.bit.train import training_model
 
     model = training_model(CONFIG, SIZE)
     x = images()
-    qat = quantize_aware(model, x)
-    name = "block4__unit01__add"
-    want = tf_keras.Model(model.inputs, model.get_layer(name).output).predict(x, verbose=0)
-    (wrapper,) = [layer for layer in qat.layers if getattr(layer, "layer", None) is not None
-                  and layer.layer.name == name]
-    values = {w.name.split("/")[-1].split(":")[0]: float(w.numpy()) for w in wrapper.weights}
-    assert values["output_min"] == pytest.approx(min(want.min(), 0.0), rel=1e-5)
-    assert values["output_max"] == pytest.approx(max(want.max(), 0.0), rel=1e-5)
-    assert (values["output_min"], values["output_max"]) != (-6.0, 6.0)
+    ranges = learned_range_values(quantize_aware(model, x))
+    for name in ("block4__unit01__add", "group_norm__relu", "head__conv2d"):
+        want = tf_keras.Model(model.inputs, model.get_layer(name).output).predict(x, verbose=0)
+        assert ranges[name] == pytest.approx((min(want.min(), 0.0), max(want.max(), 0.0)), rel=1e-5)
+        assert ranges[name] != (-6.0, 6.0)
+    assert ranges["group_norm__relu"][0] == 0.0  # a ReLU's range starts at zero and stays there
+
+
+# ---- quantization-aware training's learned ranges, through to the int8 bundle ---------------------------------
+
+def qat_sites() -> set[str]:
+    """Every tensor `quantize_aware` gives a learned range, by the checkpoint's site names."""
+    from liteship.convert.bit.model import GroupNorm, build_model
+
+    model = build_model(CONFIG, image_size=SIZE)
+    sites = set()
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if isinstance(layer, GroupNorm):
+            sites |= {f"{layer.name}.scale", f"{layer.name}.scaled"}
+        elif kind in ("Conv2D", "ReLU", "Add", "GlobalAveragePooling2D", "Dense"):
+            sites.add(layer.name)
+    return sites
+
+
+def int8_scales(bundle) -> list[tuple[float, int]]:
+    """(scale, zero point) of every per-tensor quantized tensor of the bundle's model."""
+    from liteship.runtime.interpreter import create_interpreter
+
+    found = []
+    for detail in create_interpreter(bundle / "model.tflite").get_tensor_details():
+        params = detail["quantization_parameters"]
+        if len(params["scales"]) == 1:
+            found.append((float(params["scales"][0]), int(params["zero_points"][0])))
+    return found
+
+
+def implied(low: float, high: float) -> tuple[float, int]:
+    """The int8 (scale, zero point) a range gives: 256 levels over [low, high], zero on the grid."""
+    scale = (high - low) / 255.0
+    return scale, int(round(-128 - low / scale))
+
+
+def has_scale(found, want) -> bool:
+    return any(abs(scale - want[0]) <= 1e-5 * want[0] and zero == want[1] for scale, zero in found)
+
+
+def test_learned_range_shrinks_to_clip_an_outlier():
+    """One value 200x the others that matters 200x less downstream (as a pre-head outlier channel does, whose head
+    weights were divided by as much): rounding the 999 others to the outlier's step costs more than clipping it,
+    and the range learns that. TensorFlow's own fake-quant gradient counts only the clipped values (none at the
+    start), so with it the range could not shrink; the rounding-error gradient is what shrinks it."""
+    import tensorflow as tf
+    import tf_keras
+
+    from liteship.convert.bit.prune import learned_fake_quant
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(np.append(rng.uniform(0.0, 1.0, 999), 200.0).astype(np.float32))  # (1000,)
+    weight = tf.constant(np.append(np.ones(999), 1.0 / 200.0 ** 2).astype(np.float32))  # the loss's sensitivity
+    log_high = tf.Variable(0.0)
+    optimizer = tf_keras.optimizers.Adam(0.1)
+    errors = []
+    for _ in range(150):
+        with tf.GradientTape() as tape:
+            quantized = learned_fake_quant(x, 0.0, 200.0 * tf.exp(log_high))
+            error = tf.reduce_mean(weight * tf.square(quantized - x))
+        errors.append(float(error))
+        optimizer.apply_gradients([(tape.gradient(error, log_high), log_high)])
+    assert 200.0 * np.exp(float(log_high.numpy())) < 20.0  # the outlier clipped to a tenth or less
+    assert errors[-1] < 0.2 * errors[0]
+
+
+@pytest.fixture(scope="module")
+def qat(work):
+    return prune(work, "qat-ranges", method="none", sparsity=0.0, qat=True, steps=4)
+
+
+def test_qat_checkpoint_carries_its_ranges(qat):
+    from liteship.convert.bit import weights as W
+    from liteship.convert.bit.export import load_checkpoint
+
+    npz, record = qat
+    stored = {name for name in np.load(npz) if name.startswith(W.QAT_RANGES_PREFIX)}
+    assert {name[len(W.QAT_RANGES_PREFIX):] for name in stored} == qat_sites()
+    ranges = load_checkpoint(npz, CONFIG).qat_ranges
+    assert set(ranges) == qat_sites() and record["qat_ranges"] == len(ranges)
+    assert all(low <= 0.0 <= high and low < high for low, high in ranges.values())
+    assert record["params"]["after"] == sum(v.size for n, v in np.load(npz).items() if n not in stored)
+    assert 0.0 <= record["quality"]["fake_quantized"] <= 1.0
+
+
+def test_qat_checkpoint_agrees_with_the_pytorch_reference(qat):
+    """The ranges ride along in the .npz without disturbing what the release's names hold."""
+    npz, _ = qat
+    x = images()
+    expected = reference_logits(dict(np.load(npz)), x, block_units=CONFIG.block_units, width_factor=1,
+                                base_width=CONFIG.base_width)
+    np.testing.assert_allclose(keras_logits(npz, x), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_int8_bundle_takes_its_scales_from_the_qat_ranges(work, qat, tmp_path):
+    """Every site's tensor has the (scale, zero point) its range implies. The ranges are halved first, so they
+    are ranges calibration cannot produce: a converter that re-calibrated would fail this (checked below on the
+    same weights without ranges)."""
+    from liteship.convert.bit import weights as W
+    from liteship.convert.bit.export import export_bit
+
+    npz, _ = qat
+    tensors = dict(np.load(npz))
+    weights_only = {n: v for n, v in tensors.items() if not n.startswith(W.QAT_RANGES_PREFIX)}
+    halved = {n: (v * 0.5 if n.startswith(W.QAT_RANGES_PREFIX) else v) for n, v in tensors.items()}
+    np.savez(tmp_path / "halved.npz", **halved)
+    np.savez(tmp_path / "plain.npz", **weights_only)
+    found = {}
+    for name in ("halved", "plain"):
+        bundle = export_bit(tmp_path / f"{name}.npz", tmp_path / name, variant=CONFIG, image_size=SIZE,
+                            quant="int8", calibration=work / "digits")
+        found[name] = int8_scales(bundle)
+    ranges = {n[len(W.QAT_RANGES_PREFIX):]: v for n, v in halved.items() if n.startswith(W.QAT_RANGES_PREFIX)}
+    missing = [site for site, (low, high) in ranges.items() if not has_scale(found["halved"], implied(low, high))]
+    assert missing == []
+    recalibrated = [site for site, (low, high) in ranges.items() if has_scale(found["plain"], implied(low, high))]
+    assert len(recalibrated) < len(ranges) / 4  # calibration gives other scales: the check above can fail
+    manifest = json.loads((tmp_path / "halved" / "manifest.json").read_text())
+    use = manifest["conversion"]["qat_ranges"]
+    assert use["used"] is True and use["sites"] == len(ranges) and use["tflite_tensors"] >= len(ranges)
+    assert "qat_ranges" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["conversion"]
+
+
+def test_int8_bundle_follows_the_fake_quantized_model(work, tmp_path):
+    """The QAT model's own outputs (fake-quantized weights and activations) against the int8 bundle made from its
+    checkpoint. The bundle also quantizes what QAT keeps in float (GroupNorm's statistics, the input), so they
+    agree to int8 noise, not exactly: logits within 10% of the logit scale and the same class."""
+    from liteship.convert.bit import weights as W
+    from liteship.convert.bit.export import export_bit, load_checkpoint, preprocessing_block
+    from liteship.convert.bit.prune import dequantized_float_model, learned_range_values, quantize_aware
+    from liteship.convert.bit.train import (
+        checkpoint_tensors,
+        fine_tune,
+        model_from_layers,
+        read_image_folder,
+        save_npz,
+    )
+    from tests.convert.test_bit_export import run_tflite
+
+    source = load_checkpoint(work / "source.npz", CONFIG)
+    data = read_image_folder(work / "digits", CONFIG.num_classes, preprocessing_block(SIZE, "-1,1"))
+    model = model_from_layers(CONFIG, source.layers, SIZE)
+    fine_tune(model, data, steps=20, learning_rate=1e-3, batch_size=8, seed=0)  # weights that learned something
+    qat_model = quantize_aware(model, data.x_train, learning_rate=1e-4)
+    fine_tune(qat_model, data, steps=10, learning_rate=1e-4, batch_size=8, seed=1)
+    x = np.concatenate([data.x_test, data.x_train[:6]])
+    want = qat_model.predict(x, verbose=0)  # (N, 3)
+    tensors = checkpoint_tensors(dequantized_float_model(qat_model, CONFIG, SIZE), CONFIG)
+    save_npz(tensors | W.qat_range_arrays(learned_range_values(qat_model)), tmp_path / "qat.npz")
+    bundle = export_bit(tmp_path / "qat.npz", tmp_path / "int8", variant=CONFIG, image_size=SIZE, quant="int8",
+                        calibration=work / "digits")
+    got = run_tflite(bundle, x)
+    # measured: 5.3% of the logit scale with the ranges, 14% when the same weights are re-calibrated instead
+    np.testing.assert_allclose(got, want, atol=0.1 * np.abs(want).max())
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.9
+
+
+@pytest.mark.parametrize("quant", ["int8x16", "fp32"])
+def test_other_modes_record_that_they_leave_the_ranges(work, qat, tmp_path, quant):
+    from liteship.convert.bit.export import export_bit
+
+    npz, _ = qat
+    bundle = export_bit(npz, tmp_path / quant, variant=CONFIG, image_size=SIZE, quant=quant,
+                        calibration=work / "digits" if quant == "int8x16" else None)
+    use = json.loads((bundle / "manifest.json").read_text())["conversion"]["qat_ranges"]
+    assert use["used"] is False and quant in use["why_not"]
+
+
+def test_checkpoint_without_ranges_converts_as_before(work, tmp_path):
+    """No ranges: the int8 file is byte for byte what converting the Keras model directly gives, and the manifest
+    has no qat_ranges."""
+    from liteship.convert.bit.export import (
+        build_keras,
+        calibration_dataset,
+        checkpoint_to_tflite,
+        export_bit,
+        keras_to_tflite,
+        load_checkpoint,
+        preprocessing_block,
+    )
+    from liteship.convert.quant import Quant
+
+    checkpoint = load_checkpoint(work / "source.npz", CONFIG)
+    assert checkpoint.qat_ranges == {}
+    rep = lambda: calibration_dataset(work / "digits", preprocessing_block(SIZE, "-1,1"))  # noqa: E731
+    ours, report = checkpoint_to_tflite(checkpoint, Quant.INT8, image_size=SIZE, representative_dataset=rep())
+    direct, _ = keras_to_tflite(build_keras(checkpoint, image_size=SIZE), Quant.INT8, representative_dataset=rep())
+    assert ours == direct and "qat_ranges" not in report
+    bundle = export_bit(work / "source.npz", tmp_path / "int8", variant=CONFIG, image_size=SIZE, quant="int8",
+                        calibration=work / "digits")
+    assert "qat_ranges" not in json.loads((bundle / "manifest.json").read_text())["conversion"]
+
+
+def test_a_bad_qat_range_is_one_line_naming_it(tmp_path):
+    from liteship.convert.bit import weights as W
+    from liteship.convert.bit.export import load_checkpoint
+
+    write_bit_npz(tmp_path / "bad.npz", CONFIG, extra={W.QAT_RANGES_PREFIX + "group_norm__relu": np.array(
+        [0.5, 2.0], np.float32)})
+    with pytest.raises(ConvertError, match=r"'liteship_qat_ranges/group_norm__relu' is not a quantization range"):
+        load_checkpoint(tmp_path / "bad.npz", CONFIG)
 
 
 def test_wrong_class_count_fails_before_training(work, tmp_path, monkeypatch):
