@@ -131,14 +131,17 @@ def test_global_allocation_takes_the_costly_channels_first():
     assert keep_weak[3][1] < keep[3][1]
 
 
-def test_structured_npz_agrees_with_the_pytorch_reference(structured):
-    """The pruned .npz read by liteship (tf_keras, baked standardization) and by the independent torch BiT."""
-    npz, _ = structured
+def assert_agrees_with_the_pytorch_reference(npz) -> None:
+    """The .npz read by liteship (tf_keras, baked standardization) and by the independent torch BiT agree: as in
+    test_bit_export, float32 through ~20 layers in two frameworks, within 1e-4 of the logit scale."""
     x = images()
     expected = reference_logits(dict(np.load(npz)), x, block_units=CONFIG.block_units, width_factor=1,
                                 base_width=CONFIG.base_width)
-    # as in test_bit_export: float32 through ~20 layers in two frameworks, 1e-4 of the logit scale
     np.testing.assert_allclose(keras_logits(npz, x), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_structured_npz_agrees_with_the_pytorch_reference(structured):
+    assert_agrees_with_the_pytorch_reference(structured[0])
 
 
 def test_structured_bundle_equals_the_pruned_model_and_records_the_pruning(structured, tmp_path):
@@ -354,11 +357,7 @@ def test_qat_checkpoint_carries_its_ranges(qat):
 
 def test_qat_checkpoint_agrees_with_the_pytorch_reference(qat):
     """The ranges ride along in the .npz without disturbing what the release's names hold."""
-    npz, _ = qat
-    x = images()
-    expected = reference_logits(dict(np.load(npz)), x, block_units=CONFIG.block_units, width_factor=1,
-                                base_width=CONFIG.base_width)
-    np.testing.assert_allclose(keras_logits(npz, x), expected, atol=1e-4 * np.abs(expected).max())
+    assert_agrees_with_the_pytorch_reference(qat[0])
 
 
 def test_int8_bundle_takes_its_scales_from_the_qat_ranges(work, qat, tmp_path):
