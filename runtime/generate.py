@@ -488,17 +488,15 @@ class KVCacheSession:
                 a.fill(0.0)
         self._write_decode_mask()
 
-    def _write(self, k_new, v_new, start: int, n: int, targets) -> None:
-        """Copy the K/V of n new tokens into cache slots start..start+n-1. k_new/v_new: (L, H, T, hd), or per
-        layer a list of (H, T, hd)."""
-        if self._kv_scales:  # one layer's temporaries at a time: all 2L at once stayed in the heap (12 MiB)
-            for ks, vs in targets:
-                for l in range(self.n_layer):
-                    ks[l][:, start:start + n, :] = _quantized(k_new[l][:, :n, :], self._kv_scales["k"][l])
-                    vs[l][:, start:start + n, :] = _quantized(v_new[l][:, :n, :], self._kv_scales["v"][l])
-            return
-        for ks, vs in targets:
-            for l in range(self.n_layer):
+    def _write(self, k_new, v_new, start: int, n: int) -> None:
+        """Copy the K/V of n new tokens into decode's cache (which holds the sequence), slots start..start+n-1.
+        k_new/v_new: (L, H, T, hd), or per layer a list of (H, T, hd)."""
+        ks, vs = self._decode_cache
+        for l in range(self.n_layer):
+            if self._kv_scales:  # one layer's temporaries at a time: all 2L at once stayed in the heap (12 MiB)
+                ks[l][:, start:start + n, :] = _quantized(k_new[l][:, :n, :], self._kv_scales["k"][l])
+                vs[l][:, start:start + n, :] = _quantized(v_new[l][:, :n, :], self._kv_scales["v"][l])
+            else:
                 ks[l][:, start:start + n, :] = k_new[l][:, :n, :]  # (H, n, hd)
                 vs[l][:, start:start + n, :] = v_new[l][:, :n, :]  # (H, n, hd)
 
@@ -567,7 +565,7 @@ class KVCacheSession:
                 out.append(np.array(o["logits"][n - 1:n] if self.prefill_rows == T else o["logits"][-1:]))
             self._ensure_slots(start + n)
             k_new, v_new = self._new_kv(o)
-            self._write(k_new, v_new, start, n, [self._decode_cache])  # decode's buffers hold the sequence
+            self._write(k_new, v_new, start, n)
             self._decode.inputs["mask"][0, start:start + n] = 0.0
             self.length += n
             s += n
@@ -584,7 +582,7 @@ class KVCacheSession:
         dec["position"][0] = pos
         self._decode.invoke()
         o = self._decode.outputs
-        self._write(o["k_new"], o["v_new"], pos, 1, [self._decode_cache])
+        self._write(o["k_new"], o["v_new"], pos, 1)
         dec["mask"][0, pos] = 0.0
         self.length += 1
         return np.array(o["logits"][0])

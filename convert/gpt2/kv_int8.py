@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from liteship.errors import ConvertError
+from liteship.runtime.files import read_text
 
 ADD, DEQUANTIZE = 0, 6  # schema.fbs BuiltinOperator
 INT8 = 9  # schema.fbs TensorType
@@ -46,11 +47,8 @@ def calibration_windows(path, tokenizer, context: int, max_tokens: int = CALIBRA
         raise ConvertError(f"--kv-calibration {path}: no such file, or a folder without .txt files")
     ids: list[int] = []
     for f in files:
-        try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConvertError(f"--kv-calibration {f}: not readable UTF-8 text ({exc.__class__.__name__})") from None
-        ids.extend(tokenizer.encode(text))
+        # an empty file is not refused here: too little text in all fails below, saying how much is needed
+        ids.extend(tokenizer.encode(read_text(f, what="--kv-calibration", error=ConvertError, empty_ok=True)))
         if len(ids) >= max_tokens:
             break
     ids = ids[:max_tokens]

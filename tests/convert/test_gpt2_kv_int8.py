@@ -119,7 +119,7 @@ def test_calibration_text_errors_name_the_option(tmp_path):
     with pytest.raises(ConvertError, match="--kv-calibration .*missing"):
         calibration_windows(tmp_path / "missing.txt", Chars(), 16)
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ConvertError, match="bin.txt: not readable UTF-8"):
+    with pytest.raises(ConvertError, match="--kv-calibration .*bin.txt: not UTF-8 text"):
         calibration_windows(tmp_path / "bin.txt", Chars(), 16)
     (tmp_path / "ok.txt").write_text("x" * 40)
     assert [len(w) for w in calibration_windows(tmp_path / "ok.txt", Chars(), 16)] == [16, 16, 8]
