@@ -103,23 +103,8 @@ def int8_cache_inputs(tflite: bytes, scales: dict[str, list[float]]) -> bytes:
     from liteship.convert.tflite import _lean_object_to_bytearray
 
     model = fb.ModelT.InitFromPackedBuf(bytearray(tflite), 0)
-    codes = model.operatorCodes
-    opcode = next((i for i, c in enumerate(codes) if max(c.builtinCode, c.deprecatedBuiltinCode) == DEQUANTIZE), None)
-    if opcode is None:
-        code = fb.OperatorCodeT()
-        code.builtinCode = code.deprecatedBuiltinCode = DEQUANTIZE
-        code.version = 2  # int8 input
-        codes.append(code)
-        opcode = len(codes) - 1
-    else:
-        codes[opcode].version = max(codes[opcode].version, 2)
-    add = next((i for i, c in enumerate(codes) if max(c.builtinCode, c.deprecatedBuiltinCode) == ADD), None)
-    if add is None:
-        code = fb.OperatorCodeT()
-        code.builtinCode = code.deprecatedBuiltinCode = ADD
-        code.version = 1
-        codes.append(code)
-        add = len(codes) - 1
+    dequantize = _opcode(fb, model.operatorCodes, DEQUANTIZE, 2)  # version 2: int8 input
+    add = _opcode(fb, model.operatorCodes, ADD, 1)
     zero = fb.BufferT()
     zero.data = np.zeros(4, np.uint8)  # float32 0.0
     model.buffers.append(zero)
@@ -148,10 +133,10 @@ def int8_cache_inputs(tflite: bytes, scales: dict[str, list[float]]) -> bytes:
             if key == "prefill":  # DEQUANTIZE -> ADD 0 -> the graph: see the module docstring
                 copy_index = _add_tensor(sg, _float_like(fb, tensor, name + "_int8_as_float"))
                 zero_index = zero_index if zero_index is not None else _add_tensor(sg, _scalar(fb, zero_buffer))
-                new_ops[float_index] = [_op(fb, opcode, [index], [copy_index]),
+                new_ops[float_index] = [_op(fb, dequantize, [index], [copy_index]),
                                         _op(fb, add, [copy_index, zero_index], [float_index], fb.AddOptionsT())]
             else:
-                new_ops[float_index] = [_op(fb, opcode, [index], [float_index])]
+                new_ops[float_index] = [_op(fb, dequantize, [index], [float_index])]
         sg.operators = _just_before_use(sg.operators, new_ops)
     return _lean_object_to_bytearray(model)
 
@@ -168,6 +153,19 @@ def _just_before_use(operators: list, dequantizes: dict) -> list:
                 out.extend(pending.pop(int(t)))
         out.append(op)
     return [op for ops in pending.values() for op in ops] + out
+
+
+def _opcode(fb, codes: list, builtin: int, version: int) -> int:
+    """The index of ``builtin``'s operator code in ``codes``, at ``version`` or later; added when missing."""
+    index = next((i for i, c in enumerate(codes) if max(c.builtinCode, c.deprecatedBuiltinCode) == builtin), None)
+    if index is None:
+        code = fb.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = builtin
+        code.version = version
+        codes.append(code)
+        return len(codes) - 1
+    codes[index].version = max(codes[index].version, version)
+    return index
 
 
 def _float_like(fb, tensor, name: str):
