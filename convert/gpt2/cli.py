@@ -20,7 +20,7 @@ from liteship.options import POSITIVE_INT
               help="Prompt tokens processed per prefill call [default: 128, at most --max-context].")
 @click.option("--kv-cache", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
               help="How the runtime stores the KV cache. int8: a quarter of the bytes, one scale per layer fixed "
-                   "from --kv-calibration text (GPT-2 124M dynamic-int8 at 896 tokens: peak RSS 224 MiB against "
+                   "from --kv-calibration text (GPT-2 124M dynamic-int8 at 896 tokens: peak RSS 221 MiB against "
                    "261; see docs/gpt2_kv_cache.md).")
 @click.option("--kv-calibration", type=click.Path(path_type=str), default=None,
               help="Text like the model's (a UTF-8 .txt file or a folder of them) that fixes the int8 cache's "
