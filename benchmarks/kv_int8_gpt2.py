@@ -101,18 +101,12 @@ def outlier_checkpoint(ckpt: Path, out: Path, gain: float) -> Path:
 def channel_report(ckpt: Path, calibration: Path, held_windows) -> dict[str, list[float]]:
     """Per layer, for K and V: the widest channel's range over the median channel's on the calibration text
     ("spread"), and how far the held-out text goes past a channel's calibration range, at most ("over")."""
-    from types import SimpleNamespace
-
-    from liteship.convert.gpt2.export import tokenizer_assets
+    from liteship.convert.gpt2.export import runtime_tokenizer
     from liteship.convert.gpt2.kv_int8 import calibration_windows, kv_channel_ranges
     from liteship.convert.gpt2.weights import load_checkpoint
-    from liteship.runtime.tokenizer import ByteLevelBPETokenizer
 
     cfg, params, _ = load_checkpoint(ckpt)
-    assets = tokenizer_assets(ckpt)
-    files = SimpleNamespace(root=ckpt, manifest={"assets": {role: rel for role, (rel, _) in assets.items()}},
-                            config={}, asset=lambda role: assets[role][1])
-    windows = calibration_windows(calibration, ByteLevelBPETokenizer.from_bundle(files), cfg.n_positions)
+    windows = calibration_windows(calibration, runtime_tokenizer(ckpt), cfg.n_positions)
     ranges = kv_channel_ranges(cfg, params, windows)
     held = kv_channel_ranges(cfg, params, held_windows)
     out = {}

@@ -62,20 +62,16 @@ def check_tokenizer(checkpoint_dir) -> None:
     """Builds the runtime's own tokenizer from the checkpoint's files, so a corrupt vocab.json or merges.txt fails
     here, naming the file, and not later on the device."""
     from pathlib import Path
-    from types import SimpleNamespace
 
-    from liteship.convert.gpt2.export import tokenizer_assets
+    from liteship.convert.gpt2.export import runtime_tokenizer, tokenizer_assets
     from liteship.errors import BundleError, ConvertError
-    from liteship.runtime.tokenizer import ByteLevelBPETokenizer
 
     ckpt = Path(checkpoint_dir)
     if not ckpt.is_dir():
         raise ConvertError(f"{ckpt}: no such checkpoint folder")
     assets = tokenizer_assets(ckpt)
-    files = SimpleNamespace(root=ckpt, manifest={"assets": {role: rel for role, (rel, _) in assets.items()}},
-                            config={}, asset=lambda role: assets[role][1])
     try:
-        ByteLevelBPETokenizer.from_bundle(files)
+        runtime_tokenizer(ckpt, assets)
     except BundleError as exc:
         raise ConvertError(f"{ckpt}: tokenizer: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

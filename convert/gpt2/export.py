@@ -71,6 +71,19 @@ def tokenizer_assets(ckpt: Path) -> dict:
     return assets
 
 
+def runtime_tokenizer(ckpt: Path, assets: dict | None = None):
+    """The tokenizer the runtime will build from the bundle, built from the checkpoint's own files (``assets``:
+    tokenizer_assets(ckpt), read when not given). Raises what ByteLevelBPETokenizer.from_bundle raises."""
+    from types import SimpleNamespace
+
+    from liteship.runtime.tokenizer import ByteLevelBPETokenizer
+
+    assets = tokenizer_assets(ckpt) if assets is None else assets
+    files = SimpleNamespace(root=ckpt, manifest={"assets": {role: rel for role, (rel, _) in assets.items()}},
+                            config={}, asset=lambda role: assets[role][1])
+    return ByteLevelBPETokenizer.from_bundle(files)
+
+
 def special_tokens(ckpt: Path, cfg: GPT2Config) -> dict:
     out = {"eos_token_id": cfg.eos_token_id, "bos_token_id": cfg.bos_token_id}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
@@ -209,17 +222,11 @@ def int8_cache(ckpt: Path, cfg: GPT2Config, params: dict, calibration, say, *,
     calibration text's per-channel K/V ranges, measured on the checkpoint's float32 weights. ``equalize``: the
     channels' ranges are first evened out by factors folded into the attention weights (kv_equalize.py), and
     the weights returned are those; else they are ``params`` as they came."""
-    from types import SimpleNamespace
-
     from liteship.convert.gpt2 import kv_equalize
     from liteship.convert.gpt2.kv_int8 import calibration_windows, kv_channel_ranges, layer_ranges, scales_for
     from liteship.convert.gpt2.weights import materialize
-    from liteship.runtime.tokenizer import ByteLevelBPETokenizer
 
-    assets = tokenizer_assets(ckpt)
-    files = SimpleNamespace(root=ckpt, manifest={"assets": {role: rel for role, (rel, _) in assets.items()}},
-                            config={}, asset=lambda role: assets[role][1])
-    windows = calibration_windows(calibration, ByteLevelBPETokenizer.from_bundle(files), cfg.n_positions)
+    windows = calibration_windows(calibration, runtime_tokenizer(ckpt), cfg.n_positions)
     tokens = sum(len(w) for w in windows)
     say(f"measuring K/V ranges on {tokens} calibration tokens")
     channels = kv_channel_ranges(cfg, {n: materialize(v) for n, v in params.items()}, windows)
